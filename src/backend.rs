@@ -1,0 +1,115 @@
+//! Per-backend live state: in-flight count, balancing weight, pooled upstream connections.
+//!
+//! A [`Backend`] outlives config snapshots: a reload that keeps a backend (same pool, same
+//! address) hands the same `Arc<Backend>` to the new snapshot, so its counters and idle
+//! connections carry over. Per-snapshot facts such as the configured weight live in [`Endpoint`].
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::proxy::client::IdleConnections;
+
+/// One backend server and everything known about it at run time.
+#[derive(Debug)]
+pub struct Backend {
+    /// The pool this backend belongs to; with `address`, its identity.
+    pub pool: Arc<str>,
+    /// The address as configured (`host:port`), for logs and the status API.
+    pub name: Arc<str>,
+    /// The resolved socket address.
+    pub address: SocketAddr,
+    /// Requests whose response body has not ended yet; only [`InFlight`] guards change it.
+    in_flight: AtomicUsize,
+    /// Smooth weighted round-robin's running weight (see `balance::round_robin`).
+    pub(crate) rr_weight: AtomicI64,
+    /// Keep-alive connections ready for the next request.
+    pub(crate) idle: IdleConnections,
+}
+
+impl Backend {
+    /// A backend with no traffic yet, keeping up to `max_idle` idle connections for `idle_timeout`.
+    pub fn new(
+        pool: Arc<str>,
+        name: Arc<str>,
+        address: SocketAddr,
+        max_idle: usize,
+        idle_timeout: Duration,
+    ) -> Self {
+        Self {
+            pool,
+            name,
+            address,
+            in_flight: AtomicUsize::new(0),
+            rr_weight: AtomicI64::new(0),
+            idle: IdleConnections::new(max_idle, idle_timeout),
+        }
+    }
+
+    /// Requests in flight right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts one request in flight until the returned guard drops.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            backend: Arc::clone(self),
+        }
+    }
+}
+
+/// Holds one unit of a backend's in-flight count; dropping it gives the unit back.
+///
+/// The proxy keeps it inside the response body, so a request counts until its body ends.
+#[derive(Debug)]
+pub struct InFlight {
+    backend: Arc<Backend>,
+}
+
+impl InFlight {
+    /// The backend this guard counts against.
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A backend as one snapshot sees it: the shared live state plus this config's weight.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Live state, shared with other snapshots that keep this backend.
+    pub backend: Arc<Backend>,
+    /// Configured weight.
+    pub weight: NonZeroU32,
+}
+
+/// Endpoints on unroutable addresses with the given weights, for balancer tests.
+#[cfg(test)]
+pub(crate) fn test_endpoints(weights: &[u32]) -> Vec<Endpoint> {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, &weight)| {
+            let address = SocketAddr::from(([192, 0, 2, 1], 1000 + i as u16));
+            Endpoint {
+                backend: Arc::new(Backend::new(
+                    Arc::from("test"),
+                    Arc::from(address.to_string()),
+                    address,
+                    0,
+                    Duration::from_secs(1),
+                )),
+                weight: NonZeroU32::new(weight).expect("test weights are non-zero"),
+            }
+        })
+        .collect()
+}

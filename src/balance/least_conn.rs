@@ -1,0 +1,97 @@
+//! Weighted least-connections: the fewest in-flight requests per unit of weight wins.
+//!
+//! The scan starts at a rotating offset, so backends with equal load take turns instead of the
+//! first one always winning. Loads are compared by cross-multiplying (`a/wa < b/wb` as
+//! `a*wb < b*wa`), so there is no division and no rounding.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::backend::Endpoint;
+
+pub(super) fn pick(
+    endpoints: &[Endpoint],
+    rotor: &AtomicUsize,
+    eligible: impl Fn(usize, &Endpoint) -> bool,
+) -> Option<usize> {
+    let len = endpoints.len();
+    if len == 0 {
+        return None;
+    }
+    let start = rotor.fetch_add(1, Relaxed) % len;
+    let mut best: Option<(usize, u64, u64)> = None;
+    for offset in 0..len {
+        let index = if start + offset >= len {
+            start + offset - len
+        } else {
+            start + offset
+        };
+        let endpoint = &endpoints[index];
+        if !eligible(index, endpoint) {
+            continue;
+        }
+        let load = endpoint.backend.in_flight() as u64;
+        let weight = u64::from(endpoint.weight.get());
+        let better = match best {
+            None => true,
+            Some((_, best_load, best_weight)) => load * best_weight < best_load * weight,
+        };
+        if better {
+            best = Some((index, load, weight));
+        }
+    }
+    best.map(|(index, _, _)| index)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::backend::test_endpoints;
+    use crate::balance::{Balancer, Tried};
+    use crate::config::Algorithm;
+
+    #[test]
+    fn picks_the_least_loaded() {
+        let endpoints = test_endpoints(&[1, 1, 1]);
+        let balancer = Balancer::new(Algorithm::LeastConnections);
+        let _a = endpoints[0].backend.start_request();
+        let _b = endpoints[1].backend.start_request();
+        for _ in 0..3 {
+            assert_eq!(balancer.pick(&endpoints, &Tried::default()), Some(2));
+        }
+    }
+
+    #[test]
+    fn load_is_divided_by_weight() {
+        let endpoints = test_endpoints(&[1, 4]);
+        let balancer = Balancer::new(Algorithm::LeastConnections);
+        // 1 in flight on weight 1 (load 1) vs 3 on weight 4 (load 0.75): the heavy one wins.
+        let _a = endpoints[0].backend.start_request();
+        let _b: Vec<_> = (0..3)
+            .map(|_| endpoints[1].backend.start_request())
+            .collect();
+        assert_eq!(balancer.pick(&endpoints, &Tried::default()), Some(1));
+    }
+
+    #[test]
+    fn ties_rotate() {
+        let endpoints = test_endpoints(&[1, 1, 1]);
+        let balancer = Balancer::new(Algorithm::LeastConnections);
+        let picks: Vec<_> = (0..6)
+            .map(|_| {
+                balancer
+                    .pick(&endpoints, &Tried::default())
+                    .expect("a backend")
+            })
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn guards_release_load_on_drop() {
+        let endpoints = test_endpoints(&[1, 1]);
+        let guard = endpoints[0].backend.start_request();
+        assert_eq!(endpoints[0].backend.in_flight(), 1);
+        drop(guard);
+        assert_eq!(endpoints[0].backend.in_flight(), 0);
+    }
+}

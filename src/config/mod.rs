@@ -1,0 +1,155 @@
+//! Configuration: the TOML file, parsed in two layers.
+//!
+//! [`raw`] describes the file (serde, unknown keys rejected); [`validate`] turns it into the
+//! types below, whose invariants hold by construction: every pool has at least one backend,
+//! weights are at least 1, every listener names a pool that exists, addresses are resolved.
+//! Errors name the file, line, column and key (see [`ConfigError`]).
+
+mod error;
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::{ConfigError, Problem};
+
+/// A complete, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The operator-facing admin listener, if any.
+    pub admin: Option<AdminConfig>,
+    /// Process-level settings.
+    pub runtime: RuntimeConfig,
+    /// Client-facing listeners; names and addresses are unique.
+    pub listeners: Vec<ListenerConfig>,
+    /// Pools in file order; names are unique.
+    pub pools: Vec<PoolConfig>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address the admin HTTP server binds.
+    pub listen: SocketAddr,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Tokio worker threads; `None` means one per available core.
+    pub worker_threads: Option<usize>,
+    /// Upper bound on a graceful drain.
+    pub shutdown_timeout: Duration,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 and cleartext HTTP/2 (prior knowledge), proxied at layer 7.
+    Http,
+}
+
+/// One `[[listeners]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Unique name, used in logs and metrics.
+    pub name: Arc<str>,
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Protocol spoken by clients.
+    pub protocol: Protocol,
+    /// Name of the pool serving this listener; guaranteed to exist in [`Config::pools`].
+    pub pool: Arc<str>,
+    /// Limits that protect the listener from slow or oversized clients.
+    pub limits: ClientLimits,
+}
+
+/// Protections applied to every client connection of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// A client must send a whole request head within this time (slowloris). For HTTP/1.1
+    /// the timer also runs while a keep-alive connection waits for its next request.
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest request head in bytes; larger heads are answered 431. At least 8192.
+    pub max_header_bytes: usize,
+}
+
+/// The balancing algorithm of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Smooth weighted round-robin (nginx's algorithm).
+    RoundRobin,
+    /// Fewest in-flight requests per unit of weight; ties broken in rotation.
+    LeastConnections,
+}
+
+impl Algorithm {
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::LeastConnections => "least_connections",
+        }
+    }
+}
+
+/// One `[pools.NAME]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Unique pool name.
+    pub name: Arc<str>,
+    /// How a backend is chosen.
+    pub algorithm: Algorithm,
+    /// At least one backend; addresses are unique within the pool.
+    pub backends: Vec<BackendConfig>,
+    /// TCP connect timeout per attempt.
+    pub connect_timeout: Duration,
+    /// Time from sending a request until the response head arrives.
+    pub request_timeout: Duration,
+    /// Extra attempts on other backends after a failed connect.
+    pub retries: u32,
+    /// Idle upstream connections kept per backend.
+    pub max_idle_per_backend: usize,
+    /// Idle upstream connections older than this are not reused.
+    pub idle_timeout: Duration,
+}
+
+/// One backend of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// The address as written (`host:port`), for logs and the status API.
+    pub name: Arc<str>,
+    /// The resolved address; a backend's identity within its pool.
+    pub address: SocketAddr,
+    /// Relative weight, at least 1.
+    pub weight: NonZeroU32,
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    ///
+    /// Hostnames are resolved here, so this may block briefly; call it off the hot path.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&path.display().to_string(), &source)
+    }
+
+    /// Parses and validates `source`; `file` is the name used in error messages.
+    pub fn parse(file: &str, source: &str) -> Result<Config, ConfigError> {
+        validate::parse(file, source)
+    }
+
+    /// The pool called `name`, if any.
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|pool| &*pool.name == name)
+    }
+}

@@ -1,0 +1,156 @@
+//! The config file exactly as written: serde structs that only describe the TOML.
+//!
+//! Every field whose value needs a semantic check keeps its [`Spanned`] position, so the
+//! validation in [`super::validate`] can name the file, line and column of the offending value.
+//! Unknown keys are rejected everywhere (`deny_unknown_fields`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[admin]`: the operator-facing HTTP listener.
+    pub admin: Option<RawAdmin>,
+    /// `[runtime]`: process-level settings.
+    pub runtime: Option<RawRuntime>,
+    /// `[[listeners]]`: the sockets that accept client traffic.
+    #[serde(default)]
+    pub listeners: Vec<Spanned<RawListener>>,
+    /// `[pools.NAME]`: groups of backends, keyed by pool name.
+    #[serde(default)]
+    pub pools: BTreeMap<Spanned<String>, Spanned<RawPool>>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Socket address of the admin listener.
+    pub listen: Spanned<String>,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    /// Tokio worker threads; absent means one per available core.
+    pub worker_threads: Option<Spanned<i64>>,
+    /// How long a graceful shutdown waits for open connections.
+    pub shutdown_timeout: Option<Spanned<String>>,
+}
+
+/// One `[[listeners]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// Unique name, used in logs and metrics.
+    pub name: Spanned<String>,
+    /// Socket address to bind.
+    pub listen: Spanned<String>,
+    /// Protocol spoken by clients; defaults to HTTP.
+    #[serde(default)]
+    pub protocol: Option<Spanned<RawProtocol>>,
+    /// The pool that serves this listener.
+    pub pool: Spanned<String>,
+    /// Time a client has to send a complete request head.
+    pub header_read_timeout: Option<Spanned<String>>,
+    /// A connection with no bytes either way for this long is closed.
+    pub idle_timeout: Option<Spanned<String>>,
+    /// Largest request head accepted; larger ones get 431.
+    pub max_header_bytes: Option<Spanned<i64>>,
+}
+
+/// The protocol a listener speaks.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawProtocol {
+    /// HTTP/1.1 and HTTP/2 (prior knowledge).
+    Http,
+}
+
+/// One `[pools.NAME]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    /// Balancing algorithm; defaults to round-robin.
+    pub algorithm: Option<Spanned<RawAlgorithm>>,
+    /// The backends; must not be empty.
+    pub backends: Spanned<Vec<Spanned<RawBackend>>>,
+    /// Time allowed for a TCP connect to a backend.
+    pub connect_timeout: Option<Spanned<String>>,
+    /// Time allowed from sending a request until the backend's response head.
+    pub request_timeout: Option<Spanned<String>>,
+    /// How many other backends a failed connect may be retried on.
+    pub retries: Option<Spanned<i64>>,
+    /// Idle upstream connections kept per backend.
+    pub max_idle_per_backend: Option<Spanned<i64>>,
+    /// An idle upstream connection older than this is closed instead of reused.
+    pub idle_timeout: Option<Spanned<String>>,
+}
+
+/// The balancing algorithms, as spelled in the file.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawAlgorithm {
+    /// Smooth weighted round-robin.
+    RoundRobin,
+    /// Weighted least in-flight requests.
+    LeastConnections,
+}
+
+/// A backend: `"host:port"` or `{ address = "host:port", weight = N }`.
+#[derive(Debug)]
+pub struct RawBackend {
+    /// `host:port` as written.
+    pub address: Spanned<String>,
+    /// Relative weight; defaults to 1.
+    pub weight: Option<Spanned<i64>>,
+}
+
+/// The table form of a backend, with unknown keys rejected.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackendTable {
+    address: Spanned<String>,
+    weight: Option<Spanned<i64>>,
+}
+
+impl<'de> Deserialize<'de> for RawBackend {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BackendVisitor;
+
+        impl<'de> Visitor<'de> for BackendVisitor {
+            type Value = RawBackend;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#""host:port" or a table { address = "host:port", weight = N }"#)
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawBackend, E> {
+                // The string form has no span of its own here; the enclosing `Spanned`
+                // carries it and validation uses that one.
+                Ok(RawBackend {
+                    address: Spanned::new(0..0, v.to_owned()),
+                    weight: None,
+                })
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawBackend, A::Error> {
+                let table =
+                    RawBackendTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawBackend {
+                    address: table.address,
+                    weight: table.weight,
+                })
+            }
+        }
+
+        deserializer.deserialize_any(BackendVisitor)
+    }
+}

@@ -1,0 +1,410 @@
+//! Raw file → validated [`Config`]. Each rule reports every violation it finds, with position.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::DeTable;
+
+use super::error::{ConfigError, Locator, Problem};
+use super::raw::{RawAlgorithm, RawBackend, RawConfig, RawListener, RawPool, RawProtocol};
+use super::{
+    AdminConfig, Algorithm, BackendConfig, ClientLimits, Config, ListenerConfig, PoolConfig,
+    Protocol, RuntimeConfig,
+};
+
+/// Defaults for every optional key; the README's config reference lists the same values.
+pub(crate) mod defaults {
+    use std::time::Duration;
+
+    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const RETRIES: u32 = 2;
+    pub const MAX_IDLE_PER_BACKEND: usize = 64;
+    pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+}
+
+/// hyper's smallest read buffer; a head limit below it cannot be enforced.
+const MIN_HEADER_BYTES: i64 = 8192;
+const MAX_HEADER_BYTES: i64 = 1024 * 1024;
+const MAX_RETRIES: i64 = 16;
+const MAX_WORKER_THREADS: i64 = 1024;
+const MAX_WEIGHT: i64 = 10_000;
+
+pub(super) fn parse(file: &str, source: &str) -> Result<Config, ConfigError> {
+    let locator = Locator::new(file, source);
+    let root = DeTable::parse(source)
+        .map_err(|err| ConfigError::Invalid(vec![locator.toml_problem(&err, None)]))?;
+    let raw: RawConfig = toml::from_str(source)
+        .map_err(|err| ConfigError::Invalid(vec![locator.toml_problem(&err, Some(root.get_ref()))]))?;
+    let mut checker = Checker {
+        locator,
+        problems: Vec::new(),
+    };
+    let config = checker.config(raw);
+    match config {
+        Some(config) if checker.problems.is_empty() => Ok(config),
+        _ => {
+            checker
+                .problems
+                .sort_by_key(|problem| (problem.line, problem.column));
+            Err(ConfigError::Invalid(checker.problems))
+        }
+    }
+}
+
+struct Checker<'a> {
+    locator: Locator<'a>,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn report<T>(&mut self, at: &Spanned<T>, key: &str, message: impl Into<String>) {
+        let problem = self.locator.problem(at.span().start, key, message);
+        self.problems.push(problem);
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        let runtime = self.runtime(raw.runtime.as_ref());
+        let admin = raw.admin.as_ref().and_then(|admin| {
+            self.address(&admin.listen, "admin.listen", true)
+                .map(|listen| AdminConfig { listen })
+        });
+
+        let mut pools = Vec::with_capacity(raw.pools.len());
+        for (name, pool) in &raw.pools {
+            if let Some(pool) = self.pool(name, pool) {
+                pools.push(pool);
+            }
+        }
+        let pool_count = raw.pools.len();
+
+        if raw.listeners.is_empty() {
+            self.problems.push(self.locator.problem(
+                0,
+                "listeners",
+                "at least one [[listeners]] entry is required",
+            ));
+        }
+        let mut listeners = Vec::with_capacity(raw.listeners.len());
+        let mut names = HashSet::new();
+        let mut addresses = HashSet::new();
+        if let Some(admin) = &admin {
+            addresses.insert(admin.listen);
+        }
+        for (index, listener) in raw.listeners.iter().enumerate() {
+            let key = format!("listeners[{index}]");
+            let listener = listener.get_ref();
+            if !names.insert(listener.name.get_ref().clone()) {
+                self.report(
+                    &listener.name,
+                    &format!("{key}.name"),
+                    format!("duplicate listener name {:?}", listener.name.get_ref()),
+                );
+            }
+            let Some(config) = self.listener(&key, listener, &raw) else {
+                continue;
+            };
+            if config.listen.port() != 0 && !addresses.insert(config.listen) {
+                self.report(
+                    &listener.listen,
+                    &format!("{key}.listen"),
+                    format!(
+                        "address {} is already used by another listener or the admin listener",
+                        config.listen
+                    ),
+                );
+            }
+            listeners.push(config);
+        }
+
+        (pools.len() == pool_count && listeners.len() == raw.listeners.len()).then_some(Config {
+            admin,
+            runtime: runtime?,
+            listeners,
+            pools,
+        })
+    }
+
+    fn runtime(&mut self, raw: Option<&super::raw::RawRuntime>) -> Option<RuntimeConfig> {
+        let Some(raw) = raw else {
+            return Some(RuntimeConfig {
+                worker_threads: None,
+                shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
+            });
+        };
+        let worker_threads = match &raw.worker_threads {
+            None => Some(None),
+            Some(threads) => self
+                .int_in(threads, "runtime.worker_threads", 1, MAX_WORKER_THREADS)
+                .map(|n| usize::try_from(n).ok()),
+        };
+        let shutdown_timeout = self.duration(
+            raw.shutdown_timeout.as_ref(),
+            "runtime.shutdown_timeout",
+            defaults::SHUTDOWN_TIMEOUT,
+        );
+        Some(RuntimeConfig {
+            worker_threads: worker_threads?,
+            shutdown_timeout: shutdown_timeout?,
+        })
+    }
+
+    fn listener(
+        &mut self,
+        key: &str,
+        raw: &RawListener,
+        config: &RawConfig,
+    ) -> Option<ListenerConfig> {
+        let listen = self.address(&raw.listen, &format!("{key}.listen"), true);
+        let protocol = match raw.protocol.as_ref().map(|p| *p.get_ref()) {
+            None | Some(RawProtocol::Http) => Protocol::Http,
+        };
+        let pool = raw.pool.get_ref();
+        let pool_exists = config.pools.contains_key(pool.as_str());
+        if !pool_exists {
+            let known: Vec<&str> = config.pools.keys().map(|k| k.get_ref().as_str()).collect();
+            let hint = if known.is_empty() {
+                "no pools are defined".to_owned()
+            } else {
+                format!("defined pools: {}", known.join(", "))
+            };
+            self.report(
+                &raw.pool,
+                &format!("{key}.pool"),
+                format!("pool {pool:?} does not exist ({hint})"),
+            );
+        }
+        let header_read_timeout = self.duration(
+            raw.header_read_timeout.as_ref(),
+            &format!("{key}.header_read_timeout"),
+            defaults::HEADER_READ_TIMEOUT,
+        );
+        let idle_timeout = self.duration(
+            raw.idle_timeout.as_ref(),
+            &format!("{key}.idle_timeout"),
+            defaults::CLIENT_IDLE_TIMEOUT,
+        );
+        let max_header_bytes = match &raw.max_header_bytes {
+            None => Some(defaults::MAX_HEADER_BYTES),
+            Some(bytes) => self
+                .int_in(
+                    bytes,
+                    &format!("{key}.max_header_bytes"),
+                    MIN_HEADER_BYTES,
+                    MAX_HEADER_BYTES,
+                )
+                .and_then(|n| usize::try_from(n).ok()),
+        };
+        let name = raw.name.get_ref();
+        if name.is_empty() {
+            self.report(&raw.name, &format!("{key}.name"), "must not be empty");
+        }
+        Some(ListenerConfig {
+            name: Arc::from(name.as_str()),
+            listen: listen?,
+            protocol,
+            pool: pool_exists.then(|| Arc::from(pool.as_str()))?,
+            limits: ClientLimits {
+                header_read_timeout: header_read_timeout?,
+                idle_timeout: idle_timeout?,
+                max_header_bytes: max_header_bytes?,
+            },
+        })
+    }
+
+    fn pool(&mut self, name: &Spanned<String>, raw: &Spanned<RawPool>) -> Option<PoolConfig> {
+        let key = format!("pools.{}", name.get_ref());
+        let raw = raw.get_ref();
+        let algorithm = match raw.algorithm.as_ref().map(|a| *a.get_ref()) {
+            None | Some(RawAlgorithm::RoundRobin) => Algorithm::RoundRobin,
+            Some(RawAlgorithm::LeastConnections) => Algorithm::LeastConnections,
+        };
+        let backends = self.backends(&key, &raw.backends);
+        let connect_timeout = self.duration(
+            raw.connect_timeout.as_ref(),
+            &format!("{key}.connect_timeout"),
+            defaults::CONNECT_TIMEOUT,
+        );
+        let request_timeout = self.duration(
+            raw.request_timeout.as_ref(),
+            &format!("{key}.request_timeout"),
+            defaults::REQUEST_TIMEOUT,
+        );
+        let retries = match &raw.retries {
+            None => Some(defaults::RETRIES),
+            Some(n) => self
+                .int_in(n, &format!("{key}.retries"), 0, MAX_RETRIES)
+                .and_then(|n| u32::try_from(n).ok()),
+        };
+        let max_idle_per_backend = match &raw.max_idle_per_backend {
+            None => Some(defaults::MAX_IDLE_PER_BACKEND),
+            Some(n) => self
+                .int_in(n, &format!("{key}.max_idle_per_backend"), 0, 65_536)
+                .and_then(|n| usize::try_from(n).ok()),
+        };
+        let idle_timeout = self.duration(
+            raw.idle_timeout.as_ref(),
+            &format!("{key}.idle_timeout"),
+            defaults::UPSTREAM_IDLE_TIMEOUT,
+        );
+        Some(PoolConfig {
+            name: Arc::from(name.get_ref().as_str()),
+            algorithm,
+            backends: backends?,
+            connect_timeout: connect_timeout?,
+            request_timeout: request_timeout?,
+            retries: retries?,
+            max_idle_per_backend: max_idle_per_backend?,
+            idle_timeout: idle_timeout?,
+        })
+    }
+
+    fn backends(
+        &mut self,
+        pool_key: &str,
+        raw: &Spanned<Vec<Spanned<RawBackend>>>,
+    ) -> Option<Vec<BackendConfig>> {
+        let key = format!("{pool_key}.backends");
+        if raw.get_ref().is_empty() {
+            self.report(raw, &key, "a pool needs at least one backend");
+            return None;
+        }
+        let mut seen = HashSet::new();
+        let mut backends = Vec::with_capacity(raw.get_ref().len());
+        let mut ok = true;
+        for (index, entry) in raw.get_ref().iter().enumerate() {
+            let key = format!("{key}[{index}]");
+            let backend = entry.get_ref();
+            // The string form has no span of its own; use the entry's.
+            let address_at = if backend.address.span().is_empty() {
+                Spanned::new(entry.span(), backend.address.get_ref().clone())
+            } else {
+                backend.address.clone()
+            };
+            let address_key = if backend.weight.is_some() || !backend.address.span().is_empty() {
+                format!("{key}.address")
+            } else {
+                key.clone()
+            };
+            let address = self.address(&address_at, &address_key, false);
+            let weight = match &backend.weight {
+                None => NonZeroU32::new(1),
+                Some(weight) => self
+                    .int_in(weight, &format!("{key}.weight"), 1, MAX_WEIGHT)
+                    .and_then(|w| u32::try_from(w).ok())
+                    .and_then(NonZeroU32::new),
+            };
+            let (Some(address), Some(weight)) = (address, weight) else {
+                ok = false;
+                continue;
+            };
+            if !seen.insert(address) {
+                self.report(
+                    &address_at,
+                    &address_key,
+                    format!("backend {address} is listed twice in this pool"),
+                );
+                ok = false;
+                continue;
+            }
+            backends.push(BackendConfig {
+                name: Arc::from(backend.address.get_ref().as_str()),
+                address,
+                weight,
+            });
+        }
+        ok.then_some(backends)
+    }
+
+    /// `host:port` → one socket address. Hostnames are resolved now (first address wins).
+    fn address(
+        &mut self,
+        raw: &Spanned<String>,
+        key: &str,
+        allow_port_zero: bool,
+    ) -> Option<SocketAddr> {
+        let text = raw.get_ref();
+        let invalid = |why: &str| format!("{text:?} is not a valid address ({why})");
+        let parsed = match text.parse::<SocketAddr>() {
+            Ok(addr) => Ok(addr),
+            Err(_) => match text.rsplit_once(':') {
+                None => Err(invalid("expected host:port")),
+                Some((host, port)) => match port.parse::<u16>() {
+                    Err(_) => Err(invalid("port must be a number from 1 to 65535")),
+                    Ok(_) if host.is_empty() => Err(invalid("the host is empty")),
+                    Ok(_) => match text.to_socket_addrs() {
+                        Ok(mut addrs) => addrs
+                            .next()
+                            .ok_or_else(|| format!("{text:?} did not resolve to any address")),
+                        Err(err) => Err(format!("{text:?} could not be resolved: {err}")),
+                    },
+                },
+            },
+        };
+        match parsed {
+            Ok(addr) if addr.port() == 0 && !allow_port_zero => {
+                self.report(raw, key, invalid("port must be a number from 1 to 65535"));
+                None
+            }
+            Ok(addr) => Some(addr),
+            Err(message) => {
+                self.report(raw, key, message);
+                None
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        raw: Option<&Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Option<Duration> {
+        let Some(raw) = raw else {
+            return Some(default);
+        };
+        match humantime::parse_duration(raw.get_ref()) {
+            Ok(duration) if duration.is_zero() => {
+                self.report(raw, key, "must be greater than zero");
+                None
+            }
+            Ok(duration) => Some(duration),
+            Err(err) => {
+                self.report(
+                    raw,
+                    key,
+                    format!(
+                        "{:?} is not a valid duration ({err}); write e.g. \"500ms\", \"2s\", \"1m\"",
+                        raw.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn int_in(&mut self, raw: &Spanned<i64>, key: &str, min: i64, max: i64) -> Option<i64> {
+        let value = *raw.get_ref();
+        if (min..=max).contains(&value) {
+            Some(value)
+        } else {
+            self.report(
+                raw,
+                key,
+                format!("{value} is out of range (must be from {min} to {max})"),
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

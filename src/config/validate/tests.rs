@@ -1,0 +1,286 @@
+//! One test per validation rule; each asserts the message names the line, column and key.
+
+use std::time::Duration;
+
+use crate::config::{Algorithm, Config, ConfigError};
+
+const FILE: &str = "config/test.toml";
+
+/// A valid config; tests replace parts of it.
+const VALID: &str = r#"
+[admin]
+listen = "127.0.0.1:9900"
+
+[runtime]
+worker_threads = 2
+shutdown_timeout = "5s"
+
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:8080"
+protocol = "http"
+pool = "app"
+
+[pools.app]
+algorithm = "least_connections"
+backends = ["127.0.0.1:3001", { address = "127.0.0.1:3002", weight = 3 }]
+connect_timeout = "250ms"
+request_timeout = "2s"
+retries = 1
+"#;
+
+fn errors(source: &str) -> Vec<String> {
+    match Config::parse(FILE, source) {
+        Ok(config) => panic!("expected an error, got {config:?}"),
+        Err(err @ ConfigError::Read { .. }) => panic!("unexpected {err}"),
+        Err(ConfigError::Invalid(problems)) => problems.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// Asserts exactly one error, at `line:column`, naming `key` and containing `text`.
+fn assert_one_error(source: &str, line: usize, column: usize, key: &str, text: &str) {
+    let errors = errors(source);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    let expected_prefix = format!("{FILE}:{line}:{column}: {key}: ");
+    assert!(
+        errors[0].starts_with(&expected_prefix),
+        "{:?} does not start with {expected_prefix:?}",
+        errors[0]
+    );
+    assert!(errors[0].contains(text), "{:?} lacks {text:?}", errors[0]);
+}
+
+#[test]
+fn valid_config_parses_with_every_key() {
+    let config = Config::parse(FILE, VALID).expect("valid");
+    assert_eq!(config.runtime.worker_threads, Some(2));
+    assert_eq!(config.runtime.shutdown_timeout, Duration::from_secs(5));
+    assert_eq!(config.admin.expect("admin").listen.port(), 9900);
+    let pool = &config.pools[0];
+    assert_eq!(pool.algorithm, Algorithm::LeastConnections);
+    assert_eq!(pool.backends.len(), 2);
+    assert_eq!(pool.backends[1].weight.get(), 3);
+    assert_eq!(pool.connect_timeout, Duration::from_millis(250));
+    assert_eq!(pool.retries, 1);
+    assert_eq!(&*config.listeners[0].pool, "app");
+}
+
+#[test]
+fn defaults_apply_when_keys_are_absent() {
+    let source = r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+pool = "app"
+
+[pools.app]
+backends = ["127.0.0.1:3001"]
+"#;
+    let config = Config::parse(FILE, source).expect("valid");
+    assert_eq!(config.runtime.worker_threads, None);
+    assert_eq!(config.runtime.shutdown_timeout, Duration::from_secs(30));
+    let pool = &config.pools[0];
+    assert_eq!(pool.algorithm, Algorithm::RoundRobin);
+    assert_eq!(pool.retries, 2);
+    assert_eq!(pool.connect_timeout, Duration::from_secs(1));
+    assert_eq!(pool.request_timeout, Duration::from_secs(30));
+    assert_eq!(config.listeners[0].limits.max_header_bytes, 32 * 1024);
+    assert!(config.admin.is_none());
+}
+
+#[test]
+fn syntax_error_names_line_and_column() {
+    let source = VALID.replace("retries = 1", "retries = = 1");
+    let errors = errors(&source);
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].starts_with(&format!("{FILE}:20:")),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn unknown_key_is_rejected_with_its_path() {
+    let source = VALID.replace("retries = 1", "retries = 1\nretry_budget = 3");
+    assert_one_error(&source, 21, 1, "pools.app.retry_budget", "unknown field");
+}
+
+#[test]
+fn unknown_key_in_listener_is_rejected() {
+    let source = VALID.replace("protocol = \"http\"", "protocol = \"http\"\nbind = \"x\"");
+    assert_one_error(&source, 13, 1, "listeners[0].bind", "unknown field");
+}
+
+#[test]
+fn invalid_backend_address_names_the_element() {
+    let source = VALID.replace("\"127.0.0.1:3001\"", "\"127.0.0.1:99999\"");
+    assert_one_error(
+        &source,
+        17,
+        13,
+        "pools.app.backends[0]",
+        "\"127.0.0.1:99999\" is not a valid address",
+    );
+}
+
+#[test]
+fn backend_without_port_is_rejected() {
+    let source = VALID.replace("\"127.0.0.1:3001\"", "\"localhost\"");
+    assert_one_error(&source, 17, 13, "pools.app.backends[0]", "host:port");
+}
+
+#[test]
+fn listener_naming_missing_pool_lists_the_pools() {
+    let source = VALID.replace("pool = \"app\"", "pool = \"api\"");
+    assert_one_error(
+        &source,
+        13,
+        8,
+        "listeners[0].pool",
+        "pool \"api\" does not exist (defined pools: app)",
+    );
+}
+
+#[test]
+fn duplicate_listener_names_are_rejected() {
+    let source = format!(
+        "{VALID}\n[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:8081\"\npool = \"app\"\n"
+    );
+    assert_one_error(
+        &source,
+        23,
+        8,
+        "listeners[1].name",
+        "duplicate listener name",
+    );
+}
+
+#[test]
+fn duplicate_listener_addresses_are_rejected() {
+    let source = format!(
+        "{VALID}\n[[listeners]]\nname = \"api\"\nlisten = \"127.0.0.1:8080\"\npool = \"app\"\n"
+    );
+    assert_one_error(&source, 24, 10, "listeners[1].listen", "already used");
+}
+
+#[test]
+fn listener_clashing_with_admin_is_rejected() {
+    let source = VALID.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:9900\"");
+    assert_one_error(&source, 11, 10, "listeners[0].listen", "already used");
+}
+
+#[test]
+fn empty_backend_list_is_rejected() {
+    let source = VALID.replace(
+        "backends = [\"127.0.0.1:3001\", { address = \"127.0.0.1:3002\", weight = 3 }]",
+        "backends = []",
+    );
+    assert_one_error(
+        &source,
+        17,
+        12,
+        "pools.app.backends",
+        "at least one backend",
+    );
+}
+
+#[test]
+fn zero_weight_is_rejected() {
+    let source = VALID.replace("weight = 3", "weight = 0");
+    assert_one_error(
+        &source,
+        17,
+        70,
+        "pools.app.backends[1].weight",
+        "0 is out of range",
+    );
+}
+
+#[test]
+fn duplicate_backend_is_rejected() {
+    let source = VALID.replace("\"127.0.0.1:3002\"", "\"127.0.0.1:3001\"");
+    assert_one_error(
+        &source,
+        17,
+        43,
+        "pools.app.backends[1].address",
+        "listed twice",
+    );
+}
+
+#[test]
+fn unknown_algorithm_lists_the_valid_ones() {
+    let source = VALID.replace("\"least_connections\"", "\"fastest\"");
+    assert_one_error(
+        &source,
+        16,
+        13,
+        "pools.app.algorithm",
+        "expected `round_robin` or `least_connections`",
+    );
+}
+
+#[test]
+fn unknown_protocol_lists_the_valid_ones() {
+    let source = VALID.replace("protocol = \"http\"", "protocol = \"smtp\"");
+    assert_one_error(&source, 12, 12, "listeners[0].protocol", "`http`");
+}
+
+#[test]
+fn bad_duration_is_rejected() {
+    let source = VALID.replace("\"250ms\"", "\"quick\"");
+    assert_one_error(
+        &source,
+        18,
+        19,
+        "pools.app.connect_timeout",
+        "\"quick\" is not a valid duration",
+    );
+}
+
+#[test]
+fn zero_duration_is_rejected() {
+    let source = VALID.replace("\"2s\"", "\"0s\"");
+    assert_one_error(
+        &source,
+        19,
+        19,
+        "pools.app.request_timeout",
+        "greater than zero",
+    );
+}
+
+#[test]
+fn out_of_range_numbers_are_rejected() {
+    let source = VALID.replace("retries = 1", "retries = 99");
+    assert_one_error(&source, 20, 11, "pools.app.retries", "out of range");
+    let source = VALID.replace("worker_threads = 2", "worker_threads = 0");
+    assert_one_error(&source, 6, 18, "runtime.worker_threads", "out of range");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let source = VALID.replace("retries = 1", "retries = \"one\"");
+    assert_one_error(&source, 20, 11, "pools.app.retries", "invalid type");
+}
+
+#[test]
+fn missing_listeners_are_rejected() {
+    let source = "[pools.app]\nbackends = [\"127.0.0.1:1\"]\n";
+    assert_one_error(source, 1, 1, "listeners", "at least one [[listeners]]");
+}
+
+#[test]
+fn every_error_is_reported_not_just_the_first() {
+    let source = VALID
+        .replace("\"250ms\"", "\"quick\"")
+        .replace("weight = 3", "weight = 0")
+        .replace("pool = \"app\"", "pool = \"nope\"");
+    let errors = errors(&source);
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    // Sorted by position.
+    assert!(errors[0].contains("listeners[0].pool"));
+    assert!(errors[1].contains("backends[1].weight"));
+    assert!(errors[2].contains("connect_timeout"));
+}

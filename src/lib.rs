@@ -1,0 +1,28 @@
+//! fulcrum: a layer-4/7 load balancer.
+//!
+//! Clients connect to listeners; each listener forwards to one pool of backends, choosing a
+//! backend per request with the pool's algorithm. Data flows one way: listener → protocol →
+//! pool → balancer → upstream connection → response.
+//!
+//! # Layout
+//! - [`config`]: the TOML file, parsed into validated types with file:line:col errors.
+//! - [`state`]: the immutable runtime snapshot (pools, backends, routes), swapped whole.
+//! - [`backend`]: per-backend live state (in-flight, idle connections) that outlives snapshots.
+//! - [`balance`]: the selection algorithms (smooth weighted round-robin, least-connections).
+//! - [`proxy`]: the HTTP data path, upstream connections, header rules, error → status mapping.
+//! - [`listener`]: binding and the accept loop; [`admin`]: the operator endpoints.
+//! - [`server`]: wires it together: bind, serve, drain on shutdown.
+//! - [`cli`]: command-line arguments of the `fulcrum` binary.
+
+pub mod admin;
+pub mod backend;
+pub mod balance;
+pub mod cli;
+pub mod config;
+pub mod listener;
+pub mod proxy;
+pub mod server;
+pub mod state;
+
+pub use config::Config;
+pub use server::Server;

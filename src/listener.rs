@@ -1,0 +1,61 @@
+//! Binding sockets and the accept loop shared by every kind of listener.
+//!
+//! The loop never dies: accept errors (EMFILE and the like) are logged and retried with a
+//! growing back-off, and every wait also watches for shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Back-off after the first failed accept; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Binds a TCP listener on `address`.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+/// Accepts connections on `listener` until `shutdown` fires, handing each to `serve` on a task
+/// registered with `tracker` (so a drain can wait for it). The listener is closed on return.
+pub async fn accept_loop<F, Fut>(
+    name: Arc<str>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr, CancellationToken) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = MIN_BACKOFF;
+                if let Err(err) = stream.set_nodelay(true) {
+                    tracing::debug!(listener = %name, error = %err, "could not set TCP_NODELAY");
+                }
+                tracker.spawn(serve(stream, peer, shutdown.clone()));
+            }
+            Err(err) => {
+                tracing::warn!(listener = %name, error = %err, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    tracing::debug!(listener = %name, "stopped accepting");
+}

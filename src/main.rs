@@ -1,0 +1,114 @@
+//! The `fulcrum` binary: parse arguments, set up logging, load the config, run.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use fulcrum::cli::Cli;
+use fulcrum::{Config, Server};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_level.as_deref());
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            if cli.check {
+                eprintln!("config check failed: {}", cli.config.display());
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.check {
+        print_summary(&cli, &config);
+        return ExitCode::SUCCESS;
+    }
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "fulcrum failed");
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(level: Option<&str>) {
+    let filter = match level {
+        Some(level) => EnvFilter::new(level),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = config.runtime.worker_threads {
+        runtime.worker_threads(threads);
+    }
+    let runtime = runtime.build().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let server = Server::bind(config).await?;
+        server.run(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!(signal = "SIGINT", "shutdown requested"),
+        () = terminate => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+    }
+}
+
+fn print_summary(cli: &Cli, config: &Config) {
+    println!("{}: ok", cli.config.display());
+    for listener in &config.listeners {
+        println!(
+            "  listener {} on {} -> pool {}",
+            listener.name, listener.listen, listener.pool
+        );
+    }
+    for pool in &config.pools {
+        println!(
+            "  pool {} ({}, {} backends, retries {})",
+            pool.name,
+            pool.algorithm.as_str(),
+            pool.backends.len(),
+            pool.retries
+        );
+        for backend in &pool.backends {
+            println!(
+                "    {} ({}) weight {}",
+                backend.name, backend.address, backend.weight
+            );
+        }
+    }
+    if let Some(admin) = &config.admin {
+        println!("  admin on {}", admin.listen);
+    }
+}

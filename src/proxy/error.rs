@@ -1,0 +1,101 @@
+//! The one place where proxy failures become HTTP responses.
+//!
+//! Every failure is classified by where it came from and answered by one exhaustive `match`
+//! ([`ProxyError::status`]), so a new error kind cannot ship without a status code.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::ProxyBody;
+use super::client::ConnectError;
+
+/// Why a request could not be proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The client sent something we refuse to forward (ambiguous framing and the like).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The listener's pool had no backend left to try.
+    #[error("no backend available in pool {pool}")]
+    NoBackend {
+        /// The pool that was asked.
+        pool: std::sync::Arc<str>,
+    },
+    /// Every attempt to connect failed (after retries on other backends).
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The backend did not send response headers within the pool's `request_timeout`.
+    #[error("backend sent no response head within {0:?}")]
+    Timeout(Duration),
+    /// The backend reset the connection or sent something that is not HTTP.
+    #[error("backend failed: {0}")]
+    Upstream(#[source] hyper::Error),
+}
+
+impl ProxyError {
+    /// The status code the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Whether the failure was the client's rather than a backend's.
+    pub fn is_client_error(&self) -> bool {
+        matches!(self, ProxyError::BadRequest(_))
+    }
+
+    /// A short plain-text response for the client. Bad requests also close the connection,
+    /// since a request with ambiguous framing leaves the byte stream untrustworthy.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let status = self.status();
+        let reason = status.canonical_reason().unwrap_or("error");
+        let body = match self {
+            ProxyError::BadRequest(detail) => format!("{} {reason}: {detail}\n", status.as_u16()),
+            _ => format!("{} {reason}\n", status.as_u16()),
+        };
+        let mut response = Response::new(ProxyBody::local(Bytes::from(body)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if self.is_client_error() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn statuses_follow_the_failure_table() {
+        let address = SocketAddr::from(([127, 0, 0, 1], 1));
+        let cases = [
+            (ProxyError::BadRequest("x"), 400),
+            (ProxyError::NoBackend { pool: "p".into() }, 503),
+            (
+                ProxyError::Connect(ConnectError::Timeout {
+                    address,
+                    timeout: Duration::from_secs(1),
+                }),
+                502,
+            ),
+            (ProxyError::Timeout(Duration::from_secs(1)), 504),
+        ];
+        for (error, status) in cases {
+            assert_eq!(error.status().as_u16(), status, "{error}");
+            assert_eq!(error.to_response().status().as_u16(), status);
+        }
+    }
+}

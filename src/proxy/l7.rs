@@ -1,0 +1,273 @@
+//! The HTTP (layer 7) proxy: serves one client connection and forwards each request to a
+//! backend of the listener's pool, retrying failed connects on other backends.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::body::{Lease, ProxyBody};
+use super::client::{self, Sender};
+use super::error::ProxyError;
+use super::framing::{FramingCheck, ScannedIo};
+use super::headers::{self, ClientInfo};
+use super::idle::ActivityIo;
+use crate::backend::Backend;
+use crate::balance::Tried;
+use crate::config::ClientLimits;
+use crate::state::{Pool, SharedState};
+
+/// How often a reused connection that turns out closed is replaced before giving up on it.
+const STALE_CONNECTION_ATTEMPTS: usize = 3;
+
+/// Everything an HTTP listener's connections share.
+pub struct HttpListener {
+    name: Arc<str>,
+    state: SharedState,
+    limits: ClientLimits,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl HttpListener {
+    /// A listener called `name` routing through `state`, protected by `limits`.
+    pub fn new(name: Arc<str>, state: SharedState, limits: ClientLimits) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        Self {
+            name,
+            state,
+            limits,
+            builder,
+        }
+    }
+
+    /// Serves one accepted client connection until it closes, idles out, or `shutdown` fires
+    /// (then in-flight requests finish and the connection closes gracefully).
+    pub async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+    ) {
+        let (io, activity) = ActivityIo::new(stream);
+        let (io, framing) = ScannedIo::new(io, self.limits.max_header_bytes);
+        let connection = Arc::new(Connection {
+            listener: Arc::clone(&self),
+            client: ClientInfo {
+                ip: header_value_of(peer),
+                proto: HeaderValue::from_static("http"),
+            },
+            framing,
+        });
+        let service = service_fn(move |request| {
+            let connection = Arc::clone(&connection);
+            async move { Ok::<_, Infallible>(connection.handle(request).await) }
+        });
+        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            () = activity.idle_for(self.limits.idle_timeout) => {
+                tracing::debug!(listener = %self.name, client = %peer, "closing idle connection");
+                return;
+            }
+            () = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(listener = %self.name, client = %peer, error = %err, "client connection ended with an error");
+        }
+    }
+}
+
+fn header_value_of(peer: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// One client connection's view: its listener, who the client is, and the framing check.
+struct Connection {
+    listener: Arc<HttpListener>,
+    client: ClientInfo,
+    framing: Arc<FramingCheck>,
+}
+
+impl Connection {
+    async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let pool = match self.check(&request) {
+            Ok(pool) => pool,
+            Err(err) => return self.fail(&err, &request),
+        };
+        let (mut parts, body) = request.into_parts();
+        let client_version = parts.version;
+        headers::prepare_request(
+            &mut parts.uri,
+            client_version,
+            &mut parts.headers,
+            &self.client,
+        );
+        parts.version = Version::HTTP_11;
+        match forward(&pool, Request::from_parts(parts, body)).await {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                headers::prepare_response(parts.version, &mut parts.headers);
+                Response::from_parts(parts, body)
+            }
+            Err(err) => {
+                tracing::warn!(
+                    listener = %self.listener.name,
+                    pool = %pool.name,
+                    status = err.status().as_u16(),
+                    error = %err,
+                    "request failed"
+                );
+                err.to_response()
+            }
+        }
+    }
+
+    /// Rejects requests that must not be forwarded and finds the pool for the rest.
+    fn check(&self, request: &Request<Incoming>) -> Result<Arc<Pool>, ProxyError> {
+        if self.framing.next_request_is_bad() {
+            return Err(ProxyError::BadRequest(
+                "ambiguous message framing (Content-Length with Transfer-Encoding, or conflicting Content-Length)",
+            ));
+        }
+        if request.version() == Version::HTTP_11
+            && !request.headers().contains_key(http::header::HOST)
+        {
+            // RFC 9112 §3.2: a server MUST respond 400 to an HTTP/1.1 request without Host.
+            return Err(ProxyError::BadRequest("missing Host header"));
+        }
+        let snapshot = self.listener.state.load();
+        match snapshot.pool_for(&self.listener.name) {
+            Some(pool) => Ok(Arc::clone(pool)),
+            None => Err(ProxyError::NoBackend {
+                pool: Arc::from("(none)"),
+            }),
+        }
+    }
+
+    fn fail(&self, err: &ProxyError, request: &Request<Incoming>) -> Response<ProxyBody> {
+        tracing::info!(
+            listener = %self.listener.name,
+            method = %request.method(),
+            path = request.uri().path(),
+            status = err.status().as_u16(),
+            error = %err,
+            "request rejected"
+        );
+        err.to_response()
+    }
+}
+
+/// Sends `request` to a backend of `pool`: a failed connect moves on to a backend not yet tried,
+/// up to the pool's retry budget (nothing was sent yet, so this is safe for every method).
+async fn forward(
+    pool: &Pool,
+    mut request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let settings = pool.settings;
+    let mut tried = Tried::default();
+    let mut last_error = None;
+    while tried.len() <= settings.retries as usize {
+        let Some(index) = pool.balancer.pick(&pool.endpoints, &tried) else {
+            break;
+        };
+        tried.push(index);
+        let backend = &pool.endpoints[index].backend;
+        let in_flight = backend.start_request();
+        let (response, sender) = match send(backend, request, settings).await {
+            Attempt::Response(response, sender) => (response, sender),
+            Attempt::Failed(err) => return Err(err),
+            Attempt::NotSent(unsent, err) => {
+                tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend connect failed; trying another");
+                request = unsent;
+                last_error = Some(err);
+                continue;
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let body = ProxyBody::upstream(body, Lease { in_flight, sender });
+        return Ok(Response::from_parts(parts, body));
+    }
+    Err(last_error.unwrap_or_else(|| ProxyError::NoBackend {
+        pool: Arc::clone(&pool.name),
+    }))
+}
+
+/// The outcome of one attempt on one backend.
+enum Attempt {
+    /// The backend answered; the connection comes along for reuse.
+    Response(Response<Incoming>, Sender),
+    /// Nothing reached the backend; the request is handed back for another backend.
+    NotSent(Request<Incoming>, ProxyError),
+    /// The request was (possibly partly) sent and then failed; it cannot be replayed.
+    Failed(ProxyError),
+}
+
+/// One attempt on `backend`: reuse an idle connection or open one, then send and wait for the
+/// response head within the pool's `request_timeout`.
+async fn send(
+    backend: &Arc<Backend>,
+    mut request: Request<Incoming>,
+    settings: crate::state::PoolSettings,
+) -> Attempt {
+    let mut stale = 0;
+    loop {
+        let mut sender = match checkout(backend, settings, stale >= STALE_CONNECTION_ATTEMPTS).await
+        {
+            Ok(sender) => sender,
+            Err(err) => return Attempt::NotSent(request, err.into()),
+        };
+        let attempt = sender.try_send_request(request);
+        match tokio::time::timeout(settings.request_timeout, attempt).await {
+            Err(_) => return Attempt::Failed(ProxyError::Timeout(settings.request_timeout)),
+            Ok(Ok(response)) => return Attempt::Response(response, sender),
+            Ok(Err(mut err)) => match err.take_message() {
+                // The connection closed before the request was written: use another one.
+                Some(unsent) if stale < STALE_CONNECTION_ATTEMPTS => {
+                    stale += 1;
+                    request = unsent;
+                }
+                Some(unsent) => {
+                    return Attempt::NotSent(unsent, ProxyError::Upstream(err.into_error()));
+                }
+                None => return Attempt::Failed(ProxyError::Upstream(err.into_error())),
+            },
+        }
+    }
+}
+
+/// A connection ready to send on: an idle one if any is alive (unless `fresh`), else a new one.
+async fn checkout(
+    backend: &Backend,
+    settings: crate::state::PoolSettings,
+    fresh: bool,
+) -> Result<Sender, client::ConnectError> {
+    if !fresh {
+        while let Some(mut sender) = backend.idle.take() {
+            if sender.ready().await.is_ok() {
+                return Ok(sender);
+            }
+        }
+    }
+    client::connect(backend.address, settings.connect_timeout).await
+}

@@ -1,0 +1,14 @@
+//! The data path: client connection → request checks → pick a backend → forward → stream back.
+//!
+//! [`l7`] is the HTTP proxy; [`client`] owns upstream connections; [`headers`] holds the RFC
+//! header rules; [`error`] is the single failure → status mapping; [`body`] streams responses
+//! and releases per-request resources when they end; `framing` rejects smuggling attempts that
+//! hyper would otherwise accept.
+
+pub mod body;
+pub mod client;
+pub mod error;
+mod framing;
+pub mod headers;
+pub mod idle;
+pub mod l7;
