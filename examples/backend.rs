@@ -63,8 +63,8 @@ struct Args {
     #[arg(long, value_parser = humantime::parse_duration)]
     delay: Option<Duration>,
     /// Fraction of requests (0..=1) that answer 500.
-    #[arg(long, value_parser = parse_rate)]
-    fail_rate: Option<f64>,
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    fail_rate: f64,
 }
 
 fn parse_name(s: &str) -> Result<HeaderValue, String> {
@@ -81,6 +81,7 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 /// Per-process state shared by all connections.
 struct State {
     name: HeaderValue,
+    name_str: String,
     delay: Option<Duration>,
     fail_rate: f64,
     requests: AtomicU64,
@@ -129,13 +130,6 @@ impl Body for FillerBody {
     }
 }
 
-/// A complete in-memory body.
-fn full(data: impl Into<Bytes>) -> ResBody {
-    Full::new(data.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
 /// A response with the given status and body.
 fn respond(status: StatusCode, body: ResBody) -> Response<ResBody> {
     let mut res = Response::new(body);
@@ -143,8 +137,10 @@ fn respond(status: StatusCode, body: ResBody) -> Response<ResBody> {
     res
 }
 
-fn bad_request(what: &str) -> Response<ResBody> {
-    respond(StatusCode::BAD_REQUEST, full(format!("bad {what}\n")))
+/// A response with an in-memory text body.
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ResBody> {
+    let body = Full::new(body.into()).map_err(|never| match never {});
+    respond(status, body.boxed())
 }
 
 /// Routes one request.
@@ -156,35 +152,28 @@ async fn handle(
         tokio::time::sleep(delay).await;
     }
     let path = req.uri().path().to_owned();
-    let name = String::from_utf8_lossy(state.name.as_bytes()).into_owned();
+    let bad = |what: &str| text(StatusCode::BAD_REQUEST, format!("bad {what}\n"));
     let mut res = if path == "/health" {
-        respond(StatusCode::OK, full("ok"))
+        text(StatusCode::OK, "ok")
     } else if state.should_fail() {
-        respond(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            full("injected failure\n"),
-        )
+        text(StatusCode::INTERNAL_SERVER_ERROR, "injected failure\n")
     } else if let Some(ms) = path.strip_prefix("/slow/") {
-        match ms.parse::<u64>() {
+        match ms.parse() {
             Ok(ms) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
-                respond(StatusCode::OK, full(format!("{name}\n")))
+                text(StatusCode::OK, format!("{}\n", state.name_str))
             }
-            Err(_) => bad_request("millis"),
+            Err(_) => bad("millis"),
         }
     } else if let Some(code) = path.strip_prefix("/status/") {
-        match code
-            .parse::<u16>()
-            .ok()
-            .and_then(|c| StatusCode::from_u16(c).ok())
-        {
-            Some(code) => respond(code, full(format!("{code}\n"))),
-            None => bad_request("status code"),
+        match StatusCode::from_bytes(code.as_bytes()) {
+            Ok(code) => text(code, format!("{code}\n")),
+            Err(_) => bad("status code"),
         }
     } else if let Some(n) = path.strip_prefix("/bytes/") {
-        match n.parse::<u64>() {
-            Ok(n) => respond(StatusCode::OK, FillerBody { remaining: n }.boxed()),
-            Err(_) => bad_request("length"),
+        match n.parse() {
+            Ok(remaining) => respond(StatusCode::OK, FillerBody { remaining }.boxed()),
+            Err(_) => bad("length"),
         }
     } else if path == "/echo" {
         let content_type = req.headers().get(CONTENT_TYPE).cloned();
@@ -195,16 +184,14 @@ async fn handle(
         res
     } else if path == "/headers" {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let mut text = format!("{} {} {:?}\n", req.method(), target, req.version());
+        let mut dump = format!("{} {target} {:?}\n", req.method(), req.version());
         for (key, value) in req.headers() {
-            text.push_str(&format!(
-                "{key}: {}\n",
-                String::from_utf8_lossy(value.as_bytes())
-            ));
+            let value = String::from_utf8_lossy(value.as_bytes());
+            dump.push_str(&format!("{key}: {value}\n"));
         }
-        respond(StatusCode::OK, full(text))
+        text(StatusCode::OK, dump)
     } else {
-        respond(StatusCode::OK, full(format!("{name}\n")))
+        text(StatusCode::OK, format!("{}\n", state.name_str))
     };
     res.headers_mut().insert("x-served-by", state.name.clone());
     Ok(res)
@@ -242,20 +229,14 @@ async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let listener = TcpListener::bind(SocketAddr::new(args.host, args.port)).await?;
     let name = String::from_utf8_lossy(args.name.as_bytes()).into_owned();
-    let mut stdout = std::io::stdout().lock();
-    writeln!(
-        stdout,
-        "listening on http://{} name={name}",
-        listener.local_addr()?
-    )
-    .expect("write to stdout");
-    stdout.flush().expect("flush stdout");
-    drop(stdout);
+    println!("listening on http://{} name={name}", listener.local_addr()?);
+    std::io::stdout().flush().expect("flush stdout");
 
     let state = Arc::new(State {
         name: args.name,
+        name_str: name.clone(),
         delay: args.delay,
-        fail_rate: args.fail_rate.unwrap_or(0.0),
+        fail_rate: args.fail_rate,
         requests: AtomicU64::new(0),
     });
     let builder = Arc::new(Builder::new(TokioExecutor::new()));

@@ -104,7 +104,11 @@ impl<'a> Locator<'a> {
     }
 
     /// A problem for a TOML syntax or type error, with the key path recovered from its span.
-    pub(crate) fn toml_problem(&self, err: &toml::de::Error, root: Option<&DeTable<'_>>) -> Problem {
+    pub(crate) fn toml_problem(
+        &self,
+        err: &toml::de::Error,
+        root: Option<&DeTable<'_>>,
+    ) -> Problem {
         let offset = err.span().map_or(0, |span| span.start);
         let key = root
             .map(|root| key_path_at(root, offset))

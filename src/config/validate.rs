@@ -42,8 +42,9 @@ pub(super) fn parse(file: &str, source: &str) -> Result<Config, ConfigError> {
     let locator = Locator::new(file, source);
     let root = DeTable::parse(source)
         .map_err(|err| ConfigError::Invalid(vec![locator.toml_problem(&err, None)]))?;
-    let raw: RawConfig = toml::from_str(source)
-        .map_err(|err| ConfigError::Invalid(vec![locator.toml_problem(&err, Some(root.get_ref()))]))?;
+    let raw: RawConfig = toml::from_str(source).map_err(|err| {
+        ConfigError::Invalid(vec![locator.toml_problem(&err, Some(root.get_ref()))])
+    })?;
     let mut checker = Checker {
         locator,
         problems: Vec::new(),

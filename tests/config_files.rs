@@ -1,0 +1,23 @@
+//! Every example config shipped in `config/` must parse and validate.
+
+use std::path::Path;
+
+#[test]
+fn every_file_in_config_dir_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("config/ exists") {
+        let path = entry.expect("readable entry").path();
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            if let Err(err) = fulcrum::Config::load(&path) {
+                panic!("{} is invalid:\n{err}", path.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 2,
+        "expected the example configs in {}",
+        dir.display()
+    );
+}

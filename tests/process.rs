@@ -1,0 +1,264 @@
+//! Process-level behaviour of the real `fulcrum` binary: `--check`, `--version`, and a SIGTERM
+//! drain with a slow request in flight.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fulcrum");
+
+fn write_config(dir: &tempdir::Dir, body: &str) -> std::path::PathBuf {
+    let path = dir.path().join("fulcrum.toml");
+    std::fs::write(&path, body).expect("write config");
+    path
+}
+
+/// A minimal temporary directory, removed on drop.
+mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        pub fn new(tag: &str) -> Dir {
+            let path = std::env::temp_dir().join(format!(
+                "fulcrum-test-{tag}-{}-{:?}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0)
+            ));
+            std::fs::create_dir_all(&path).expect("create temp dir");
+            Dir(path)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            // Best effort: a leftover temp dir is harmless.
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[test]
+fn check_accepts_a_valid_file_and_prints_a_summary() {
+    let dir = tempdir::Dir::new("check-ok");
+    let path = write_config(
+        &dir,
+        "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\n[pools.app]\nbackends = [\"127.0.0.1:3001\", { address = \"127.0.0.1:3002\", weight = 2 }]\n",
+    );
+    let output = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .output()
+        .expect("run fulcrum");
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("ok"), "{stdout}");
+    assert!(
+        stdout.contains("pool app (round_robin, 2 backends"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("127.0.0.1:3002 (127.0.0.1:3002) weight 2"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_rejects_an_invalid_file_listing_every_error() {
+    let dir = tempdir::Dir::new("check-bad");
+    let path = write_config(
+        &dir,
+        "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"nope\"\n\n[pools.app]\nbackends = [\"127.0.0.1:99999\"]\n",
+    );
+    let output = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .output()
+        .expect("run fulcrum");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let file = path.display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "{file}:4:8: listeners[0].pool: pool \"nope\" does not exist"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{file}:7:13: pools.app.backends[0]: \"127.0.0.1:99999\" is not a valid address"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let output = Command::new(BIN)
+        .args(["--config", "/nonexistent/fulcrum.toml", "--check"])
+        .output()
+        .expect("run fulcrum");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("/nonexistent/fulcrum.toml: cannot read config file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn version_and_help() {
+    let output = Command::new(BIN).arg("--version").output().expect("run");
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("fulcrum "));
+    let output = Command::new(BIN).arg("--help").output().expect("run");
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("--check"));
+}
+
+/// A one-request-at-a-time backend on a thread that answers after `delay`.
+fn slow_backend(delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+    let address = listener.local_addr().expect("backend address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
+                let mut line = String::new();
+                // Read the request head.
+                while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                    if line == "\r\n" {
+                        std::thread::sleep(delay);
+                        let body = "slow done\n";
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream.write_all(response.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    address
+}
+
+/// Starts the binary and waits for its startup line; returns the child and the listener address.
+fn start_fulcrum(config: &std::path::Path) -> (Child, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start fulcrum");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // Forward every line so the test can watch the drain messages too.
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("fulcrum printed its startup line");
+        if let Some(rest) = line.split("web http://").nth(1) {
+            let address = rest
+                .split_whitespace()
+                .next()
+                .expect("address after scheme")
+                .parse()
+                .expect("a socket address");
+            // Keep draining stdout in the background so the child never blocks on a full pipe.
+            std::thread::spawn(move || while rx.recv().is_ok() {});
+            return (child, address);
+        }
+    }
+}
+
+#[test]
+fn sigterm_drains_a_slow_request_then_exits_zero() {
+    let backend = slow_backend(Duration::from_millis(1500));
+    let dir = tempdir::Dir::new("drain");
+    let path = write_config(
+        &dir,
+        &format!(
+            "[runtime]\nshutdown_timeout = \"10s\"\n\n[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\n[pools.app]\nbackends = [\"{backend}\"]\n"
+        ),
+    );
+    let (mut child, address) = start_fulcrum(&path);
+
+    let mut client = TcpStream::connect(address).expect("connect to fulcrum");
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+        .expect("send request");
+    // Let the request reach the backend, then ask fulcrum to stop.
+    std::thread::sleep(Duration::from_millis(300));
+    let sent_at = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+
+    // New connections are refused once the listener has stopped accepting.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        TcpStream::connect(address).is_err(),
+        "listener still accepting after SIGTERM"
+    );
+
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("set timeout");
+    let mut response = String::new();
+    client
+        .read_to_string(&mut response)
+        .expect("read response until close");
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(response.ends_with("slow done\n"), "{response}");
+
+    let exit = wait_with_timeout(&mut child, Duration::from_secs(10));
+    assert_eq!(exit, Some(0), "fulcrum exit code");
+    assert!(
+        sent_at.elapsed() >= Duration::from_millis(1000),
+        "exited before the slow request finished"
+    );
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait on child") {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Do not leave a stray process behind a failed test.
+    let _ = child.kill();
+    None
+}
