@@ -1,0 +1,760 @@
+//! Test harness for fulcrum's integration tests: real sockets on `127.0.0.1:0`, real hyper
+//! servers and clients, no mocks.
+//!
+//! - [`TestBackend`]: an in-process HTTP/1.1 backend that names itself in every answer and
+//!   records every request it receives, with selectable misbehaviour ([`Behaviour`]).
+//! - [`TestBalancer`]: a fulcrum [`Server`] built from a generated config, run on the test
+//!   runtime, stopped with [`TestBalancer::stop`].
+//! - [`TestClient`]: one keep-alive HTTP/1.1 (or HTTP/2 prior-knowledge) client connection,
+//!   and [`raw_exchange`] for bytes hyper's client would refuse to send.
+//!
+//! Every wait in here is bounded; [`bounded`] puts an overall limit on a test body.
+
+#![allow(dead_code)] // each test binary uses a different subset of the harness
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fulcrum::{Config, Server};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Error type of every body in the harness.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body type used by the harness's clients and backends.
+pub type TestBody = BoxBody<Bytes, BoxError>;
+
+/// Upper bound for a whole test body; generous, it only exists so a hang fails instead of
+/// blocking the suite.
+pub const TEST_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs `future`, failing the test if it takes longer than [`TEST_LIMIT`].
+pub async fn bounded<T>(future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(TEST_LIMIT, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("test did not finish within {TEST_LIMIT:?}"),
+    }
+}
+
+/// Awaits `future` for at most `limit`, panicking with `what` on timeout.
+pub async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bodies
+// ---------------------------------------------------------------------------------------------
+
+/// An empty body.
+pub fn empty() -> TestBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A complete in-memory body.
+pub fn full(data: impl Into<Bytes>) -> TestBody {
+    Full::new(data.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A body fed chunk by chunk through a channel; it ends when every sender is dropped.
+///
+/// It has no known length, so HTTP/1.1 sends it chunked.
+#[derive(Debug)]
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.get_mut()
+            .rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|data| Ok(Frame::data(data))))
+    }
+}
+
+/// A streaming body and the sender that feeds it.
+pub fn channel_body() -> (mpsc::Sender<Bytes>, TestBody) {
+    let (tx, rx) = mpsc::channel(16);
+    (tx, ChannelBody { rx }.boxed())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backend
+// ---------------------------------------------------------------------------------------------
+
+/// How a [`TestBackend`] treats every request (routes below apply on top of `Normal`/`Delay`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Behaviour {
+    /// Answers at once.
+    Normal,
+    /// Waits this long before answering each request.
+    Delay(Duration),
+    /// Reads and records the request, then never answers.
+    Hang,
+    /// Accepts TCP connections and resets them immediately, without reading anything
+    /// (raw listener, no HTTP; [`TestBackend::request_count`] counts connections instead).
+    Reset,
+    /// Answers every request with this status (body and `x-served-by` as usual).
+    Status(StatusCode),
+}
+
+/// One request as the backend saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Request method.
+    pub method: Method,
+    /// Path of the request target.
+    pub path: String,
+    /// HTTP version on the backend's connection.
+    pub version: Version,
+    /// Headers exactly as received.
+    pub headers: HeaderMap,
+}
+
+/// State shared between a backend's connections and its [`TestBackend`] handle.
+struct BackendState {
+    name: String,
+    behaviour: Behaviour,
+    requests: Mutex<Vec<Recorded>>,
+    count: AtomicUsize,
+    /// Every data chunk received on `/upload`, in order, as soon as it arrives.
+    uploads: mpsc::UnboundedSender<Bytes>,
+    /// Permits that let a `/gated` response send its second chunk.
+    gate: Semaphore,
+}
+
+/// An in-process HTTP/1.1 backend on `127.0.0.1:0`.
+///
+/// Every answer carries the backend's name as body and in `x-served-by`. Routes:
+/// - `/echo`: streams the request body back as the response body.
+/// - `/upload`: forwards each request-body chunk to [`TestBackend::next_upload_chunk`] as it
+///   arrives, then answers with the total byte count.
+/// - `/gated`: sends the chunk `first`, waits for [`TestBackend::open_gate`], then sends `rest`.
+/// - `/chunks/<n>/<ms>`: sends `n` chunks `chunk-<i>;` with `ms` milliseconds between them.
+/// - `/slow/<ms>`: answers after `ms` milliseconds.
+/// - `/hop-headers`: the response carries hop-by-hop fields (`Keep-Alive`, a field named in
+///   `Connection`) plus `x-backend-kept`, to check what the proxy lets through.
+/// - anything else: the name.
+pub struct TestBackend {
+    state: Arc<BackendState>,
+    address: SocketAddr,
+    uploads: tokio::sync::Mutex<mpsc::UnboundedReceiver<Bytes>>,
+    stop: CancellationToken,
+    connections: TaskTracker,
+    accept_loop: Option<JoinHandle<()>>,
+}
+
+impl TestBackend {
+    /// A well-behaved backend called `name`.
+    pub async fn spawn(name: &str) -> TestBackend {
+        TestBackend::with_behaviour(name, Behaviour::Normal).await
+    }
+
+    /// A backend called `name` that behaves as `behaviour` says.
+    pub async fn with_behaviour(name: &str, behaviour: Behaviour) -> TestBackend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a test backend on 127.0.0.1:0");
+        let address = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let (uploads_tx, uploads_rx) = mpsc::unbounded_channel();
+        let state = Arc::new(BackendState {
+            name: name.to_owned(),
+            behaviour: behaviour.clone(),
+            requests: Mutex::new(Vec::new()),
+            count: AtomicUsize::new(0),
+            uploads: uploads_tx,
+            gate: Semaphore::new(0),
+        });
+        let stop = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let accept_loop = if behaviour == Behaviour::Reset {
+            tokio::spawn(reset_loop(listener, Arc::clone(&state), stop.clone()))
+        } else {
+            tokio::spawn(http_loop(
+                listener,
+                Arc::clone(&state),
+                stop.clone(),
+                connections.clone(),
+            ))
+        };
+        TestBackend {
+            state,
+            address,
+            uploads: tokio::sync::Mutex::new(uploads_rx),
+            stop,
+            connections,
+            accept_loop: Some(accept_loop),
+        }
+    }
+
+    /// The backend's name (its response body and `x-served-by`).
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// The address it listens on (still reported after [`TestBackend::stop`]).
+    pub fn addr(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Requests received so far (connections, for [`Behaviour::Reset`]).
+    pub fn request_count(&self) -> usize {
+        self.state.count.load(Ordering::SeqCst)
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.state.requests).clone()
+    }
+
+    /// The most recent request, if any.
+    pub fn last_request(&self) -> Option<Recorded> {
+        lock(&self.state.requests).last().cloned()
+    }
+
+    /// The next chunk an `/upload` request delivered, waiting at most `limit`.
+    pub async fn next_upload_chunk(&self, limit: Duration) -> Bytes {
+        let mut uploads = self.uploads.lock().await;
+        within(limit, "an upload chunk at the backend", uploads.recv())
+            .await
+            .expect("the backend state holds the upload sender")
+    }
+
+    /// Lets one waiting (or future) `/gated` response send its second chunk.
+    pub fn open_gate(&self) {
+        self.state.gate.add_permits(1);
+    }
+
+    /// Closes the port and every open connection, and waits for its tasks to end.
+    pub async fn stop(&mut self) {
+        self.stop.cancel();
+        if let Some(accept_loop) = self.accept_loop.take() {
+            within(Duration::from_secs(5), "the backend accept loop", accept_loop)
+                .await
+                .expect("backend accept loop panicked");
+        }
+        self.connections.close();
+        within(
+            Duration::from_secs(5),
+            "backend connections to close",
+            self.connections.wait(),
+        )
+        .await;
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Accepts connections and serves HTTP/1.1 on each until `stop`.
+async fn http_loop(
+    listener: TcpListener,
+    state: Arc<BackendState>,
+    stop: CancellationToken,
+    connections: TaskTracker,
+) {
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let state = Arc::clone(&state);
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |request| handle(Arc::clone(&state), request));
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// Accepts connections and resets each one at once (SO_LINGER 0 makes the close an RST).
+async fn reset_loop(listener: TcpListener, state: Arc<BackendState>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    state.count.fetch_add(1, Ordering::SeqCst);
+                    // Best effort: without it the close is a FIN, which still fails the exchange.
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    drop(stream);
+                }
+            }
+        }
+    }
+}
+
+/// The backend's answer with `body` and the `x-served-by` header.
+fn named(state: &BackendState, status: StatusCode, body: TestBody) -> Response<TestBody> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        "x-served-by",
+        HeaderValue::from_str(&state.name).expect("backend names are valid header values"),
+    );
+    response
+}
+
+/// `/a/b/c` → `["a", "b", "c"]` after the given prefix, parsed as numbers.
+fn numbers_after(path: &str, prefix: &str) -> Option<Vec<u64>> {
+    path.strip_prefix(prefix)?
+        .split('/')
+        .map(|part| part.parse().ok())
+        .collect()
+}
+
+async fn handle(
+    state: Arc<BackendState>,
+    request: Request<Incoming>,
+) -> Result<Response<TestBody>, Infallible> {
+    let path = request.uri().path().to_owned();
+    lock(&state.requests).push(Recorded {
+        method: request.method().clone(),
+        path: path.clone(),
+        version: request.version(),
+        headers: request.headers().clone(),
+    });
+    state.count.fetch_add(1, Ordering::SeqCst);
+
+    match &state.behaviour {
+        Behaviour::Hang => std::future::pending::<()>().await,
+        Behaviour::Delay(delay) => tokio::time::sleep(*delay).await,
+        Behaviour::Status(status) => {
+            return Ok(named(&state, *status, full(state.name.clone())));
+        }
+        Behaviour::Normal | Behaviour::Reset => {}
+    }
+
+    let response = if path == "/echo" {
+        let body = request.into_body().map_err(BoxError::from).boxed();
+        named(&state, StatusCode::OK, body)
+    } else if path == "/upload" {
+        let mut body = request.into_body();
+        let mut total = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        total += data.len();
+                        let _ = state.uploads.send(data);
+                    }
+                }
+                Err(err) => {
+                    return Ok(named(
+                        &state,
+                        StatusCode::BAD_REQUEST,
+                        full(format!("upload failed: {err}")),
+                    ));
+                }
+            }
+        }
+        named(&state, StatusCode::OK, full(total.to_string()))
+    } else if path == "/gated" {
+        let (tx, body) = channel_body();
+        let gate_state = Arc::clone(&state);
+        tokio::spawn(async move {
+            if tx.send(Bytes::from_static(b"first")).await.is_err() {
+                return;
+            }
+            if let Ok(permit) = gate_state.gate.acquire().await {
+                permit.forget();
+                let _ = tx.send(Bytes::from_static(b"rest")).await;
+            }
+        });
+        named(&state, StatusCode::OK, body)
+    } else if let Some([count, pause_ms]) = numbers_after(&path, "/chunks/").as_deref() {
+        let (count, pause) = (*count, Duration::from_millis(*pause_ms));
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            for i in 0..count {
+                if i > 0 {
+                    tokio::time::sleep(pause).await;
+                }
+                if tx.send(Bytes::from(format!("chunk-{i};"))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        named(&state, StatusCode::OK, body)
+    } else if let Some([ms]) = numbers_after(&path, "/slow/").as_deref() {
+        tokio::time::sleep(Duration::from_millis(*ms)).await;
+        named(&state, StatusCode::OK, full(state.name.clone()))
+    } else if path == "/hop-headers" {
+        let mut response = named(&state, StatusCode::OK, full(state.name.clone()));
+        let headers = response.headers_mut();
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(
+            "connection",
+            HeaderValue::from_static("x-backend-hop, keep-alive"),
+        );
+        headers.insert("x-backend-hop", HeaderValue::from_static("1"));
+        headers.insert("x-backend-kept", HeaderValue::from_static("1"));
+        response
+    } else {
+        named(&state, StatusCode::OK, full(state.name.clone()))
+    };
+    Ok(response)
+}
+
+/// An address on which nothing listens: bound to `127.0.0.1:0`, then released.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a throwaway listener");
+    listener
+        .local_addr()
+        .expect("a bound listener has an address")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Balancer
+// ---------------------------------------------------------------------------------------------
+
+/// Builds the config of a [`TestBalancer`]: one listener `web` on `127.0.0.1:0` forwarding to
+/// one pool `app`.
+#[derive(Debug, Clone)]
+pub struct BalancerBuilder {
+    backends: Vec<(SocketAddr, u32)>,
+    algorithm: &'static str,
+    listener_settings: Vec<String>,
+    pool_settings: Vec<String>,
+}
+
+impl BalancerBuilder {
+    /// Adds a backend of weight 1.
+    pub fn backend(self, address: SocketAddr) -> Self {
+        self.weighted(address, 1)
+    }
+
+    /// Adds a backend with the given weight.
+    pub fn weighted(mut self, address: SocketAddr, weight: u32) -> Self {
+        self.backends.push((address, weight));
+        self
+    }
+
+    /// `"round_robin"` (the default) or `"least_connections"`.
+    pub fn algorithm(mut self, algorithm: &'static str) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// Sets a key of the `[[listeners]]` entry; `value` is TOML (`"\"300ms\""`, `"8192"`).
+    pub fn listener(mut self, key: &str, value: &str) -> Self {
+        self.listener_settings.push(format!("{key} = {value}"));
+        self
+    }
+
+    /// Sets a key of `[pools.app]`; `value` is TOML (`"\"300ms\""`, `"2"`).
+    pub fn pool(mut self, key: &str, value: &str) -> Self {
+        self.pool_settings.push(format!("{key} = {value}"));
+        self
+    }
+
+    /// The config file this builder describes.
+    pub fn config_text(&self) -> String {
+        let backends: Vec<String> = self
+            .backends
+            .iter()
+            .map(|(address, weight)| format!("{{ address = \"{address}\", weight = {weight} }}"))
+            .collect();
+        format!(
+            "[runtime]\nshutdown_timeout = \"2s\"\n\n\
+             [[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n{}\n\n\
+             [pools.app]\nalgorithm = \"{}\"\nbackends = [{}]\n{}\n",
+            self.listener_settings.join("\n"),
+            self.algorithm,
+            backends.join(", "),
+            self.pool_settings.join("\n"),
+        )
+    }
+
+    /// Parses the config, binds the server and runs it on the current runtime.
+    pub async fn start(self) -> TestBalancer {
+        let text = self.config_text();
+        let config = Config::parse("test.toml", &text)
+            .unwrap_or_else(|err| panic!("test config is invalid:\n{err}\n--- config ---\n{text}"));
+        let server = Server::bind(config)
+            .await
+            .unwrap_or_else(|err| panic!("cannot bind the test balancer: {err}"));
+        let address = server
+            .local_addr("web")
+            .expect("the listener `web` is bound");
+        let shutdown = CancellationToken::new();
+        let signal = shutdown.clone();
+        let task = tokio::spawn(async move { server.run(signal.cancelled_owned()).await });
+        TestBalancer {
+            address,
+            config: text,
+            shutdown,
+            task: Some(task),
+        }
+    }
+}
+
+/// A running fulcrum server with one HTTP listener.
+pub struct TestBalancer {
+    address: SocketAddr,
+    config: String,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestBalancer {
+    /// A builder with no backends, round-robin, default settings.
+    pub fn builder() -> BalancerBuilder {
+        BalancerBuilder {
+            backends: Vec::new(),
+            algorithm: "round_robin",
+            listener_settings: Vec::new(),
+            pool_settings: Vec::new(),
+        }
+    }
+
+    /// The client-facing listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The config the server runs with (for failure messages).
+    pub fn config(&self) -> &str {
+        &self.config
+    }
+
+    /// A new HTTP/1.1 client connection to the listener.
+    pub async fn client(&self) -> TestClient {
+        TestClient::connect(self.address).await
+    }
+
+    /// Triggers graceful shutdown and waits (bounded) for the server to drain and return.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            within(Duration::from_secs(10), "the balancer to shut down", task)
+                .await
+                .expect("the balancer task panicked");
+        }
+    }
+}
+
+impl Drop for TestBalancer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------------------------
+
+/// A response read to the end.
+#[derive(Debug, Clone)]
+pub struct TestResponse {
+    /// Status code.
+    pub status: StatusCode,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl TestResponse {
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The `x-served-by` header, if the response came from a [`TestBackend`].
+    pub fn served_by(&self) -> Option<&str> {
+        self.headers
+            .get("x-served-by")
+            .and_then(|value| value.to_str().ok())
+    }
+
+    /// Reads `response` to the end.
+    pub async fn collect(response: Response<Incoming>) -> Result<TestResponse, hyper::Error> {
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(TestResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
+enum Sender {
+    Http1(hyper::client::conn::http1::SendRequest<TestBody>),
+    Http2(hyper::client::conn::http2::SendRequest<TestBody>),
+}
+
+/// One client connection; requests on it are sent one after another (keep-alive).
+pub struct TestClient {
+    sender: Sender,
+    connection: JoinHandle<()>,
+}
+
+/// The `Host` the client helpers send unless told otherwise.
+pub const TEST_HOST: &str = "fulcrum.test";
+
+impl TestClient {
+    /// Opens an HTTP/1.1 connection to `address`.
+    pub async fn connect(address: SocketAddr) -> TestClient {
+        let stream = connect_tcp(address).await;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("HTTP/1.1 client handshake");
+        let connection = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        TestClient {
+            sender: Sender::Http1(sender),
+            connection,
+        }
+    }
+
+    /// Opens an HTTP/2 connection to `address` with prior knowledge (no upgrade).
+    pub async fn connect_h2(address: SocketAddr) -> TestClient {
+        let stream = connect_tcp(address).await;
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("HTTP/2 client handshake");
+        let connection = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        TestClient {
+            sender: Sender::Http2(sender),
+            connection,
+        }
+    }
+
+    /// Sends `request` and returns the response head with its still-streaming body.
+    pub async fn send(&mut self, request: Request<TestBody>) -> Result<Response<Incoming>, hyper::Error> {
+        match &mut self.sender {
+            Sender::Http1(sender) => {
+                sender.ready().await?;
+                sender.send_request(request).await
+            }
+            Sender::Http2(sender) => {
+                sender.ready().await?;
+                sender.send_request(request).await
+            }
+        }
+    }
+
+    /// Sends `request` and reads the whole response.
+    pub async fn fetch(&mut self, request: Request<TestBody>) -> Result<TestResponse, hyper::Error> {
+        let response = self.send(request).await?;
+        TestResponse::collect(response).await
+    }
+
+    /// `GET path` with `Host: fulcrum.test`, read to the end.
+    pub async fn get(&mut self, path: &str) -> Result<TestResponse, hyper::Error> {
+        self.fetch(get(path)).await
+    }
+}
+
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+/// A `GET path` request with `Host: fulcrum.test` and an empty body.
+pub fn get(path: &str) -> Request<TestBody> {
+    Request::get(path)
+        .header(http::header::HOST, TEST_HOST)
+        .body(empty())
+        .expect("a valid GET request")
+}
+
+async fn connect_tcp(address: SocketAddr) -> TcpStream {
+    let stream = within(
+        Duration::from_secs(5),
+        "a TCP connect",
+        TcpStream::connect(address),
+    )
+    .await
+    .unwrap_or_else(|err| panic!("connect to {address}: {err}"));
+    stream.set_nodelay(true).expect("set TCP_NODELAY");
+    stream
+}
+
+/// Writes `bytes` on a fresh TCP connection and returns everything read back until the peer
+/// closes the connection or `limit` passes (whichever comes first), as lossy text.
+pub async fn raw_exchange(address: SocketAddr, bytes: &[u8], limit: Duration) -> String {
+    let mut stream = connect_tcp(address).await;
+    stream.write_all(bytes).await.expect("write raw request");
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// The status code of the first status line in a raw response, if any.
+pub fn raw_status(response: &str) -> Option<u16> {
+    let line = response.lines().next()?;
+    let mut parts = line.split(' ');
+    let version = parts.next()?;
+    if !version.starts_with("HTTP/1.") {
+        return None;
+    }
+    parts.next()?.parse().ok()
+}
+
+/// Opens a raw TCP connection to `address`.
+pub async fn raw_connect(address: SocketAddr) -> TcpStream {
+    connect_tcp(address).await
+}
