@@ -159,9 +159,22 @@ fn slow_backend(delay: Duration) -> SocketAddr {
     address
 }
 
+/// A child process that is killed and reaped if the test ends early.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            // Best effort on a failing test's way out.
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the binary and waits for its startup line; returns the child and the listener address.
-fn start_fulcrum(config: &std::path::Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(BIN)
+fn start_fulcrum(config: &std::path::Path) -> (Running, SocketAddr) {
+    let child = Command::new(BIN)
         .arg("--config")
         .arg(config)
         .env("NO_COLOR", "1")
@@ -170,7 +183,8 @@ fn start_fulcrum(config: &std::path::Path) -> (Child, SocketAddr) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start fulcrum");
-    let stdout = child.stdout.take().expect("stdout piped");
+    let mut child = Running(child);
+    let stdout = child.0.stdout.take().expect("stdout piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -220,7 +234,7 @@ fn sigterm_drains_a_slow_request_then_exits_zero() {
     std::thread::sleep(Duration::from_millis(300));
     let sent_at = Instant::now();
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .expect("run kill");
     assert!(status.success());
@@ -242,7 +256,7 @@ fn sigterm_drains_a_slow_request_then_exits_zero() {
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     assert!(response.ends_with("slow done\n"), "{response}");
 
-    let exit = wait_with_timeout(&mut child, Duration::from_secs(10));
+    let exit = wait_with_timeout(&mut child.0, Duration::from_secs(10));
     assert_eq!(exit, Some(0), "fulcrum exit code");
     assert!(
         sent_at.elapsed() >= Duration::from_millis(1000),
@@ -258,7 +272,5 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<i32> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Do not leave a stray process behind a failed test.
-    let _ = child.kill();
     None
 }
