@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::health::Health;
 use crate::proxy::client::IdleConnections;
 
 /// One backend server and everything known about it at run time.
@@ -27,16 +28,19 @@ pub struct Backend {
     pub(crate) rr_weight: AtomicI64,
     /// Keep-alive connections ready for the next request.
     pub(crate) idle: IdleConnections,
+    /// Up, down or ejected; fed by active checks and live traffic.
+    pub health: Health,
 }
 
 impl Backend {
-    /// A backend with no traffic yet, keeping up to `max_idle` idle connections for `idle_timeout`.
+    /// A backend with no traffic yet, keeping up to `max_idle` idle connections for
+    /// `idle_timeout`, with the given starting `health`.
     pub fn new(
         pool: Arc<str>,
         name: Arc<str>,
         address: SocketAddr,
-        max_idle: usize,
-        idle_timeout: Duration,
+        (max_idle, idle_timeout): (usize, Duration),
+        health: Health,
     ) -> Self {
         Self {
             pool,
@@ -45,6 +49,7 @@ impl Backend {
             in_flight: AtomicUsize::new(0),
             rr_weight: AtomicI64::new(0),
             idle: IdleConnections::new(max_idle, idle_timeout),
+            health,
         }
     }
 
@@ -105,8 +110,8 @@ pub(crate) fn test_endpoints(weights: &[u32]) -> Vec<Endpoint> {
                     Arc::from("test"),
                     Arc::from(address.to_string()),
                     address,
-                    0,
-                    Duration::from_secs(1),
+                    (0, Duration::from_secs(1)),
+                    Health::new(false, false),
                 )),
                 weight: NonZeroU32::new(weight).expect("test weights are non-zero"),
             }

@@ -9,6 +9,7 @@
 //! - [`state`]: the immutable runtime snapshot (pools, backends, routes), swapped whole.
 //! - [`backend`]: per-backend live state (in-flight, idle connections) that outlives snapshots.
 //! - [`balance`]: the selection algorithms (smooth weighted round-robin, least-connections).
+//! - [`health`]: the health state machine, active checkers and passive ejection.
 //! - [`proxy`]: the HTTP data path, upstream connections, header rules, error → status mapping.
 //! - [`listener`]: binding and the accept loop; [`admin`]: the operator endpoints.
 //! - [`server`]: wires it together: bind, serve, drain on shutdown.
@@ -19,6 +20,7 @@ pub mod backend;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod health;
 pub mod listener;
 pub mod proxy;
 pub mod server;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ListenerConfig, Protocol};
+use crate::health::checker::Supervisor;
 use crate::proxy::l7::HttpListener;
 use crate::state::{SharedState, Snapshot};
 use crate::{admin, listener};
@@ -97,6 +98,8 @@ impl Server {
         let snapshot = self.state.load_full();
         log_startup(&snapshot, &self.listeners, self.admin.as_ref());
         let stop = CancellationToken::new();
+        let mut checkers = Supervisor::new(stop.child_token());
+        checkers.sync(&snapshot);
         let connections = TaskTracker::new();
         let mut accept_loops = Vec::new();
         for (config, socket) in self.listeners {

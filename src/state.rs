@@ -2,13 +2,15 @@
 //! serves which listener. A reload builds a new one off the hot path and swaps it in whole.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use crate::backend::{Backend, Endpoint};
-use crate::balance::Balancer;
-use crate::config::{Algorithm, Config, PoolConfig};
+use crate::balance::{Balancer, Tried};
+use crate::config::{Algorithm, Config, HealthCheckConfig, PassiveConfig, PoolConfig};
+use crate::health::{Health, Status, WEIGHT_SCALE};
 
 /// The current snapshot, swapped atomically on reload.
 pub type SharedState = Arc<ArcSwap<Snapshot>>;
@@ -36,6 +38,12 @@ pub struct Pool {
     pub balancer: Balancer,
     /// Timeouts and retry budget.
     pub settings: PoolSettings,
+    /// Passive ejection rules.
+    pub passive: PassiveConfig,
+    /// Active checks, shared with the checker tasks.
+    pub health_check: Option<Arc<HealthCheckConfig>>,
+    /// Set while the pool serves fail-open, so the switch is logged once.
+    failing_open: AtomicBool,
 }
 
 /// A pool's per-request settings.
@@ -47,6 +55,10 @@ pub struct PoolSettings {
     pub request_timeout: Duration,
     /// Extra attempts on other backends after a failed connect.
     pub retries: u32,
+    /// Weight ramp-up time for backends that come back.
+    pub slow_start: Option<Duration>,
+    /// Use every backend when none is healthy.
+    pub fail_open: bool,
 }
 
 impl Snapshot {
@@ -56,7 +68,10 @@ impl Snapshot {
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
-            .map(|pool| Arc::new(Pool::build(pool, previous.and_then(|p| p.pool(&pool.name)))))
+            .map(|pool| {
+                let previous_pool = previous.and_then(|p| p.pool(&pool.name));
+                Arc::new(Pool::build(pool, previous_pool, previous.is_some()))
+            })
             .collect();
         let routes = config
             .listeners
@@ -93,7 +108,7 @@ impl Snapshot {
 }
 
 impl Pool {
-    fn build(config: &PoolConfig, previous: Option<&Arc<Pool>>) -> Pool {
+    fn build(config: &PoolConfig, previous: Option<&Arc<Pool>>, reloading: bool) -> Pool {
         let endpoints = config
             .backends
             .iter()
@@ -105,12 +120,15 @@ impl Pool {
                         .map(|e| Arc::clone(&e.backend))
                 });
                 let backend_state = existing.unwrap_or_else(|| {
+                    // A backend added by a reload joins under slow start; at start-up all
+                    // backends are new, so none is favoured.
+                    let health = Health::new(config.health_check.is_some(), reloading);
                     Arc::new(Backend::new(
                         Arc::clone(&config.name),
                         Arc::clone(&backend.name),
                         backend.address,
-                        config.max_idle_per_backend,
-                        config.idle_timeout,
+                        (config.max_idle_per_backend, config.idle_timeout),
+                        health,
                     ))
                 });
                 Endpoint {
@@ -128,7 +146,60 @@ impl Pool {
                 connect_timeout: config.connect_timeout,
                 request_timeout: config.request_timeout,
                 retries: config.retries,
+                slow_start: config.slow_start,
+                fail_open: config.fail_open,
             },
+            passive: config.passive.clone(),
+            health_check: config.health_check.clone().map(Arc::new),
+            failing_open: AtomicBool::new(false),
         }
+    }
+
+    /// Picks a healthy backend not in `tried`, at its effective (slow-start) weight. With no
+    /// healthy backend at all and `fail_open`, picks among all of them instead.
+    pub fn pick(&self, tried: &Tried) -> Option<usize> {
+        let slow_start = self.settings.slow_start;
+        let healthy = self.balancer.pick(&self.endpoints, |index, endpoint| {
+            let health = &endpoint.backend.health;
+            (health.is_available() && !tried.contains(index))
+                .then(|| health.effective_weight(endpoint.weight.get(), slow_start))
+        });
+        if healthy.is_some() || !self.settings.fail_open {
+            return healthy;
+        }
+        if self
+            .endpoints
+            .iter()
+            .any(|endpoint| endpoint.backend.health.is_available())
+        {
+            // Healthy backends exist; they were just all tried already.
+            return None;
+        }
+        if !self.failing_open.swap(true, Ordering::Relaxed) {
+            tracing::warn!(pool = %self.name, "no healthy backend: failing open to all backends");
+        }
+        self.balancer.pick(&self.endpoints, |index, endpoint| {
+            (!tried.contains(index)).then(|| u64::from(endpoint.weight.get()) * WEIGHT_SCALE)
+        })
+    }
+
+    /// Whether any backend is healthy; clears the fail-open flag when one is.
+    pub fn any_available(&self) -> bool {
+        let available = self
+            .endpoints
+            .iter()
+            .any(|endpoint| endpoint.backend.health.is_available());
+        if available && self.failing_open.swap(false, Ordering::Relaxed) {
+            tracing::info!(pool = %self.name, "a backend is healthy again: fail-open ended");
+        }
+        available
+    }
+
+    /// How many backends passive ejection currently holds out.
+    pub fn ejected_count(&self) -> usize {
+        self.endpoints
+            .iter()
+            .filter(|endpoint| endpoint.backend.health.status() == Status::Ejected)
+            .count()
     }
 }

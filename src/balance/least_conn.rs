@@ -12,7 +12,7 @@ use crate::backend::Endpoint;
 pub(super) fn pick(
     endpoints: &[Endpoint],
     rotor: &AtomicUsize,
-    eligible: impl Fn(usize, &Endpoint) -> bool,
+    weight_of: impl Fn(usize, &Endpoint) -> Option<u64>,
 ) -> Option<usize> {
     let len = endpoints.len();
     if len == 0 {
@@ -27,14 +27,16 @@ pub(super) fn pick(
             start + offset
         };
         let endpoint = &endpoints[index];
-        if !eligible(index, endpoint) {
+        let Some(weight) = weight_of(index, endpoint) else {
             continue;
-        }
+        };
         let load = endpoint.backend.in_flight() as u64;
-        let weight = u64::from(endpoint.weight.get());
         let better = match best {
             None => true,
-            Some((_, best_load, best_weight)) => load * best_weight < best_load * weight,
+            Some((_, best_load, best_weight)) => {
+                u128::from(load) * u128::from(best_weight)
+                    < u128::from(best_load) * u128::from(weight)
+            }
         };
         if better {
             best = Some((index, load, weight));
@@ -45,9 +47,13 @@ pub(super) fn pick(
 
 #[cfg(test)]
 mod tests {
-    use crate::backend::test_endpoints;
-    use crate::balance::{Balancer, Tried};
+    use crate::backend::{Endpoint, test_endpoints};
+    use crate::balance::Balancer;
     use crate::config::Algorithm;
+
+    fn all(_: usize, endpoint: &Endpoint) -> Option<u64> {
+        Some(u64::from(endpoint.weight.get()))
+    }
 
     #[test]
     fn picks_the_least_loaded() {
@@ -56,7 +62,7 @@ mod tests {
         let _a = endpoints[0].backend.start_request();
         let _b = endpoints[1].backend.start_request();
         for _ in 0..3 {
-            assert_eq!(balancer.pick(&endpoints, &Tried::default()), Some(2));
+            assert_eq!(balancer.pick(&endpoints, all), Some(2));
         }
     }
 
@@ -69,7 +75,7 @@ mod tests {
         let _b: Vec<_> = (0..3)
             .map(|_| endpoints[1].backend.start_request())
             .collect();
-        assert_eq!(balancer.pick(&endpoints, &Tried::default()), Some(1));
+        assert_eq!(balancer.pick(&endpoints, all), Some(1));
     }
 
     #[test]
@@ -77,11 +83,7 @@ mod tests {
         let endpoints = test_endpoints(&[1, 1, 1]);
         let balancer = Balancer::new(Algorithm::LeastConnections);
         let picks: Vec<_> = (0..6)
-            .map(|_| {
-                balancer
-                    .pick(&endpoints, &Tried::default())
-                    .expect("a backend")
-            })
+            .map(|_| balancer.pick(&endpoints, all).expect("a backend"))
             .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
     }

@@ -70,12 +70,16 @@ impl Balancer {
         }
     }
 
-    /// The index of the backend to use next, skipping already-tried ones.
-    pub fn pick(&self, endpoints: &[Endpoint], tried: &Tried) -> Option<usize> {
-        let eligible = |index: usize, _: &Endpoint| !tried.contains(index);
+    /// The index of the backend to use next. `weight_of` gives each eligible endpoint's
+    /// effective weight (scaled, at least 1) and `None` for endpoints to skip.
+    pub fn pick(
+        &self,
+        endpoints: &[Endpoint],
+        weight_of: impl Fn(usize, &Endpoint) -> Option<u64>,
+    ) -> Option<usize> {
         match self {
-            Balancer::RoundRobin => round_robin::pick(endpoints, eligible),
-            Balancer::LeastConnections { rotor } => least_conn::pick(endpoints, rotor, eligible),
+            Balancer::RoundRobin => round_robin::pick(endpoints, weight_of),
+            Balancer::LeastConnections { rotor } => least_conn::pick(endpoints, rotor, weight_of),
         }
     }
 }

@@ -12,15 +12,15 @@ use crate::backend::Endpoint;
 
 pub(super) fn pick(
     endpoints: &[Endpoint],
-    eligible: impl Fn(usize, &Endpoint) -> bool,
+    weight_of: impl Fn(usize, &Endpoint) -> Option<u64>,
 ) -> Option<usize> {
     let mut total: i64 = 0;
     let mut best: Option<(usize, i64)> = None;
     for (index, endpoint) in endpoints.iter().enumerate() {
-        if !eligible(index, endpoint) {
+        let Some(weight) = weight_of(index, endpoint) else {
             continue;
-        }
-        let weight = i64::from(endpoint.weight.get());
+        };
+        let weight = i64::try_from(weight).unwrap_or(i64::MAX / 1024);
         let current = endpoint.backend.rr_weight.fetch_add(weight, Relaxed) + weight;
         total += weight;
         if best.is_none_or(|(_, best_weight)| current > best_weight) {
@@ -34,19 +34,23 @@ pub(super) fn pick(
 
 #[cfg(test)]
 mod tests {
-    use crate::backend::test_endpoints;
+    use crate::backend::{Endpoint, test_endpoints};
     use crate::balance::{Balancer, Tried};
     use crate::config::Algorithm;
+
+    fn all(_: usize, endpoint: &Endpoint) -> Option<u64> {
+        Some(u64::from(endpoint.weight.get()))
+    }
+
+    fn except(tried: &Tried) -> impl Fn(usize, &Endpoint) -> Option<u64> + '_ {
+        move |index, endpoint| (!tried.contains(index)).then(|| u64::from(endpoint.weight.get()))
+    }
 
     fn sequence(weights: &[u32], picks: usize) -> Vec<usize> {
         let endpoints = test_endpoints(weights);
         let balancer = Balancer::new(Algorithm::RoundRobin);
         (0..picks)
-            .map(|_| {
-                balancer
-                    .pick(&endpoints, &Tried::default())
-                    .expect("a backend")
-            })
+            .map(|_| balancer.pick(&endpoints, all).expect("a backend"))
             .collect()
     }
 
@@ -74,10 +78,22 @@ mod tests {
         tried.push(0);
         tried.push(2);
         for _ in 0..5 {
-            assert_eq!(balancer.pick(&endpoints, &tried), Some(1));
+            assert_eq!(balancer.pick(&endpoints, except(&tried)), Some(1));
         }
         tried.push(1);
-        assert_eq!(balancer.pick(&endpoints, &tried), None);
+        assert_eq!(balancer.pick(&endpoints, except(&tried)), None);
+    }
+
+    #[test]
+    fn effective_weights_steer_the_shares() {
+        // A backend ramping up under slow start at a quarter of its weight.
+        let endpoints = test_endpoints(&[1, 1]);
+        let balancer = Balancer::new(Algorithm::RoundRobin);
+        let ramping = |index: usize, _: &Endpoint| Some(if index == 0 { 250 } else { 1000 });
+        let picks: Vec<_> = (0..125)
+            .map(|_| balancer.pick(&endpoints, ramping).expect("a backend"))
+            .collect();
+        assert_eq!(picks.iter().filter(|&&p| p == 0).count(), 25);
     }
 
     #[test]
@@ -91,7 +107,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut counts = [0usize; 2];
                     for _ in 0..10_000 {
-                        let index = balancer.pick(&endpoints, &Tried::default());
+                        let index = balancer.pick(&endpoints, all);
                         counts[index.expect("a backend")] += 1;
                     }
                     counts

@@ -118,6 +118,75 @@ pub struct PoolConfig {
     pub max_idle_per_backend: usize,
     /// Idle upstream connections older than this are not reused.
     pub idle_timeout: Duration,
+    /// Weight ramp-up time for a backend that (re)joins; `None` means full weight at once.
+    pub slow_start: Option<Duration>,
+    /// With no healthy backend, use all of them (`true`) or answer 503 (`false`).
+    pub fail_open: bool,
+    /// Active checks; `None` means backends are up unless live traffic ejects them.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive ejection from live traffic.
+    pub passive: PassiveConfig,
+}
+
+/// Active health checks of one pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    /// What a check does.
+    pub kind: CheckKind,
+    /// Time between the starts of two checks.
+    pub interval: Duration,
+    /// Time one check may take; never longer than `interval`.
+    pub timeout: Duration,
+    /// Up to this much random delay is added to each interval, so checks do not align.
+    pub jitter: Duration,
+    /// Consecutive passes that bring a down backend up.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that take an up backend down.
+    pub unhealthy_threshold: u32,
+}
+
+/// What an active check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// Sends a request on a new connection; passes when the status is in `expect`.
+    Http {
+        /// Request method.
+        method: http::Method,
+        /// Request path (and query), starting with `/`.
+        path: http::uri::PathAndQuery,
+        /// `Host` header; the backend's address when `None`.
+        host: Option<http::HeaderValue>,
+        /// Passing statuses.
+        expect: StatusSet,
+    },
+    /// Passes when a TCP connect succeeds.
+    Tcp,
+}
+
+/// Passive ejection settings of one pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassiveConfig {
+    /// Failures in a row that eject a backend; 0 means never.
+    pub consecutive_failures: u32,
+    /// First ejection time; doubles with each repeated ejection.
+    pub ejection_time: Duration,
+    /// Cap on the doubling.
+    pub max_ejection_time: Duration,
+    /// Passive ejection never takes out more than this share (0–100) of a pool.
+    pub max_ejected_percent: u8,
+    /// Response statuses that count as failures (connect errors, resets and timeouts always do).
+    pub failure_statuses: StatusSet,
+}
+
+/// A set of HTTP status codes, as inclusive ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSet(pub Vec<std::ops::RangeInclusive<u16>>);
+
+impl StatusSet {
+    /// Whether `status` is in the set.
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|range| range.contains(&status))
+    }
 }
 
 /// One backend of a pool.

@@ -92,6 +92,66 @@ pub struct RawPool {
     pub max_idle_per_backend: Option<Spanned<i64>>,
     /// An idle upstream connection older than this is closed instead of reused.
     pub idle_timeout: Option<Spanned<String>>,
+    /// A backend coming back ramps its weight up over this long.
+    pub slow_start: Option<Spanned<String>>,
+    /// With no healthy backend: `true` uses all of them, `false` answers 503.
+    pub fail_open: Option<bool>,
+    /// `[pools.NAME.health_check]`: active checks.
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+    /// `[pools.NAME.passive]`: ejection judged from live traffic.
+    pub passive: Option<Spanned<RawPassive>>,
+}
+
+/// `[pools.NAME.health_check]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// `http` or `tcp`.
+    pub kind: Option<Spanned<RawCheckKind>>,
+    /// Request path of HTTP checks.
+    pub path: Option<Spanned<String>>,
+    /// Request method of HTTP checks.
+    pub method: Option<Spanned<String>>,
+    /// `Host` header of HTTP checks.
+    pub host: Option<Spanned<String>>,
+    /// Statuses that pass: a code, `"200-399"`, `"200,204"`, or a list.
+    pub expect_status: Option<Spanned<toml::Value>>,
+    /// Time between checks.
+    pub interval: Option<Spanned<String>>,
+    /// Time one check may take.
+    pub timeout: Option<Spanned<String>>,
+    /// Random extra delay added to each interval.
+    pub jitter: Option<Spanned<String>>,
+    /// Consecutive passes to mark a backend up.
+    pub healthy_threshold: Option<Spanned<i64>>,
+    /// Consecutive failures to mark a backend down.
+    pub unhealthy_threshold: Option<Spanned<i64>>,
+}
+
+/// The kinds of active check.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawCheckKind {
+    /// An HTTP request whose status must match.
+    Http,
+    /// A TCP connect.
+    Tcp,
+}
+
+/// `[pools.NAME.passive]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassive {
+    /// Failures in a row that eject a backend; 0 turns passive ejection off.
+    pub consecutive_failures: Option<Spanned<i64>>,
+    /// First ejection time; doubles on each repeated ejection.
+    pub ejection_time: Option<Spanned<String>>,
+    /// Cap on the ejection time.
+    pub max_ejection_time: Option<Spanned<String>>,
+    /// Largest share of a pool that passive ejection may take out.
+    pub max_ejected_percent: Option<Spanned<i64>>,
+    /// Response statuses that count as failures.
+    pub failure_statuses: Option<Spanned<toml::Value>>,
 }
 
 /// The balancing algorithms, as spelled in the file.

@@ -117,6 +117,49 @@ impl Body for ProxyBody {
     }
 }
 
+pin_project! {
+    /// Body of every request fulcrum sends to a backend: the client's body streamed through,
+    /// or nothing (a bodiless request replayed on another backend).
+    #[project = UpstreamBodyProj]
+    #[allow(missing_docs)] // pin-project-lite cannot carry docs on pinned fields
+    pub enum UpstreamBody {
+        Client {
+            #[pin]
+            body: Incoming,
+        },
+        Empty,
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            UpstreamBodyProj::Client { body } => body.poll_frame(cx),
+            UpstreamBodyProj::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Client { body } => body.is_end_stream(),
+            UpstreamBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Client { body } => body.size_hint(),
+            UpstreamBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 fn release(lease: &mut Option<Lease>) {
     if let Some(lease) = lease.take() {
         lease.release();

@@ -10,14 +10,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::body::UpstreamBody;
+
 /// The sending half of one HTTP/1.1 connection to a backend; request bodies stream from clients.
-pub type Sender = http1::SendRequest<Incoming>;
+pub type Sender = http1::SendRequest<UpstreamBody>;
 
 /// Why a new upstream connection could not be made.
 #[derive(Debug, thiserror::Error)]

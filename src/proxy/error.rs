@@ -17,11 +17,13 @@ pub enum ProxyError {
     /// The client sent something we refuse to forward (ambiguous framing and the like).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
-    /// The listener's pool had no backend left to try.
+    /// The listener's pool had no backend left to try: none healthy, or every one refused.
     #[error("no backend available in pool {pool}")]
     NoBackend {
         /// The pool that was asked.
         pool: std::sync::Arc<str>,
+        /// Seconds after which a retry may find a backend again (`Retry-After`).
+        retry_after: u64,
     },
     /// Every attempt to connect failed (after retries on other backends).
     #[error(transparent)]
@@ -57,6 +59,10 @@ impl ProxyError {
         let reason = status.canonical_reason().unwrap_or("error");
         let body = match self {
             ProxyError::BadRequest(detail) => format!("{} {reason}: {detail}\n", status.as_u16()),
+            ProxyError::NoBackend { pool, .. } => format!(
+                "{} {reason}: no healthy backend in pool {pool}\n",
+                status.as_u16()
+            ),
             _ => format!("{} {reason}\n", status.as_u16()),
         };
         let mut response = Response::new(ProxyBody::local(Bytes::from(body)));
@@ -68,6 +74,9 @@ impl ProxyError {
         );
         if self.is_client_error() {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let ProxyError::NoBackend { retry_after, .. } = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         response
     }
@@ -83,7 +92,13 @@ mod tests {
         let address = SocketAddr::from(([127, 0, 0, 1], 1));
         let cases = [
             (ProxyError::BadRequest("x"), 400),
-            (ProxyError::NoBackend { pool: "p".into() }, 503),
+            (
+                ProxyError::NoBackend {
+                    pool: "p".into(),
+                    retry_after: 2,
+                },
+                503,
+            ),
             (
                 ProxyError::Connect(ConnectError::Timeout {
                     address,
@@ -95,7 +110,12 @@ mod tests {
         ];
         for (error, status) in cases {
             assert_eq!(error.status().as_u16(), status, "{error}");
-            assert_eq!(error.to_response().status().as_u16(), status);
+            let response = error.to_response();
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(
+                response.headers().contains_key(header::RETRY_AFTER),
+                status == 503
+            );
         }
     }
 }

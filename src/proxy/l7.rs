@@ -13,7 +13,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::body::{Lease, ProxyBody};
+use super::body::{Lease, ProxyBody, UpstreamBody};
 use super::client::{self, Sender};
 use super::error::ProxyError;
 use super::framing::{FramingCheck, ScannedIo};
@@ -22,6 +22,7 @@ use super::idle::ActivityIo;
 use crate::backend::Backend;
 use crate::balance::Tried;
 use crate::config::ClientLimits;
+use crate::health;
 use crate::state::{Pool, SharedState};
 
 /// How often a reused connection that turns out closed is replaced before giving up on it.
@@ -161,6 +162,7 @@ impl Connection {
             Some(pool) => Ok(Arc::clone(pool)),
             None => Err(ProxyError::NoBackend {
                 pool: Arc::from("(none)"),
+                retry_after: 1,
             }),
         }
     }
@@ -178,39 +180,141 @@ impl Connection {
     }
 }
 
-/// Sends `request` to a backend of `pool`: a failed connect moves on to a backend not yet tried,
-/// up to the pool's retry budget (nothing was sent yet, so this is safe for every method).
+/// Sends `request` to a backend of `pool`.
+///
+/// A failed connect moves on to a backend not yet tried, up to the pool's retry budget (nothing
+/// was sent, so this is safe for every method). A backend that fails *after* the request was
+/// sent but before answering is retried elsewhere only for bodiless GET, HEAD and OPTIONS
+/// requests, whose head is kept for that purpose. Every outcome feeds passive health.
 async fn forward(
     pool: &Pool,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let settings = pool.settings;
+    let replay = Replay::of(&request, settings.retries);
+    let mut request = request.map(|body| UpstreamBody::Client { body });
     let mut tried = Tried::default();
     let mut last_error = None;
     while tried.len() <= settings.retries as usize {
-        let Some(index) = pool.balancer.pick(&pool.endpoints, &tried) else {
+        let Some(index) = pool.pick(&tried) else {
             break;
         };
         tried.push(index);
         let backend = &pool.endpoints[index].backend;
         let in_flight = backend.start_request();
-        let (response, sender) = match send(backend, request, settings).await {
-            Attempt::Response(response, sender) => (response, sender),
-            Attempt::Failed(err) => return Err(err),
+        match send(backend, request, settings).await {
+            Attempt::Response(response, sender) => {
+                let status = response.status().as_u16();
+                if pool.passive.failure_statuses.contains(status) {
+                    passive_failure(pool, backend, &format_args!("status {status}"));
+                } else {
+                    backend.health.record_success();
+                }
+                let (parts, body) = response.into_parts();
+                let body = ProxyBody::upstream(body, Lease { in_flight, sender });
+                return Ok(Response::from_parts(parts, body));
+            }
             Attempt::NotSent(unsent, err) => {
+                passive_failure(pool, backend, &err);
                 tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend connect failed; trying another");
                 request = unsent;
                 last_error = Some(err);
-                continue;
             }
-        };
-        let (parts, body) = response.into_parts();
-        let body = ProxyBody::upstream(body, Lease { in_flight, sender });
-        return Ok(Response::from_parts(parts, body));
+            Attempt::Failed(err) => {
+                passive_failure(pool, backend, &err);
+                match (&replay, &err) {
+                    (Some(replay), ProxyError::Upstream(_)) => {
+                        tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend failed before answering; replaying idempotent request elsewhere");
+                        request = replay.request();
+                        last_error = Some(err);
+                    }
+                    _ => return Err(err),
+                }
+            }
+        }
     }
-    Err(last_error.unwrap_or_else(|| ProxyError::NoBackend {
-        pool: Arc::clone(&pool.name),
-    }))
+    // Nothing healthy, or no backend of the pool accepted a connection: the service is
+    // unavailable (503), not broken (502).
+    let all_refused = tried.len() == pool.endpoints.len()
+        && matches!(last_error, None | Some(ProxyError::Connect(_)));
+    match last_error {
+        Some(err) if pool.any_available() && !all_refused => Err(err),
+        _ => Err(ProxyError::NoBackend {
+            pool: Arc::clone(&pool.name),
+            retry_after: retry_after(pool),
+        }),
+    }
+}
+
+/// Seconds until a retry might find a backend: one check interval, or one ejection time.
+fn retry_after(pool: &Pool) -> u64 {
+    let wait = pool
+        .health_check
+        .as_ref()
+        .map_or(pool.passive.ejection_time, |check| check.interval);
+    wait.as_secs().max(1)
+}
+
+/// Counts a failed exchange against `backend` and ejects it when passive rules say so, unless
+/// that would take out more than `max_ejected_percent` of the pool.
+fn passive_failure(pool: &Pool, backend: &Arc<Backend>, error: &dyn std::fmt::Display) {
+    if !backend.health.record_failure(error, &pool.passive) {
+        return;
+    }
+    let limit = usize::from(pool.passive.max_ejected_percent) * pool.endpoints.len();
+    if (pool.ejected_count() + 1) * 100 > limit {
+        tracing::debug!(pool = %pool.name, backend = %backend.name, "not ejecting: max_ejected_percent reached");
+        return;
+    }
+    let Some((transition, until)) = backend.health.eject(&pool.passive) else {
+        return;
+    };
+    health::log_transition(
+        &pool.name,
+        &backend.name,
+        &transition,
+        backend.health.last_error().as_deref(),
+    );
+    let backend = Arc::clone(backend);
+    tokio::spawn(async move {
+        tokio::time::sleep_until(until).await;
+        if let Some(transition) = backend.health.end_ejection() {
+            health::log_transition(&backend.pool, &backend.name, &transition, None);
+        }
+    });
+}
+
+/// The head of a request that may be replayed on another backend: bodiless GET, HEAD or
+/// OPTIONS (RFC 9110 §9.2.2 idempotent methods whose replay cannot duplicate a body).
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    fn of(request: &Request<Incoming>, retries: u32) -> Option<Replay> {
+        use http::Method;
+        let replayable = retries > 0
+            && matches!(
+                *request.method(),
+                Method::GET | Method::HEAD | Method::OPTIONS
+            )
+            && http_body::Body::is_end_stream(request.body());
+        replayable.then(|| Replay {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            headers: request.headers().clone(),
+        })
+    }
+
+    fn request(&self) -> Request<UpstreamBody> {
+        let mut request = Request::new(UpstreamBody::Empty);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
 }
 
 /// The outcome of one attempt on one backend.
@@ -218,7 +322,7 @@ enum Attempt {
     /// The backend answered; the connection comes along for reuse.
     Response(Response<Incoming>, Sender),
     /// Nothing reached the backend; the request is handed back for another backend.
-    NotSent(Request<Incoming>, ProxyError),
+    NotSent(Request<UpstreamBody>, ProxyError),
     /// The request was (possibly partly) sent and then failed; it cannot be replayed.
     Failed(ProxyError),
 }
@@ -227,7 +331,7 @@ enum Attempt {
 /// response head within the pool's `request_timeout`.
 async fn send(
     backend: &Arc<Backend>,
-    mut request: Request<Incoming>,
+    mut request: Request<UpstreamBody>,
     settings: crate::state::PoolSettings,
 ) -> Attempt {
     let mut stale = 0;

@@ -73,7 +73,9 @@ pub fn empty() -> TestBody {
 
 /// A complete in-memory body.
 pub fn full(data: impl Into<Bytes>) -> TestBody {
-    Full::new(data.into()).map_err(|never| match never {}).boxed()
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A body fed chunk by chunk through a channel; it ends when every sender is dropped.
@@ -144,6 +146,8 @@ struct BackendState {
     behaviour: Behaviour,
     requests: Mutex<Vec<Recorded>>,
     count: AtomicUsize,
+    /// TCP connections accepted.
+    connections: AtomicUsize,
     /// Every data chunk received on `/upload`, in order, as soon as it arrives.
     uploads: mpsc::UnboundedSender<Bytes>,
     /// Permits that let a `/gated` response send its second chunk.
@@ -191,6 +195,7 @@ impl TestBackend {
             behaviour: behaviour.clone(),
             requests: Mutex::new(Vec::new()),
             count: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             uploads: uploads_tx,
             gate: Semaphore::new(0),
         });
@@ -231,6 +236,11 @@ impl TestBackend {
         self.state.count.load(Ordering::SeqCst)
     }
 
+    /// TCP connections accepted so far.
+    pub fn connection_count(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.state.requests).clone()
@@ -258,9 +268,13 @@ impl TestBackend {
     pub async fn stop(&mut self) {
         self.stop.cancel();
         if let Some(accept_loop) = self.accept_loop.take() {
-            within(Duration::from_secs(5), "the backend accept loop", accept_loop)
-                .await
-                .expect("backend accept loop panicked");
+            within(
+                Duration::from_secs(5),
+                "the backend accept loop",
+                accept_loop,
+            )
+            .await
+            .expect("backend accept loop panicked");
         }
         self.connections.close();
         within(
@@ -279,7 +293,9 @@ impl Drop for TestBackend {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Accepts connections and serves HTTP/1.1 on each until `stop`.
@@ -297,6 +313,7 @@ async fn http_loop(
                 Err(_) => continue,
             },
         };
+        state.connections.fetch_add(1, Ordering::SeqCst);
         let state = Arc::clone(&state);
         let stop = stop.clone();
         connections.spawn(async move {
@@ -319,6 +336,7 @@ async fn reset_loop(listener: TcpListener, state: Arc<BackendState>, stop: Cance
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
                     state.count.fetch_add(1, Ordering::SeqCst);
+                    state.connections.fetch_add(1, Ordering::SeqCst);
                     // Best effort: without it the close is a FIN, which still fails the exchange.
                     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                     drop(stream);
@@ -673,7 +691,10 @@ impl TestClient {
     }
 
     /// Sends `request` and returns the response head with its still-streaming body.
-    pub async fn send(&mut self, request: Request<TestBody>) -> Result<Response<Incoming>, hyper::Error> {
+    pub async fn send(
+        &mut self,
+        request: Request<TestBody>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
         match &mut self.sender {
             Sender::Http1(sender) => {
                 sender.ready().await?;
@@ -687,7 +708,10 @@ impl TestClient {
     }
 
     /// Sends `request` and reads the whole response.
-    pub async fn fetch(&mut self, request: Request<TestBody>) -> Result<TestResponse, hyper::Error> {
+    pub async fn fetch(
+        &mut self,
+        request: Request<TestBody>,
+    ) -> Result<TestResponse, hyper::Error> {
         let response = self.send(request).await?;
         TestResponse::collect(response).await
     }

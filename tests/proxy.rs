@@ -1,0 +1,707 @@
+//! End-to-end tests of the HTTP proxy: real backends, a real fulcrum server, real clients.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{
+    Behaviour, TestBackend, TestBalancer, TestClient, bounded, channel_body, closed_port, get,
+    raw_connect, raw_exchange, raw_status, within,
+};
+use http::{Request, StatusCode, Version};
+use http_body_util::BodyExt;
+use tokio::io::AsyncReadExt;
+
+/// How long a raw exchange waits for the proxy to answer and close.
+const RAW_LIMIT: Duration = Duration::from_secs(3);
+
+/// Tallies `x-served-by` over `names`.
+fn tally<'a>(names: impl IntoIterator<Item = &'a str>) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for name in names {
+        *counts.entry(name.to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_weights_are_exact_and_smoothly_interleaved() {
+    bounded(async {
+        let a = TestBackend::spawn("a").await;
+        let b = TestBackend::spawn("b").await;
+        let c = TestBackend::spawn("c").await;
+        let mut lb = TestBalancer::builder()
+            .weighted(a.addr(), 1)
+            .weighted(b.addr(), 1)
+            .weighted(c.addr(), 2)
+            .start()
+            .await;
+        let mut client = lb.client().await;
+        let mut sequence = Vec::with_capacity(400);
+        for i in 0..400 {
+            let response = client.get("/").await.expect("request through the proxy");
+            assert_eq!(response.status, StatusCode::OK, "request {i}");
+            let name = response.served_by().expect("x-served-by").to_owned();
+            assert_eq!(response.text(), name, "body names the same backend");
+            sequence.push(name);
+        }
+        let counts = tally(sequence.iter().map(String::as_str));
+        assert_eq!(counts.get("a"), Some(&100), "{counts:?}");
+        assert_eq!(counts.get("b"), Some(&100), "{counts:?}");
+        assert_eq!(counts.get("c"), Some(&200), "{counts:?}");
+        assert_eq!(
+            (a.request_count(), b.request_count(), c.request_count()),
+            (100, 100, 200),
+            "counts at the backends"
+        );
+
+        let mut run = 0;
+        for name in &sequence {
+            run = if name == "c" { run + 1 } else { 0 };
+            assert!(run <= 2, "c served {run} in a row: {sequence:?}");
+        }
+        for (start, window) in sequence.windows(4).enumerate() {
+            for name in ["a", "b", "c"] {
+                assert!(
+                    window.iter().any(|n| n == name),
+                    "window at {start} lacks {name}: {window:?}"
+                );
+            }
+        }
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_prefers_fast_backends() {
+    bounded(async {
+        let slow =
+            TestBackend::with_behaviour("slow", Behaviour::Delay(Duration::from_millis(300))).await;
+        let fast1 = TestBackend::spawn("fast1").await;
+        let fast2 = TestBackend::spawn("fast2").await;
+        let mut lb = TestBalancer::builder()
+            .backend(slow.addr())
+            .backend(fast1.addr())
+            .backend(fast2.addr())
+            .algorithm("least_connections")
+            .start()
+            .await;
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let mut clients = Vec::new();
+        for _ in 0..40 {
+            let address = lb.addr();
+            clients.push(tokio::spawn(async move {
+                let mut client = TestClient::connect(address).await;
+                let mut errors = 0usize;
+                while Instant::now() < deadline {
+                    match client.get("/").await {
+                        Ok(response) if response.status == StatusCode::OK => {}
+                        _ => errors += 1,
+                    }
+                }
+                errors
+            }));
+        }
+        let mut errors = 0;
+        for client in clients {
+            errors += client.await.expect("client task");
+        }
+        assert_eq!(errors, 0, "requests failed");
+        let (s, f1, f2) = (
+            slow.request_count(),
+            fast1.request_count(),
+            fast2.request_count(),
+        );
+        assert!(
+            f1 > 3 * s && f2 > 3 * s,
+            "slow={s} fast1={f1} fast2={f2}: fast backends should get > 3x the slow one"
+        );
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_backend_is_skipped_without_client_errors() {
+    bounded(async {
+        let a = TestBackend::spawn("a").await;
+        let mut closed = TestBackend::spawn("closed").await;
+        closed.stop().await;
+        let c = TestBackend::spawn("c").await;
+        let mut lb = TestBalancer::builder()
+            .backend(a.addr())
+            .backend(closed.addr())
+            .backend(c.addr())
+            .start()
+            .await;
+        let mut tasks = Vec::new();
+        for _ in 0..5 {
+            let address = lb.addr();
+            tasks.push(tokio::spawn(async move {
+                let mut client = TestClient::connect(address).await;
+                let mut statuses = Vec::new();
+                for _ in 0..60 {
+                    let response = client.get("/").await.expect("request through the proxy");
+                    statuses.push(response.status);
+                }
+                statuses
+            }));
+        }
+        let mut statuses = Vec::new();
+        for task in tasks {
+            statuses.extend(task.await.expect("client task"));
+        }
+        assert_eq!(statuses.len(), 300);
+        let failed: Vec<_> = statuses.iter().filter(|s| **s != StatusCode::OK).collect();
+        assert!(
+            failed.is_empty(),
+            "{} requests failed: {failed:?}",
+            failed.len()
+        );
+        assert_eq!(closed.request_count(), 0);
+        assert_eq!(a.request_count() + c.request_count(), 300);
+        lb.stop().await;
+    })
+    .await;
+}
+
+/// Spec: when no backend can be reached the client gets 503 with a short plain-text body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_backends_down_is_503() {
+    bounded(async {
+        let mut lb = TestBalancer::builder()
+            .backend(closed_port().await)
+            .backend(closed_port().await)
+            .start()
+            .await;
+        let mut client = lb.client().await;
+        let response = client.get("/").await.expect("a response from the proxy");
+        assert_eq!(
+            response.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "body: {:?}",
+            response.text()
+        );
+        assert!(
+            response.body.len() < 200,
+            "short body: {:?}",
+            response.text()
+        );
+        let content_type = response
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        assert!(content_type.starts_with("text/plain"), "{content_type:?}");
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_backend_is_504_after_request_timeout() {
+    bounded(async {
+        let hang = TestBackend::with_behaviour("hang", Behaviour::Hang).await;
+        let mut lb = TestBalancer::builder()
+            .backend(hang.addr())
+            .pool("request_timeout", "\"300ms\"")
+            .start()
+            .await;
+        let mut client = lb.client().await;
+        let started = Instant::now();
+        let response = client.get("/").await.expect("a response from the proxy");
+        let elapsed = started.elapsed();
+        assert_eq!(
+            response.status,
+            StatusCode::GATEWAY_TIMEOUT,
+            "{:?}",
+            response.text()
+        );
+        assert!(
+            elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(2),
+            "answered after {elapsed:?}"
+        );
+        assert_eq!(hang.request_count(), 1, "the request did reach the backend");
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resetting_backend_is_502() {
+    bounded(async {
+        let reset = TestBackend::with_behaviour("reset", Behaviour::Reset).await;
+        let mut lb = TestBalancer::builder().backend(reset.addr()).start().await;
+        let mut client = lb.client().await;
+        let response = client.get("/").await.expect("a response from the proxy");
+        assert_eq!(
+            response.status,
+            StatusCode::BAD_GATEWAY,
+            "{:?}",
+            response.text()
+        );
+        assert!(reset.request_count() >= 1, "the backend was connected to");
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_500_is_passed_through() {
+    bounded(async {
+        let failing = TestBackend::with_behaviour(
+            "failing",
+            Behaviour::Status(StatusCode::INTERNAL_SERVER_ERROR),
+        )
+        .await;
+        let mut lb = TestBalancer::builder()
+            .backend(failing.addr())
+            .start()
+            .await;
+        let mut client = lb.client().await;
+        let response = client.get("/").await.expect("a response from the proxy");
+        assert_eq!(response.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.text(), "failing", "the backend's own body");
+        assert_eq!(failing.request_count(), 1, "a 500 is not retried");
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .start()
+            .await;
+        let mut client = lb.client().await;
+        let request = Request::get("/headers")
+            .header("host", "shop.example")
+            .header("connection", "x-custom, keep-alive")
+            .header("x-custom", "1")
+            .header("keep-alive", "5")
+            .header("te", "trailers")
+            .header("proxy-connection", "x")
+            .header("x-forwarded-for", "198.51.100.1")
+            .header("x-end-to-end", "kept")
+            .body(common::empty())
+            .expect("valid request");
+        let response = client
+            .fetch(request)
+            .await
+            .expect("request through the proxy");
+        assert_eq!(response.status, StatusCode::OK);
+
+        let seen = backend.last_request().expect("the backend got the request");
+        for name in [
+            "connection",
+            "x-custom",
+            "keep-alive",
+            "te",
+            "proxy-connection",
+        ] {
+            assert!(
+                !seen.headers.contains_key(name),
+                "{name} reached the backend: {:?}",
+                seen.headers
+            );
+        }
+        assert_eq!(seen.headers["host"], "shop.example");
+        assert_eq!(seen.headers["x-end-to-end"], "kept");
+        assert_eq!(seen.headers["x-forwarded-for"], "198.51.100.1, 127.0.0.1");
+        assert_eq!(seen.headers["x-forwarded-proto"], "http");
+        assert_eq!(seen.headers["x-forwarded-host"], "shop.example");
+        let via = seen
+            .headers
+            .get("via")
+            .expect("Via on the forwarded request");
+        assert!(via.to_str().is_ok_and(|v| v.contains("fulcrum")), "{via:?}");
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_hop_by_hop_headers_are_removed_and_via_added() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .start()
+            .await;
+        let mut client = lb.client().await;
+        let response = client
+            .get("/hop-headers")
+            .await
+            .expect("request through the proxy");
+        assert_eq!(response.status, StatusCode::OK);
+        assert!(
+            !response.headers.contains_key("keep-alive"),
+            "{:?}",
+            response.headers
+        );
+        assert!(
+            !response.headers.contains_key("x-backend-hop"),
+            "{:?}",
+            response.headers
+        );
+        assert_eq!(response.headers["x-backend-kept"], "1");
+        let via = response.headers.get("via").expect("Via on the response");
+        assert!(via.to_str().is_ok_and(|v| v.contains("fulcrum")), "{via:?}");
+        lb.stop().await;
+    })
+    .await;
+}
+
+/// Sends `raw` on its own connection and asserts a 400 that never reached the backend.
+async fn assert_rejected_400(raw: &str) {
+    let backend = TestBackend::spawn("a").await;
+    let mut lb = TestBalancer::builder()
+        .backend(backend.addr())
+        .start()
+        .await;
+    let answer = raw_exchange(lb.addr(), raw.as_bytes(), RAW_LIMIT).await;
+    assert_eq!(
+        raw_status(&answer),
+        Some(400),
+        "request {raw:?}\ngot {answer:?}"
+    );
+    assert_eq!(
+        backend.request_count(),
+        0,
+        "request {raw:?} reached the backend: {:?}",
+        backend.requests()
+    );
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_chunked_is_rejected() {
+    bounded(async {
+        assert_rejected_400(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_with_content_length_is_rejected() {
+    bounded(async {
+        assert_rejected_400(
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        )
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_content_lengths_are_rejected() {
+    bounded(async {
+        assert_rejected_400(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        )
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggled_request_after_a_good_one_is_rejected() {
+    bounded(async {
+        // A clean request, then an ambiguous one on the same connection: only the first may
+        // reach the backend.
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder().backend(backend.addr()).start().await;
+        let raw = "GET /first HTTP/1.1\r\nHost: x\r\n\r\n\
+                   POST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let answer = raw_exchange(lb.addr(), raw.as_bytes(), RAW_LIMIT).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        assert!(answer.contains("HTTP/1.1 400"), "{answer:?}");
+        let paths: Vec<String> = backend.requests().into_iter().map(|r| r.path).collect();
+        assert_eq!(paths, ["/first"]);
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_header_is_431() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .start()
+            .await;
+        let raw = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+            "a".repeat(40 * 1024)
+        );
+        let answer = raw_exchange(lb.addr(), raw.as_bytes(), RAW_LIMIT).await;
+        assert_eq!(raw_status(&answer), Some(431), "{answer:?}");
+        assert_eq!(backend.request_count(), 0);
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_streams_to_the_backend() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .start()
+            .await;
+        let mut client = lb.client().await;
+        let (body_tx, body) = channel_body();
+        let request = Request::post("/upload")
+            .header("host", common::TEST_HOST)
+            .body(body)
+            .expect("valid request");
+        let exchange = tokio::spawn(async move { client.fetch(request).await });
+
+        body_tx
+            .send(Bytes::from_static(b"first"))
+            .await
+            .expect("the client body is being sent");
+        let chunk = backend.next_upload_chunk(Duration::from_secs(5)).await;
+        assert_eq!(
+            chunk, "first",
+            "the backend saw the first chunk before the rest was sent"
+        );
+        body_tx
+            .send(Bytes::from_static(b"-rest"))
+            .await
+            .expect("the client body is being sent");
+        drop(body_tx);
+        let chunk = backend.next_upload_chunk(Duration::from_secs(5)).await;
+        assert_eq!(chunk, "-rest");
+
+        let response = within(Duration::from_secs(5), "the upload response", exchange)
+            .await
+            .expect("client task")
+            .expect("upload through the proxy");
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(response.text(), "10");
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_streams_to_the_client() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .start()
+            .await;
+        let mut client = lb.client().await;
+        let response = client.send(get("/gated")).await.expect("response head");
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        let mut received = Vec::new();
+        while received.len() < b"first".len() {
+            let frame = within(Duration::from_secs(5), "the first chunk", body.frame())
+                .await
+                .expect("the body has a first frame")
+                .expect("the body streams without error");
+            if let Ok(data) = frame.into_data() {
+                received.extend_from_slice(&data);
+            }
+        }
+        assert_eq!(
+            received, b"first",
+            "the first chunk arrived before the gate opened"
+        );
+        backend.open_gate();
+        let rest = within(
+            Duration::from_secs(5),
+            "the rest of the body",
+            body.collect(),
+        )
+        .await
+        .expect("the body completes")
+        .to_bytes();
+        assert_eq!(rest, "rest");
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_round_trips_a_large_body() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .start()
+            .await;
+        let mut client = lb.client().await;
+        let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let request = Request::post("/echo")
+            .header("host", common::TEST_HOST)
+            .body(common::full(payload.clone()))
+            .expect("valid request");
+        let response = client.fetch(request).await.expect("echo through the proxy");
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(response.body.len(), payload.len());
+        assert!(response.body == payload, "echoed body differs");
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_connects_are_retried_on_other_backends() {
+    bounded(async {
+        let live = TestBackend::spawn("live").await;
+        let mut lb = TestBalancer::builder()
+            .backend(closed_port().await)
+            .backend(closed_port().await)
+            .backend(live.addr())
+            .pool("retries", "2")
+            .start()
+            .await;
+        let mut client = lb.client().await;
+        for i in 0..30 {
+            let response = client.get("/").await.expect("request through the proxy");
+            assert_eq!(
+                response.status,
+                StatusCode::OK,
+                "request {i}: {:?}",
+                response.text()
+            );
+            assert_eq!(response.served_by(), Some("live"));
+        }
+        assert_eq!(live.request_count(), 30);
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_retries_the_closed_backend_gives_502() {
+    bounded(async {
+        let live = TestBackend::spawn("live").await;
+        let mut lb = TestBalancer::builder()
+            .backend(closed_port().await)
+            .backend(live.addr())
+            .pool("retries", "0")
+            .start()
+            .await;
+        let mut client = lb.client().await;
+        let mut statuses = Vec::new();
+        for _ in 0..10 {
+            let response = client.get("/").await.expect("a response from the proxy");
+            statuses.push(response.status.as_u16());
+        }
+        let bad = statuses.iter().filter(|s| **s == 502).count();
+        let ok = statuses.iter().filter(|s| **s == 200).count();
+        assert_eq!((bad, ok), (5, 5), "{statuses:?}");
+        assert!(
+            statuses.windows(2).all(|pair| pair[0] != pair[1]),
+            "round-robin alternates: {statuses:?}"
+        );
+        assert_eq!(live.request_count(), 5);
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_is_proxied_to_http1() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .start()
+            .await;
+        let mut client = TestClient::connect_h2(lb.addr()).await;
+        let request = Request::get("http://h2.example/over-h2?x=1")
+            .version(Version::HTTP_2)
+            .body(common::empty())
+            .expect("valid request");
+        let response = client
+            .fetch(request)
+            .await
+            .expect("h2 request through the proxy");
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(response.text(), "a");
+        let seen = backend.last_request().expect("the backend got the request");
+        assert_eq!(seen.version, Version::HTTP_11);
+        assert_eq!(seen.path, "/over-h2");
+        assert_eq!(seen.headers["host"], "h2.example");
+        assert_eq!(seen.headers["x-forwarded-host"], "h2.example");
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_connection_is_closed() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .listener("idle_timeout", "\"300ms\"")
+            .listener("header_read_timeout", "\"5s\"")
+            .start()
+            .await;
+        let mut stream = raw_connect(lb.addr()).await;
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        let read = within(
+            Duration::from_millis(1500),
+            "the proxy to close an idle connection",
+            stream.read(&mut buf),
+        )
+        .await;
+        let elapsed = started.elapsed();
+        match read {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("expected EOF, got {:?}", String::from_utf8_lossy(&buf[..n])),
+        }
+        assert!(
+            elapsed >= Duration::from_millis(250),
+            "closed too early: {elapsed:?}"
+        );
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connection_is_reused_upstream() {
+    bounded(async {
+        // Sequential requests on one client connection should reuse one upstream connection:
+        // the backend sees requests but the proxy does not open a connection per request.
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .start()
+            .await;
+        let mut client = lb.client().await;
+        for _ in 0..20 {
+            let response = client.get("/chunks/3/1").await.expect("request");
+            assert_eq!(response.status, StatusCode::OK);
+            assert_eq!(response.text(), "chunk-0;chunk-1;chunk-2;");
+        }
+        assert_eq!(backend.request_count(), 20);
+        assert_eq!(
+            backend.connection_count(),
+            1,
+            "one upstream connection, reused"
+        );
+        lb.stop().await;
+    })
+    .await;
+}
