@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::health::Health;
@@ -30,6 +30,8 @@ pub struct Backend {
     pub(crate) idle: IdleConnections,
     /// Up, down or ejected; fed by active checks and live traffic.
     pub health: Health,
+    /// Set when a reload removed this backend; it only finishes what it has in flight.
+    retired: AtomicBool,
 }
 
 impl Backend {
@@ -50,7 +52,21 @@ impl Backend {
             rr_weight: AtomicI64::new(0),
             idle: IdleConnections::new(max_idle, idle_timeout),
             health,
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// Called when a reload removes this backend: closes its idle connections now; requests in
+    /// flight finish, and their connections close instead of returning to the pool.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        self.idle.clear();
+        tracing::info!(pool = %self.pool, backend = %self.name, in_flight = self.in_flight(), "backend removed; draining");
+    }
+
+    /// Whether a reload removed this backend.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     /// Requests in flight right now.

@@ -16,6 +16,11 @@ pub struct Cli {
     #[arg(long)]
     pub check: bool,
 
+    /// With --check: print the changes this file would make to the instance whose admin
+    /// listener is at this address, without applying them.
+    #[arg(long, value_name = "ADMIN_ADDR", requires = "check")]
+    pub diff: Option<std::net::SocketAddr>,
+
     /// Log filter, e.g. `info` or `fulcrum=debug`; overrides RUST_LOG.
     #[arg(long)]
     pub log_level: Option<String>,

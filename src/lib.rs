@@ -12,7 +12,8 @@
 //! - [`health`]: the health state machine, active checkers and passive ejection.
 //! - [`proxy`]: the HTTP data path, upstream connections, header rules, error → status mapping.
 //! - [`listener`]: binding and the accept loop; [`admin`]: the operator endpoints.
-//! - [`server`]: wires it together: bind, serve, drain on shutdown.
+//! - [`reload`]: reload triggers (file watch, SIGHUP, admin) and their outcome.
+//! - [`server`]: wires it together: bind, serve, apply reloads, drain on shutdown.
 //! - [`cli`]: command-line arguments of the `fulcrum` binary.
 
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod config;
 pub mod health;
 pub mod listener;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod state;
 

@@ -22,14 +22,16 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts connections on `listener` until `shutdown` fires, handing each to `serve` on a task
-/// registered with `tracker` (so a drain can wait for it). The listener is closed on return.
+/// registered with `tracker` (so a drain can wait for it). Returns the socket, so a reload can
+/// hand it to a new loop without re-binding; dropping it closes it.
 pub async fn accept_loop<F, Fut>(
     name: Arc<str>,
     listener: TcpListener,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     serve: F,
-) where
+) -> TcpListener
+where
     F: Fn(TcpStream, SocketAddr, CancellationToken) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -58,4 +60,5 @@ pub async fn accept_loop<F, Fut>(
         }
     }
     tracing::debug!(listener = %name, "stopped accepting");
+    listener
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use fulcrum::cli::Cli;
+use fulcrum::reload::{ReloadHandle, Trigger};
 use fulcrum::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
@@ -23,10 +24,19 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
+        if let Some(admin) = cli.diff {
+            return match print_diff(&cli, admin, &config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         print_summary(&cli, &config);
         return ExitCode::SUCCESS;
     }
-    match run(config) {
+    match run(config, cli.config.clone()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "fulcrum failed");
@@ -47,7 +57,7 @@ fn init_tracing(level: Option<&str>) {
         .init();
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, path: std::path::PathBuf) -> anyhow::Result<()> {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(threads) = config.runtime.worker_threads {
@@ -55,10 +65,29 @@ fn run(config: Config) -> anyhow::Result<()> {
     }
     let runtime = runtime.build().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let server = Server::bind(config).await?;
+        let server = Server::bind(config).await?.with_config_file(path);
+        reload_on_sighup(server.reload_handle());
         server.run(shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// Asks for a reload on every SIGHUP.
+fn reload_on_sighup(handle: ReloadHandle) {
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::info!(signal = "SIGHUP", "reload requested");
+                    handle.trigger(Trigger::Requested);
+                }
+            });
+        }
+        Err(err) => tracing::error!(error = %err, "cannot listen for SIGHUP"),
+    }
+    #[cfg(not(unix))]
+    drop(handle);
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
@@ -87,6 +116,28 @@ async fn shutdown_signal() {
         () = interrupt => tracing::info!(signal = "SIGINT", "shutdown requested"),
         () = terminate => tracing::info!(signal = "SIGTERM", "shutdown requested"),
     }
+}
+
+/// `--check --diff ADMIN`: what applying this file would change on the running instance.
+fn print_diff(cli: &Cli, admin: std::net::SocketAddr, config: &Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let running = runtime.block_on(fulcrum::admin::fetch_config(admin))?;
+    let running = Config::parse(&format!("running config at {admin}"), &running)
+        .context("the running instance's config does not parse here")?;
+    let changes = fulcrum::config::diff(&running, config);
+    println!("{}: ok", cli.config.display());
+    if changes.is_empty() {
+        println!("no changes against the instance at {admin}");
+    } else {
+        println!("changes against the instance at {admin}:");
+        for change in changes {
+            println!("  {change}");
+        }
+    }
+    Ok(())
 }
 
 fn print_summary(cli: &Cli, config: &Config) {

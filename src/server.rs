@@ -1,24 +1,29 @@
-//! Binding every socket, serving, and draining on shutdown.
+//! Binding every socket, serving, applying reloads, and draining on shutdown.
 //!
 //! [`Server::bind`] binds all listeners up front (so a bad address fails start-up before
 //! anything serves, and tests can read the ports chosen for `:0`); [`Server::run`] serves until
-//! the given shutdown future completes, then stops accepting and waits for open connections up
-//! to `runtime.shutdown_timeout`.
+//! the given shutdown future completes, applying reloads one at a time in between, then stops
+//! accepting and waits for open connections up to `runtime.shutdown_timeout`.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ListenerConfig, Protocol};
+use crate::admin::{self, AdminState};
+use crate::config::{self, Config, ListenerConfig, Protocol};
 use crate::health::checker::Supervisor;
+use crate::listener;
 use crate::proxy::l7::HttpListener;
+use crate::reload::{self, ReloadHandle, ReloadOutcome, ReloadRequest, Trigger};
 use crate::state::{SharedState, Snapshot};
-use crate::{admin, listener};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +43,13 @@ pub enum ServerError {
 
 /// A bound, not yet running, load balancer.
 pub struct Server {
+    config: Arc<Config>,
     state: SharedState,
     listeners: Vec<(ListenerConfig, TcpListener)>,
     admin: Option<TcpListener>,
+    file: Option<PathBuf>,
+    reload_tx: mpsc::Sender<ReloadRequest>,
+    reload_rx: mpsc::Receiver<ReloadRequest>,
 }
 
 impl Server {
@@ -49,32 +58,38 @@ impl Server {
         let config = Arc::new(config);
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener_config in &config.listeners {
-            let socket = listener::bind(listener_config.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    name: Arc::clone(&listener_config.name),
-                    address: listener_config.listen,
-                    source,
-                })?;
+            let socket = bind(&listener_config.name, listener_config.listen).await?;
             listeners.push((listener_config.clone(), socket));
         }
-        let admin =
-            match &config.admin {
-                None => None,
-                Some(admin) => Some(listener::bind(admin.listen).await.map_err(|source| {
-                    ServerError::Bind {
-                        name: Arc::from("admin"),
-                        address: admin.listen,
-                        source,
-                    }
-                })?),
-            };
-        let state = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, None)));
+        let admin = match &config.admin {
+            None => None,
+            Some(admin) => Some(bind("admin", admin.listen).await?),
+        };
+        let state = Arc::new(ArcSwap::from_pointee(Snapshot::build(
+            Arc::clone(&config),
+            None,
+        )));
+        let (reload_tx, reload_rx) = mpsc::channel(4);
         Ok(Server {
+            config,
             state,
             listeners,
             admin,
+            file: None,
+            reload_tx,
+            reload_rx,
         })
+    }
+
+    /// Reloads from `path` on request, and whenever the file changes once running.
+    pub fn with_config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.file = Some(path.into());
+        self
+    }
+
+    /// A handle that asks the running server to reload its config file.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle::new(self.reload_tx.clone())
     }
 
     /// The address a listener actually bound (useful when configured with port 0).
@@ -95,61 +110,357 @@ impl Server {
     /// Serves until `shutdown` completes, then drains open connections (bounded by
     /// `runtime.shutdown_timeout`).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let snapshot = self.state.load_full();
-        log_startup(&snapshot, &self.listeners, self.admin.as_ref());
+        let Server {
+            config,
+            state,
+            listeners,
+            admin,
+            file,
+            reload_tx,
+            mut reload_rx,
+        } = self;
         let stop = CancellationToken::new();
-        let mut checkers = Supervisor::new(stop.child_token());
-        checkers.sync(&snapshot);
-        let connections = TaskTracker::new();
-        let mut accept_loops = Vec::new();
-        for (config, socket) in self.listeners {
-            match config.protocol {
-                Protocol::Http => {
-                    let http = Arc::new(HttpListener::new(
-                        Arc::clone(&config.name),
-                        Arc::clone(&self.state),
-                        config.limits.clone(),
-                    ));
-                    accept_loops.push(tokio::spawn(listener::accept_loop(
-                        Arc::clone(&config.name),
-                        socket,
-                        stop.clone(),
-                        connections.clone(),
-                        move |stream, peer, shutdown| {
-                            Arc::clone(&http).serve(stream, peer, shutdown)
-                        },
-                    )));
+        let source = file
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok());
+        let admin_state = Arc::new(AdminState::new(
+            ReloadHandle::new(reload_tx.clone()),
+            Arc::clone(&state),
+            source.clone(),
+        ));
+        let mut runtime = Runtime {
+            config,
+            state,
+            file,
+            last_source: source,
+            listeners: Vec::new(),
+            admin: None,
+            checkers: Supervisor::new(stop.child_token()),
+            stop,
+            connections: TaskTracker::new(),
+            admin_state,
+        };
+        runtime.checkers.sync(&runtime.state.load());
+        log_startup(&runtime.state.load(), &listeners, admin.as_ref());
+        for (config, socket) in listeners {
+            runtime.start_listener(config, socket);
+        }
+        if let Some(socket) = admin {
+            runtime.start_admin(socket);
+        }
+        let _watcher = runtime.file.as_ref().and_then(|path| {
+            reload::watch(path, ReloadHandle::new(reload_tx.clone()))
+                .map_err(|err| tracing::warn!(error = %err, "config file changes will not be picked up; use SIGHUP or POST /reload"))
+                .ok()
+        });
+        drop(reload_tx);
+
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(request) = reload_rx.recv() => {
+                    let outcome = runtime.reload(request.trigger).await;
+                    if let Some(reply) = request.reply {
+                        // The requester may have given up waiting; the reload happened anyway.
+                        let _ = reply.send(outcome);
+                    }
                 }
             }
         }
-        if let Some(socket) = self.admin {
-            accept_loops.push(tokio::spawn(listener::accept_loop(
-                Arc::from("admin"),
-                socket,
-                stop.clone(),
-                connections.clone(),
-                admin::serve,
-            )));
-        }
+        runtime.shutdown().await;
+    }
+}
 
-        shutdown.await;
-        let timeout = snapshot.config.runtime.shutdown_timeout;
+async fn bind(name: &str, address: SocketAddr) -> Result<TcpListener, ServerError> {
+    listener::bind(address)
+        .await
+        .map_err(|source| ServerError::Bind {
+            name: Arc::from(name),
+            address,
+            source,
+        })
+}
+
+/// The serving side of a running server: what is live now and how to change it.
+struct Runtime {
+    config: Arc<Config>,
+    state: SharedState,
+    file: Option<PathBuf>,
+    /// Content of the file as last read, so a touch without change does nothing.
+    last_source: Option<String>,
+    listeners: Vec<RunningListener>,
+    admin: Option<RunningAdmin>,
+    checkers: Supervisor,
+    stop: CancellationToken,
+    connections: TaskTracker,
+    admin_state: Arc<AdminState>,
+}
+
+struct RunningListener {
+    config: ListenerConfig,
+    /// Stops the accept loop and drains this listener's connections.
+    stop: CancellationToken,
+    /// The accept loop; hands the socket back when stopped.
+    accept: JoinHandle<TcpListener>,
+    http: Arc<HttpListener>,
+}
+
+struct RunningAdmin {
+    listen: SocketAddr,
+    stop: CancellationToken,
+    accept: JoinHandle<TcpListener>,
+}
+
+impl Runtime {
+    fn start_listener(&mut self, config: ListenerConfig, socket: TcpListener) {
+        let stop = self.stop.child_token();
+        let http = match config.protocol {
+            Protocol::Http => Arc::new(HttpListener::new(
+                Arc::clone(&config.name),
+                Arc::clone(&self.state),
+                config.limits.clone(),
+            )),
+        };
+        let serve = {
+            let http = Arc::clone(&http);
+            move |stream, peer, shutdown| Arc::clone(&http).serve(stream, peer, shutdown)
+        };
+        let accept = tokio::spawn(listener::accept_loop(
+            Arc::clone(&config.name),
+            socket,
+            stop.clone(),
+            self.connections.clone(),
+            serve,
+        ));
+        self.listeners.push(RunningListener {
+            config,
+            stop,
+            accept,
+            http,
+        });
+    }
+
+    fn start_admin(&mut self, socket: TcpListener) {
+        let listen = socket
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let stop = self.stop.child_token();
+        let state = Arc::clone(&self.admin_state);
+        let accept = tokio::spawn(listener::accept_loop(
+            Arc::from("admin"),
+            socket,
+            stop.clone(),
+            self.connections.clone(),
+            move |stream, peer, shutdown| admin::serve(Arc::clone(&state), stream, peer, shutdown),
+        ));
+        let listen = self
+            .config
+            .admin
+            .as_ref()
+            .map_or(listen, |admin| admin.listen);
+        self.admin = Some(RunningAdmin {
+            listen,
+            stop,
+            accept,
+        });
+    }
+
+    /// Reads, validates and applies the config file. On any error nothing changes.
+    async fn reload(&mut self, trigger: Trigger) -> ReloadOutcome {
+        let outcome = self.try_reload(trigger).await;
+        match &outcome {
+            ReloadOutcome::Applied(changes) => {
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    changes = %if changes.is_empty() { "none".to_owned() } else { changes.join("; ") },
+                    "config reloaded"
+                );
+            }
+            ReloadOutcome::Rejected(error) => tracing::error!(
+                trigger = trigger.as_str(),
+                error = %error,
+                "config reload rejected; keeping the running config"
+            ),
+            ReloadOutcome::Unchanged | ReloadOutcome::NoFile => {}
+        }
+        self.admin_state
+            .record_reload(&outcome, self.last_source.clone());
+        outcome
+    }
+
+    async fn try_reload(&mut self, trigger: Trigger) -> ReloadOutcome {
+        let Some(path) = self.file.clone() else {
+            return ReloadOutcome::NoFile;
+        };
+        let source = match tokio::fs::read_to_string(&path).await {
+            Ok(source) => source,
+            Err(err) => {
+                return ReloadOutcome::Rejected(format!(
+                    "{}: cannot read config file: {err}",
+                    path.display()
+                ));
+            }
+        };
+        if trigger == Trigger::FileChanged && self.last_source.as_deref() == Some(source.as_str()) {
+            return ReloadOutcome::Unchanged;
+        }
+        self.last_source = Some(source.clone());
+        let file = path.display().to_string();
+        // Parsing resolves hostnames, which blocks.
+        let parsed = tokio::task::spawn_blocking(move || Config::parse(&file, &source)).await;
+        let config = match parsed {
+            Ok(Ok(config)) => config,
+            Ok(Err(err)) => return ReloadOutcome::Rejected(err.to_string()),
+            Err(err) => return ReloadOutcome::Rejected(format!("config parser failed: {err}")),
+        };
+        let changes = config::diff(&self.config, &config);
+
+        // Bind every new address first: if one fails, nothing has changed yet.
+        let mut fresh = Vec::new();
+        for new in &config.listeners {
+            let kept = self.listeners.iter().any(|running| {
+                running.config.name == new.name && running.config.listen == new.listen
+            });
+            let moved_from = self
+                .listeners
+                .iter()
+                .any(|running| running.config.listen == new.listen && new.listen.port() != 0);
+            if kept || moved_from {
+                continue;
+            }
+            match listener::bind(new.listen).await {
+                Ok(socket) => fresh.push((new.name.clone(), socket)),
+                Err(err) => {
+                    return ReloadOutcome::Rejected(format!(
+                        "cannot bind listener {} on {}: {err}",
+                        new.name, new.listen
+                    ));
+                }
+            }
+        }
+        let admin_socket = match (&config.admin, &self.admin) {
+            (Some(new), Some(running)) if new.listen == running.listen => None,
+            (Some(new), _) => match listener::bind(new.listen).await {
+                Ok(socket) => Some(socket),
+                Err(err) => {
+                    return ReloadOutcome::Rejected(format!(
+                        "cannot bind admin listener on {}: {err}",
+                        new.listen
+                    ));
+                }
+            },
+            (None, _) => None,
+        };
+
+        // Swap the snapshot: one store, off the hot path.
+        let config = Arc::new(config);
+        let previous = self.state.load_full();
+        let snapshot = Arc::new(Snapshot::build(Arc::clone(&config), Some(&previous)));
+        self.state.store(Arc::clone(&snapshot));
+        for pool in previous.pools() {
+            for endpoint in pool.endpoints.iter() {
+                if !snapshot.contains_backend(&endpoint.backend) {
+                    endpoint.backend.retire();
+                }
+            }
+        }
+        self.checkers.sync(&snapshot);
+        self.apply_listeners(&config, fresh).await;
+        self.apply_admin(&config, admin_socket).await;
+        self.config = config;
+        ReloadOutcome::Applied(changes)
+    }
+
+    /// Stops removed listeners, starts added ones (reusing the socket of a listener that was
+    /// renamed on the same address) and updates the limits of the rest.
+    async fn apply_listeners(&mut self, config: &Config, fresh: Vec<(Arc<str>, TcpListener)>) {
+        let mut reusable = Vec::new();
+        let mut kept = Vec::new();
+        for running in std::mem::take(&mut self.listeners) {
+            let wanted = config
+                .listeners
+                .iter()
+                .find(|new| new.name == running.config.name && new.listen == running.config.listen);
+            match wanted {
+                Some(new) => {
+                    running.http.update(&new.limits);
+                    kept.push(running);
+                }
+                None => {
+                    running.stop.cancel();
+                    let listen = running.config.listen;
+                    match running.accept.await {
+                        Ok(socket) if config.listeners.iter().any(|new| new.listen == listen) => {
+                            reusable.push((listen, socket));
+                        }
+                        Ok(_) => {}
+                        Err(err) => tracing::error!(error = %err, "accept loop panicked"),
+                    }
+                    tracing::info!(listener = %running.config.name, address = %listen, "listener removed; draining its connections");
+                }
+            }
+        }
+        self.listeners = kept;
+        let mut fresh = fresh;
+        for new in &config.listeners {
+            if self.listeners.iter().any(|r| r.config.name == new.name) {
+                continue;
+            }
+            let socket = match fresh.iter().position(|(name, _)| *name == new.name) {
+                Some(index) => Some(fresh.swap_remove(index).1),
+                None => reusable
+                    .iter()
+                    .position(|(listen, _)| *listen == new.listen)
+                    .map(|index| reusable.swap_remove(index).1),
+            };
+            if let Some(socket) = socket {
+                let address = socket.local_addr().map_or(new.listen, |a| a);
+                tracing::info!(listener = %new.name, address = %address, pool = %new.pool, "listener added");
+                self.start_listener(new.clone(), socket);
+            }
+        }
+    }
+
+    async fn apply_admin(&mut self, config: &Config, socket: Option<TcpListener>) {
+        let keep = matches!((&config.admin, &self.admin), (Some(new), Some(running)) if new.listen == running.listen);
+        if keep {
+            return;
+        }
+        if let Some(running) = self.admin.take() {
+            running.stop.cancel();
+            if let Err(err) = running.accept.await {
+                tracing::error!(error = %err, "admin accept loop panicked");
+            }
+        }
+        if let Some(socket) = socket {
+            self.start_admin(socket);
+        }
+    }
+
+    async fn shutdown(self) {
+        let timeout = self.config.runtime.shutdown_timeout;
         tracing::info!(
-            open_connections = connections.len(),
+            open_connections = self.connections.len(),
             timeout_ms = timeout.as_millis() as u64,
             "shutting down: stopped accepting, draining connections"
         );
-        stop.cancel();
-        for accept_loop in accept_loops {
-            if let Err(err) = accept_loop.await {
+        self.stop.cancel();
+        let loops = self
+            .listeners
+            .into_iter()
+            .map(|l| l.accept)
+            .chain(self.admin.map(|a| a.accept));
+        for accept in loops {
+            if let Err(err) = accept.await {
                 tracing::error!(error = %err, "accept loop panicked");
             }
         }
-        connections.close();
-        match tokio::time::timeout(timeout, connections.wait()).await {
+        self.connections.close();
+        match tokio::time::timeout(timeout, self.connections.wait()).await {
             Ok(()) => tracing::info!("drained; all connections closed"),
             Err(_) => tracing::warn!(
-                open_connections = connections.len(),
+                open_connections = self.connections.len(),
                 "shutdown timeout reached; closing remaining connections"
             ),
         }

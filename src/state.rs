@@ -101,6 +101,16 @@ impl Snapshot {
         self.pools.iter().find(|pool| &*pool.name == name)
     }
 
+    /// Whether this snapshot still routes to `backend` (the same live state, not just the same
+    /// address).
+    pub fn contains_backend(&self, backend: &Arc<Backend>) -> bool {
+        self.pool(&backend.pool).is_some_and(|pool| {
+            pool.endpoints
+                .iter()
+                .any(|endpoint| Arc::ptr_eq(&endpoint.backend, backend))
+        })
+    }
+
     /// All pools in config order.
     pub fn pools(&self) -> &[Arc<Pool>] {
         &self.pools

@@ -5,6 +5,7 @@
 //! weights are at least 1, every listener names a pool that exists, addresses are resolved.
 //! Errors name the file, line, column and key (see [`ConfigError`]).
 
+mod diff;
 mod error;
 mod raw;
 mod validate;
@@ -15,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use diff::diff;
 pub use error::{ConfigError, Problem};
 
 /// A complete, validated configuration.

@@ -28,7 +28,10 @@ pub struct Lease {
 impl Lease {
     /// The body ended cleanly: the connection may serve another request.
     fn release(self) {
-        self.in_flight.backend().idle.put(self.sender);
+        let backend = self.in_flight.backend();
+        if !backend.is_retired() {
+            backend.idle.put(self.sender);
+        }
     }
 }
 

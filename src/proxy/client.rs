@@ -124,6 +124,13 @@ impl IdleConnections {
         }
     }
 
+    /// Closes every idle connection.
+    pub fn clear(&self) {
+        if let Some(queue) = &self.queue {
+            while queue.pop().is_some() {}
+        }
+    }
+
     /// Connections currently idle.
     pub fn len(&self) -> usize {
         self.queue.as_ref().map_or(0, ArrayQueue::len)

@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -32,13 +33,18 @@ const STALE_CONNECTION_ATTEMPTS: usize = 3;
 pub struct HttpListener {
     name: Arc<str>,
     state: SharedState,
+    /// Client limits and the server builder made from them; a reload may replace both, and
+    /// each new connection uses the newest.
+    settings: ArcSwap<HttpSettings>,
+}
+
+struct HttpSettings {
     limits: ClientLimits,
     builder: auto::Builder<TokioExecutor>,
 }
 
-impl HttpListener {
-    /// A listener called `name` routing through `state`, protected by `limits`.
-    pub fn new(name: Arc<str>, state: SharedState, limits: ClientLimits) -> Self {
+impl HttpSettings {
+    fn new(limits: ClientLimits) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -50,11 +56,25 @@ impl HttpListener {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        Self { limits, builder }
+    }
+}
+
+impl HttpListener {
+    /// A listener called `name` routing through `state`, protected by `limits`.
+    pub fn new(name: Arc<str>, state: SharedState, limits: ClientLimits) -> Self {
         Self {
             name,
             state,
-            limits,
-            builder,
+            settings: ArcSwap::from_pointee(HttpSettings::new(limits)),
+        }
+    }
+
+    /// Applies new client limits to connections accepted from now on.
+    pub fn update(&self, limits: &ClientLimits) {
+        if self.settings.load().limits != *limits {
+            self.settings
+                .store(Arc::new(HttpSettings::new(limits.clone())));
         }
     }
 
@@ -66,8 +86,9 @@ impl HttpListener {
         peer: SocketAddr,
         shutdown: CancellationToken,
     ) {
+        let settings = self.settings.load_full();
         let (io, activity) = ActivityIo::new(stream);
-        let (io, framing) = ScannedIo::new(io, self.limits.max_header_bytes);
+        let (io, framing) = ScannedIo::new(io, settings.limits.max_header_bytes);
         let connection = Arc::new(Connection {
             listener: Arc::clone(&self),
             client: ClientInfo {
@@ -80,11 +101,11 @@ impl HttpListener {
             let connection = Arc::clone(&connection);
             async move { Ok::<_, Infallible>(connection.handle(request).await) }
         });
-        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        let conn = settings.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         let result = tokio::select! {
             result = conn.as_mut() => result,
-            () = activity.idle_for(self.limits.idle_timeout) => {
+            () = activity.idle_for(settings.limits.idle_timeout) => {
                 tracing::debug!(listener = %self.name, client = %peer, "closing idle connection");
                 return;
             }

@@ -1,0 +1,237 @@
+//! A human-readable diff between two configs, as logged on reload and printed by
+//! `fulcrum --check --diff`.
+//!
+//! One line per changed pool or listener, e.g.
+//! `pool app: +127.0.0.1:3004 (weight 1), -127.0.0.1:3002 (draining), 127.0.0.1:3001 weight 1→3`.
+
+use std::fmt::Write as _;
+
+use super::{Config, ListenerConfig, PoolConfig};
+
+/// The changes from `old` to `new`, one line per pool or listener; empty when nothing changed.
+pub fn diff(old: &Config, new: &Config) -> Vec<String> {
+    let mut lines = Vec::new();
+    for pool in &new.pools {
+        match old.pool(&pool.name) {
+            None => lines.push(format!(
+                "pool {}: added ({}, {})",
+                pool.name,
+                pool.algorithm.as_str(),
+                backend_list(pool)
+            )),
+            Some(previous) => {
+                let changes = pool_changes(previous, pool);
+                if !changes.is_empty() {
+                    lines.push(format!("pool {}: {}", pool.name, changes.join(", ")));
+                }
+            }
+        }
+    }
+    for pool in &old.pools {
+        if new.pool(&pool.name).is_none() {
+            lines.push(format!("pool {}: removed", pool.name));
+        }
+    }
+    for listener in &new.listeners {
+        match old.listeners.iter().find(|l| l.name == listener.name) {
+            None => lines.push(format!(
+                "listener {}: added {} -> {}",
+                listener.name, listener.listen, listener.pool
+            )),
+            Some(previous) => {
+                let changes = listener_changes(previous, listener);
+                if !changes.is_empty() {
+                    lines.push(format!(
+                        "listener {}: {}",
+                        listener.name,
+                        changes.join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    for listener in &old.listeners {
+        if !new.listeners.iter().any(|l| l.name == listener.name) {
+            lines.push(format!(
+                "listener {}: removed {} (draining)",
+                listener.name, listener.listen
+            ));
+        }
+    }
+    match (&old.admin, &new.admin) {
+        (Some(a), Some(b)) if a.listen != b.listen => {
+            lines.push(format!("admin: {} → {}", a.listen, b.listen));
+        }
+        (None, Some(b)) => lines.push(format!("admin: added {}", b.listen)),
+        (Some(a), None) => lines.push(format!("admin: removed {}", a.listen)),
+        _ => {}
+    }
+    if old.runtime.shutdown_timeout != new.runtime.shutdown_timeout {
+        lines.push(format!(
+            "runtime: shutdown_timeout {:?} → {:?}",
+            old.runtime.shutdown_timeout, new.runtime.shutdown_timeout
+        ));
+    }
+    if old.runtime.worker_threads != new.runtime.worker_threads {
+        lines.push("runtime: worker_threads changed (applies on restart)".to_owned());
+    }
+    lines
+}
+
+fn backend_list(pool: &PoolConfig) -> String {
+    let mut out = String::new();
+    for (i, backend) in pool.backends.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{} (weight {})", backend.name, backend.weight);
+    }
+    out
+}
+
+fn pool_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<String> {
+    let mut changes = Vec::new();
+    for backend in &new.backends {
+        match old.backends.iter().find(|b| b.address == backend.address) {
+            None => changes.push(format!("+{} (weight {})", backend.name, backend.weight)),
+            Some(previous) if previous.weight != backend.weight => changes.push(format!(
+                "{} weight {}→{}",
+                backend.name, previous.weight, backend.weight
+            )),
+            Some(_) => {}
+        }
+    }
+    for backend in &old.backends {
+        if !new.backends.iter().any(|b| b.address == backend.address) {
+            changes.push(format!("-{} (draining)", backend.name));
+        }
+    }
+    if old.algorithm != new.algorithm {
+        changes.push(format!(
+            "algorithm {}→{}",
+            old.algorithm.as_str(),
+            new.algorithm.as_str()
+        ));
+    }
+    let mut setting = |name: &str, changed: bool, old: String, new: String| {
+        if changed {
+            changes.push(format!("{name} {old}→{new}"));
+        }
+    };
+    setting(
+        "connect_timeout",
+        old.connect_timeout != new.connect_timeout,
+        format!("{:?}", old.connect_timeout),
+        format!("{:?}", new.connect_timeout),
+    );
+    setting(
+        "request_timeout",
+        old.request_timeout != new.request_timeout,
+        format!("{:?}", old.request_timeout),
+        format!("{:?}", new.request_timeout),
+    );
+    setting(
+        "retries",
+        old.retries != new.retries,
+        old.retries.to_string(),
+        new.retries.to_string(),
+    );
+    setting(
+        "slow_start",
+        old.slow_start != new.slow_start,
+        format!("{:?}", old.slow_start),
+        format!("{:?}", new.slow_start),
+    );
+    setting(
+        "fail_open",
+        old.fail_open != new.fail_open,
+        old.fail_open.to_string(),
+        new.fail_open.to_string(),
+    );
+    if old.health_check != new.health_check {
+        changes.push("health_check changed".to_owned());
+    }
+    if old.passive != new.passive {
+        changes.push("passive changed".to_owned());
+    }
+    if (old.max_idle_per_backend, old.idle_timeout) != (new.max_idle_per_backend, new.idle_timeout)
+    {
+        changes.push("upstream keep-alive settings changed (apply to new backends)".to_owned());
+    }
+    changes
+}
+
+fn listener_changes(old: &ListenerConfig, new: &ListenerConfig) -> Vec<String> {
+    let mut changes = Vec::new();
+    if old.listen != new.listen {
+        changes.push(format!("{} → {} (re-bound)", old.listen, new.listen));
+    }
+    if old.protocol != new.protocol {
+        changes.push(format!("protocol {:?} → {:?}", old.protocol, new.protocol));
+    }
+    if old.pool != new.pool {
+        changes.push(format!("pool {} → {}", old.pool, new.pool));
+    }
+    if old.limits != new.limits {
+        changes.push("client limits changed".to_owned());
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(source: &str) -> Config {
+        Config::parse("t.toml", source).expect("valid")
+    }
+
+    #[test]
+    fn representative_edit() {
+        let old = parse(
+            r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:8080"
+pool = "app"
+
+[pools.app]
+backends = ["127.0.0.1:3001", "127.0.0.1:3002"]
+"#,
+        );
+        let new = parse(
+            r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:8080"
+pool = "app"
+
+[[listeners]]
+name = "api"
+listen = "0.0.0.0:8081"
+pool = "app"
+
+[pools.app]
+algorithm = "least_connections"
+backends = [{ address = "127.0.0.1:3001", weight = 3 }, "127.0.0.1:3004"]
+"#,
+        );
+        assert_eq!(
+            diff(&old, &new),
+            [
+                "pool app: 127.0.0.1:3001 weight 1→3, +127.0.0.1:3004 (weight 1), \
+                 -127.0.0.1:3002 (draining), algorithm round_robin→least_connections",
+                "listener api: added 0.0.0.0:8081 -> app",
+            ]
+        );
+        assert!(diff(&new, &new).is_empty());
+        assert_eq!(
+            diff(&new, &old),
+            [
+                "pool app: 127.0.0.1:3001 weight 3→1, +127.0.0.1:3002 (weight 1), \
+                 -127.0.0.1:3004 (draining), algorithm least_connections→round_robin",
+                "listener api: removed 0.0.0.0:8081 (draining)",
+            ]
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! Live reconfiguration triggers: the config file changing on disk, SIGHUP (wired in `main`),
+//! and `POST /reload` on the admin listener. All of them send a [`ReloadRequest`] to the one
+//! task that applies reloads (see `server`), so reloads never run concurrently.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, oneshot};
+
+/// Bursts of file events closer together than this are one change.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The file (or its directory) changed on disk; ignored if the content is the same.
+    FileChanged,
+    /// SIGHUP or `POST /reload`: reload even if the content is the same (re-resolves names).
+    Requested,
+}
+
+impl Trigger {
+    /// Label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::FileChanged => "file",
+            Trigger::Requested => "request",
+        }
+    }
+}
+
+/// The result of one reload attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new config is live; one line per change.
+    Applied(Vec<String>),
+    /// The file content did not change; nothing was done.
+    Unchanged,
+    /// The new config was rejected; the old one keeps serving.
+    Rejected(String),
+    /// This server was not started from a file, so there is nothing to reload.
+    NoFile,
+}
+
+impl fmt::Display for ReloadOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReloadOutcome::Applied(changes) if changes.is_empty() => {
+                f.write_str("applied (no changes)")
+            }
+            ReloadOutcome::Applied(changes) => write!(f, "applied: {}", changes.join("; ")),
+            ReloadOutcome::Unchanged => f.write_str("unchanged"),
+            ReloadOutcome::Rejected(error) => write!(f, "rejected: {error}"),
+            ReloadOutcome::NoFile => f.write_str("no config file to reload"),
+        }
+    }
+}
+
+/// A request to the reload task, with an optional way to hear back.
+#[derive(Debug)]
+pub struct ReloadRequest {
+    /// Why.
+    pub trigger: Trigger,
+    /// Receives the outcome, if the requester waits for it.
+    pub reply: Option<oneshot::Sender<ReloadOutcome>>,
+}
+
+/// Asks the running server to reload its config file. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ReloadHandle {
+    tx: mpsc::Sender<ReloadRequest>,
+}
+
+impl ReloadHandle {
+    pub(crate) fn new(tx: mpsc::Sender<ReloadRequest>) -> Self {
+        Self { tx }
+    }
+
+    /// Reloads and waits for the outcome. `None` if the server is shutting down.
+    pub async fn reload(&self) -> Option<ReloadOutcome> {
+        let (reply, outcome) = oneshot::channel();
+        let request = ReloadRequest {
+            trigger: Trigger::Requested,
+            reply: Some(reply),
+        };
+        self.tx.send(request).await.ok()?;
+        outcome.await.ok()
+    }
+
+    /// Asks for a reload without waiting (for signal handlers and file events).
+    pub fn trigger(&self, trigger: Trigger) {
+        // A full queue already holds a pending reload, which will read the newest file.
+        let _ = self.tx.try_send(ReloadRequest {
+            trigger,
+            reply: None,
+        });
+    }
+}
+
+/// Why the file watcher could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot watch {}: {source}", path.display())]
+pub struct WatchError {
+    path: PathBuf,
+    #[source]
+    source: notify::Error,
+}
+
+/// Watches the directory holding `file` and triggers a reload (debounced) whenever anything in
+/// it changes. Watching the directory, not the file, catches editors that write a new file and
+/// rename it over the old one, and Kubernetes ConfigMap mounts, where the file is a symlink into
+/// a directory that is swapped atomically. Keep the returned watcher alive to keep watching.
+pub fn watch(file: &Path, handle: ReloadHandle) -> Result<notify::RecommendedWatcher, WatchError> {
+    let dir = file
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let relevant = match &event {
+            Ok(event) => !event.kind.is_access(),
+            Err(_) => true,
+        };
+        if relevant {
+            // The receiver only goes away when the server stops.
+            let _ = events_tx.send(());
+        }
+    })
+    .map_err(|source| WatchError {
+        path: dir.clone(),
+        source,
+    })?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|source| WatchError {
+            path: dir.clone(),
+            source,
+        })?;
+    tokio::spawn(async move {
+        while events_rx.recv().await.is_some() {
+            tokio::time::sleep(DEBOUNCE).await;
+            while events_rx.try_recv().is_ok() {}
+            handle.trigger(Trigger::FileChanged);
+        }
+    });
+    tracing::info!(dir = %dir.display(), "watching config directory for changes");
+    Ok(watcher)
+}
