@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::health::Health;
+use crate::metrics::BackendMetrics;
 use crate::proxy::client::IdleConnections;
 
 /// One backend server and everything known about it at run time.
@@ -32,6 +33,8 @@ pub struct Backend {
     pub health: Health,
     /// Set when a reload removed this backend; it only finishes what it has in flight.
     retired: AtomicBool,
+    /// Metric handles and the one-minute window.
+    pub metrics: BackendMetrics,
 }
 
 impl Backend {
@@ -45,6 +48,7 @@ impl Backend {
         health: Health,
     ) -> Self {
         Self {
+            metrics: BackendMetrics::new(&pool, &name),
             pool,
             name,
             address,

@@ -11,7 +11,8 @@
 //! - [`balance`]: the selection algorithms (smooth weighted round-robin, least-connections).
 //! - [`health`]: the health state machine, active checkers and passive ejection.
 //! - [`proxy`]: the HTTP data path, upstream connections, header rules, error → status mapping.
-//! - [`listener`]: binding and the accept loop; [`admin`]: the operator endpoints.
+//! - [`listener`]: binding and the accept loop; [`admin`]: the operator endpoints (health,
+//!   reload, status, Prometheus metrics, dashboard); [`metrics`]: metric handles and windows.
 //! - [`reload`]: reload triggers (file watch, SIGHUP, admin) and their outcome.
 //! - [`server`]: wires it together: bind, serve, apply reloads, drain on shutdown.
 //! - [`cli`]: command-line arguments of the `fulcrum` binary.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod health;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod server;

@@ -17,13 +17,18 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, AdminState};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::admin::{self, AdminState, ListenerView};
 use crate::config::{self, Config, ListenerConfig, Protocol};
 use crate::health::checker::Supervisor;
 use crate::listener;
 use crate::proxy::l7::HttpListener;
 use crate::reload::{self, ReloadHandle, ReloadOutcome, ReloadRequest, Trigger};
 use crate::state::{SharedState, Snapshot};
+
+/// How often metric histograms are drained when nobody scrapes.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +52,7 @@ pub struct Server {
     state: SharedState,
     listeners: Vec<(ListenerConfig, TcpListener)>,
     admin: Option<TcpListener>,
+    exporter: Option<&'static PrometheusHandle>,
     file: Option<PathBuf>,
     reload_tx: mpsc::Sender<ReloadRequest>,
     reload_rx: mpsc::Receiver<ReloadRequest>,
@@ -55,6 +61,14 @@ pub struct Server {
 impl Server {
     /// Builds the runtime state for `config` and binds every listener.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        // The recorder must exist before any handle is registered (backends register theirs
+        // when the snapshot is built), so metrics are decided here, once.
+        let exporter = config
+            .admin
+            .as_ref()
+            .filter(|admin| admin.metrics)
+            .and_then(|_| crate::metrics::install());
+        crate::metrics::record_config_loaded();
         let config = Arc::new(config);
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener_config in &config.listeners {
@@ -75,6 +89,7 @@ impl Server {
             state,
             listeners,
             admin,
+            exporter,
             file: None,
             reload_tx,
             reload_rx,
@@ -115,6 +130,7 @@ impl Server {
             state,
             listeners,
             admin,
+            exporter,
             file,
             reload_tx,
             mut reload_rx,
@@ -126,8 +142,23 @@ impl Server {
         let admin_state = Arc::new(AdminState::new(
             ReloadHandle::new(reload_tx.clone()),
             Arc::clone(&state),
+            file.clone(),
             source.clone(),
+            exporter,
         ));
+        if let Some(exporter) = exporter {
+            // Histograms accumulate samples until drained; drain them even if nobody scrapes.
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(UPKEEP_INTERVAL);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        _ = ticker.tick() => exporter.run_upkeep(),
+                    }
+                }
+            });
+        }
         let mut runtime = Runtime {
             config,
             state,
@@ -148,6 +179,7 @@ impl Server {
         if let Some(socket) = admin {
             runtime.start_admin(socket);
         }
+        runtime.publish_listeners();
         let _watcher = runtime.file.as_ref().and_then(|path| {
             reload::watch(path, ReloadHandle::new(reload_tx.clone()))
                 .map_err(|err| tracing::warn!(error = %err, "config file changes will not be picked up; use SIGHUP or POST /reload"))
@@ -199,6 +231,8 @@ struct Runtime {
 
 struct RunningListener {
     config: ListenerConfig,
+    /// The address actually bound.
+    local: SocketAddr,
     /// Stops the accept loop and drains this listener's connections.
     stop: CancellationToken,
     /// The accept loop; hands the socket back when stopped.
@@ -214,6 +248,7 @@ struct RunningAdmin {
 
 impl Runtime {
     fn start_listener(&mut self, config: ListenerConfig, socket: TcpListener) {
+        let local = socket.local_addr().unwrap_or(config.listen);
         let stop = self.stop.child_token();
         let http = match config.protocol {
             Protocol::Http => Arc::new(HttpListener::new(
@@ -235,6 +270,7 @@ impl Runtime {
         ));
         self.listeners.push(RunningListener {
             config,
+            local,
             stop,
             accept,
             http,
@@ -269,6 +305,11 @@ impl Runtime {
     /// Reads, validates and applies the config file. On any error nothing changes.
     async fn reload(&mut self, trigger: Trigger) -> ReloadOutcome {
         let outcome = self.try_reload(trigger).await;
+        match &outcome {
+            ReloadOutcome::Applied(_) => crate::metrics::record_reload(true),
+            ReloadOutcome::Rejected(_) => crate::metrics::record_reload(false),
+            ReloadOutcome::Unchanged | ReloadOutcome::NoFile => {}
+        }
         match &outcome {
             ReloadOutcome::Applied(changes) => {
                 tracing::info!(
@@ -358,16 +399,20 @@ impl Runtime {
         let previous = self.state.load_full();
         let snapshot = Arc::new(Snapshot::build(Arc::clone(&config), Some(&previous)));
         self.state.store(Arc::clone(&snapshot));
+        let mut retired = Vec::new();
         for pool in previous.pools() {
             for endpoint in pool.endpoints.iter() {
                 if !snapshot.contains_backend(&endpoint.backend) {
                     endpoint.backend.retire();
+                    retired.push(Arc::clone(&endpoint.backend));
                 }
             }
         }
+        self.admin_state.add_draining(retired);
         self.checkers.sync(&snapshot);
         self.apply_listeners(&config, fresh).await;
         self.apply_admin(&config, admin_socket).await;
+        self.publish_listeners();
         self.config = config;
         ReloadOutcome::Applied(changes)
     }
@@ -436,6 +481,22 @@ impl Runtime {
         if let Some(socket) = socket {
             self.start_admin(socket);
         }
+    }
+
+    /// Tells the admin API which listeners run now.
+    fn publish_listeners(&self) {
+        let views = self
+            .listeners
+            .iter()
+            .map(|running| ListenerView {
+                name: Arc::clone(&running.config.name),
+                address: running.local,
+                protocol: "http",
+                pool: Arc::clone(&running.config.pool),
+                metrics: Arc::clone(&running.http.metrics),
+            })
+            .collect();
+        self.admin_state.set_listeners(views);
     }
 
     async fn shutdown(self) {

@@ -11,6 +11,7 @@ use crate::backend::{Backend, Endpoint};
 use crate::balance::{Balancer, Tried};
 use crate::config::{Algorithm, Config, HealthCheckConfig, PassiveConfig, PoolConfig};
 use crate::health::{Health, Status, WEIGHT_SCALE};
+use crate::metrics::PoolMetrics;
 
 /// The current snapshot, swapped atomically on reload.
 pub type SharedState = Arc<ArcSwap<Snapshot>>;
@@ -44,6 +45,8 @@ pub struct Pool {
     pub health_check: Option<Arc<HealthCheckConfig>>,
     /// Set while the pool serves fail-open, so the switch is logged once.
     failing_open: AtomicBool,
+    /// Retry, no-backend and fail-open counters.
+    pub metrics: PoolMetrics,
 }
 
 /// A pool's per-request settings.
@@ -162,6 +165,7 @@ impl Pool {
             passive: config.passive.clone(),
             health_check: config.health_check.clone().map(Arc::new),
             failing_open: AtomicBool::new(false),
+            metrics: PoolMetrics::new(&config.name),
         }
     }
 
@@ -188,6 +192,7 @@ impl Pool {
         if !self.failing_open.swap(true, Ordering::Relaxed) {
             tracing::warn!(pool = %self.name, "no healthy backend: failing open to all backends");
         }
+        self.metrics.fail_open.increment(1);
         self.balancer.pick(&self.endpoints, |index, endpoint| {
             (!tried.contains(index)).then(|| u64::from(endpoint.weight.get()) * WEIGHT_SCALE)
         })

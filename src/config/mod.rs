@@ -37,6 +37,8 @@ pub struct Config {
 pub struct AdminConfig {
     /// Address the admin HTTP server binds.
     pub listen: SocketAddr,
+    /// Record and export Prometheus metrics at `/metrics` (decided at start-up).
+    pub metrics: bool,
 }
 
 /// `[runtime]`.

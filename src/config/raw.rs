@@ -33,6 +33,8 @@ pub struct RawConfig {
 pub struct RawAdmin {
     /// Socket address of the admin listener.
     pub listen: Spanned<String>,
+    /// Whether to record and export Prometheus metrics.
+    pub metrics: Option<bool>,
 }
 
 /// `[runtime]`.

@@ -88,7 +88,10 @@ impl Checker<'_> {
         let runtime = self.runtime(raw.runtime.as_ref());
         let admin = raw.admin.as_ref().and_then(|admin| {
             self.address(&admin.listen, "admin.listen", true)
-                .map(|listen| AdminConfig { listen })
+                .map(|listen| AdminConfig {
+                    listen,
+                    metrics: admin.metrics.unwrap_or(true),
+                })
         });
 
         let mut pools = Vec::with_capacity(raw.pools.len());

@@ -100,6 +100,7 @@ pub async fn run(
             result = probe(backend.address, &check) => result,
         };
         tracing::trace!(pool = %backend.pool, backend = %backend.name, passed = result.is_ok(), "health check");
+        backend.metrics.health_check(result.is_ok());
         if let Some(transition) = backend.health.record_probe(result, &check) {
             super::log_transition(
                 &backend.pool,

@@ -9,7 +9,7 @@ pub mod checker;
 pub mod machine;
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -35,6 +35,8 @@ pub struct Health {
     epoch: Instant,
     /// Nanoseconds after `epoch` when the slow-start ramp began, or [`NOT_RAMPING`].
     ramp_start: AtomicU64,
+    /// Set after the first active probe result, for readiness.
+    probed: AtomicBool,
     /// The machine itself and the last error, touched only on probes and ejections.
     inner: Mutex<Inner>,
 }
@@ -56,6 +58,7 @@ impl Health {
             passive_failures: AtomicU32::new(0),
             epoch,
             ramp_start: AtomicU64::new(if ramp { 0 } else { NOT_RAMPING }),
+            probed: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 machine,
                 last_error: None,
@@ -104,6 +107,7 @@ impl Health {
             healthy: check.healthy_threshold,
             unhealthy: check.unhealthy_threshold,
         };
+        self.probed.store(true, Ordering::Relaxed);
         let mut inner = self.lock();
         let passed = result.is_ok();
         if let Err(err) = result {
@@ -112,6 +116,16 @@ impl Health {
         let transition = inner.machine.probe(passed, thresholds);
         self.publish(&inner.machine, transition.as_ref());
         transition
+    }
+
+    /// Whether an active probe has reported at least once.
+    pub fn probed(&self) -> bool {
+        self.probed.load(Ordering::Relaxed)
+    }
+
+    /// The effective weight as a fraction of the configured one (slow start), 0 to 1.
+    pub fn weight_fraction(&self, slow_start: Option<Duration>) -> f64 {
+        self.effective_weight(1, slow_start) as f64 / WEIGHT_SCALE as f64
     }
 
     /// A live request to this backend went fine.

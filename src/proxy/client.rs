@@ -51,6 +51,25 @@ pub enum ConnectError {
     },
 }
 
+impl ConnectError {
+    /// Whether the failure says nothing is serving at the address (refused, unreachable, timed
+    /// out), as opposed to a server that accepted and then reset the connection.
+    pub fn backend_is_down(&self) -> bool {
+        use std::io::ErrorKind;
+        match self {
+            ConnectError::Timeout { .. } => true,
+            ConnectError::Io { source, .. } => matches!(
+                source.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::AddrNotAvailable
+            ),
+            ConnectError::Handshake { .. } => false,
+        }
+    }
+}
+
 /// Opens a new HTTP/1.1 connection to `address` and spawns its driver task.
 pub async fn connect(address: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {

@@ -1,4 +1,4 @@
-//! Idle detection for client connections: no bytes either way for a whole period.
+//! Idle detection and byte counting for client connections.
 //!
 //! The IO wrapper only sets a flag on each read or write (no clock call on the data path); a
 //! per-connection ticker clears it every period and reports idleness when it was already clear.
@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use metrics::Counter;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -40,22 +41,27 @@ impl Activity {
 }
 
 pin_project! {
-    /// An IO object that records activity on every successful read or write.
+    /// An IO object that records activity and counts bytes on every read or write.
     #[derive(Debug)]
     pub struct ActivityIo<T> {
         #[pin]
         inner: T,
         activity: Arc<Activity>,
+        bytes_in: Counter,
+        bytes_out: Counter,
     }
 }
 
 impl<T> ActivityIo<T> {
-    /// Wraps `inner`; the returned [`Activity`] is shared with the idle ticker.
-    pub fn new(inner: T) -> (Self, Arc<Activity>) {
+    /// Wraps `inner`, counting bytes read into `bytes_in` and written into `bytes_out`; the
+    /// returned [`Activity`] is shared with the idle ticker.
+    pub fn new(inner: T, bytes_in: Counter, bytes_out: Counter) -> (Self, Arc<Activity>) {
         let activity = Arc::new(Activity::default());
         let io = Self {
             inner,
             activity: Arc::clone(&activity),
+            bytes_in,
+            bytes_out,
         };
         (io, activity)
     }
@@ -68,9 +74,12 @@ impl<T: AsyncRead> AsyncRead for ActivityIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
+        let before = buf.filled().len();
         let result = this.inner.poll_read(cx, buf);
         if result.is_ready() {
             this.activity.touch();
+            this.bytes_in
+                .increment((buf.filled().len() - before) as u64);
         }
         result
     }
@@ -84,8 +93,9 @@ impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let result = this.inner.poll_write(cx, buf);
-        if result.is_ready() {
+        if let Poll::Ready(Ok(written)) = result {
             this.activity.touch();
+            this.bytes_out.increment(written as u64);
         }
         result
     }
@@ -97,8 +107,9 @@ impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let result = this.inner.poll_write_vectored(cx, bufs);
-        if result.is_ready() {
+        if let Poll::Ready(Ok(written)) = result {
             this.activity.touch();
+            this.bytes_out.increment(written as u64);
         }
         result
     }
@@ -124,7 +135,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_fires_only_after_a_quiet_period() {
         let (client, server) = tokio::io::duplex(64);
-        let (mut io, activity) = ActivityIo::new(server);
+        let (mut io, activity) = ActivityIo::new(server, Counter::noop(), Counter::noop());
         let mut client = client;
         let period = Duration::from_secs(10);
         let watcher = tokio::spawn({

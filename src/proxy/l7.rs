@@ -12,6 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::body::{Lease, ProxyBody, UpstreamBody};
@@ -24,6 +25,7 @@ use crate::backend::Backend;
 use crate::balance::Tried;
 use crate::config::ClientLimits;
 use crate::health;
+use crate::metrics::ListenerMetrics;
 use crate::state::{Pool, SharedState};
 
 /// How often a reused connection that turns out closed is replaced before giving up on it.
@@ -33,6 +35,8 @@ const STALE_CONNECTION_ATTEMPTS: usize = 3;
 pub struct HttpListener {
     name: Arc<str>,
     state: SharedState,
+    /// Connection and byte counters.
+    pub metrics: Arc<ListenerMetrics>,
     /// Client limits and the server builder made from them; a reload may replace both, and
     /// each new connection uses the newest.
     settings: ArcSwap<HttpSettings>,
@@ -64,6 +68,7 @@ impl HttpListener {
     /// A listener called `name` routing through `state`, protected by `limits`.
     pub fn new(name: Arc<str>, state: SharedState, limits: ClientLimits) -> Self {
         Self {
+            metrics: Arc::new(ListenerMetrics::new(&name)),
             name,
             state,
             settings: ArcSwap::from_pointee(HttpSettings::new(limits)),
@@ -87,7 +92,12 @@ impl HttpListener {
         shutdown: CancellationToken,
     ) {
         let settings = self.settings.load_full();
-        let (io, activity) = ActivityIo::new(stream);
+        let _open = self.metrics.connection();
+        let (io, activity) = ActivityIo::new(
+            stream,
+            self.metrics.bytes_in.clone(),
+            self.metrics.bytes_out.clone(),
+        );
         let (io, framing) = ScannedIo::new(io, settings.limits.max_header_bytes);
         let connection = Arc::new(Connection {
             listener: Arc::clone(&self),
@@ -137,6 +147,7 @@ impl Connection {
             Ok(pool) => pool,
             Err(err) => return self.fail(&err, &request),
         };
+        let started = Instant::now();
         let (mut parts, body) = request.into_parts();
         let client_version = parts.version;
         headers::prepare_request(
@@ -146,7 +157,8 @@ impl Connection {
             &self.client,
         );
         parts.version = Version::HTTP_11;
-        match forward(&pool, Request::from_parts(parts, body)).await {
+        let request = Request::from_parts(parts, body);
+        match forward(&pool, request, &self.listener.name, started).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 headers::prepare_response(parts.version, &mut parts.headers);
@@ -210,22 +222,32 @@ impl Connection {
 async fn forward(
     pool: &Pool,
     request: Request<Incoming>,
+    listener: &Arc<str>,
+    started: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let settings = pool.settings;
     let replay = Replay::of(&request, settings.retries);
     let mut request = request.map(|body| UpstreamBody::Client { body });
     let mut tried = Tried::default();
     let mut last_error = None;
+    let mut last_backend: Option<&Arc<Backend>> = None;
     while tried.len() <= settings.retries as usize {
         let Some(index) = pool.pick(&tried) else {
             break;
         };
+        if !tried.is_empty() {
+            pool.metrics.retries.increment(1);
+        }
         tried.push(index);
         let backend = &pool.endpoints[index].backend;
+        last_backend = Some(backend);
         let in_flight = backend.start_request();
         match send(backend, request, settings).await {
             Attempt::Response(response, sender) => {
                 let status = response.status().as_u16();
+                backend
+                    .metrics
+                    .record_response(listener, status, started.elapsed());
                 if pool.passive.failure_statuses.contains(status) {
                     passive_failure(pool, backend, &format_args!("status {status}"));
                 } else {
@@ -236,6 +258,9 @@ async fn forward(
                 return Ok(Response::from_parts(parts, body));
             }
             Attempt::NotSent(unsent, err) => {
+                if matches!(err, ProxyError::Connect(_)) {
+                    backend.metrics.connect_error();
+                }
                 passive_failure(pool, backend, &err);
                 tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend connect failed; trying another");
                 request = unsent;
@@ -249,7 +274,12 @@ async fn forward(
                         request = replay.request();
                         last_error = Some(err);
                     }
-                    _ => return Err(err),
+                    _ => {
+                        backend
+                            .metrics
+                            .record_failure(listener, err.status().as_u16());
+                        return Err(err);
+                    }
                 }
             }
         }
@@ -257,14 +287,27 @@ async fn forward(
     // Nothing healthy, or no backend of the pool accepted a connection: the service is
     // unavailable (503), not broken (502).
     let all_refused = tried.len() == pool.endpoints.len()
-        && matches!(last_error, None | Some(ProxyError::Connect(_)));
-    match last_error {
-        Some(err) if pool.any_available() && !all_refused => Err(err),
-        _ => Err(ProxyError::NoBackend {
+        && match &last_error {
+            None => true,
+            Some(ProxyError::Connect(err)) => err.backend_is_down(),
+            Some(_) => false,
+        };
+    let err = match last_error {
+        Some(err) if pool.any_available() && !all_refused => err,
+        _ => ProxyError::NoBackend {
             pool: Arc::clone(&pool.name),
             retry_after: retry_after(pool),
-        }),
+        },
+    };
+    let status = err.status().as_u16();
+    match last_backend {
+        Some(backend) => backend.metrics.record_failure(listener, status),
+        None => pool.metrics.record_unrouted(listener, &pool.name, status),
     }
+    if status == 503 && last_backend.is_some() {
+        pool.metrics.no_backend.increment(1);
+    }
+    Err(err)
 }
 
 /// Seconds until a retry might find a backend: one check interval, or one ejection time.
@@ -290,6 +333,7 @@ fn passive_failure(pool: &Pool, backend: &Arc<Backend>, error: &dyn std::fmt::Di
     let Some((transition, until)) = backend.health.eject(&pool.passive) else {
         return;
     };
+    backend.metrics.ejected();
     health::log_transition(
         &pool.name,
         &backend.name,

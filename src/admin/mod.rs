@@ -1,0 +1,326 @@
+//! The admin listener: operator endpoints, bound to loopback by default.
+//!
+//! - `GET /`: the live dashboard (one self-contained page, polling `/status`).
+//! - `GET /healthz`: 200 while the process runs.
+//! - `GET /readyz`: 200 once listeners are bound and every actively checked backend has had its
+//!   first check; 503 before.
+//! - `GET /status`: JSON: version, uptime, last reload, listeners, pools and backends.
+//! - `GET /metrics`: Prometheus text format.
+//! - `POST /reload`: reload the config file now; 200 with the changes, 422 with the errors.
+//! - `GET /config`: the config file text currently applied (used by `fulcrum --check --diff`).
+
+mod status;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use status::{ListenerView, ReloadStatus, Status};
+
+use crate::backend::Backend;
+use crate::reload::{ReloadHandle, ReloadOutcome};
+use crate::state::SharedState;
+
+/// The dashboard page, embedded at build time.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// What the admin endpoints read and act on.
+pub struct AdminState {
+    reload: ReloadHandle,
+    /// The live snapshot.
+    state: SharedState,
+    started: Instant,
+    config_file: Option<PathBuf>,
+    exporter: Option<&'static PrometheusHandle>,
+    /// The text of the config file as last applied.
+    applied_source: ArcSwap<Option<String>>,
+    /// The last applied or rejected reload.
+    last_reload: ArcSwap<Option<ReloadStatus>>,
+    /// Running listeners.
+    listeners: ArcSwap<Vec<ListenerView>>,
+    /// Backends removed by a reload that may still have requests in flight.
+    draining: ArcSwap<Vec<Arc<Backend>>>,
+}
+
+impl AdminState {
+    /// Admin state for a server started from `config_file` (whose text is `source`), exporting
+    /// metrics through `exporter` when installed.
+    pub fn new(
+        reload: ReloadHandle,
+        state: SharedState,
+        config_file: Option<PathBuf>,
+        source: Option<String>,
+        exporter: Option<&'static PrometheusHandle>,
+    ) -> Self {
+        Self {
+            reload,
+            state,
+            started: Instant::now(),
+            config_file,
+            exporter,
+            applied_source: ArcSwap::from_pointee(source),
+            last_reload: ArcSwap::from_pointee(None),
+            listeners: ArcSwap::from_pointee(Vec::new()),
+            draining: ArcSwap::from_pointee(Vec::new()),
+        }
+    }
+
+    /// Records a reload attempt; `source` is the file text that was read for it.
+    pub fn record_reload(&self, outcome: &ReloadOutcome, source: Option<String>) {
+        let at_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let status = match outcome {
+            ReloadOutcome::Applied(changes) => {
+                self.applied_source.store(Arc::new(source));
+                ReloadStatus {
+                    result: "applied",
+                    at_unix,
+                    changes: changes.clone(),
+                    error: None,
+                }
+            }
+            ReloadOutcome::Rejected(error) => ReloadStatus {
+                result: "rejected",
+                at_unix,
+                changes: Vec::new(),
+                error: Some(error.clone()),
+            },
+            ReloadOutcome::Unchanged | ReloadOutcome::NoFile => return,
+        };
+        self.last_reload.store(Arc::new(Some(status)));
+    }
+
+    /// Replaces the list of running listeners.
+    pub fn set_listeners(&self, listeners: Vec<ListenerView>) {
+        self.listeners.store(Arc::new(listeners));
+    }
+
+    /// Adds backends removed by a reload, shown as draining while they have requests in flight.
+    pub fn add_draining(&self, backends: Vec<Arc<Backend>>) {
+        self.draining.rcu(|current| {
+            current
+                .iter()
+                .chain(&backends)
+                .filter(|backend| backend.in_flight() > 0)
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+    }
+
+    /// The `/status` document.
+    pub fn status(&self) -> Status {
+        let draining: Vec<Arc<Backend>> = self
+            .draining
+            .load()
+            .iter()
+            .filter(|backend| backend.in_flight() > 0)
+            .cloned()
+            .collect();
+        Status::collect(
+            &self.state.load(),
+            &self.listeners.load(),
+            &draining,
+            (
+                self.started.elapsed().as_secs_f64(),
+                self.config_file.as_ref().map(|p| p.display().to_string()),
+                self.last_reload.load().as_ref().clone(),
+            ),
+        )
+    }
+
+    /// Prometheus text, with state-mirroring gauges refreshed first.
+    fn metrics(&self) -> Option<String> {
+        let exporter = self.exporter?;
+        for pool in self.state.load().pools() {
+            for endpoint in pool.endpoints.iter() {
+                let backend = &endpoint.backend;
+                backend
+                    .metrics
+                    .refresh_gauges(backend.health.is_available(), backend.in_flight());
+            }
+        }
+        Some(exporter.render())
+    }
+}
+
+/// Serves one admin connection until it closes or `shutdown` fires.
+pub async fn serve(
+    admin: Arc<AdminState>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let service = service_fn(move |request| {
+        let admin = Arc::clone(&admin);
+        async move { Ok::<_, Infallible>(route(&admin, request).await) }
+    });
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(client = %peer, error = %err, "admin connection ended with an error");
+    }
+}
+
+async fn route(admin: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/") => {
+            let mut response = text(StatusCode::OK, DASHBOARD);
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            response
+        }
+        (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET | &Method::HEAD, "/readyz") => {
+            if status::is_ready(&admin.state.load()) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: first health checks pending\n",
+                )
+            }
+        }
+        (&Method::GET, "/status") => match serde_json::to_vec_pretty(&admin.status()) {
+            Ok(json) => {
+                let mut response = text(StatusCode::OK, json);
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+            Err(err) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot render status: {err}\n"),
+            ),
+        },
+        (&Method::GET, "/metrics") => match admin.metrics() {
+            Some(body) => {
+                let mut response = text(StatusCode::OK, body);
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                "metrics are disabled (admin.metrics = false)\n",
+            ),
+        },
+        (&Method::POST, "/reload") => match admin.reload.reload().await {
+            Some(outcome @ ReloadOutcome::Applied(_)) => {
+                text(StatusCode::OK, format!("{outcome}\n"))
+            }
+            Some(ReloadOutcome::Rejected(error)) => text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("reload rejected; the running config is unchanged:\n{error}\n"),
+            ),
+            Some(outcome) => text(StatusCode::CONFLICT, format!("{outcome}\n")),
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+        },
+        (&Method::GET, "/config") => match admin.applied_source.load().as_ref() {
+            Some(source) => text(StatusCode::OK, source.clone()),
+            None => text(StatusCode::NOT_FOUND, "not started from a config file\n"),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Why the running instance's config could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Could not connect or talk HTTP to the admin listener.
+    #[error("cannot reach the admin listener at {address}: {message}")]
+    Unreachable {
+        /// The admin address asked.
+        address: SocketAddr,
+        /// What went wrong.
+        message: String,
+    },
+    /// The admin listener answered with an error.
+    #[error("the admin listener at {address} answered {status}: {body}")]
+    Status {
+        /// The admin address asked.
+        address: SocketAddr,
+        /// Its status code.
+        status: StatusCode,
+        /// Its body.
+        body: String,
+    },
+}
+
+/// Fetches the config text a running fulcrum has applied, from its admin listener's `/config`.
+pub async fn fetch_config(address: SocketAddr) -> Result<String, FetchError> {
+    use http_body_util::{BodyExt, Empty};
+    let unreachable = |message: String| FetchError::Unreachable { address, message };
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(|err| unreachable(err.to_string()))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|err| unreachable(err.to_string()))?;
+    let driver = tokio::spawn(connection);
+    let request = Request::builder()
+        .uri("/config")
+        .header(header::HOST, address.to_string())
+        .body(Empty::new())
+        .map_err(|err| unreachable(err.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|err| unreachable(err.to_string()))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|err| unreachable(err.to_string()))?
+        .to_bytes();
+    driver.abort();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(FetchError::Status {
+            address,
+            status,
+            body,
+        })
+    }
+}

@@ -1,0 +1,192 @@
+//! The `/status` document: what fulcrum is doing now, as JSON for people and the dashboard.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::metrics::{ListenerMetrics, WindowSummary};
+use crate::state::Snapshot;
+
+/// A running listener as the status API shows it.
+#[derive(Debug, Clone)]
+pub struct ListenerView {
+    /// Listener name.
+    pub name: Arc<str>,
+    /// The bound address.
+    pub address: SocketAddr,
+    /// Protocol label.
+    pub protocol: &'static str,
+    /// Pool it routes to.
+    pub pool: Arc<str>,
+    /// Its counters.
+    pub metrics: Arc<ListenerMetrics>,
+}
+
+/// The whole `/status` document.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// fulcrum's version.
+    pub version: &'static str,
+    /// Seconds since start.
+    pub uptime_seconds: f64,
+    /// The config file, if started from one.
+    pub config_file: Option<String>,
+    /// The last reload attempt.
+    pub last_reload: Option<ReloadStatus>,
+    /// Whether `/readyz` would answer 200.
+    pub ready: bool,
+    /// Running listeners.
+    pub listeners: Vec<ListenerStatus>,
+    /// Pools with their backends.
+    pub pools: Vec<PoolStatus>,
+}
+
+/// The outcome of the last reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    /// `applied` or `rejected`.
+    pub result: &'static str,
+    /// Unix time of the attempt.
+    pub at_unix: f64,
+    /// The changes applied (empty when rejected).
+    pub changes: Vec<String>,
+    /// Why it was rejected.
+    pub error: Option<String>,
+}
+
+/// One listener.
+#[derive(Debug, Serialize)]
+pub struct ListenerStatus {
+    name: String,
+    address: String,
+    protocol: &'static str,
+    pool: String,
+    connections_active: u64,
+}
+
+/// One pool.
+#[derive(Debug, Serialize)]
+pub struct PoolStatus {
+    name: String,
+    algorithm: &'static str,
+    fail_open: bool,
+    active_checks: bool,
+    backends: Vec<BackendStatus>,
+}
+
+/// One backend.
+#[derive(Debug, Serialize)]
+pub struct BackendStatus {
+    name: String,
+    address: String,
+    weight: u32,
+    /// Weight after slow start, in the same units as `weight`.
+    effective_weight: f64,
+    /// `healthy`, `unhealthy`, `ejected` or `draining` (removed by a reload, finishing requests).
+    state: &'static str,
+    in_flight: usize,
+    /// Requests answered since the backend was added.
+    requests: u64,
+    last_error: Option<String>,
+    /// The last minute.
+    last_minute: WindowSummary,
+}
+
+impl Status {
+    /// Builds the document from the live snapshot and the listeners.
+    pub fn collect(
+        snapshot: &Snapshot,
+        listeners: &[ListenerView],
+        draining: &[Arc<Backend>],
+        header: (f64, Option<String>, Option<ReloadStatus>),
+    ) -> Status {
+        let (uptime_seconds, config_file, last_reload) = header;
+        let pools = snapshot
+            .pools()
+            .iter()
+            .map(|pool| {
+                let mut backends: Vec<BackendStatus> = pool
+                    .endpoints
+                    .iter()
+                    .map(|endpoint| {
+                        let weight = endpoint.weight.get();
+                        let fraction = endpoint
+                            .backend
+                            .health
+                            .weight_fraction(pool.settings.slow_start);
+                        backend_status(
+                            &endpoint.backend,
+                            weight,
+                            f64::from(weight) * fraction,
+                            None,
+                        )
+                    })
+                    .collect();
+                backends.extend(
+                    draining
+                        .iter()
+                        .filter(|backend| backend.pool == pool.name)
+                        .map(|backend| backend_status(backend, 0, 0.0, Some("draining"))),
+                );
+                PoolStatus {
+                    name: pool.name.to_string(),
+                    algorithm: pool.algorithm.as_str(),
+                    fail_open: pool.settings.fail_open,
+                    active_checks: pool.health_check.is_some(),
+                    backends,
+                }
+            })
+            .collect();
+        let listeners = listeners
+            .iter()
+            .map(|listener| ListenerStatus {
+                name: listener.name.to_string(),
+                address: listener.address.to_string(),
+                protocol: listener.protocol,
+                pool: listener.pool.to_string(),
+                connections_active: listener.metrics.active.load(Ordering::Relaxed),
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds,
+            config_file,
+            last_reload,
+            ready: is_ready(snapshot),
+            listeners,
+            pools,
+        }
+    }
+}
+
+fn backend_status(
+    backend: &Backend,
+    weight: u32,
+    effective_weight: f64,
+    state: Option<&'static str>,
+) -> BackendStatus {
+    BackendStatus {
+        name: backend.name.to_string(),
+        address: backend.address.to_string(),
+        weight,
+        effective_weight,
+        state: state.unwrap_or_else(|| backend.health.status().as_str()),
+        in_flight: backend.in_flight(),
+        requests: backend.metrics.requests_total.load(Ordering::Relaxed),
+        last_error: backend.health.last_error(),
+        last_minute: backend.metrics.window.summary(),
+    }
+}
+
+/// Ready once every backend of a pool with active checks has been probed at least once.
+pub fn is_ready(snapshot: &Snapshot) -> bool {
+    snapshot
+        .pools()
+        .iter()
+        .filter(|pool| pool.health_check.is_some())
+        .flat_map(|pool| pool.endpoints.iter())
+        .all(|endpoint| endpoint.backend.health.probed())
+}

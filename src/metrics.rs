@@ -1,0 +1,615 @@
+//! Metrics: Prometheus series through the `metrics` facade, and a one-minute window per backend
+//! for the status API and dashboard.
+//!
+//! Hot-path cost is kept to a few relaxed atomic adds: every handle is registered once (per
+//! backend, per listener) and cached, and gauges that mirror state the proxy already keeps
+//! (in-flight, up, open connections) are only written when `/metrics` is scraped.
+//! Without an installed exporter (no admin listener, or `admin.metrics = false`) the `metrics`
+//! calls are no-ops.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::time::Instant;
+
+/// Series names, each described once in [`install`].
+pub mod names {
+    /// Requests answered, by final status class.
+    pub const REQUESTS: &str = "fulcrum_requests_total";
+    /// Time from receiving a request to the backend's response head.
+    pub const REQUEST_DURATION: &str = "fulcrum_request_duration_seconds";
+    /// Failed connects to a backend.
+    pub const CONNECT_ERRORS: &str = "fulcrum_upstream_connect_errors_total";
+    /// Extra attempts on another backend.
+    pub const RETRIES: &str = "fulcrum_retries_total";
+    /// 1 when a backend receives traffic, else 0.
+    pub const BACKEND_UP: &str = "fulcrum_backend_up";
+    /// Requests in flight on a backend.
+    pub const BACKEND_IN_FLIGHT: &str = "fulcrum_backend_in_flight";
+    /// Passive ejections of a backend.
+    pub const EJECTIONS: &str = "fulcrum_backend_ejections_total";
+    /// Active health checks, by result.
+    pub const HEALTH_CHECKS: &str = "fulcrum_health_checks_total";
+    /// Client connections open now.
+    pub const CONNECTIONS_ACTIVE: &str = "fulcrum_connections_active";
+    /// Client connections accepted.
+    pub const CONNECTIONS: &str = "fulcrum_connections_total";
+    /// Bytes read from (`in`) and written to (`out`) clients.
+    pub const BYTES: &str = "fulcrum_bytes_total";
+    /// Config reloads, by result.
+    pub const RELOADS: &str = "fulcrum_config_reloads_total";
+    /// Unix time of the last successful reload (or of start-up).
+    pub const LAST_RELOAD_SUCCESS: &str = "fulcrum_config_last_reload_success_timestamp_seconds";
+    /// Requests answered 503 because no backend was available.
+    pub const NO_BACKEND: &str = "fulcrum_no_backend_total";
+    /// Requests sent to all backends because none was healthy (fail-open).
+    pub const FAIL_OPEN: &str = "fulcrum_fail_open_total";
+    /// Backend health transitions.
+    pub const BACKEND_TRANSITIONS: &str = "fulcrum_backend_transitions_total";
+}
+
+/// Histogram buckets for request durations: 0.5 ms to 10 s.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static EXPORTER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same handle).
+/// `None` if another recorder was installed first.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    EXPORTER
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(names::REQUEST_DURATION.to_owned()),
+                    &DURATION_BUCKETS,
+                )
+                .ok()?;
+            let handle = match builder.install_recorder() {
+                Ok(handle) => handle,
+                Err(err) => {
+                    tracing::warn!(error = %err, "metrics recorder not installed");
+                    return None;
+                }
+            };
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        names::REQUESTS,
+        "Requests answered, by listener, pool, backend and status class."
+    );
+    describe_histogram!(
+        names::REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from receiving a request to the backend's response head."
+    );
+    describe_counter!(names::CONNECT_ERRORS, "Failed TCP connects to a backend.");
+    describe_counter!(names::RETRIES, "Extra attempts made on another backend.");
+    describe_gauge!(
+        names::BACKEND_UP,
+        "1 when the backend receives traffic, 0 when it is down or ejected."
+    );
+    describe_gauge!(
+        names::BACKEND_IN_FLIGHT,
+        "Requests in flight on the backend."
+    );
+    describe_counter!(names::EJECTIONS, "Passive ejections of the backend.");
+    describe_counter!(
+        names::HEALTH_CHECKS,
+        "Active health checks, by result (pass or fail)."
+    );
+    describe_gauge!(names::CONNECTIONS_ACTIVE, "Client connections open now.");
+    describe_counter!(names::CONNECTIONS, "Client connections accepted.");
+    describe_counter!(
+        names::BYTES,
+        Unit::Bytes,
+        "Bytes exchanged with clients, by direction (in, out)."
+    );
+    describe_counter!(
+        names::RELOADS,
+        "Config reload attempts, by result (success, failure)."
+    );
+    describe_gauge!(
+        names::LAST_RELOAD_SUCCESS,
+        Unit::Seconds,
+        "Unix time of the last successful config load."
+    );
+    describe_counter!(
+        names::NO_BACKEND,
+        "Requests answered 503 because no backend was available."
+    );
+    describe_counter!(
+        names::FAIL_OPEN,
+        "Requests sent to unhealthy backends because none was healthy (fail_open)."
+    );
+    describe_counter!(
+        names::BACKEND_TRANSITIONS,
+        "Backend health state changes, by new state."
+    );
+}
+
+/// Status class index of a status code: 0 for 1xx … 4 for 5xx.
+fn class_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// One backend's metric handles and its one-minute window.
+#[derive(Debug)]
+pub struct BackendMetrics {
+    pool: Arc<str>,
+    backend: Arc<str>,
+    duration: Histogram,
+    connect_errors: Counter,
+    ejections: Counter,
+    checks_passed: Counter,
+    checks_failed: Counter,
+    up: Gauge,
+    in_flight: Gauge,
+    /// `requests_total` handles per listener, added the first time a listener uses this backend.
+    requests: ArcSwap<Vec<(Arc<str>, [Counter; 5])>>,
+    /// Requests answered since this backend was added.
+    pub requests_total: AtomicU64,
+    /// Requests, errors and latencies over the last minute.
+    pub window: Window,
+}
+
+impl BackendMetrics {
+    /// Handles for `backend` of `pool`.
+    pub fn new(pool: &Arc<str>, backend: &Arc<str>) -> Self {
+        let labels = [("pool", pool.to_string()), ("backend", backend.to_string())];
+        Self {
+            pool: Arc::clone(pool),
+            backend: Arc::clone(backend),
+            duration: metrics::histogram!(names::REQUEST_DURATION, &labels),
+            connect_errors: metrics::counter!(names::CONNECT_ERRORS, &labels),
+            ejections: metrics::counter!(names::EJECTIONS, &labels),
+            checks_passed: metrics::counter!(
+                names::HEALTH_CHECKS,
+                &[
+                    ("pool", pool.to_string()),
+                    ("backend", backend.to_string()),
+                    ("result", "pass".to_owned())
+                ]
+            ),
+            checks_failed: metrics::counter!(
+                names::HEALTH_CHECKS,
+                &[
+                    ("pool", pool.to_string()),
+                    ("backend", backend.to_string()),
+                    ("result", "fail".to_owned())
+                ]
+            ),
+            up: metrics::gauge!(names::BACKEND_UP, &labels),
+            in_flight: metrics::gauge!(names::BACKEND_IN_FLIGHT, &labels),
+            requests: ArcSwap::from_pointee(Vec::new()),
+            requests_total: AtomicU64::new(0),
+            window: Window::new(),
+        }
+    }
+
+    /// A request answered with `status` after `elapsed`, received on `listener`.
+    pub fn record_response(&self, listener: &Arc<str>, status: u16, elapsed: Duration) {
+        self.duration.record(elapsed.as_secs_f64());
+        self.window.record(elapsed, status >= 500);
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
+        self.requests_counter(listener, status).increment(1);
+    }
+
+    /// A request that failed on this backend without a response head (answered by fulcrum).
+    pub fn record_failure(&self, listener: &Arc<str>, status: u16) {
+        self.window.record(Duration::ZERO, true);
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
+        self.requests_counter(listener, status).increment(1);
+    }
+
+    fn requests_counter(&self, listener: &Arc<str>, status: u16) -> Counter {
+        let class = class_index(status);
+        let current = self.requests.load();
+        if let Some((_, counters)) = current
+            .iter()
+            .find(|(name, _)| Arc::ptr_eq(name, listener) || name == listener)
+        {
+            return counters[class].clone();
+        }
+        let counters = CLASSES.map(|code_class| {
+            metrics::counter!(
+                names::REQUESTS,
+                "listener" => listener.to_string(),
+                "pool" => self.pool.to_string(),
+                "backend" => self.backend.to_string(),
+                "code_class" => code_class
+            )
+        });
+        let chosen = counters[class].clone();
+        self.requests.rcu(|list| {
+            let mut list = Vec::clone(list);
+            if !list.iter().any(|(name, _)| name == listener) {
+                list.push((Arc::clone(listener), counters.clone()));
+            }
+            list
+        });
+        chosen
+    }
+
+    /// A failed connect.
+    pub fn connect_error(&self) {
+        self.connect_errors.increment(1);
+    }
+
+    /// A passive ejection.
+    pub fn ejected(&self) {
+        self.ejections.increment(1);
+    }
+
+    /// An active check result.
+    pub fn health_check(&self, passed: bool) {
+        if passed {
+            self.checks_passed.increment(1);
+        } else {
+            self.checks_failed.increment(1);
+        }
+    }
+
+    /// Mirrors live state into the gauges (called when `/metrics` is scraped).
+    pub fn refresh_gauges(&self, up: bool, in_flight: usize) {
+        self.up.set(if up { 1.0 } else { 0.0 });
+        self.in_flight.set(in_flight as f64);
+    }
+}
+
+/// A pool's counters.
+#[derive(Debug)]
+pub struct PoolMetrics {
+    /// Extra attempts on another backend.
+    pub retries: Counter,
+    /// 503s because nothing was available.
+    pub no_backend: Counter,
+    /// Requests sent while failing open.
+    pub fail_open: Counter,
+}
+
+impl PoolMetrics {
+    /// Handles for the pool called `pool`.
+    pub fn new(pool: &str) -> Self {
+        let labels = [("pool", pool.to_owned())];
+        Self {
+            retries: metrics::counter!(names::RETRIES, &labels),
+            no_backend: metrics::counter!(names::NO_BACKEND, &labels),
+            fail_open: metrics::counter!(names::FAIL_OPEN, &labels),
+        }
+    }
+
+    /// A request answered by fulcrum itself with no backend to blame.
+    pub fn record_unrouted(&self, listener: &str, pool: &str, status: u16) {
+        if status == 503 {
+            self.no_backend.increment(1);
+        }
+        metrics::counter!(
+            names::REQUESTS,
+            "listener" => listener.to_owned(),
+            "pool" => pool.to_owned(),
+            "backend" => "none",
+            "code_class" => CLASSES[class_index(status)]
+        )
+        .increment(1);
+    }
+}
+
+/// A listener's connection and byte counters.
+#[derive(Debug)]
+pub struct ListenerMetrics {
+    /// Client connections accepted.
+    pub connections: Counter,
+    /// Open client connections (for the status API).
+    pub active: AtomicU64,
+    active_gauge: Gauge,
+    /// Bytes read from clients.
+    pub bytes_in: Counter,
+    /// Bytes written to clients.
+    pub bytes_out: Counter,
+}
+
+impl ListenerMetrics {
+    /// Handles for the listener called `name`.
+    pub fn new(name: &str) -> Self {
+        let listener = ("listener", name.to_owned());
+        Self {
+            connections: metrics::counter!(names::CONNECTIONS, std::slice::from_ref(&listener)),
+            active: AtomicU64::new(0),
+            active_gauge: metrics::gauge!(
+                names::CONNECTIONS_ACTIVE,
+                std::slice::from_ref(&listener)
+            ),
+            bytes_in: metrics::counter!(
+                names::BYTES,
+                &[listener.clone(), ("direction", "in".to_owned())]
+            ),
+            bytes_out: metrics::counter!(
+                names::BYTES,
+                &[listener, ("direction", "out".to_owned())]
+            ),
+        }
+    }
+
+    /// Counts a new connection as open until the guard drops.
+    pub fn connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.increment(1);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.active_gauge.increment(1.0);
+        ConnectionGuard(Arc::clone(self))
+    }
+}
+
+/// Holds one open connection in [`ListenerMetrics::active`].
+#[derive(Debug)]
+pub struct ConnectionGuard(Arc<ListenerMetrics>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.active_gauge.decrement(1.0);
+    }
+}
+
+/// Slot length of the one-minute window.
+const SLOT: Duration = Duration::from_secs(10);
+const SLOTS: usize = 6;
+/// Latency buckets: four per power of two of microseconds, up to about 2^34 µs.
+const LATENCY_BUCKETS: usize = 4 * 35;
+
+/// Requests, errors and a latency histogram over the last minute, in six 10-second slots.
+///
+/// Lock-free: a slot is reset by whoever first records into it in a new period; a record
+/// racing that reset may be lost, which a dashboard can afford.
+#[derive(Debug)]
+pub struct Window {
+    epoch: Instant,
+    slots: [Slot; SLOTS],
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// The 10-second period this slot holds, plus one (0 = never used).
+    period: AtomicU64,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    latency: [AtomicU32; LATENCY_BUCKETS],
+}
+
+impl Slot {
+    fn new() -> Self {
+        Self {
+            period: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency: std::array::from_fn(|_| AtomicU32::new(0)),
+        }
+    }
+}
+
+/// What the window says about the last minute.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct WindowSummary {
+    /// Requests in the window.
+    pub requests: u64,
+    /// Requests per second over the window.
+    pub requests_per_second: f64,
+    /// Share of requests that failed (5xx or no response), 0 to 1.
+    pub error_rate: f64,
+    /// Median time to response head, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile time to response head, milliseconds.
+    pub p99_ms: f64,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Window {
+    /// An empty window starting now.
+    pub fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            slots: std::array::from_fn(|_| Slot::new()),
+        }
+    }
+
+    fn period(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.epoch).as_secs() / SLOT.as_secs()) + 1
+    }
+
+    /// Records one request.
+    pub fn record(&self, latency: Duration, error: bool) {
+        let period = self.period(Instant::now());
+        let slot = &self.slots[(period % SLOTS as u64) as usize];
+        let seen = slot.period.load(Ordering::Relaxed);
+        if seen != period
+            && slot
+                .period
+                .compare_exchange(seen, period, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            slot.requests.store(0, Ordering::Relaxed);
+            slot.errors.store(0, Ordering::Relaxed);
+            for bucket in &slot.latency {
+                bucket.store(0, Ordering::Relaxed);
+            }
+        }
+        slot.requests.fetch_add(1, Ordering::Relaxed);
+        if error {
+            slot.errors.fetch_add(1, Ordering::Relaxed);
+        } else {
+            slot.latency[latency_bucket(latency)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Totals and percentiles over the last minute.
+    pub fn summary(&self) -> WindowSummary {
+        let now = Instant::now();
+        let period = self.period(now);
+        let mut requests = 0;
+        let mut errors = 0;
+        let mut latency = [0u64; LATENCY_BUCKETS];
+        for slot in &self.slots {
+            let slot_period = slot.period.load(Ordering::Relaxed);
+            if slot_period == 0 || slot_period + (SLOTS as u64) <= period {
+                continue;
+            }
+            requests += slot.requests.load(Ordering::Relaxed);
+            errors += slot.errors.load(Ordering::Relaxed);
+            for (total, bucket) in latency.iter_mut().zip(&slot.latency) {
+                *total += u64::from(bucket.load(Ordering::Relaxed));
+            }
+        }
+        // The window holds five whole slots plus the part of the current one elapsed so far.
+        let elapsed = now.saturating_duration_since(self.epoch);
+        let into_slot = Duration::from_nanos((elapsed.as_nanos() % SLOT.as_nanos()) as u64);
+        let covered = elapsed
+            .min(SLOT * (SLOTS as u32 - 1) + into_slot)
+            .as_secs_f64()
+            .max(1.0);
+        WindowSummary {
+            requests,
+            requests_per_second: requests as f64 / covered,
+            error_rate: if requests == 0 {
+                0.0
+            } else {
+                errors as f64 / requests as f64
+            },
+            p50_ms: percentile(&latency, 0.50),
+            p99_ms: percentile(&latency, 0.99),
+        }
+    }
+}
+
+/// Bucket of a latency: four buckets per power of two of microseconds.
+fn latency_bucket(latency: Duration) -> usize {
+    let micros = u64::try_from(latency.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let power = 63 - micros.leading_zeros() as usize;
+    let sub = if power >= 2 {
+        ((micros >> (power - 2)) & 3) as usize
+    } else {
+        0
+    };
+    (power * 4 + sub).min(LATENCY_BUCKETS - 1)
+}
+
+/// Upper bound of a latency bucket, in milliseconds.
+fn bucket_upper_ms(bucket: usize) -> f64 {
+    let power = bucket / 4;
+    let sub = (bucket % 4) as u64;
+    let micros = if power >= 2 {
+        ((4 + sub + 1) << (power - 2)) as f64
+    } else {
+        (1u64 << (power + 1)) as f64
+    };
+    micros / 1000.0
+}
+
+fn percentile(buckets: &[u64; LATENCY_BUCKETS], quantile: f64) -> f64 {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = ((total as f64) * quantile).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (bucket, count) in buckets.iter().enumerate() {
+        seen += count;
+        if seen >= rank {
+            return bucket_upper_ms(bucket);
+        }
+    }
+    bucket_upper_ms(LATENCY_BUCKETS - 1)
+}
+
+/// Records a reload attempt.
+pub fn record_reload(success: bool) {
+    let result = if success { "success" } else { "failure" };
+    metrics::counter!(names::RELOADS, "result" => result).increment(1);
+    if success {
+        record_config_loaded();
+    }
+}
+
+/// Sets the last-successful-load timestamp to now.
+pub fn record_config_loaded() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!(names::LAST_RELOAD_SUCCESS).set(now);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_are_monotonic_and_bounded() {
+        let mut last = 0;
+        for micros in [
+            1u64, 2, 3, 5, 8, 100, 999, 1000, 1500, 10_000, 1_000_000, 60_000_000,
+        ] {
+            let bucket = latency_bucket(Duration::from_micros(micros));
+            assert!(bucket >= last, "{micros}µs");
+            assert!(
+                bucket_upper_ms(bucket) * 1000.0 >= micros as f64,
+                "{micros}µs upper bound"
+            );
+            assert!(
+                bucket_upper_ms(bucket) * 1000.0 <= micros as f64 * 1.5 + 2.0,
+                "{micros}µs precision"
+            );
+            last = bucket;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn window_summarises_the_last_minute_only() {
+        let window = Window::new();
+        for _ in 0..98 {
+            window.record(Duration::from_millis(2), false);
+        }
+        window.record(Duration::from_millis(100), false);
+        window.record(Duration::ZERO, true);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        let summary = window.summary();
+        assert_eq!(summary.requests, 100);
+        assert!((summary.error_rate - 0.01).abs() < 1e-9);
+        assert!(summary.p50_ms >= 2.0 && summary.p50_ms < 2.6, "{summary:?}");
+        // 99 timed requests: the 99th percentile is the slow one.
+        assert!(
+            summary.p99_ms >= 100.0 && summary.p99_ms < 150.0,
+            "{summary:?}"
+        );
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(window.summary().requests, 0, "old slots expire");
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(class_index(101), 0);
+        assert_eq!(class_index(204), 1);
+        assert_eq!(class_index(404), 3);
+        assert_eq!(class_index(503), 4);
+        assert_eq!(class_index(42), 0);
+        assert_eq!(class_index(700), 4);
+    }
+}
