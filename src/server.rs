@@ -23,6 +23,8 @@ use crate::admin::{self, AdminState, ListenerView};
 use crate::config::{self, Config, ListenerConfig, Protocol};
 use crate::health::checker::Supervisor;
 use crate::listener;
+use crate::metrics::ListenerMetrics;
+use crate::proxy::l4;
 use crate::proxy::l7::HttpListener;
 use crate::reload::{self, ReloadHandle, ReloadOutcome, ReloadRequest, Trigger};
 use crate::state::{SharedState, Snapshot};
@@ -237,7 +239,30 @@ struct RunningListener {
     stop: CancellationToken,
     /// The accept loop; hands the socket back when stopped.
     accept: JoinHandle<TcpListener>,
-    http: Arc<HttpListener>,
+    handler: Handler,
+}
+
+/// What serves a listener's connections.
+enum Handler {
+    Http(Arc<HttpListener>),
+    Tcp(Arc<l4::TcpListener>),
+}
+
+impl Handler {
+    fn metrics(&self) -> &Arc<ListenerMetrics> {
+        match self {
+            Handler::Http(http) => &http.metrics,
+            Handler::Tcp(tcp) => &tcp.metrics,
+        }
+    }
+}
+
+/// Whether a running listener can keep serving `new` as it is: same name, socket and protocol.
+fn same_role(running: &ListenerConfig, new: &ListenerConfig) -> bool {
+    running.name == new.name
+        && running.listen == new.listen
+        && running.protocol == new.protocol
+        && running.accept_proxy_protocol == new.accept_proxy_protocol
 }
 
 struct RunningAdmin {
@@ -250,30 +275,53 @@ impl Runtime {
     fn start_listener(&mut self, config: ListenerConfig, socket: TcpListener) {
         let local = socket.local_addr().unwrap_or(config.listen);
         let stop = self.stop.child_token();
-        let http = match config.protocol {
-            Protocol::Http => Arc::new(HttpListener::new(
-                Arc::clone(&config.name),
-                Arc::clone(&self.state),
-                config.limits.clone(),
-            )),
+        let name = Arc::clone(&config.name);
+        let (handler, accept) = match config.protocol {
+            Protocol::Http => {
+                let http = Arc::new(HttpListener::new(
+                    Arc::clone(&name),
+                    Arc::clone(&self.state),
+                    config.limits.clone(),
+                ));
+                let serve = {
+                    let http = Arc::clone(&http);
+                    move |stream, peer, shutdown| Arc::clone(&http).serve(stream, peer, shutdown)
+                };
+                let accept = listener::accept_loop(
+                    name,
+                    socket,
+                    stop.clone(),
+                    self.connections.clone(),
+                    serve,
+                );
+                (Handler::Http(http), tokio::spawn(accept))
+            }
+            Protocol::Tcp => {
+                let tcp = Arc::new(l4::TcpListener::new(
+                    Arc::clone(&name),
+                    Arc::clone(&self.state),
+                    config.accept_proxy_protocol,
+                ));
+                let serve = {
+                    let tcp = Arc::clone(&tcp);
+                    move |stream, peer, shutdown| Arc::clone(&tcp).serve(stream, peer, shutdown)
+                };
+                let accept = listener::accept_loop(
+                    name,
+                    socket,
+                    stop.clone(),
+                    self.connections.clone(),
+                    serve,
+                );
+                (Handler::Tcp(tcp), tokio::spawn(accept))
+            }
         };
-        let serve = {
-            let http = Arc::clone(&http);
-            move |stream, peer, shutdown| Arc::clone(&http).serve(stream, peer, shutdown)
-        };
-        let accept = tokio::spawn(listener::accept_loop(
-            Arc::clone(&config.name),
-            socket,
-            stop.clone(),
-            self.connections.clone(),
-            serve,
-        ));
         self.listeners.push(RunningListener {
             config,
             local,
             stop,
             accept,
-            http,
+            handler,
         });
     }
 
@@ -360,9 +408,10 @@ impl Runtime {
         // Bind every new address first: if one fails, nothing has changed yet.
         let mut fresh = Vec::new();
         for new in &config.listeners {
-            let kept = self.listeners.iter().any(|running| {
-                running.config.name == new.name && running.config.listen == new.listen
-            });
+            let kept = self
+                .listeners
+                .iter()
+                .any(|running| same_role(&running.config, new));
             let moved_from = self
                 .listeners
                 .iter()
@@ -422,14 +471,17 @@ impl Runtime {
     async fn apply_listeners(&mut self, config: &Config, fresh: Vec<(Arc<str>, TcpListener)>) {
         let mut reusable = Vec::new();
         let mut kept = Vec::new();
-        for running in std::mem::take(&mut self.listeners) {
+        for mut running in std::mem::take(&mut self.listeners) {
             let wanted = config
                 .listeners
                 .iter()
-                .find(|new| new.name == running.config.name && new.listen == running.config.listen);
+                .find(|new| same_role(&running.config, new));
             match wanted {
                 Some(new) => {
-                    running.http.update(&new.limits);
+                    if let Handler::Http(http) = &running.handler {
+                        http.update(&new.limits);
+                    }
+                    running.config = new.clone();
                     kept.push(running);
                 }
                 None => {
@@ -449,7 +501,7 @@ impl Runtime {
         self.listeners = kept;
         let mut fresh = fresh;
         for new in &config.listeners {
-            if self.listeners.iter().any(|r| r.config.name == new.name) {
+            if self.listeners.iter().any(|r| same_role(&r.config, new)) {
                 continue;
             }
             let socket = match fresh.iter().position(|(name, _)| *name == new.name) {
@@ -491,9 +543,9 @@ impl Runtime {
             .map(|running| ListenerView {
                 name: Arc::clone(&running.config.name),
                 address: running.local,
-                protocol: "http",
+                protocol: running.config.protocol.as_str(),
                 pool: Arc::clone(&running.config.pool),
-                metrics: Arc::clone(&running.http.metrics),
+                metrics: Arc::clone(running.handler.metrics()),
             })
             .collect();
         self.admin_state.set_listeners(views);
@@ -539,7 +591,13 @@ fn log_startup(
             let address = socket
                 .local_addr()
                 .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
-            format!("{} http://{} -> {}", config.name, address, config.pool)
+            format!(
+                "{} {}://{} -> {}",
+                config.name,
+                config.protocol.as_str(),
+                address,
+                config.pool
+            )
         })
         .collect();
     let pools: Vec<String> = snapshot

@@ -9,8 +9,10 @@ use arc_swap::ArcSwap;
 
 use crate::backend::{Backend, Endpoint};
 use crate::balance::{Balancer, Tried};
-use crate::config::{Algorithm, Config, HealthCheckConfig, PassiveConfig, PoolConfig};
-use crate::health::{Health, Status, WEIGHT_SCALE};
+use crate::config::{
+    Algorithm, Config, HealthCheckConfig, PassiveConfig, PoolConfig, ProxyProtocol,
+};
+use crate::health::{self, Health, Status, WEIGHT_SCALE};
 use crate::metrics::PoolMetrics;
 
 /// The current snapshot, swapped atomically on reload.
@@ -43,6 +45,8 @@ pub struct Pool {
     pub passive: PassiveConfig,
     /// Active checks, shared with the checker tasks.
     pub health_check: Option<Arc<HealthCheckConfig>>,
+    /// TCP pools: the PROXY protocol header to send to backends.
+    pub proxy_protocol: Option<ProxyProtocol>,
     /// Set while the pool serves fail-open, so the switch is logged once.
     failing_open: AtomicBool,
     /// Retry, no-backend and fail-open counters.
@@ -62,6 +66,9 @@ pub struct PoolSettings {
     pub slow_start: Option<Duration>,
     /// Use every backend when none is healthy.
     pub fail_open: bool,
+    /// HTTP: idle upstream connections older than this are not reused. TCP: proxied
+    /// connections idle this long are closed.
+    pub idle_timeout: Duration,
 }
 
 impl Snapshot {
@@ -161,7 +168,9 @@ impl Pool {
                 retries: config.retries,
                 slow_start: config.slow_start,
                 fail_open: config.fail_open,
+                idle_timeout: config.idle_timeout,
             },
+            proxy_protocol: config.proxy_protocol,
             passive: config.passive.clone(),
             health_check: config.health_check.clone().map(Arc::new),
             failing_open: AtomicBool::new(false),
@@ -208,6 +217,47 @@ impl Pool {
             tracing::info!(pool = %self.name, "a backend is healthy again: fail-open ended");
         }
         available
+    }
+
+    /// Counts a failed exchange against `backend` and ejects it when the passive rules say so,
+    /// unless that would take out more than `max_ejected_percent` of the pool. (Two ejections
+    /// racing may both pass the check; the limit is a guard rail, not a lock.)
+    pub fn record_failure(&self, backend: &Arc<Backend>, error: &dyn std::fmt::Display) {
+        if !backend.health.record_failure(error, &self.passive) {
+            return;
+        }
+        let limit = usize::from(self.passive.max_ejected_percent) * self.endpoints.len();
+        if (self.ejected_count() + 1) * 100 > limit {
+            tracing::debug!(pool = %self.name, backend = %backend.name, "not ejecting: max_ejected_percent reached");
+            return;
+        }
+        let Some((transition, until)) = backend.health.eject(&self.passive) else {
+            return;
+        };
+        backend.metrics.ejected();
+        health::log_transition(
+            &self.name,
+            &backend.name,
+            &transition,
+            backend.health.last_error().as_deref(),
+        );
+        let backend = Arc::clone(backend);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(until).await;
+            if let Some(transition) = backend.health.end_ejection() {
+                health::log_transition(&backend.pool, &backend.name, &transition, None);
+            }
+        });
+    }
+
+    /// Seconds until a retry might find a backend (`Retry-After`): one check interval, or one
+    /// ejection time.
+    pub fn retry_after(&self) -> u64 {
+        let wait = self
+            .health_check
+            .as_ref()
+            .map_or(self.passive.ejection_time, |check| check.interval);
+        wait.as_secs().max(1)
     }
 
     /// How many backends passive ejection currently holds out.

@@ -55,6 +55,27 @@ pub struct RuntimeConfig {
 pub enum Protocol {
     /// HTTP/1.1 and cleartext HTTP/2 (prior knowledge), proxied at layer 7.
     Http,
+    /// Raw TCP, balanced per connection at layer 4.
+    Tcp,
+}
+
+impl Protocol {
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// PROXY protocol version sent to the backends of a TCP pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// `PROXY TCP4 …` text header.
+    V1,
+    /// Binary header.
+    V2,
 }
 
 /// One `[[listeners]]` entry.
@@ -70,6 +91,9 @@ pub struct ListenerConfig {
     pub pool: Arc<str>,
     /// Limits that protect the listener from slow or oversized clients.
     pub limits: ClientLimits,
+    /// TCP listeners: read a PROXY protocol header (v1 or v2) first and use the client address
+    /// it carries.
+    pub accept_proxy_protocol: bool,
 }
 
 /// Protections applied to every client connection of a listener.
@@ -78,7 +102,7 @@ pub struct ClientLimits {
     /// A client must send a whole request head within this time (slowloris). For HTTP/1.1
     /// the timer also runs while a keep-alive connection waits for its next request.
     pub header_read_timeout: Duration,
-    /// A connection with no bytes either way for this long is closed.
+    /// A connection with no bytes either way for this long is closed (HTTP listeners).
     pub idle_timeout: Duration,
     /// Largest request head in bytes; larger heads are answered 431. At least 8192.
     pub max_header_bytes: usize,
@@ -108,6 +132,8 @@ impl Algorithm {
 pub struct PoolConfig {
     /// Unique pool name.
     pub name: Arc<str>,
+    /// What the listeners using this pool speak; one pool never serves both.
+    pub protocol: Protocol,
     /// How a backend is chosen.
     pub algorithm: Algorithm,
     /// At least one backend; addresses are unique within the pool.
@@ -120,8 +146,11 @@ pub struct PoolConfig {
     pub retries: u32,
     /// Idle upstream connections kept per backend.
     pub max_idle_per_backend: usize,
-    /// Idle upstream connections older than this are not reused.
+    /// HTTP pools: idle upstream connections older than this are not reused. TCP pools: a
+    /// proxied connection with no bytes either way for this long is closed.
     pub idle_timeout: Duration,
+    /// TCP pools: send this PROXY protocol header to backends.
+    pub proxy_protocol: Option<ProxyProtocol>,
     /// Weight ramp-up time for a backend that (re)joins; `None` means full weight at once.
     pub slow_start: Option<Duration>,
     /// With no healthy backend, use all of them (`true`) or answer 503 (`false`).

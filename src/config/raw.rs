@@ -66,6 +66,8 @@ pub struct RawListener {
     pub idle_timeout: Option<Spanned<String>>,
     /// Largest request head accepted; larger ones get 431.
     pub max_header_bytes: Option<Spanned<i64>>,
+    /// TCP listeners: expect a PROXY protocol header from a front balancer.
+    pub proxy_protocol: Option<Spanned<bool>>,
 }
 
 /// The protocol a listener speaks.
@@ -74,6 +76,18 @@ pub struct RawListener {
 pub enum RawProtocol {
     /// HTTP/1.1 and HTTP/2 (prior knowledge).
     Http,
+    /// Raw TCP, balanced per connection.
+    Tcp,
+}
+
+/// PROXY protocol versions a TCP pool can send.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawProxyVersion {
+    /// The text form.
+    V1,
+    /// The binary form.
+    V2,
 }
 
 /// One `[pools.NAME]` table.
@@ -102,6 +116,8 @@ pub struct RawPool {
     pub health_check: Option<Spanned<RawHealthCheck>>,
     /// `[pools.NAME.passive]`: ejection judged from live traffic.
     pub passive: Option<Spanned<RawPassive>>,
+    /// TCP pools: send a PROXY protocol header to backends.
+    pub proxy_protocol: Option<Spanned<RawProxyVersion>>,
 }
 
 /// `[pools.NAME.health_check]`.

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::num::NonZeroU32;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +13,11 @@ use toml::de::DeTable;
 use super::error::{ConfigError, Locator, Problem};
 use super::raw::{
     RawAlgorithm, RawBackend, RawCheckKind, RawConfig, RawHealthCheck, RawListener, RawPassive,
-    RawPool, RawProtocol,
+    RawPool, RawProtocol, RawProxyVersion,
 };
 use super::{
     AdminConfig, Algorithm, BackendConfig, CheckKind, ClientLimits, Config, HealthCheckConfig,
-    ListenerConfig, PassiveConfig, PoolConfig, Protocol, RuntimeConfig, StatusSet,
+    ListenerConfig, PassiveConfig, PoolConfig, Protocol, ProxyProtocol, RuntimeConfig, StatusSet,
 };
 
 /// Defaults for every optional key; the README's config reference lists the same values.
@@ -32,6 +33,7 @@ pub(crate) mod defaults {
     pub const RETRIES: u32 = 2;
     pub const MAX_IDLE_PER_BACKEND: usize = 64;
     pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
     pub const CHECK_PATH: &str = "/";
     pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
     pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -94,9 +96,14 @@ impl Checker<'_> {
                 })
         });
 
+        let protocols = self.pool_protocols(&raw);
         let mut pools = Vec::with_capacity(raw.pools.len());
         for (name, pool) in &raw.pools {
-            if let Some(pool) = self.pool(name, pool) {
+            let protocol = protocols
+                .iter()
+                .find(|(pool_name, _)| pool_name == name.get_ref())
+                .map_or(Protocol::Http, |(_, protocol)| *protocol);
+            if let Some(pool) = self.pool(name, pool, protocol) {
                 pools.push(pool);
             }
         }
@@ -149,6 +156,45 @@ impl Checker<'_> {
         })
     }
 
+    /// The protocol of each pool, from the listeners that use it; a pool used by listeners of
+    /// both protocols is an error (its keys mean different things for each).
+    fn pool_protocols(&mut self, raw: &RawConfig) -> Vec<(String, Protocol)> {
+        let mut protocols: Vec<(String, Protocol)> = Vec::new();
+        for (index, listener) in raw.listeners.iter().enumerate() {
+            let listener = listener.get_ref();
+            let protocol = listener_protocol(listener);
+            let pool = listener.pool.get_ref();
+            match protocols.iter().find(|(name, _)| name == pool) {
+                Some((_, existing)) if *existing != protocol => self.report(
+                    &listener.pool,
+                    &format!("listeners[{index}].pool"),
+                    format!(
+                        "pool {pool:?} already serves {} listeners; a {} listener needs a pool of its own",
+                        existing.as_str(),
+                        protocol.as_str()
+                    ),
+                ),
+                Some(_) => {}
+                None => protocols.push((pool.clone(), protocol)),
+            }
+        }
+        protocols
+    }
+
+    /// Reports each key in `keys` that is set, as not applying to `what`.
+    fn reject_keys(&mut self, key: &str, what: &str, keys: &[(&str, Option<Range<usize>>)]) {
+        for (name, span) in keys {
+            if let Some(span) = span {
+                let problem = self.locator.problem(
+                    span.start,
+                    format!("{key}.{name}"),
+                    format!("does not apply to {what}"),
+                );
+                self.problems.push(problem);
+            }
+        }
+    }
+
     fn runtime(&mut self, raw: Option<&super::raw::RawRuntime>) -> Option<RuntimeConfig> {
         let Some(raw) = raw else {
             return Some(RuntimeConfig {
@@ -180,9 +226,33 @@ impl Checker<'_> {
         config: &RawConfig,
     ) -> Option<ListenerConfig> {
         let listen = self.address(&raw.listen, &format!("{key}.listen"), true);
-        let protocol = match raw.protocol.as_ref().map(|p| *p.get_ref()) {
-            None | Some(RawProtocol::Http) => Protocol::Http,
-        };
+        let protocol = listener_protocol(raw);
+        if protocol == Protocol::Tcp {
+            self.reject_keys(
+                key,
+                "tcp listeners",
+                &[
+                    (
+                        "header_read_timeout",
+                        raw.header_read_timeout.as_ref().map(Spanned::span),
+                    ),
+                    ("idle_timeout", raw.idle_timeout.as_ref().map(Spanned::span)),
+                    (
+                        "max_header_bytes",
+                        raw.max_header_bytes.as_ref().map(Spanned::span),
+                    ),
+                ],
+            );
+        } else {
+            self.reject_keys(
+                key,
+                "http listeners",
+                &[(
+                    "proxy_protocol",
+                    raw.proxy_protocol.as_ref().map(Spanned::span),
+                )],
+            );
+        }
         let pool = raw.pool.get_ref();
         let pool_exists = config.pools.contains_key(pool.as_str());
         if !pool_exists {
@@ -227,6 +297,7 @@ impl Checker<'_> {
             name: Arc::from(name.as_str()),
             listen: listen?,
             protocol,
+            accept_proxy_protocol: raw.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref()),
             pool: pool_exists.then(|| Arc::from(pool.as_str()))?,
             limits: ClientLimits {
                 header_read_timeout: header_read_timeout?,
@@ -236,9 +307,72 @@ impl Checker<'_> {
         })
     }
 
-    fn pool(&mut self, name: &Spanned<String>, raw: &Spanned<RawPool>) -> Option<PoolConfig> {
+    fn pool(
+        &mut self,
+        name: &Spanned<String>,
+        raw: &Spanned<RawPool>,
+        protocol: Protocol,
+    ) -> Option<PoolConfig> {
         let key = format!("pools.{}", name.get_ref());
         let raw = raw.get_ref();
+        if protocol == Protocol::Tcp {
+            let check = raw.health_check.as_ref().map(Spanned::get_ref);
+            let passive = raw.passive.as_ref().map(Spanned::get_ref);
+            self.reject_keys(
+                &key,
+                "tcp pools",
+                &[
+                    (
+                        "request_timeout",
+                        raw.request_timeout.as_ref().map(Spanned::span),
+                    ),
+                    (
+                        "max_idle_per_backend",
+                        raw.max_idle_per_backend.as_ref().map(Spanned::span),
+                    ),
+                ],
+            );
+            if let Some(check) = check {
+                let http_kind = check
+                    .kind
+                    .as_ref()
+                    .filter(|kind| *kind.get_ref() == RawCheckKind::Http)
+                    .map(Spanned::span);
+                self.reject_keys(
+                    &format!("{key}.health_check"),
+                    "tcp pools (their checks are TCP connects)",
+                    &[
+                        ("kind", http_kind),
+                        ("path", check.path.as_ref().map(Spanned::span)),
+                        ("method", check.method.as_ref().map(Spanned::span)),
+                        ("host", check.host.as_ref().map(Spanned::span)),
+                        (
+                            "expect_status",
+                            check.expect_status.as_ref().map(Spanned::span),
+                        ),
+                    ],
+                );
+            }
+            if let Some(passive) = passive {
+                self.reject_keys(
+                    &format!("{key}.passive"),
+                    "tcp pools",
+                    &[(
+                        "failure_statuses",
+                        passive.failure_statuses.as_ref().map(Spanned::span),
+                    )],
+                );
+            }
+        } else {
+            self.reject_keys(
+                &key,
+                "http pools",
+                &[(
+                    "proxy_protocol",
+                    raw.proxy_protocol.as_ref().map(Spanned::span),
+                )],
+            );
+        }
         let algorithm = match raw.algorithm.as_ref().map(|a| *a.get_ref()) {
             None | Some(RawAlgorithm::RoundRobin) => Algorithm::RoundRobin,
             Some(RawAlgorithm::LeastConnections) => Algorithm::LeastConnections,
@@ -269,7 +403,10 @@ impl Checker<'_> {
         let idle_timeout = self.duration(
             raw.idle_timeout.as_ref(),
             &format!("{key}.idle_timeout"),
-            defaults::UPSTREAM_IDLE_TIMEOUT,
+            match protocol {
+                Protocol::Http => defaults::UPSTREAM_IDLE_TIMEOUT,
+                Protocol::Tcp => defaults::TCP_IDLE_TIMEOUT,
+            },
         );
         let slow_start = match &raw.slow_start {
             None => Some(None),
@@ -280,7 +417,7 @@ impl Checker<'_> {
         let health_check = match &raw.health_check {
             None => Some(None),
             Some(check) => self
-                .health_check(&format!("{key}.health_check"), check.get_ref())
+                .health_check(&format!("{key}.health_check"), check.get_ref(), protocol)
                 .map(Some),
         };
         let passive = self.passive(
@@ -289,6 +426,11 @@ impl Checker<'_> {
         );
         Some(PoolConfig {
             name: Arc::from(name.get_ref().as_str()),
+            protocol,
+            proxy_protocol: raw.proxy_protocol.as_ref().map(|p| match p.get_ref() {
+                RawProxyVersion::V1 => ProxyProtocol::V1,
+                RawProxyVersion::V2 => ProxyProtocol::V2,
+            }),
             algorithm,
             backends: backends?,
             connect_timeout: connect_timeout?,
@@ -303,7 +445,12 @@ impl Checker<'_> {
         })
     }
 
-    fn health_check(&mut self, key: &str, raw: &RawHealthCheck) -> Option<HealthCheckConfig> {
+    fn health_check(
+        &mut self,
+        key: &str,
+        raw: &RawHealthCheck,
+        protocol: Protocol,
+    ) -> Option<HealthCheckConfig> {
         let interval = self.duration(
             raw.interval.as_ref(),
             &format!("{key}.interval"),
@@ -346,9 +493,10 @@ impl Checker<'_> {
             "unhealthy_threshold",
             defaults::UNHEALTHY_THRESHOLD,
         );
-        let kind = match raw.kind.as_ref().map(|k| *k.get_ref()) {
-            None | Some(RawCheckKind::Http) => self.http_check(key, raw),
-            Some(RawCheckKind::Tcp) => {
+        let kind = match (raw.kind.as_ref().map(|k| *k.get_ref()), protocol) {
+            (None, Protocol::Tcp) => Some(CheckKind::Tcp),
+            (None | Some(RawCheckKind::Http), _) => self.http_check(key, raw),
+            (Some(RawCheckKind::Tcp), _) => {
                 for (name, field) in [
                     ("path", raw.path.as_ref()),
                     ("method", raw.method.as_ref()),
@@ -668,6 +816,13 @@ impl Checker<'_> {
             );
             None
         }
+    }
+}
+
+fn listener_protocol(raw: &RawListener) -> Protocol {
+    match raw.protocol.as_ref().map(|p| *p.get_ref()) {
+        None | Some(RawProtocol::Http) => Protocol::Http,
+        Some(RawProtocol::Tcp) => Protocol::Tcp,
     }
 }
 

@@ -70,8 +70,11 @@ impl ConnectError {
     }
 }
 
-/// Opens a new HTTP/1.1 connection to `address` and spawns its driver task.
-pub async fn connect(address: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
+/// Opens a TCP connection to `address` within `timeout`, with `TCP_NODELAY`.
+pub async fn connect_tcp(
+    address: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(source)) => return Err(ConnectError::Io { address, source }),
@@ -80,6 +83,12 @@ pub async fn connect(address: SocketAddr, timeout: Duration) -> Result<Sender, C
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(backend = %address, error = %err, "could not set TCP_NODELAY");
     }
+    Ok(stream)
+}
+
+/// Opens a new HTTP/1.1 connection to `address` and spawns its driver task.
+pub async fn connect(address: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
+    let stream = connect_tcp(address, timeout).await?;
     let (sender, connection) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await

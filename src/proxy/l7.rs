@@ -24,7 +24,6 @@ use super::idle::ActivityIo;
 use crate::backend::Backend;
 use crate::balance::Tried;
 use crate::config::ClientLimits;
-use crate::health;
 use crate::metrics::ListenerMetrics;
 use crate::state::{Pool, SharedState};
 
@@ -249,7 +248,7 @@ async fn forward(
                     .metrics
                     .record_response(listener, status, started.elapsed());
                 if pool.passive.failure_statuses.contains(status) {
-                    passive_failure(pool, backend, &format_args!("status {status}"));
+                    pool.record_failure(backend, &format_args!("status {status}"));
                 } else {
                     backend.health.record_success();
                 }
@@ -261,13 +260,13 @@ async fn forward(
                 if matches!(err, ProxyError::Connect(_)) {
                     backend.metrics.connect_error();
                 }
-                passive_failure(pool, backend, &err);
+                pool.record_failure(backend, &err);
                 tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend connect failed; trying another");
                 request = unsent;
                 last_error = Some(err);
             }
             Attempt::Failed(err) => {
-                passive_failure(pool, backend, &err);
+                pool.record_failure(backend, &err);
                 match (&replay, &err) {
                     (Some(replay), ProxyError::Upstream(_)) => {
                         tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend failed before answering; replaying idempotent request elsewhere");
@@ -296,7 +295,7 @@ async fn forward(
         Some(err) if pool.any_available() && !all_refused => err,
         _ => ProxyError::NoBackend {
             pool: Arc::clone(&pool.name),
-            retry_after: retry_after(pool),
+            retry_after: pool.retry_after(),
         },
     };
     let status = err.status().as_u16();
@@ -308,45 +307,6 @@ async fn forward(
         pool.metrics.no_backend.increment(1);
     }
     Err(err)
-}
-
-/// Seconds until a retry might find a backend: one check interval, or one ejection time.
-fn retry_after(pool: &Pool) -> u64 {
-    let wait = pool
-        .health_check
-        .as_ref()
-        .map_or(pool.passive.ejection_time, |check| check.interval);
-    wait.as_secs().max(1)
-}
-
-/// Counts a failed exchange against `backend` and ejects it when passive rules say so, unless
-/// that would take out more than `max_ejected_percent` of the pool.
-fn passive_failure(pool: &Pool, backend: &Arc<Backend>, error: &dyn std::fmt::Display) {
-    if !backend.health.record_failure(error, &pool.passive) {
-        return;
-    }
-    let limit = usize::from(pool.passive.max_ejected_percent) * pool.endpoints.len();
-    if (pool.ejected_count() + 1) * 100 > limit {
-        tracing::debug!(pool = %pool.name, backend = %backend.name, "not ejecting: max_ejected_percent reached");
-        return;
-    }
-    let Some((transition, until)) = backend.health.eject(&pool.passive) else {
-        return;
-    };
-    backend.metrics.ejected();
-    health::log_transition(
-        &pool.name,
-        &backend.name,
-        &transition,
-        backend.health.last_error().as_deref(),
-    );
-    let backend = Arc::clone(backend);
-    tokio::spawn(async move {
-        tokio::time::sleep_until(until).await;
-        if let Some(transition) = backend.health.end_ejection() {
-            health::log_transition(&backend.pool, &backend.name, &transition, None);
-        }
-    });
 }
 
 /// The head of a request that may be replayed on another backend: bodiless GET, HEAD or

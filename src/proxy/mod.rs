@@ -1,6 +1,6 @@
 //! The data path: client connection → request checks → pick a backend → forward → stream back.
 //!
-//! [`l7`] is the HTTP proxy; [`client`] owns upstream connections; [`headers`] holds the RFC
+//! [`l7`] is the HTTP proxy; [`l4`] the TCP proxy, with [`proxy_protocol`] headers; [`client`] owns upstream connections; [`headers`] holds the RFC
 //! header rules; [`error`] is the single failure → status mapping; [`body`] streams responses
 //! and releases per-request resources when they end; `framing` rejects smuggling attempts that
 //! hyper would otherwise accept.
@@ -11,4 +11,6 @@ pub mod error;
 mod framing;
 pub mod headers;
 pub mod idle;
+pub mod l4;
 pub mod l7;
+pub mod proxy_protocol;

@@ -1,0 +1,236 @@
+//! The PROXY protocol (HAProxy, "The PROXY protocol" versions 1 and 2): how a TCP balancer
+//! tells the next hop who the client is.
+//!
+//! TCP pools can send a header to their backends ([`encode`]); TCP listeners can accept one from
+//! a front balancer ([`read`]). Parsing and the binary form use the `ppp` crate.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ppp::{HeaderResult, PartialResult};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::config::ProxyProtocol;
+
+/// A v1 header is at most 107 bytes; a v2 header is 16 bytes plus its length field, and we do
+/// not accept TLV payloads larger than this.
+const MAX_HEADER: usize = 1024;
+
+/// Why an incoming PROXY header was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyHeaderError {
+    /// The client closed or failed before sending a whole header.
+    #[error("reading the PROXY header failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// Not a PROXY header, or a malformed one.
+    #[error("invalid PROXY protocol header")]
+    Invalid,
+    /// The header did not arrive in time.
+    #[error("no PROXY protocol header within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The header announcing a connection from `client` to `server` (spec §2.1 for v1, §2.2 for v2).
+/// Mixed address families are first mapped to IPv6, as the spec asks of proxies.
+pub fn encode(version: ProxyProtocol, client: SocketAddr, server: SocketAddr) -> Vec<u8> {
+    let (client, server) = same_family(client, server);
+    match version {
+        ProxyProtocol::V1 => {
+            let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
+            format!(
+                "PROXY {family} {} {} {} {}\r\n",
+                client.ip(),
+                server.ip(),
+                client.port(),
+                server.port()
+            )
+            .into_bytes()
+        }
+        ProxyProtocol::V2 => {
+            let builder = ppp::v2::Builder::with_addresses(
+                ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+                ppp::v2::Protocol::Stream,
+                (client, server),
+            );
+            // Building into a Vec cannot fail for plain addresses.
+            builder.build().unwrap_or_default()
+        }
+    }
+}
+
+fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let v6 = |addr: SocketAddr| match addr.ip() {
+        IpAddr::V4(ip) => SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), addr.port()),
+        IpAddr::V6(_) => addr,
+    };
+    if a.is_ipv4() == b.is_ipv4() {
+        (a, b)
+    } else {
+        (v6(a), v6(b))
+    }
+}
+
+/// Reads a v1 or v2 header from the start of `stream` within `timeout`. Returns the client
+/// address it announces (`None` for `UNKNOWN`/`LOCAL`) and any bytes read past the header,
+/// which belong to the proxied stream.
+pub async fn read(
+    stream: &mut (impl AsyncRead + Unpin),
+    timeout: Duration,
+) -> Result<(Option<SocketAddr>, Vec<u8>), ProxyHeaderError> {
+    tokio::time::timeout(timeout, read_header(stream))
+        .await
+        .map_err(|_| ProxyHeaderError::Timeout(timeout))?
+}
+
+async fn read_header(
+    stream: &mut (impl AsyncRead + Unpin),
+) -> Result<(Option<SocketAddr>, Vec<u8>), ProxyHeaderError> {
+    let mut buffer = Vec::with_capacity(256);
+    loop {
+        let mut chunk = [0u8; 256];
+        let read = stream.read(&mut chunk).await?;
+        if read == 0 {
+            return Err(ProxyHeaderError::Io(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+        if let Some((source, length)) = parse(&buffer)? {
+            return Ok((source, buffer.split_off(length)));
+        }
+        if buffer.len() > MAX_HEADER {
+            return Err(ProxyHeaderError::Invalid);
+        }
+    }
+}
+
+/// `Ok(None)` while more bytes are needed; else the source address and the header length.
+fn parse(buffer: &[u8]) -> Result<Option<(Option<SocketAddr>, usize)>, ProxyHeaderError> {
+    let result = HeaderResult::parse(buffer);
+    if result.is_incomplete() {
+        return Ok(None);
+    }
+    match result {
+        HeaderResult::V1(Ok(header)) => {
+            let source = match header.addresses {
+                ppp::v1::Addresses::Tcp4(ip) => {
+                    Some(SocketAddr::from((ip.source_address, ip.source_port)))
+                }
+                ppp::v1::Addresses::Tcp6(ip) => {
+                    Some(SocketAddr::from((ip.source_address, ip.source_port)))
+                }
+                ppp::v1::Addresses::Unknown => None,
+            };
+            Ok(Some((source, header.header.len())))
+        }
+        HeaderResult::V2(Ok(header)) => {
+            let source = match (header.command, header.addresses) {
+                (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv4(ip)) => {
+                    Some(SocketAddr::from((ip.source_address, ip.source_port)))
+                }
+                (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv6(ip)) => {
+                    Some(SocketAddr::from((ip.source_address, ip.source_port)))
+                }
+                _ => None,
+            };
+            Ok(Some((source, header.len())))
+        }
+        HeaderResult::V1(Err(_)) | HeaderResult::V2(Err(_)) => Err(ProxyHeaderError::Invalid),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    #[test]
+    fn v1_matches_the_spec_examples() {
+        // Spec §2.1: "PROXY TCP4 255.255.255.255 255.255.255.255 65535 65535\r\n" and the TCP6 form.
+        assert_eq!(
+            encode(
+                ProxyProtocol::V1,
+                addr("192.168.0.1:56324"),
+                addr("192.168.0.11:443")
+            ),
+            b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n"
+        );
+        assert_eq!(
+            encode(
+                ProxyProtocol::V1,
+                addr("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"),
+                addr("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535")
+            ),
+            b"PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n"
+                .to_vec()
+        );
+    }
+
+    #[test]
+    fn v2_is_byte_exact() {
+        // Spec §2.2: 12-byte signature, version 2 + PROXY (0x21), TCP over IPv4 (0x11),
+        // length 12, then source address, destination address, source port, destination port.
+        let header = encode(
+            ProxyProtocol::V2,
+            addr("127.0.0.1:80"),
+            addr("192.168.1.1:443"),
+        );
+        let mut expected = vec![
+            0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, 0x21, 0x11,
+            0x00, 0x0C, 127, 0, 0, 1, 192, 168, 1, 1,
+        ];
+        expected.extend_from_slice(&80u16.to_be_bytes());
+        expected.extend_from_slice(&443u16.to_be_bytes());
+        assert_eq!(header, expected);
+    }
+
+    #[test]
+    fn mixed_families_are_mapped_to_ipv6() {
+        let header = encode(ProxyProtocol::V1, addr("10.0.0.1:1000"), addr("[::1]:80"));
+        assert_eq!(header, b"PROXY TCP6 ::ffff:10.0.0.1 ::1 1000 80\r\n");
+    }
+
+    #[tokio::test]
+    async fn read_returns_the_source_and_the_bytes_after_the_header() {
+        for version in [ProxyProtocol::V1, ProxyProtocol::V2] {
+            let mut input = encode(version, addr("203.0.113.9:4242"), addr("10.0.0.2:5432"));
+            input.extend_from_slice(b"hello");
+            let (source, rest) = read(&mut input.as_slice(), Duration::from_secs(1))
+                .await
+                .expect("valid header");
+            assert_eq!(source, Some(addr("203.0.113.9:4242")));
+            assert_eq!(rest, b"hello");
+        }
+    }
+
+    #[tokio::test]
+    async fn read_accepts_a_header_split_across_reads() {
+        let (mut client, mut server) = tokio::io::duplex(8);
+        let sender = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for byte in b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nx" {
+                client.write_all(&[*byte]).await.expect("write");
+            }
+            client
+        });
+        let (source, rest) = read(&mut server, Duration::from_secs(1))
+            .await
+            .expect("valid header");
+        assert_eq!(source, Some(addr("1.2.3.4:1")));
+        // Bytes after the header may or may not have arrived with it.
+        assert!(rest.is_empty() || rest == b"x");
+        drop(sender.await);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_refused() {
+        let input = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        assert!(matches!(
+            read(&mut input.as_slice(), Duration::from_secs(1)).await,
+            Err(ProxyHeaderError::Invalid)
+        ));
+    }
+}
