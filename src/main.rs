@@ -13,8 +13,16 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_level.as_deref());
-    let config = match Config::load(&cli.config) {
-        Ok(config) => config,
+    let loaded = std::fs::read_to_string(&cli.config)
+        .map_err(|source| fulcrum::config::ConfigError::Read {
+            path: cli.config.clone(),
+            source,
+        })
+        .and_then(|source| {
+            Config::parse(&cli.config.display().to_string(), &source).map(|c| (c, source))
+        });
+    let (config, source) = match loaded {
+        Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("{err}");
             if cli.check {
@@ -36,7 +44,7 @@ fn main() -> ExitCode {
         print_summary(&cli, &config);
         return ExitCode::SUCCESS;
     }
-    match run(config, cli.config.clone()) {
+    match run(config, cli.config.clone(), source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "fulcrum failed");
@@ -57,7 +65,7 @@ fn init_tracing(level: Option<&str>) {
         .init();
 }
 
-fn run(config: Config, path: std::path::PathBuf) -> anyhow::Result<()> {
+fn run(config: Config, path: std::path::PathBuf, source: String) -> anyhow::Result<()> {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(threads) = config.runtime.worker_threads {
@@ -65,7 +73,7 @@ fn run(config: Config, path: std::path::PathBuf) -> anyhow::Result<()> {
     }
     let runtime = runtime.build().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let server = Server::bind(config).await?.with_config_file(path);
+        let server = Server::bind(config).await?.with_config_file(path, source);
         reload_on_sighup(server.reload_handle());
         server.run(shutdown_signal()).await;
         Ok(())

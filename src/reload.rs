@@ -111,13 +111,20 @@ pub struct WatchError {
 /// Watches the directory holding `file` and triggers a reload (debounced) whenever anything in
 /// it changes. Watching the directory, not the file, catches editors that write a new file and
 /// rename it over the old one, and Kubernetes ConfigMap mounts, where the file is a symlink into
-/// a directory that is swapped atomically. Keep the returned watcher alive to keep watching.
+/// a directory that is swapped atomically. When `file` is a symlink into another directory, that
+/// directory is watched too. Keep the returned watcher alive to keep watching.
 pub fn watch(file: &Path, handle: ReloadHandle) -> Result<notify::RecommendedWatcher, WatchError> {
-    let dir = file
-        .parent()
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned();
+    let parent = |path: &Path| {
+        path.parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned()
+    };
+    let dir = parent(file);
+    let target_dir = std::fs::canonicalize(file)
+        .ok()
+        .map(|target| parent(&target))
+        .filter(|target| std::fs::canonicalize(&dir).ok().as_ref() != Some(target));
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match &event {
@@ -133,12 +140,15 @@ pub fn watch(file: &Path, handle: ReloadHandle) -> Result<notify::RecommendedWat
         path: dir.clone(),
         source,
     })?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|source| WatchError {
-            path: dir.clone(),
-            source,
-        })?;
+    for dir in std::iter::once(&dir).chain(target_dir.as_ref()) {
+        watcher
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(|source| WatchError {
+                path: dir.clone(),
+                source,
+            })?;
+        tracing::info!(dir = %dir.display(), "watching config directory for changes");
+    }
     tokio::spawn(async move {
         while events_rx.recv().await.is_some() {
             tokio::time::sleep(DEBOUNCE).await;
@@ -146,6 +156,5 @@ pub fn watch(file: &Path, handle: ReloadHandle) -> Result<notify::RecommendedWat
             handle.trigger(Trigger::FileChanged);
         }
     });
-    tracing::info!(dir = %dir.display(), "watching config directory for changes");
     Ok(watcher)
 }

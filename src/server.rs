@@ -55,7 +55,7 @@ pub struct Server {
     listeners: Vec<(ListenerConfig, TcpListener)>,
     admin: Option<TcpListener>,
     exporter: Option<&'static PrometheusHandle>,
-    file: Option<PathBuf>,
+    file: Option<(PathBuf, String)>,
     reload_tx: mpsc::Sender<ReloadRequest>,
     reload_rx: mpsc::Receiver<ReloadRequest>,
 }
@@ -98,9 +98,10 @@ impl Server {
         })
     }
 
-    /// Reloads from `path` on request, and whenever the file changes once running.
-    pub fn with_config_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.file = Some(path.into());
+    /// Reloads from `path` on request, and whenever the file changes once running. `source` is
+    /// the text the current config was parsed from, so an unchanged file is recognised.
+    pub fn with_config_file(mut self, path: impl Into<PathBuf>, source: String) -> Self {
+        self.file = Some((path.into(), source));
         self
     }
 
@@ -138,9 +139,7 @@ impl Server {
             mut reload_rx,
         } = self;
         let stop = CancellationToken::new();
-        let source = file
-            .as_ref()
-            .and_then(|path| std::fs::read_to_string(path).ok());
+        let (file, source) = file.unzip();
         let admin_state = Arc::new(AdminState::new(
             ReloadHandle::new(reload_tx.clone()),
             Arc::clone(&state),
@@ -183,9 +182,13 @@ impl Server {
         }
         runtime.publish_listeners();
         let _watcher = runtime.file.as_ref().and_then(|path| {
-            reload::watch(path, ReloadHandle::new(reload_tx.clone()))
+            let handle = ReloadHandle::new(reload_tx.clone());
+            let watcher = reload::watch(path, handle.clone())
                 .map_err(|err| tracing::warn!(error = %err, "config file changes will not be picked up; use SIGHUP or POST /reload"))
-                .ok()
+                .ok();
+            // Catch a write that landed between loading the file and starting the watch.
+            handle.trigger(Trigger::FileChanged);
+            watcher
         });
         drop(reload_tx);
 
@@ -394,14 +397,20 @@ impl Runtime {
         if trigger == Trigger::FileChanged && self.last_source.as_deref() == Some(source.as_str()) {
             return ReloadOutcome::Unchanged;
         }
-        self.last_source = Some(source.clone());
+        // Remember the text now, so an invalid file is not re-parsed on every event. A reload
+        // that fails for outside reasons (a port in use) restores it, so saving the same file
+        // again retries.
+        let previous_source = self.last_source.replace(source.clone());
         let file = path.display().to_string();
         // Parsing resolves hostnames, which blocks.
         let parsed = tokio::task::spawn_blocking(move || Config::parse(&file, &source)).await;
         let config = match parsed {
             Ok(Ok(config)) => config,
             Ok(Err(err)) => return ReloadOutcome::Rejected(err.to_string()),
-            Err(err) => return ReloadOutcome::Rejected(format!("config parser failed: {err}")),
+            Err(err) => {
+                self.last_source = previous_source;
+                return ReloadOutcome::Rejected(format!("config parser failed: {err}"));
+            }
         };
         let changes = config::diff(&self.config, &config);
 
@@ -422,6 +431,7 @@ impl Runtime {
             match listener::bind(new.listen).await {
                 Ok(socket) => fresh.push((new.name.clone(), socket)),
                 Err(err) => {
+                    self.last_source = previous_source;
                     return ReloadOutcome::Rejected(format!(
                         "cannot bind listener {} on {}: {err}",
                         new.name, new.listen
@@ -434,6 +444,7 @@ impl Runtime {
             (Some(new), _) => match listener::bind(new.listen).await {
                 Ok(socket) => Some(socket),
                 Err(err) => {
+                    self.last_source = previous_source;
                     return ReloadOutcome::Rejected(format!(
                         "cannot bind admin listener on {}: {err}",
                         new.listen

@@ -2,7 +2,7 @@
 //! `fulcrum --check --diff`.
 //!
 //! One line per changed pool or listener, e.g.
-//! `pool app: +127.0.0.1:3004 (weight 1), -127.0.0.1:3002 (draining), 127.0.0.1:3001 weight 1→3`.
+//! `pool app: 127.0.0.1:3001 weight 1→3, +127.0.0.1:3004 (weight 1), -127.0.0.1:3002 (draining)`.
 
 use std::fmt::Write as _;
 
