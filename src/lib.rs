@@ -13,6 +13,7 @@
 //! - [`proxy`]: the HTTP data path, upstream connections, header rules, error → status mapping.
 //! - [`listener`]: binding and the accept loop; [`admin`]: the operator endpoints (health,
 //!   reload, status, Prometheus metrics, dashboard); [`metrics`]: metric handles and windows.
+//! - [`tls`]: TLS termination: certificate loading, SNI selection, ALPN.
 //! - [`reload`]: reload triggers (file watch, SIGHUP, admin) and their outcome.
 //! - [`server`]: wires it together: bind, serve, apply reloads, drain on shutdown.
 //! - [`cli`]: command-line arguments of the `fulcrum` binary.
@@ -29,6 +30,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod state;
+pub mod tls;
 
 pub use config::Config;
 pub use server::Server;

@@ -203,14 +203,14 @@ impl BackendMetrics {
     /// A request answered with `status` after `elapsed`, received on `listener`.
     pub fn record_response(&self, listener: &Arc<str>, status: u16, elapsed: Duration) {
         self.duration.record(elapsed.as_secs_f64());
-        self.window.record(elapsed, status >= 500);
+        self.window.record(Some(elapsed), status >= 500);
         self.requests_total.fetch_add(1, Ordering::Relaxed);
         self.requests_counter(listener, status).increment(1);
     }
 
     /// A request that failed on this backend without a response head (answered by fulcrum).
     pub fn record_failure(&self, listener: &Arc<str>, status: u16) {
-        self.window.record(Duration::ZERO, true);
+        self.window.record(None, true);
         self.requests_total.fetch_add(1, Ordering::Relaxed);
         self.requests_counter(listener, status).increment(1);
     }
@@ -434,8 +434,9 @@ impl Window {
         (now.saturating_duration_since(self.epoch).as_secs() / SLOT.as_secs()) + 1
     }
 
-    /// Records one request.
-    pub fn record(&self, latency: Duration, error: bool) {
+    /// Records one request: its time to response head (`None` when no response arrived) and
+    /// whether it failed (5xx or no response).
+    pub fn record(&self, latency: Option<Duration>, error: bool) {
         let period = self.period(Instant::now());
         let slot = &self.slots[(period % SLOTS as u64) as usize];
         let seen = slot.period.load(Ordering::Relaxed);
@@ -454,7 +455,8 @@ impl Window {
         slot.requests.fetch_add(1, Ordering::Relaxed);
         if error {
             slot.errors.fetch_add(1, Ordering::Relaxed);
-        } else {
+        }
+        if let Some(latency) = latency {
             slot.latency[latency_bucket(latency)].fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -585,10 +587,10 @@ mod tests {
     async fn window_summarises_the_last_minute_only() {
         let window = Window::new();
         for _ in 0..98 {
-            window.record(Duration::from_millis(2), false);
+            window.record(Some(Duration::from_millis(2)), false);
         }
-        window.record(Duration::from_millis(100), false);
-        window.record(Duration::ZERO, true);
+        window.record(Some(Duration::from_millis(100)), false);
+        window.record(None, true);
         tokio::time::advance(Duration::from_secs(9)).await;
         let summary = window.summary();
         assert_eq!(summary.requests, 100);

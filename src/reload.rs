@@ -19,6 +19,8 @@ pub enum Trigger {
     FileChanged,
     /// SIGHUP or `POST /reload`: reload even if the content is the same (re-resolves names).
     Requested,
+    /// A TLS certificate or key file changed: re-read them, keep the config.
+    Certificates,
 }
 
 impl Trigger {
@@ -27,6 +29,7 @@ impl Trigger {
         match self {
             Trigger::FileChanged => "file",
             Trigger::Requested => "request",
+            Trigger::Certificates => "certificates",
         }
     }
 }
@@ -108,23 +111,37 @@ pub struct WatchError {
     source: notify::Error,
 }
 
-/// Watches the directory holding `file` and triggers a reload (debounced) whenever anything in
-/// it changes. Watching the directory, not the file, catches editors that write a new file and
-/// rename it over the old one, and Kubernetes ConfigMap mounts, where the file is a symlink into
-/// a directory that is swapped atomically. When `file` is a symlink into another directory, that
-/// directory is watched too. Keep the returned watcher alive to keep watching.
-pub fn watch(file: &Path, handle: ReloadHandle) -> Result<notify::RecommendedWatcher, WatchError> {
+/// Watches the directories holding `files` and sends `trigger` (debounced) whenever anything
+/// in them changes. Watching directories, not files, catches editors that write a new file and
+/// rename it over the old one, and Kubernetes ConfigMap and Secret mounts, where the file is a
+/// symlink into a directory that is swapped atomically. When a file is a symlink into another
+/// directory, that directory is watched too. Keep the returned watcher alive to keep watching.
+pub fn watch(
+    files: &[&Path],
+    handle: ReloadHandle,
+    trigger: Trigger,
+) -> Result<notify::RecommendedWatcher, WatchError> {
     let parent = |path: &Path| {
         path.parent()
             .filter(|dir| !dir.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_owned()
     };
-    let dir = parent(file);
-    let target_dir = std::fs::canonicalize(file)
-        .ok()
-        .map(|target| parent(&target))
-        .filter(|target| std::fs::canonicalize(&dir).ok().as_ref() != Some(target));
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for file in files {
+        let dir = parent(file);
+        let target = std::fs::canonicalize(file)
+            .ok()
+            .map(|target| parent(&target));
+        for dir in std::iter::once(dir).chain(target) {
+            let canonical = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+            if !dirs.iter().any(|known| {
+                std::fs::canonicalize(known).unwrap_or_else(|_| known.clone()) == canonical
+            }) {
+                dirs.push(dir);
+            }
+        }
+    }
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match &event {
@@ -137,23 +154,28 @@ pub fn watch(file: &Path, handle: ReloadHandle) -> Result<notify::RecommendedWat
         }
     })
     .map_err(|source| WatchError {
-        path: dir.clone(),
+        path: dirs.first().cloned().unwrap_or_default(),
         source,
     })?;
-    for dir in std::iter::once(&dir).chain(target_dir.as_ref()) {
+    for dir in &dirs {
         watcher
             .watch(dir, RecursiveMode::NonRecursive)
             .map_err(|source| WatchError {
                 path: dir.clone(),
                 source,
             })?;
-        tracing::info!(dir = %dir.display(), "watching config directory for changes");
+        match trigger {
+            Trigger::Certificates => {
+                tracing::info!(dir = %dir.display(), "watching certificate directory for changes");
+            }
+            _ => tracing::info!(dir = %dir.display(), "watching config directory for changes"),
+        }
     }
     tokio::spawn(async move {
         while events_rx.recv().await.is_some() {
             tokio::time::sleep(DEBOUNCE).await;
             while events_rx.try_recv().is_ok() {}
-            handle.trigger(Trigger::FileChanged);
+            handle.trigger(trigger);
         }
     });
     Ok(watcher)

@@ -35,6 +35,15 @@ const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// A listener's TLS certificates could not be loaded.
+    #[error("listener {name}: {source}")]
+    Tls {
+        /// Listener name.
+        name: Arc<str>,
+        /// What was wrong.
+        #[source]
+        source: crate::tls::TlsError,
+    },
     /// A listener's address could not be bound.
     #[error("cannot bind listener {name} on {address}: {source}")]
     Bind {
@@ -72,6 +81,14 @@ impl Server {
             .and_then(|_| crate::metrics::install());
         crate::metrics::record_config_loaded();
         let config = Arc::new(config);
+        for listener in &config.listeners {
+            if let Some(tls) = &listener.tls {
+                crate::tls::server_config(tls).map_err(|source| ServerError::Tls {
+                    name: Arc::clone(&listener.name),
+                    source,
+                })?;
+            }
+        }
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener_config in &config.listeners {
             let socket = bind(&listener_config.name, listener_config.listen).await?;
@@ -171,6 +188,8 @@ impl Server {
             stop,
             connections: TaskTracker::new(),
             admin_state,
+            cert_watcher: None,
+            reload_handle: ReloadHandle::new(reload_tx.clone()),
         };
         runtime.checkers.sync(&runtime.state.load());
         log_startup(&runtime.state.load(), &listeners, admin.as_ref());
@@ -181,9 +200,10 @@ impl Server {
             runtime.start_admin(socket);
         }
         runtime.publish_listeners();
+        let handle = runtime.reload_handle.clone();
+        runtime.watch_certificates(&handle);
         let _watcher = runtime.file.as_ref().and_then(|path| {
-            let handle = ReloadHandle::new(reload_tx.clone());
-            let watcher = reload::watch(path, handle.clone())
+            let watcher = reload::watch(&[path.as_path()], handle.clone(), Trigger::FileChanged)
                 .map_err(|err| tracing::warn!(error = %err, "config file changes will not be picked up; use SIGHUP or POST /reload"))
                 .ok();
             // Catch a write that landed between loading the file and starting the watch.
@@ -232,6 +252,10 @@ struct Runtime {
     stop: CancellationToken,
     connections: TaskTracker,
     admin_state: Arc<AdminState>,
+    /// Watches TLS certificate files; replaced when a reload changes them.
+    cert_watcher: Option<notify::RecommendedWatcher>,
+    /// For watchers started by reloads.
+    reload_handle: ReloadHandle,
 }
 
 struct RunningListener {
@@ -281,11 +305,18 @@ impl Runtime {
         let name = Arc::clone(&config.name);
         let (handler, accept) = match config.protocol {
             Protocol::Http => {
-                let http = Arc::new(HttpListener::new(
+                let http = match HttpListener::new(
                     Arc::clone(&name),
                     Arc::clone(&self.state),
                     config.limits.clone(),
-                ));
+                    config.tls.as_ref(),
+                ) {
+                    Ok(http) => Arc::new(http),
+                    Err(err) => {
+                        tracing::error!(listener = %name, error = %err, "cannot start listener: TLS setup failed");
+                        return;
+                    }
+                };
                 let serve = {
                     let http = Arc::clone(&http);
                     move |stream, peer, shutdown| Arc::clone(&http).serve(stream, peer, shutdown)
@@ -382,6 +413,9 @@ impl Runtime {
     }
 
     async fn try_reload(&mut self, trigger: Trigger) -> ReloadOutcome {
+        if trigger == Trigger::Certificates {
+            return self.reload_certificates();
+        }
         let Some(path) = self.file.clone() else {
             return ReloadOutcome::NoFile;
         };
@@ -473,7 +507,12 @@ impl Runtime {
         self.apply_listeners(&config, fresh).await;
         self.apply_admin(&config, admin_socket).await;
         self.publish_listeners();
+        let certificates_changed = tls_files(&self.config) != tls_files(&config);
         self.config = config;
+        if certificates_changed {
+            let handle = self.reload_handle.clone();
+            self.watch_certificates(&handle);
+        }
         ReloadOutcome::Applied(changes)
     }
 
@@ -490,7 +529,9 @@ impl Runtime {
             match wanted {
                 Some(new) => {
                     if let Handler::Http(http) = &running.handler {
-                        http.update(&new.limits);
+                        if let Err(err) = http.update(&new.limits, new.tls.as_ref()) {
+                            tracing::error!(listener = %new.name, error = %err, "TLS reload failed; keeping the current certificates");
+                        }
                     }
                     running.config = new.clone();
                     kept.push(running);
@@ -546,6 +587,52 @@ impl Runtime {
         }
     }
 
+    /// Re-reads every TLS listener's certificate files; a listener whose files are broken keeps
+    /// its current certificates.
+    fn reload_certificates(&mut self) -> ReloadOutcome {
+        let mut changes = Vec::new();
+        let mut errors = Vec::new();
+        for running in &self.listeners {
+            let (Handler::Http(http), Some(tls)) = (&running.handler, running.config.tls.as_ref())
+            else {
+                continue;
+            };
+            match http.update(&running.config.limits, Some(tls)) {
+                Ok(()) => changes.push(format!(
+                    "listener {}: certificates reloaded",
+                    running.config.name
+                )),
+                Err(err) => errors.push(format!(
+                    "listener {}: {err}; keeping the current certificates",
+                    running.config.name
+                )),
+            }
+        }
+        if errors.is_empty() {
+            ReloadOutcome::Applied(changes)
+        } else {
+            ReloadOutcome::Rejected(errors.join("; "))
+        }
+    }
+
+    /// Watches the certificate files of every TLS listener (replacing the previous watch).
+    fn watch_certificates(&mut self, handle: &ReloadHandle) {
+        let files: Vec<&std::path::Path> = self
+            .config
+            .listeners
+            .iter()
+            .filter_map(|listener| listener.tls.as_ref())
+            .flat_map(crate::tls::files)
+            .collect();
+        self.cert_watcher = if files.is_empty() {
+            None
+        } else {
+            reload::watch(&files, handle.clone(), Trigger::Certificates)
+                .map_err(|err| tracing::warn!(error = %err, "certificate changes will not be picked up until a reload"))
+                .ok()
+        };
+    }
+
     /// Tells the admin API which listeners run now.
     fn publish_listeners(&self) {
         let views = self
@@ -589,6 +676,17 @@ impl Runtime {
             ),
         }
     }
+}
+
+/// Every TLS file a config reads.
+fn tls_files(config: &Config) -> Vec<PathBuf> {
+    config
+        .listeners
+        .iter()
+        .filter_map(|listener| listener.tls.as_ref())
+        .flat_map(crate::tls::files)
+        .map(std::path::Path::to_path_buf)
+        .collect()
 }
 
 fn log_startup(

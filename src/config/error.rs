@@ -86,6 +86,11 @@ impl<'a> Locator<'a> {
         Self { file, source }
     }
 
+    /// The file name used in messages.
+    pub(crate) fn file(&self) -> &str {
+        self.file
+    }
+
     /// A problem at byte `offset` of the source.
     pub(crate) fn problem(
         &self,

@@ -94,6 +94,8 @@ pub struct ListenerConfig {
     /// TCP listeners: read a PROXY protocol header (v1 or v2) first and use the client address
     /// it carries.
     pub accept_proxy_protocol: bool,
+    /// HTTP listeners: terminate TLS with these settings.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 /// Protections applied to every client connection of a listener.

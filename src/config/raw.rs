@@ -68,6 +68,32 @@ pub struct RawListener {
     pub max_header_bytes: Option<Spanned<i64>>,
     /// TCP listeners: expect a PROXY protocol header from a front balancer.
     pub proxy_protocol: Option<Spanned<bool>>,
+    /// `[listeners.tls]`: terminate TLS on this listener.
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+/// `[listeners.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Certificate and key files; the first is the default.
+    pub certificates: Spanned<Vec<Spanned<RawCertificate>>>,
+    /// `"1.2"` or `"1.3"`.
+    pub min_version: Option<Spanned<String>>,
+    /// ALPN protocols offered.
+    pub alpn: Option<Vec<Spanned<String>>>,
+    /// Time allowed for the handshake.
+    pub handshake_timeout: Option<Spanned<String>>,
+}
+
+/// One `{ cert = "…", key = "…" }` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// PEM certificate chain.
+    pub cert: Spanned<String>,
+    /// PEM private key.
+    pub key: Spanned<String>,
 }
 
 /// The protocol a listener speaks.

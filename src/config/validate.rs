@@ -13,12 +13,13 @@ use toml::de::DeTable;
 use super::error::{ConfigError, Locator, Problem};
 use super::raw::{
     RawAlgorithm, RawBackend, RawCheckKind, RawConfig, RawHealthCheck, RawListener, RawPassive,
-    RawPool, RawProtocol, RawProxyVersion,
+    RawPool, RawProtocol, RawProxyVersion, RawTls,
 };
 use super::{
     AdminConfig, Algorithm, BackendConfig, CheckKind, ClientLimits, Config, HealthCheckConfig,
     ListenerConfig, PassiveConfig, PoolConfig, Protocol, ProxyProtocol, RuntimeConfig, StatusSet,
 };
+use crate::tls::{CertificateFiles, MinVersion, TlsError, TlsSettings};
 
 /// Defaults for every optional key; the README's config reference lists the same values.
 pub(crate) mod defaults {
@@ -34,6 +35,7 @@ pub(crate) mod defaults {
     pub const MAX_IDLE_PER_BACKEND: usize = 64;
     pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     pub const CHECK_PATH: &str = "/";
     pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
     pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -241,6 +243,7 @@ impl Checker<'_> {
                         "max_header_bytes",
                         raw.max_header_bytes.as_ref().map(Spanned::span),
                     ),
+                    ("tls", raw.tls.as_ref().map(Spanned::span)),
                 ],
             );
         } else {
@@ -253,6 +256,10 @@ impl Checker<'_> {
                 )],
             );
         }
+        let tls = match raw.tls.as_ref().filter(|_| protocol == Protocol::Http) {
+            None => Some(None),
+            Some(tls) => self.tls(&format!("{key}.tls"), tls.get_ref()).map(Some),
+        };
         let pool = raw.pool.get_ref();
         let pool_exists = config.pools.contains_key(pool.as_str());
         if !pool_exists {
@@ -298,12 +305,96 @@ impl Checker<'_> {
             listen: listen?,
             protocol,
             accept_proxy_protocol: raw.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref()),
+            tls: tls?,
             pool: pool_exists.then(|| Arc::from(pool.as_str()))?,
             limits: ClientLimits {
                 header_read_timeout: header_read_timeout?,
                 idle_timeout: idle_timeout?,
                 max_header_bytes: max_header_bytes?,
             },
+        })
+    }
+
+    fn tls(&mut self, key: &str, raw: &RawTls) -> Option<TlsSettings> {
+        let base = std::path::Path::new(self.locator.file())
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        if raw.certificates.get_ref().is_empty() {
+            self.report(
+                &raw.certificates,
+                &format!("{key}.certificates"),
+                "at least one certificate is required",
+            );
+        }
+        let mut certificates = Vec::new();
+        let mut ok = true;
+        for (index, entry) in raw.certificates.get_ref().iter().enumerate() {
+            let entry_key = format!("{key}.certificates[{index}]");
+            let files = CertificateFiles {
+                cert: base.join(entry.get_ref().cert.get_ref()),
+                key: base.join(entry.get_ref().key.get_ref()),
+            };
+            if let Err(err) = crate::tls::load_certificate(&files) {
+                let (at, field) = match &err {
+                    TlsError::NoKey(_)
+                    | TlsError::UnsupportedKey { .. }
+                    | TlsError::KeyMismatch { .. } => (&entry.get_ref().key, "key"),
+                    TlsError::Read { path, .. } if *path == files.key => {
+                        (&entry.get_ref().key, "key")
+                    }
+                    _ => (&entry.get_ref().cert, "cert"),
+                };
+                self.report(at, &format!("{entry_key}.{field}"), err.to_string());
+                ok = false;
+            }
+            certificates.push(files);
+        }
+        let min_version = match raw.min_version.as_ref() {
+            None => Some(MinVersion::Tls12),
+            Some(version) => match version.get_ref().as_str() {
+                "1.2" => Some(MinVersion::Tls12),
+                "1.3" => Some(MinVersion::Tls13),
+                other => {
+                    self.report(
+                        version,
+                        &format!("{key}.min_version"),
+                        format!("{other:?} is not a TLS version (\"1.2\" or \"1.3\")"),
+                    );
+                    None
+                }
+            },
+        };
+        let mut alpn = Vec::new();
+        match &raw.alpn {
+            None => alpn.extend(["h2".to_owned(), "http/1.1".to_owned()]),
+            Some(list) => {
+                for (index, protocol) in list.iter().enumerate() {
+                    match protocol.get_ref().as_str() {
+                        "h2" | "http/1.1" => alpn.push(protocol.get_ref().clone()),
+                        other => {
+                            self.report(
+                                protocol,
+                                &format!("{key}.alpn[{index}]"),
+                                format!("{other:?} is not supported (\"h2\" or \"http/1.1\")"),
+                            );
+                            ok = false;
+                        }
+                    }
+                }
+            }
+        }
+        let handshake_timeout = self.duration(
+            raw.handshake_timeout.as_ref(),
+            &format!("{key}.handshake_timeout"),
+            defaults::HANDSHAKE_TIMEOUT,
+        );
+        (ok && !certificates.is_empty()).then_some(())?;
+        Some(TlsSettings {
+            certificates,
+            min_version: min_version?,
+            alpn,
+            handshake_timeout: handshake_timeout?,
         })
     }
 

@@ -37,6 +37,9 @@ pub struct Health {
     ramp_start: AtomicU64,
     /// Set after the first active probe result, for readiness.
     probed: AtomicBool,
+    /// Whether coming up the first time starts the slow-start ramp: only for backends added by
+    /// a reload; at start-up every backend is new and none should be held back.
+    ramp_first_up: AtomicBool,
     /// The machine itself and the last error, touched only on probes and ejections.
     inner: Mutex<Inner>,
 }
@@ -59,6 +62,7 @@ impl Health {
             epoch,
             ramp_start: AtomicU64::new(if ramp { 0 } else { NOT_RAMPING }),
             probed: AtomicBool::new(false),
+            ramp_first_up: AtomicBool::new(ramp),
             inner: Mutex::new(Inner {
                 machine,
                 last_error: None,
@@ -180,7 +184,9 @@ impl Health {
     /// backend comes back.
     fn publish(&self, machine: &Machine, transition: Option<&Transition>) {
         self.status.store(machine.status() as u8, Ordering::Relaxed);
-        if transition.is_some_and(|t| t.to == Status::Healthy) {
+        let first_up = transition.is_some_and(|t| t.reason == Reason::ChecksPassed(1))
+            && !self.ramp_first_up.swap(true, Ordering::Relaxed);
+        if transition.is_some_and(|t| t.to == Status::Healthy) && !first_up {
             let now = self.epoch.elapsed().as_nanos() as u64;
             self.ramp_start.store(now, Ordering::Relaxed);
         }

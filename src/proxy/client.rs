@@ -94,7 +94,8 @@ pub async fn connect(address: SocketAddr, timeout: Duration) -> Result<Sender, C
         .await
         .map_err(|source| ConnectError::Handshake { address, source })?;
     tokio::spawn(async move {
-        if let Err(err) = connection.await {
+        // With upgrades, a 101 response hands the connection to the tunnel instead of ending it.
+        if let Err(err) = connection.with_upgrades().await {
             tracing::debug!(backend = %address, error = %err, "upstream connection ended");
         }
     });

@@ -34,6 +34,9 @@ pub enum ProxyError {
     /// The backend reset the connection or sent something that is not HTTP.
     #[error("backend failed: {0}")]
     Upstream(#[source] hyper::Error),
+    /// The backend answered in a way HTTP does not allow here.
+    #[error("backend broke the protocol: {0}")]
+    Protocol(&'static str),
 }
 
 impl ProxyError {
@@ -42,7 +45,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Protocol(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }

@@ -52,6 +52,25 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The protocol an HTTP/1.1 request asks to switch to (RFC 9110 §7.8): its `Upgrade` value,
+/// when `Connection` also lists `upgrade`.
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Puts back the two hop-by-hop fields an upgrade needs on the next hop.
+pub fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
 /// The `Via` value this proxy adds for a message of `version` (RFC 9110 §7.6.3).
 pub fn via(version: Version) -> HeaderValue {
     HeaderValue::from_static(match version {
@@ -192,6 +211,21 @@ mod tests {
         assert_eq!(map["host"], "api.example:8080");
         assert_eq!(uri, "/v1/items?x=1");
         assert_eq!(map["via"], "2 fulcrum");
+    }
+
+    #[test]
+    fn upgrade_needs_both_fields() {
+        let map = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(upgrade_protocol(&map).expect("an upgrade"), "websocket");
+        assert!(upgrade_protocol(&headers(&[("upgrade", "websocket")])).is_none());
+        assert!(upgrade_protocol(&headers(&[("connection", "upgrade")])).is_none());
+        let mut map = HeaderMap::new();
+        keep_upgrade(&mut map, HeaderValue::from_static("websocket"));
+        assert_eq!(map["connection"], "upgrade");
+        assert_eq!(map["upgrade"], "websocket");
     }
 
     #[test]

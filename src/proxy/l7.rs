@@ -5,14 +5,21 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Request, Response, Version};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use metrics::Counter;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::body::{Lease, ProxyBody, UpstreamBody};
@@ -20,12 +27,13 @@ use super::client::{self, Sender};
 use super::error::ProxyError;
 use super::framing::{FramingCheck, ScannedIo};
 use super::headers::{self, ClientInfo};
-use super::idle::ActivityIo;
-use crate::backend::Backend;
+use super::idle::{Activity, ActivityIo};
+use crate::backend::{Backend, InFlight};
 use crate::balance::Tried;
 use crate::config::ClientLimits;
 use crate::metrics::ListenerMetrics;
 use crate::state::{Pool, SharedState};
+use crate::tls::{self, TlsError, TlsSettings};
 
 /// How often a reused connection that turns out closed is replaced before giving up on it.
 const STALE_CONNECTION_ATTEMPTS: usize = 3;
@@ -44,10 +52,17 @@ pub struct HttpListener {
 struct HttpSettings {
     limits: ClientLimits,
     builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsTermination>,
+}
+
+/// A listener's TLS acceptor, rebuilt (files re-read) on every reload.
+struct TlsTermination {
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
 }
 
 impl HttpSettings {
-    fn new(limits: ClientLimits) -> Self {
+    fn new(limits: ClientLimits, tls: Option<&TlsSettings>) -> Result<Self, TlsError> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -59,27 +74,48 @@ impl HttpSettings {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-        Self { limits, builder }
+        let tls = match tls {
+            None => None,
+            Some(settings) => Some(TlsTermination {
+                acceptor: TlsAcceptor::from(tls::server_config(settings)?),
+                handshake_timeout: settings.handshake_timeout,
+            }),
+        };
+        Ok(Self {
+            limits,
+            builder,
+            tls,
+        })
     }
 }
 
 impl HttpListener {
-    /// A listener called `name` routing through `state`, protected by `limits`.
-    pub fn new(name: Arc<str>, state: SharedState, limits: ClientLimits) -> Self {
-        Self {
+    /// A listener called `name` routing through `state`, protected by `limits`, terminating
+    /// TLS when `tls` is set (certificate files are read now).
+    pub fn new(
+        name: Arc<str>,
+        state: SharedState,
+        limits: ClientLimits,
+        tls: Option<&TlsSettings>,
+    ) -> Result<Self, TlsError> {
+        Ok(Self {
             metrics: Arc::new(ListenerMetrics::new(&name)),
             name,
             state,
-            settings: ArcSwap::from_pointee(HttpSettings::new(limits)),
-        }
+            settings: ArcSwap::from_pointee(HttpSettings::new(limits, tls)?),
+        })
     }
 
-    /// Applies new client limits to connections accepted from now on.
-    pub fn update(&self, limits: &ClientLimits) {
-        if self.settings.load().limits != *limits {
-            self.settings
-                .store(Arc::new(HttpSettings::new(limits.clone())));
+    /// Applies new limits and re-reads TLS certificates, for connections accepted from now on.
+    /// On a TLS error the current settings stay and the error is returned.
+    pub fn update(&self, limits: &ClientLimits, tls: Option<&TlsSettings>) -> Result<(), TlsError> {
+        let current = self.settings.load();
+        if current.limits == *limits && tls.is_none() && current.tls.is_none() {
+            return Ok(());
         }
+        self.settings
+            .store(Arc::new(HttpSettings::new(limits.clone(), tls)?));
+        Ok(())
     }
 
     /// Serves one accepted client connection until it closes, idles out, or `shutdown` fires
@@ -97,20 +133,53 @@ impl HttpListener {
             self.metrics.bytes_in.clone(),
             self.metrics.bytes_out.clone(),
         );
+        let Some(tls) = &settings.tls else {
+            return self
+                .serve_io(io, peer, activity, &settings, "http", shutdown)
+                .await;
+        };
+        match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)).await {
+            Ok(Ok(io)) => {
+                self.serve_io(io, peer, activity, &settings, "https", shutdown)
+                    .await;
+            }
+            Ok(Err(err)) => {
+                tracing::debug!(listener = %self.name, client = %peer, error = %err, "TLS handshake failed");
+            }
+            Err(_) => {
+                tracing::debug!(listener = %self.name, client = %peer, "TLS handshake timed out");
+            }
+        }
+    }
+
+    async fn serve_io<T>(
+        self: &Arc<Self>,
+        io: T,
+        peer: SocketAddr,
+        activity: Arc<Activity>,
+        settings: &HttpSettings,
+        scheme: &'static str,
+        shutdown: CancellationToken,
+    ) where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (io, framing) = ScannedIo::new(io, settings.limits.max_header_bytes);
         let connection = Arc::new(Connection {
-            listener: Arc::clone(&self),
+            listener: Arc::clone(self),
             client: ClientInfo {
                 ip: header_value_of(peer),
-                proto: HeaderValue::from_static("http"),
+                proto: HeaderValue::from_static(scheme),
             },
             framing,
+            idle_timeout: settings.limits.idle_timeout,
         });
         let service = service_fn(move |request| {
             let connection = Arc::clone(&connection);
             async move { Ok::<_, Infallible>(connection.handle(request).await) }
         });
-        let conn = settings.builder.serve_connection(TokioIo::new(io), service);
+        let conn = settings
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let result = tokio::select! {
             result = conn.as_mut() => result,
@@ -138,15 +207,20 @@ struct Connection {
     listener: Arc<HttpListener>,
     client: ClientInfo,
     framing: Arc<FramingCheck>,
+    /// Upgraded (WebSocket) tunnels close after this long without traffic.
+    idle_timeout: Duration,
 }
 
 impl Connection {
-    async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
         let pool = match self.check(&request) {
             Ok(pool) => pool,
             Err(err) => return self.fail(&err, &request),
         };
         let started = Instant::now();
+        let upgrade = headers::upgrade_protocol(request.headers())
+            .filter(|_| request.version() == Version::HTTP_11)
+            .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
         let (mut parts, body) = request.into_parts();
         let client_version = parts.version;
         headers::prepare_request(
@@ -156,11 +230,24 @@ impl Connection {
             &self.client,
         );
         parts.version = Version::HTTP_11;
+        let tunnel = upgrade.map(|(protocol, client)| {
+            headers::keep_upgrade(&mut parts.headers, protocol);
+            Tunnel {
+                client,
+                idle_timeout: self.idle_timeout,
+            }
+        });
         let request = Request::from_parts(parts, body);
-        match forward(&pool, request, &self.listener.name, started).await {
+        match forward(&pool, request, &self.listener.name, started, tunnel).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
+                let switched = (parts.status == StatusCode::SWITCHING_PROTOCOLS)
+                    .then(|| parts.headers.get(http::header::UPGRADE).cloned())
+                    .flatten();
                 headers::prepare_response(parts.version, &mut parts.headers);
+                if let Some(protocol) = switched {
+                    headers::keep_upgrade(&mut parts.headers, protocol);
+                }
                 Response::from_parts(parts, body)
             }
             Err(err) => {
@@ -223,6 +310,7 @@ async fn forward(
     request: Request<Incoming>,
     listener: &Arc<str>,
     started: Instant,
+    mut tunnel: Option<Tunnel>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let settings = pool.settings;
     let replay = Replay::of(&request, settings.retries);
@@ -242,7 +330,7 @@ async fn forward(
         last_backend = Some(backend);
         let in_flight = backend.start_request();
         match send(backend, request, settings).await {
-            Attempt::Response(response, sender) => {
+            Attempt::Response(mut response, sender) => {
                 let status = response.status().as_u16();
                 backend
                     .metrics
@@ -251,6 +339,17 @@ async fn forward(
                     pool.record_failure(backend, &format_args!("status {status}"));
                 } else {
                     backend.health.record_success();
+                }
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    let Some(tunnel) = tunnel.take() else {
+                        return Err(ProxyError::Protocol("101 without an upgrade request"));
+                    };
+                    // The connection now belongs to the tunnel, never to the idle pool.
+                    drop(sender);
+                    let upstream = hyper::upgrade::on(&mut response);
+                    tokio::spawn(tunnel.run(upstream, in_flight));
+                    let (parts, _) = response.into_parts();
+                    return Ok(Response::from_parts(parts, ProxyBody::local(Bytes::new())));
                 }
                 let (parts, body) = response.into_parts();
                 let body = ProxyBody::upstream(body, Lease { in_flight, sender });
@@ -307,6 +406,42 @@ async fn forward(
         pool.metrics.no_backend.increment(1);
     }
     Err(err)
+}
+
+/// The client side of an upgrade (WebSocket and the like) waiting for the backend's 101.
+struct Tunnel {
+    client: OnUpgrade,
+    idle_timeout: Duration,
+}
+
+impl Tunnel {
+    /// Copies bytes both ways between the upgraded connections until either side closes or
+    /// nothing moves for `idle_timeout`. The request stays in flight (least-connections counts
+    /// it) for the tunnel's whole life.
+    async fn run(self, upstream: OnUpgrade, in_flight: InFlight) {
+        let backend = Arc::clone(in_flight.backend());
+        let (client, upstream) = match tokio::try_join!(self.client, upstream) {
+            Ok(pair) => pair,
+            Err(err) => {
+                tracing::debug!(backend = %backend.name, error = %err, "upgrade failed");
+                return;
+            }
+        };
+        let (mut client, activity) =
+            ActivityIo::new(TokioIo::new(client), Counter::noop(), Counter::noop());
+        let mut upstream = TokioIo::new(upstream);
+        tokio::select! {
+            result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                if let Err(err) = result {
+                    tracing::debug!(backend = %backend.name, error = %err, "upgraded connection ended with an error");
+                }
+            }
+            () = activity.idle_for(self.idle_timeout) => {
+                tracing::debug!(backend = %backend.name, "upgraded connection idle; closed");
+            }
+        }
+        drop(in_flight);
+    }
 }
 
 /// The head of a request that may be replayed on another backend: bodiless GET, HEAD or
