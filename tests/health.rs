@@ -863,3 +863,69 @@ async fn post_with_body_is_not_replayed_after_a_reset() {
     })
     .await;
 }
+
+/// Issue #3: the checks of a backend removed by a reload stop (no more probes arrive at it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_of_a_removed_backend_stop() {
+    bounded(async {
+        let kept = ControlledBackend::spawn("kept").await;
+        let removed = ControlledBackend::spawn("removed").await;
+        let dir = std::env::temp_dir().join(format!(
+            "fulcrum-health-removed-{}-{}",
+            std::process::id(),
+            removed.addr().port()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("fulcrum.toml");
+        let config_for = |backends: &str| {
+            format!(
+                "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\n\
+                 [pools.app]\nbackends = [{backends}]\n\n\
+                 [pools.app.health_check]\npath = \"/health\"\ninterval = \"50ms\"\n\
+                 timeout = \"50ms\"\njitter = \"0s\"\n"
+            )
+        };
+        let both = config_for(&format!("\"{}\", \"{}\"", kept.addr(), removed.addr()));
+        std::fs::write(&path, &both).expect("write config");
+        let config = fulcrum::Config::parse(&path.display().to_string(), &both).expect("valid");
+        let server = fulcrum::Server::bind(config)
+            .await
+            .expect("bind")
+            .with_config_file(&path, both.clone());
+        let reload = server.reload_handle();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(async {
+            let _ = stop_rx.await;
+        }));
+
+        wait_until(Duration::from_secs(5), "probes reach both backends", || {
+            kept.probe_count() >= 3 && removed.probe_count() >= 3
+        })
+        .await;
+        let only_kept = config_for(&format!("\"{}\"", kept.addr()));
+        std::fs::write(&path, &only_kept).expect("rewrite config");
+        let outcome = reload.reload().await.expect("server running");
+        assert!(
+            matches!(outcome, fulcrum::reload::ReloadOutcome::Applied(_)),
+            "{outcome:?}"
+        );
+        // A probe already in flight may still land; after that, none.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let settled = std::time::Instant::now();
+        let kept_before = kept.probe_count();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            removed.probes_since(settled).is_empty(),
+            "the removed backend was still probed"
+        );
+        assert!(
+            kept.probe_count() >= kept_before + 5,
+            "the kept backend's checks stopped too"
+        );
+
+        let _ = stop_tx.send(());
+        running.await.expect("server task");
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
