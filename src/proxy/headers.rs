@@ -11,16 +11,18 @@ use http::{Uri, Version};
 /// `Proxy-Connection`, `Keep-Alive`, `TE`, `Transfer-Encoding` and `Upgrade`; RFC 2616 §13.5.1
 /// adds `Trailer`, `Proxy-Authenticate` and `Proxy-Authorization`, which still only concern
 /// the hop they arrive on.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "trailer",
-    "proxy-authenticate",
-    "proxy-authorization",
+///
+/// Pre-built names: removing by `HeaderName` skips parsing a string on every request.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TRAILER,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
 ];
 
 /// `X-Forwarded-For`: the chain of client addresses (de-facto standard, see RFC 7239 §1).
@@ -47,7 +49,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -163,8 +165,10 @@ mod tests {
 
     #[test]
     fn fixed_hop_by_hop_fields_are_removed() {
-        for name in HOP_BY_HOP {
-            let mut map = headers(&[(name, "x"), ("accept", "*/*")]);
+        for name in &HOP_BY_HOP {
+            let mut map = HeaderMap::new();
+            map.insert(name.clone(), HeaderValue::from_static("x"));
+            map.insert("accept", HeaderValue::from_static("*/*"));
             remove_hop_by_hop(&mut map);
             assert!(!map.contains_key(name), "{name} survived");
             assert!(map.contains_key("accept"));

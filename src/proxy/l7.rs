@@ -313,7 +313,7 @@ async fn forward(
     mut tunnel: Option<Tunnel>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let settings = pool.settings;
-    let replay = Replay::of(&request, settings.retries);
+    let replay = Replay::of(&request, pool);
     let mut request = request.map(|body| UpstreamBody::Client { body });
     let mut tried = Tried::default();
     let mut last_error = None;
@@ -453,9 +453,11 @@ struct Replay {
 }
 
 impl Replay {
-    fn of(request: &Request<Incoming>, retries: u32) -> Option<Replay> {
+    fn of(request: &Request<Incoming>, pool: &Pool) -> Option<Replay> {
         use http::Method;
-        let replayable = retries > 0
+        // Only worth a copy of the head when there is another backend to replay on.
+        let replayable = pool.settings.retries > 0
+            && pool.endpoints.len() > 1
             && matches!(
                 *request.method(),
                 Method::GET | Method::HEAD | Method::OPTIONS
