@@ -75,6 +75,15 @@ impl Backend {
         self.retired.load(Ordering::Relaxed)
     }
 
+    /// The host part of the configured address, for TLS server names.
+    pub fn host(&self) -> &str {
+        let host = self
+            .name
+            .rsplit_once(':')
+            .map_or(&*self.name, |(host, _)| host);
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+
     /// Requests in flight right now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)

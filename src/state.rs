@@ -11,9 +11,11 @@ use crate::backend::{Backend, Endpoint};
 use crate::balance::{Balancer, Tried};
 use crate::config::{
     Algorithm, Config, HealthCheckConfig, PassiveConfig, PoolConfig, ProxyProtocol,
+    UpstreamTlsConfig,
 };
 use crate::health::{self, Health, Status, WEIGHT_SCALE};
 use crate::metrics::PoolMetrics;
+use crate::proxy::client::Connector;
 
 /// The current snapshot, swapped atomically on reload.
 pub type SharedState = Arc<ArcSwap<Snapshot>>;
@@ -47,6 +49,10 @@ pub struct Pool {
     pub health_check: Option<Arc<HealthCheckConfig>>,
     /// TCP pools: the PROXY protocol header to send to backends.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// HTTP pools: how connections to the backends are made (HTTP/2, TLS).
+    pub connector: Connector,
+    /// The settings `connector` was built from, to tell whether a reload changed them.
+    upstream: (bool, Option<UpstreamTlsConfig>),
     /// Set while the pool serves fail-open, so the switch is logged once.
     failing_open: AtomicBool,
     /// Retry, no-backend and fail-open counters.
@@ -127,8 +133,54 @@ impl Snapshot {
     }
 }
 
+/// The connector for a pool's settings. If the CA file broke since validation, TLS is kept
+/// with no trusted roots, so connections fail verification rather than skip it.
+fn connector(config: &PoolConfig) -> Connector {
+    let tls = config.upstream_tls.as_ref().map(|upstream| {
+        if upstream.insecure_skip_verify {
+            tracing::warn!(pool = %config.name, "insecure_skip_verify: backend certificates are not verified");
+        }
+        let client = crate::tls::client_config(upstream, config.http2).unwrap_or_else(|err| {
+            tracing::error!(pool = %config.name, error = %err, "upstream TLS setup failed; connections will fail verification");
+            Arc::new(
+                rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map(|builder| {
+                    builder
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth()
+                })
+                .unwrap_or_else(|_| {
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth()
+                }),
+            )
+        });
+        let server_name = upstream
+            .server_name
+            .as_ref()
+            .and_then(|name| rustls_pki_types::ServerName::try_from(name.clone()).ok());
+        (tokio_rustls::TlsConnector::from(client), server_name)
+    });
+    Connector {
+        timeout: config.connect_timeout,
+        http2: config.http2,
+        tls,
+    }
+}
+
 impl Pool {
     fn build(config: &PoolConfig, previous: Option<&Arc<Pool>>, reloading: bool) -> Pool {
+        let upstream = (config.http2, config.upstream_tls.clone());
+        // Idle connections of kept backends speak the old protocol if that changed.
+        if let Some(pool) = previous.filter(|pool| pool.upstream != upstream) {
+            for endpoint in pool.endpoints.iter() {
+                endpoint.backend.idle.clear();
+            }
+        }
         let endpoints = config
             .backends
             .iter()
@@ -171,6 +223,8 @@ impl Pool {
                 idle_timeout: config.idle_timeout,
             },
             proxy_protocol: config.proxy_protocol,
+            connector: connector(config),
+            upstream,
             passive: config.passive.clone(),
             health_check: config.health_check.clone().map(Arc::new),
             failing_open: AtomicBool::new(false),

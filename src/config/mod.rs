@@ -153,6 +153,10 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// TCP pools: send this PROXY protocol header to backends.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// HTTP pools: speak HTTP/2 (one multiplexed connection per backend) instead of HTTP/1.1.
+    pub http2: bool,
+    /// HTTP pools: TLS to the backends.
+    pub upstream_tls: Option<UpstreamTlsConfig>,
     /// Weight ramp-up time for a backend that (re)joins; `None` means full weight at once.
     pub slow_start: Option<Duration>,
     /// With no healthy backend, use all of them (`true`) or answer 503 (`false`).
@@ -161,6 +165,17 @@ pub struct PoolConfig {
     pub health_check: Option<HealthCheckConfig>,
     /// Passive ejection from live traffic.
     pub passive: PassiveConfig,
+}
+
+/// TLS from fulcrum to a pool's backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTlsConfig {
+    /// SNI and verification name; each backend's configured host when `None`.
+    pub server_name: Option<String>,
+    /// Trusted CA certificates (PEM); the public web roots when `None`.
+    pub ca: Option<std::path::PathBuf>,
+    /// Accept any certificate. For testing only; logged as a warning.
+    pub insecure_skip_verify: bool,
 }
 
 /// Active health checks of one pool.

@@ -144,6 +144,22 @@ pub struct RawPool {
     pub passive: Option<Spanned<RawPassive>>,
     /// TCP pools: send a PROXY protocol header to backends.
     pub proxy_protocol: Option<Spanned<RawProxyVersion>>,
+    /// HTTP pools: speak HTTP/2 to the backends.
+    pub http2: Option<Spanned<bool>>,
+    /// `[pools.NAME.tls]`: TLS to the backends.
+    pub tls: Option<Spanned<RawUpstreamTls>>,
+}
+
+/// `[pools.NAME.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// Name to send as SNI and to verify; default: each backend's host.
+    pub server_name: Option<Spanned<String>>,
+    /// PEM file of trusted CA certificates; default: the public web roots.
+    pub ca: Option<Spanned<String>>,
+    /// Skip certificate verification (logs a warning).
+    pub insecure_skip_verify: Option<bool>,
 }
 
 /// `[pools.NAME.health_check]`.

@@ -13,11 +13,12 @@ use toml::de::DeTable;
 use super::error::{ConfigError, Locator, Problem};
 use super::raw::{
     RawAlgorithm, RawBackend, RawCheckKind, RawConfig, RawHealthCheck, RawListener, RawPassive,
-    RawPool, RawProtocol, RawProxyVersion, RawTls,
+    RawPool, RawProtocol, RawProxyVersion, RawTls, RawUpstreamTls,
 };
 use super::{
     AdminConfig, Algorithm, BackendConfig, CheckKind, ClientLimits, Config, HealthCheckConfig,
     ListenerConfig, PassiveConfig, PoolConfig, Protocol, ProxyProtocol, RuntimeConfig, StatusSet,
+    UpstreamTlsConfig,
 };
 use crate::tls::{CertificateFiles, MinVersion, TlsError, TlsSettings};
 
@@ -315,6 +316,36 @@ impl Checker<'_> {
         })
     }
 
+    fn upstream_tls(&mut self, key: &str, raw: &RawUpstreamTls) -> Option<UpstreamTlsConfig> {
+        let base = std::path::Path::new(self.locator.file())
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let mut ok = true;
+        if let Some(name) = &raw.server_name {
+            if rustls_pki_types::ServerName::try_from(name.get_ref().as_str()).is_err() {
+                self.report(
+                    name,
+                    &format!("{key}.server_name"),
+                    format!("{:?} is not a valid server name", name.get_ref()),
+                );
+                ok = false;
+            }
+        }
+        let ca = raw.ca.as_ref().map(|ca| (ca, base.join(ca.get_ref())));
+        if let Some((at, path)) = &ca {
+            if let Err(err) = crate::tls::load_roots(path) {
+                self.report(*at, &format!("{key}.ca"), err.to_string());
+                ok = false;
+            }
+        }
+        ok.then(|| UpstreamTlsConfig {
+            server_name: raw.server_name.as_ref().map(|n| n.get_ref().clone()),
+            ca: ca.map(|(_, path)| path),
+            insecure_skip_verify: raw.insecure_skip_verify.unwrap_or(false),
+        })
+    }
+
     fn tls(&mut self, key: &str, raw: &RawTls) -> Option<TlsSettings> {
         let base = std::path::Path::new(self.locator.file())
             .parent()
@@ -444,6 +475,14 @@ impl Checker<'_> {
                     ],
                 );
             }
+            self.reject_keys(
+                &key,
+                "tcp pools",
+                &[
+                    ("http2", raw.http2.as_ref().map(Spanned::span)),
+                    ("tls", raw.tls.as_ref().map(Spanned::span)),
+                ],
+            );
             if let Some(passive) = passive {
                 self.reject_keys(
                     &format!("{key}.passive"),
@@ -515,9 +554,17 @@ impl Checker<'_> {
             &format!("{key}.passive"),
             raw.passive.as_ref().map(Spanned::get_ref),
         );
+        let upstream_tls = match raw.tls.as_ref().filter(|_| protocol == Protocol::Http) {
+            None => Some(None),
+            Some(tls) => self
+                .upstream_tls(&format!("{key}.tls"), tls.get_ref())
+                .map(Some),
+        };
         Some(PoolConfig {
             name: Arc::from(name.get_ref().as_str()),
             protocol,
+            http2: raw.http2.as_ref().is_some_and(|h| *h.get_ref()),
+            upstream_tls: upstream_tls?,
             proxy_protocol: raw.proxy_protocol.as_ref().map(|p| match p.get_ref() {
                 RawProxyVersion::V1 => ProxyProtocol::V1,
                 RawProxyVersion::V2 => ProxyProtocol::V2,

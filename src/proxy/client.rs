@@ -10,15 +10,67 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 
 use super::body::UpstreamBody;
 
-/// The sending half of one HTTP/1.1 connection to a backend; request bodies stream from clients.
-pub type Sender = http1::SendRequest<UpstreamBody>;
+/// The sending half of one connection to a backend; request bodies stream from clients.
+#[derive(Debug)]
+pub enum Sender {
+    /// One request at a time; returned to the idle pool when its response ends.
+    Http1(http1::SendRequest<UpstreamBody>),
+    /// Multiplexed: clones share one connection, which stays in the idle pool while in use.
+    Http2(http2::SendRequest<UpstreamBody>),
+}
+
+/// A request handed back because it was never written.
+pub type Unsent = hyper::client::conn::TrySendError<Request<UpstreamBody>>;
+
+impl Sender {
+    /// Whether the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sender::Http1(sender) => sender.is_closed(),
+            Sender::Http2(sender) => sender.is_closed(),
+        }
+    }
+
+    /// Waits until the connection can take a request.
+    pub async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::Http1(sender) => sender.ready().await,
+            Sender::Http2(sender) => sender.ready().await,
+        }
+    }
+
+    /// Sends `request`; when it was not written at all, the error hands it back.
+    pub async fn send(
+        &mut self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, Unsent> {
+        match self {
+            Sender::Http1(sender) => sender.try_send_request(request).await,
+            Sender::Http2(sender) => sender.try_send_request(request).await,
+        }
+    }
+}
+
+/// How a pool reaches its backends: timeouts, protocol, TLS.
+pub struct Connector {
+    /// TCP (and TLS handshake) timeout.
+    pub timeout: Duration,
+    /// Speak HTTP/2 instead of HTTP/1.1.
+    pub http2: bool,
+    /// TLS to the backend, with the name to use unless each backend's own host is used.
+    pub tls: Option<(TlsConnector, Option<ServerName<'static>>)>,
+}
 
 /// Why a new upstream connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +91,15 @@ pub enum ConnectError {
         address: SocketAddr,
         /// The pool's connect timeout.
         timeout: Duration,
+    },
+    /// The TLS handshake with the backend failed.
+    #[error("TLS handshake with {address} failed: {source}")]
+    Tls {
+        /// The backend address.
+        address: SocketAddr,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
     },
     /// The HTTP handshake on a fresh connection failed.
     #[error("HTTP handshake with {address} failed: {source}")]
@@ -65,7 +126,7 @@ impl ConnectError {
                     | ErrorKind::NetworkUnreachable
                     | ErrorKind::AddrNotAvailable
             ),
-            ConnectError::Handshake { .. } => false,
+            ConnectError::Handshake { .. } | ConnectError::Tls { .. } => false,
         }
     }
 }
@@ -86,20 +147,75 @@ pub async fn connect_tcp(
     Ok(stream)
 }
 
-/// Opens a new HTTP/1.1 connection to `address` and spawns its driver task.
-pub async fn connect(address: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
-    let stream = connect_tcp(address, timeout).await?;
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("timeout", &self.timeout)
+            .field("http2", &self.http2)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Opens a new connection to the backend at `address` (configured as `host`) the way
+/// `connector` says, and spawns its driver task.
+pub async fn connect(
+    address: SocketAddr,
+    host: &str,
+    connector: &Connector,
+) -> Result<Sender, ConnectError> {
+    let stream = connect_tcp(address, connector.timeout).await?;
+    let Some((tls, server_name)) = &connector.tls else {
+        return handshake(TokioIo::new(stream), connector.http2, address).await;
+    };
+    let name = match server_name {
+        Some(name) => name.clone(),
+        None => {
+            ServerName::try_from(host.to_owned()).unwrap_or_else(|_| ServerName::from(address.ip()))
+        }
+    };
+    let stream = match tokio::time::timeout(connector.timeout, tls.connect(name, stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(source)) => return Err(ConnectError::Tls { address, source }),
+        Err(_) => {
+            return Err(ConnectError::Timeout {
+                address,
+                timeout: connector.timeout,
+            });
+        }
+    };
+    handshake(TokioIo::new(stream), connector.http2, address).await
+}
+
+async fn handshake<T>(io: T, http2: bool, address: SocketAddr) -> Result<Sender, ConnectError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let handshake_failed = |source| ConnectError::Handshake { address, source };
+    if http2 {
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(handshake_failed)?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(backend = %address, error = %err, "upstream HTTP/2 connection ended");
+            }
+        });
+        return Ok(Sender::Http2(sender));
+    }
     let (sender, connection) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(io)
         .await
-        .map_err(|source| ConnectError::Handshake { address, source })?;
+        .map_err(handshake_failed)?;
     tokio::spawn(async move {
         // With upgrades, a 101 response hands the connection to the tunnel instead of ending it.
         if let Err(err) = connection.with_upgrades().await {
             tracing::debug!(backend = %address, error = %err, "upstream connection ended");
         }
     });
-    Ok(sender)
+    Ok(Sender::Http1(sender))
 }
 
 /// Idle keep-alive connections to one backend, ready for reuse.
@@ -128,26 +244,48 @@ impl IdleConnections {
         }
     }
 
-    /// A live idle connection, if there is one; stale ones met on the way are closed.
+    /// A live idle connection, if there is one; stale ones met on the way are closed. An
+    /// HTTP/2 connection stays in the pool for other requests to share.
     pub fn take(&self) -> Option<Sender> {
         let queue = self.queue.as_ref()?;
         while let Some(idle) = queue.pop() {
-            if !idle.sender.is_closed() && idle.since.elapsed() < self.idle_timeout {
-                return Some(idle.sender);
+            if idle.sender.is_closed() || idle.since.elapsed() >= self.idle_timeout {
+                continue;
             }
+            if let Sender::Http2(shared) = &idle.sender {
+                let sender = Sender::Http2(shared.clone());
+                // The pool just gave up this slot, so there is room.
+                let _ = queue.push(Idle {
+                    sender: idle.sender,
+                    since: Instant::now(),
+                });
+                return Some(sender);
+            }
+            return Some(idle.sender);
         }
         None
     }
 
-    /// Offers a connection whose last exchange completed cleanly for reuse.
+    /// Offers a connection whose last exchange completed cleanly for reuse. HTTP/2 senders are
+    /// shared clones whose connection is already in the pool, so they are simply dropped.
     pub fn put(&self, sender: Sender) {
-        if sender.is_closed() {
+        if sender.is_closed() || matches!(sender, Sender::Http2(_)) {
             return;
         }
         if let Some(queue) = &self.queue {
             // A full queue hands the connection back; dropping it closes it.
             let _ = queue.push(Idle {
                 sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Adds a new HTTP/2 connection to the pool so later requests share it.
+    pub fn share(&self, sender: &Sender) {
+        if let (Sender::Http2(shared), Some(queue)) = (sender, &self.queue) {
+            let _ = queue.push(Idle {
+                sender: Sender::Http2(shared.clone()),
                 since: Instant::now(),
             });
         }

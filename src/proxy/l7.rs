@@ -329,7 +329,7 @@ async fn forward(
         let backend = &pool.endpoints[index].backend;
         last_backend = Some(backend);
         let in_flight = backend.start_request();
-        match send(backend, request, settings).await {
+        match send(backend, request, pool).await {
             Attempt::Response(mut response, sender) => {
                 let status = response.status().as_u16();
                 backend
@@ -491,19 +491,16 @@ enum Attempt {
 
 /// One attempt on `backend`: reuse an idle connection or open one, then send and wait for the
 /// response head within the pool's `request_timeout`.
-async fn send(
-    backend: &Arc<Backend>,
-    mut request: Request<UpstreamBody>,
-    settings: crate::state::PoolSettings,
-) -> Attempt {
+async fn send(backend: &Arc<Backend>, mut request: Request<UpstreamBody>, pool: &Pool) -> Attempt {
+    let settings = pool.settings;
     let mut stale = 0;
     loop {
-        let mut sender = match checkout(backend, settings, stale >= STALE_CONNECTION_ATTEMPTS).await
-        {
+        let fresh = stale >= STALE_CONNECTION_ATTEMPTS;
+        let mut sender = match checkout(backend, &pool.connector, fresh).await {
             Ok(sender) => sender,
             Err(err) => return Attempt::NotSent(request, err.into()),
         };
-        let attempt = sender.try_send_request(request);
+        let attempt = sender.send(request);
         match tokio::time::timeout(settings.request_timeout, attempt).await {
             Err(_) => return Attempt::Failed(ProxyError::Timeout(settings.request_timeout)),
             Ok(Ok(response)) => return Attempt::Response(response, sender),
@@ -525,7 +522,7 @@ async fn send(
 /// A connection ready to send on: an idle one if any is alive (unless `fresh`), else a new one.
 async fn checkout(
     backend: &Backend,
-    settings: crate::state::PoolSettings,
+    connector: &client::Connector,
     fresh: bool,
 ) -> Result<Sender, client::ConnectError> {
     if !fresh {
@@ -535,5 +532,7 @@ async fn checkout(
             }
         }
     }
-    client::connect(backend.address, settings.connect_timeout).await
+    let sender = client::connect(backend.address, backend.host(), connector).await?;
+    backend.idle.share(&sender);
+    Ok(sender)
 }

@@ -284,3 +284,19 @@ fn every_error_is_reported_not_just_the_first() {
     assert!(errors[1].contains("backends[1].weight"));
     assert!(errors[2].contains("connect_timeout"));
 }
+
+#[test]
+fn upstream_tls_and_http2_are_http_pool_keys() {
+    let source = VALID.replace("retries = 1", "retries = 1\nhttp2 = true\n[pools.app.tls]\nserver_name = \"app.internal\"\ninsecure_skip_verify = true");
+    let config = Config::parse(FILE, &source).expect("valid");
+    assert!(config.pools[0].http2);
+    let tls = config.pools[0].upstream_tls.as_ref().expect("tls");
+    assert_eq!(tls.server_name.as_deref(), Some("app.internal"));
+    assert!(tls.insecure_skip_verify);
+
+    let source = VALID.replace(
+        "retries = 1",
+        "retries = 1\n[pools.app.tls]\nca = \"/nonexistent/ca.pem\"",
+    );
+    assert_one_error(&source, 22, 6, "pools.app.tls.ca", "cannot read");
+}
