@@ -61,17 +61,20 @@ impl TcpListener {
     ) {
         let _open = self.metrics.connection();
         let started = Instant::now();
-        let (client, early_data) = if self.accept_proxy_protocol {
+        let (announced, early_data) = if self.accept_proxy_protocol {
             match proxy_protocol::read(&mut stream, PROXY_HEADER_TIMEOUT).await {
-                Ok((source, rest)) => (source.unwrap_or(peer), rest),
+                Ok((endpoints, rest)) => (endpoints, rest),
                 Err(err) => {
                     tracing::info!(listener = %self.name, client = %peer, error = %err, "connection refused: bad PROXY header");
                     return;
                 }
             }
         } else {
-            (peer, Vec::new())
+            (None, Vec::new())
         };
+        // Behind another balancer, pass on the connection it saw, not the hop to us.
+        let client = announced.map_or(peer, |(source, _)| source);
+        let destination = announced.map(|(_, destination)| destination);
         let Some(pool) = self.state.load().pool_for(&self.name).cloned() else {
             return;
         };
@@ -80,7 +83,13 @@ impl TcpListener {
         };
         let backend = Arc::clone(in_flight.backend());
         if let Err(err) = self
-            .preamble(&pool, &mut upstream, &stream, client, &early_data)
+            .preamble(
+                &pool,
+                &mut upstream,
+                &stream,
+                (client, destination),
+                &early_data,
+            )
             .await
         {
             tracing::debug!(listener = %self.name, backend = %backend.name, error = %err, "backend closed before the stream started");
@@ -125,11 +134,14 @@ impl TcpListener {
         pool: &Pool,
         upstream: &mut TcpStream,
         client_stream: &TcpStream,
-        client: SocketAddr,
+        (client, destination): (SocketAddr, Option<SocketAddr>),
         early_data: &[u8],
     ) -> std::io::Result<()> {
         if let Some(version) = pool.proxy_protocol {
-            let local = client_stream.local_addr()?;
+            let local = match destination {
+                Some(destination) => destination,
+                None => client_stream.local_addr()?,
+            };
             upstream
                 .write_all(&proxy_protocol::encode(version, client, local))
                 .await?;

@@ -70,13 +70,16 @@ fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
     }
 }
 
-/// Reads a v1 or v2 header from the start of `stream` within `timeout`. Returns the client
-/// address it announces (`None` for `UNKNOWN`/`LOCAL`) and any bytes read past the header,
-/// which belong to the proxied stream.
+/// The two ends a PROXY header announces: the original client and the address it connected to.
+pub type Endpoints = (SocketAddr, SocketAddr);
+
+/// Reads a v1 or v2 header from the start of `stream` within `timeout`. Returns the endpoints it
+/// announces (`None` for `UNKNOWN`/`LOCAL`) and any bytes read past the header, which belong to
+/// the proxied stream.
 pub async fn read(
     stream: &mut (impl AsyncRead + Unpin),
     timeout: Duration,
-) -> Result<(Option<SocketAddr>, Vec<u8>), ProxyHeaderError> {
+) -> Result<(Option<Endpoints>, Vec<u8>), ProxyHeaderError> {
     tokio::time::timeout(timeout, read_header(stream))
         .await
         .map_err(|_| ProxyHeaderError::Timeout(timeout))?
@@ -84,7 +87,7 @@ pub async fn read(
 
 async fn read_header(
     stream: &mut (impl AsyncRead + Unpin),
-) -> Result<(Option<SocketAddr>, Vec<u8>), ProxyHeaderError> {
+) -> Result<(Option<Endpoints>, Vec<u8>), ProxyHeaderError> {
     let mut buffer = Vec::with_capacity(256);
     loop {
         let mut chunk = [0u8; 256];
@@ -104,8 +107,8 @@ async fn read_header(
     }
 }
 
-/// `Ok(None)` while more bytes are needed; else the source address and the header length.
-fn parse(buffer: &[u8]) -> Result<Option<(Option<SocketAddr>, usize)>, ProxyHeaderError> {
+/// `Ok(None)` while more bytes are needed; else the endpoints and the header length.
+fn parse(buffer: &[u8]) -> Result<Option<(Option<Endpoints>, usize)>, ProxyHeaderError> {
     let result = HeaderResult::parse(buffer);
     if result.is_incomplete() {
         return Ok(None);
@@ -113,24 +116,28 @@ fn parse(buffer: &[u8]) -> Result<Option<(Option<SocketAddr>, usize)>, ProxyHead
     match result {
         HeaderResult::V1(Ok(header)) => {
             let source = match header.addresses {
-                ppp::v1::Addresses::Tcp4(ip) => {
-                    Some(SocketAddr::from((ip.source_address, ip.source_port)))
-                }
-                ppp::v1::Addresses::Tcp6(ip) => {
-                    Some(SocketAddr::from((ip.source_address, ip.source_port)))
-                }
+                ppp::v1::Addresses::Tcp4(ip) => Some((
+                    SocketAddr::from((ip.source_address, ip.source_port)),
+                    SocketAddr::from((ip.destination_address, ip.destination_port)),
+                )),
+                ppp::v1::Addresses::Tcp6(ip) => Some((
+                    SocketAddr::from((ip.source_address, ip.source_port)),
+                    SocketAddr::from((ip.destination_address, ip.destination_port)),
+                )),
                 ppp::v1::Addresses::Unknown => None,
             };
             Ok(Some((source, header.header.len())))
         }
         HeaderResult::V2(Ok(header)) => {
             let source = match (header.command, header.addresses) {
-                (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv4(ip)) => {
-                    Some(SocketAddr::from((ip.source_address, ip.source_port)))
-                }
-                (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv6(ip)) => {
-                    Some(SocketAddr::from((ip.source_address, ip.source_port)))
-                }
+                (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv4(ip)) => Some((
+                    SocketAddr::from((ip.source_address, ip.source_port)),
+                    SocketAddr::from((ip.destination_address, ip.destination_port)),
+                )),
+                (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv6(ip)) => Some((
+                    SocketAddr::from((ip.source_address, ip.source_port)),
+                    SocketAddr::from((ip.destination_address, ip.destination_port)),
+                )),
                 _ => None,
             };
             Ok(Some((source, header.len())))
@@ -198,10 +205,13 @@ mod tests {
         for version in [ProxyProtocol::V1, ProxyProtocol::V2] {
             let mut input = encode(version, addr("203.0.113.9:4242"), addr("10.0.0.2:5432"));
             input.extend_from_slice(b"hello");
-            let (source, rest) = read(&mut input.as_slice(), Duration::from_secs(1))
+            let (endpoints, rest) = read(&mut input.as_slice(), Duration::from_secs(1))
                 .await
                 .expect("valid header");
-            assert_eq!(source, Some(addr("203.0.113.9:4242")));
+            assert_eq!(
+                endpoints,
+                Some((addr("203.0.113.9:4242"), addr("10.0.0.2:5432")))
+            );
             assert_eq!(rest, b"hello");
         }
     }
@@ -216,10 +226,10 @@ mod tests {
             }
             client
         });
-        let (source, rest) = read(&mut server, Duration::from_secs(1))
+        let (endpoints, rest) = read(&mut server, Duration::from_secs(1))
             .await
             .expect("valid header");
-        assert_eq!(source, Some(addr("1.2.3.4:1")));
+        assert_eq!(endpoints, Some((addr("1.2.3.4:1"), addr("5.6.7.8:2"))));
         // Bytes after the header may or may not have arrived with it.
         assert!(rest.is_empty() || rest == b"x");
         drop(sender.await);
