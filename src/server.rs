@@ -22,12 +22,15 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::admin::{self, AdminState, ListenerView};
 use crate::config::{self, Config, ListenerConfig, Protocol};
 use crate::health::checker::Supervisor;
-use crate::listener;
+use crate::listener::{self, Drain};
 use crate::metrics::ListenerMetrics;
 use crate::proxy::l4;
 use crate::proxy::l7::HttpListener;
 use crate::reload::{self, ReloadHandle, ReloadOutcome, ReloadRequest, Trigger};
 use crate::state::{SharedState, Snapshot};
+
+/// How long to wait for cut-off tunnels and TCP streams to close after the drain deadline.
+const CUT_OFF_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How often metric histograms are drained when nobody scrapes.
 const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -187,6 +190,7 @@ impl Server {
             checkers: Supervisor::new(stop.child_token()),
             stop,
             connections: TaskTracker::new(),
+            deadline: CancellationToken::new(),
             admin_state,
             cert_watcher: None,
             reload_handle: ReloadHandle::new(reload_tx.clone()),
@@ -251,6 +255,8 @@ struct Runtime {
     checkers: Supervisor,
     stop: CancellationToken,
     connections: TaskTracker,
+    /// Cancelled when the drain deadline passes: ends tunnels and TCP streams still open.
+    deadline: CancellationToken,
     admin_state: Arc<AdminState>,
     /// Watches TLS certificate files; replaced when a reload changes them.
     cert_watcher: Option<notify::RecommendedWatcher>,
@@ -310,6 +316,7 @@ impl Runtime {
                     Arc::clone(&self.state),
                     config.limits.clone(),
                     config.tls.as_ref(),
+                    self.drain(),
                 ) {
                     Ok(http) => Arc::new(http),
                     Err(err) => {
@@ -335,6 +342,7 @@ impl Runtime {
                     Arc::clone(&name),
                     Arc::clone(&self.state),
                     config.accept_proxy_protocol,
+                    self.drain(),
                 ));
                 let serve = {
                     let tcp = Arc::clone(&tcp);
@@ -357,6 +365,13 @@ impl Runtime {
             accept,
             handler,
         });
+    }
+
+    fn drain(&self) -> Drain {
+        Drain {
+            tracker: self.connections.clone(),
+            deadline: self.deadline.clone(),
+        }
     }
 
     fn start_admin(&mut self, socket: TcpListener) {
@@ -670,10 +685,16 @@ impl Runtime {
         self.connections.close();
         match tokio::time::timeout(timeout, self.connections.wait()).await {
             Ok(()) => tracing::info!("drained; all connections closed"),
-            Err(_) => tracing::warn!(
-                open_connections = self.connections.len(),
-                "shutdown timeout reached; closing remaining connections"
-            ),
+            Err(_) => {
+                tracing::warn!(
+                    open_connections = self.connections.len(),
+                    "shutdown timeout reached; closing remaining connections"
+                );
+                // Tunnels and TCP streams end at once on this; HTTP connections end when
+                // their tasks are dropped with the runtime.
+                self.deadline.cancel();
+                let _ = tokio::time::timeout(CUT_OFF_GRACE, self.connections.wait()).await;
+            }
         }
     }
 }

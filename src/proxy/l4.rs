@@ -19,6 +19,7 @@ use super::idle::ActivityIo;
 use super::proxy_protocol;
 use crate::backend::{Backend, InFlight};
 use crate::balance::Tried;
+use crate::listener::Drain;
 use crate::metrics::ListenerMetrics;
 use crate::state::{Pool, SharedState};
 
@@ -34,6 +35,8 @@ const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct TcpListener {
     name: Arc<str>,
     state: SharedState,
+    /// Open streams are drained on shutdown and cut when the drain deadline passes.
+    drain: Drain,
     accept_proxy_protocol: bool,
     /// Connection and byte counters.
     pub metrics: Arc<ListenerMetrics>,
@@ -42,17 +45,23 @@ pub struct TcpListener {
 impl TcpListener {
     /// A listener called `name` routing through `state`; with `accept_proxy_protocol`, each
     /// connection starts with a PROXY header naming the real client.
-    pub fn new(name: Arc<str>, state: SharedState, accept_proxy_protocol: bool) -> Self {
+    pub fn new(
+        name: Arc<str>,
+        state: SharedState,
+        accept_proxy_protocol: bool,
+        drain: Drain,
+    ) -> Self {
         Self {
             metrics: Arc::new(ListenerMetrics::new(&name)),
             name,
             state,
+            drain,
             accept_proxy_protocol,
         }
     }
 
     /// Proxies one client connection. Shutdown does not cut it: open TCP connections are drained
-    /// until they end or the process's shutdown timeout passes.
+    /// until they end or the shutdown timeout passes.
     pub async fn serve(
         self: Arc<Self>,
         mut stream: TcpStream,
@@ -109,6 +118,7 @@ impl TcpListener {
         let outcome = tokio::select! {
             result = copy => result.map(Some),
             () = activity.idle_for(pool.settings.idle_timeout) => Ok(None),
+            () = self.drain.deadline.cancelled() => Ok(None),
         };
         match outcome {
             Ok(Some((sent, received))) => tracing::debug!(

@@ -31,6 +31,7 @@ use super::idle::{Activity, ActivityIo};
 use crate::backend::{Backend, InFlight};
 use crate::balance::Tried;
 use crate::config::ClientLimits;
+use crate::listener::Drain;
 use crate::metrics::ListenerMetrics;
 use crate::state::{Pool, SharedState};
 use crate::tls::{self, TlsError, TlsSettings};
@@ -42,6 +43,8 @@ const STALE_CONNECTION_ATTEMPTS: usize = 3;
 pub struct HttpListener {
     name: Arc<str>,
     state: SharedState,
+    /// Upgraded tunnels outlive their HTTP connection; the drain still waits for them.
+    drain: Drain,
     /// Connection and byte counters.
     pub metrics: Arc<ListenerMetrics>,
     /// Client limits and the server builder made from them; a reload may replace both, and
@@ -97,11 +100,13 @@ impl HttpListener {
         state: SharedState,
         limits: ClientLimits,
         tls: Option<&TlsSettings>,
+        drain: Drain,
     ) -> Result<Self, TlsError> {
         Ok(Self {
             metrics: Arc::new(ListenerMetrics::new(&name)),
             name,
             state,
+            drain,
             settings: ArcSwap::from_pointee(HttpSettings::new(limits, tls)?),
         })
     }
@@ -235,6 +240,7 @@ impl Connection {
             Tunnel {
                 client,
                 idle_timeout: self.idle_timeout,
+                drain: self.listener.drain.clone(),
             }
         });
         let request = Request::from_parts(parts, body);
@@ -347,7 +353,8 @@ async fn forward(
                     // The connection now belongs to the tunnel, never to the idle pool.
                     drop(sender);
                     let upstream = hyper::upgrade::on(&mut response);
-                    tokio::spawn(tunnel.run(upstream, in_flight));
+                    let tracker = tunnel.drain.tracker.clone();
+                    tracker.spawn(tunnel.run(upstream, in_flight));
                     let (parts, _) = response.into_parts();
                     return Ok(Response::from_parts(parts, ProxyBody::local(Bytes::new())));
                 }
@@ -412,6 +419,7 @@ async fn forward(
 struct Tunnel {
     client: OnUpgrade,
     idle_timeout: Duration,
+    drain: Drain,
 }
 
 impl Tunnel {
@@ -438,6 +446,9 @@ impl Tunnel {
             }
             () = activity.idle_for(self.idle_timeout) => {
                 tracing::debug!(backend = %backend.name, "upgraded connection idle; closed");
+            }
+            () = self.drain.deadline.cancelled() => {
+                tracing::debug!(backend = %backend.name, "shutdown deadline; closing upgraded connection");
             }
         }
         drop(in_flight);
