@@ -49,6 +49,8 @@ pub struct Pool {
     pub health_check: Option<Arc<HealthCheckConfig>>,
     /// TCP pools: the PROXY protocol header to send to backends.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Log one line per request served by this pool (`[log] access`).
+    pub access_log: bool,
     /// HTTP pools: how connections to the backends are made (HTTP/2, TLS).
     pub connector: Connector,
     /// The settings `connector` was built from, to tell whether a reload changed them.
@@ -86,7 +88,9 @@ impl Snapshot {
             .iter()
             .map(|pool| {
                 let previous_pool = previous.and_then(|p| p.pool(&pool.name));
-                Arc::new(Pool::build(pool, previous_pool, previous.is_some()))
+                let mut built = Pool::build(pool, previous_pool, previous.is_some());
+                built.access_log = config.access_log;
+                Arc::new(built)
             })
             .collect();
         let routes = config
@@ -223,6 +227,7 @@ impl Pool {
                 idle_timeout: config.idle_timeout,
             },
             proxy_protocol: config.proxy_protocol,
+            access_log: false,
             connector: connector(config),
             upstream,
             passive: config.passive.clone(),

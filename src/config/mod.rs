@@ -26,6 +26,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Process-level settings.
     pub runtime: RuntimeConfig,
+    /// Log one structured line per request (`[log] access`).
+    pub access_log: bool,
     /// Client-facing listeners; names and addresses are unique.
     pub listeners: Vec<ListenerConfig>,
     /// Pools in file order; names are unique.

@@ -19,6 +19,8 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     /// `[runtime]`: process-level settings.
     pub runtime: Option<RawRuntime>,
+    /// `[log]`: logging options.
+    pub log: Option<RawLog>,
     /// `[[listeners]]`: the sockets that accept client traffic.
     #[serde(default)]
     pub listeners: Vec<Spanned<RawListener>>,
@@ -35,6 +37,14 @@ pub struct RawAdmin {
     pub listen: Spanned<String>,
     /// Whether to record and export Prometheus metrics.
     pub metrics: Option<bool>,
+}
+
+/// `[log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// One structured line per request.
+    pub access: Option<bool>,
 }
 
 /// `[runtime]`.

@@ -154,6 +154,7 @@ impl Checker<'_> {
         (pools.len() == pool_count && listeners.len() == raw.listeners.len()).then_some(Config {
             admin,
             runtime: runtime?,
+            access_log: raw.log.as_ref().and_then(|log| log.access).unwrap_or(false),
             listeners,
             pools,
         })

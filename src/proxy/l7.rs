@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use http_body::Body as _;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -243,8 +244,41 @@ impl Connection {
                 drain: self.listener.drain.clone(),
             }
         });
+        let access = pool
+            .access_log
+            .then(|| (parts.method.clone(), parts.uri.path().to_owned()));
+        let mut served_by = None;
         let request = Request::from_parts(parts, body);
-        match forward(&pool, request, &self.listener.name, started, tunnel).await {
+        let outcome = forward(
+            &pool,
+            request,
+            (&self.listener.name, started),
+            tunnel,
+            &mut served_by,
+        )
+        .await;
+        if let Some((method, path)) = access {
+            let status = outcome
+                .as_ref()
+                .map_or_else(|err| err.status(), |response| response.status());
+            let bytes = outcome
+                .as_ref()
+                .ok()
+                .and_then(|response| response.body().size_hint().exact());
+            tracing::info!(
+                target: "fulcrum::access",
+                listener = %self.listener.name,
+                client = ?self.client.ip,
+                method = %method,
+                path = %path,
+                status = status.as_u16(),
+                backend = served_by.as_deref().unwrap_or("-"),
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                bytes = ?bytes,
+                "access"
+            );
+        }
+        match outcome {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 let switched = (parts.status == StatusCode::SWITCHING_PROTOCOLS)
@@ -314,9 +348,9 @@ impl Connection {
 async fn forward(
     pool: &Pool,
     request: Request<Incoming>,
-    listener: &Arc<str>,
-    started: Instant,
+    (listener, started): (&Arc<str>, Instant),
     mut tunnel: Option<Tunnel>,
+    served_by: &mut Option<Arc<str>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let settings = pool.settings;
     let replay = Replay::of(&request, pool);
@@ -334,6 +368,9 @@ async fn forward(
         tried.push(index);
         let backend = &pool.endpoints[index].backend;
         last_backend = Some(backend);
+        if pool.access_log {
+            *served_by = Some(Arc::clone(&backend.name));
+        }
         let in_flight = backend.start_request();
         match send(backend, request, pool).await {
             Attempt::Response(mut response, sender) => {
