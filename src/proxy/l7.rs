@@ -580,7 +580,9 @@ async fn checkout(
             }
         }
     }
-    let sender = client::connect(backend.address, backend.host(), connector).await?;
+    // Boxed: the connect path (TCP, TLS, HTTP/2 handshakes) is large and rare on keep-alive
+    // traffic; inline, it would swell every request's future, which is moved on each request.
+    let sender = Box::pin(client::connect(backend.address, backend.host(), connector)).await?;
     backend.idle.share(&sender);
     Ok(sender)
 }
