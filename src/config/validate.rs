@@ -30,7 +30,7 @@ pub(crate) mod defaults {
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
     pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const MAX_HEADER_BYTES: usize = 32 * 1024;
-    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
     pub const RETRIES: u32 = 2;
     pub const MAX_IDLE_PER_BACKEND: usize = 64;

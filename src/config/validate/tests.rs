@@ -82,7 +82,7 @@ backends = ["127.0.0.1:3001"]
     let pool = &config.pools[0];
     assert_eq!(pool.algorithm, Algorithm::RoundRobin);
     assert_eq!(pool.retries, 2);
-    assert_eq!(pool.connect_timeout, Duration::from_secs(1));
+    assert_eq!(pool.connect_timeout, Duration::from_secs(3));
     assert_eq!(pool.request_timeout, Duration::from_secs(30));
     assert_eq!(config.listeners[0].limits.max_header_bytes, 32 * 1024);
     assert!(config.admin.is_none());
