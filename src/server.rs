@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -309,53 +309,33 @@ impl Runtime {
         let local = socket.local_addr().unwrap_or(config.listen);
         let stop = self.stop.child_token();
         let name = Arc::clone(&config.name);
-        let (handler, accept) = match config.protocol {
-            Protocol::Http => {
-                let http = match HttpListener::new(
-                    Arc::clone(&name),
-                    Arc::clone(&self.state),
-                    config.limits.clone(),
-                    config.tls.as_ref(),
-                    self.drain(),
-                ) {
-                    Ok(http) => Arc::new(http),
-                    Err(err) => {
-                        tracing::error!(listener = %name, error = %err, "cannot start listener: TLS setup failed");
-                        return;
-                    }
-                };
-                let serve = {
-                    let http = Arc::clone(&http);
-                    move |stream, peer, shutdown| Arc::clone(&http).serve(stream, peer, shutdown)
-                };
-                let accept = listener::accept_loop(
-                    name,
-                    socket,
-                    stop.clone(),
-                    self.connections.clone(),
-                    serve,
-                );
-                (Handler::Http(http), tokio::spawn(accept))
+        let handler = match config.protocol {
+            Protocol::Http => match HttpListener::new(
+                Arc::clone(&name),
+                Arc::clone(&self.state),
+                config.limits.clone(),
+                config.tls.as_ref(),
+                self.drain(),
+            ) {
+                Ok(http) => Handler::Http(Arc::new(http)),
+                Err(err) => {
+                    tracing::error!(listener = %name, error = %err, "cannot start listener: TLS setup failed");
+                    return;
+                }
+            },
+            Protocol::Tcp => Handler::Tcp(Arc::new(l4::TcpListener::new(
+                Arc::clone(&name),
+                Arc::clone(&self.state),
+                config.accept_proxy_protocol,
+                self.drain(),
+            ))),
+        };
+        let accept = match &handler {
+            Handler::Http(http) => {
+                self.spawn_accept(name, socket, &stop, Arc::clone(http), HttpListener::serve)
             }
-            Protocol::Tcp => {
-                let tcp = Arc::new(l4::TcpListener::new(
-                    Arc::clone(&name),
-                    Arc::clone(&self.state),
-                    config.accept_proxy_protocol,
-                    self.drain(),
-                ));
-                let serve = {
-                    let tcp = Arc::clone(&tcp);
-                    move |stream, peer, shutdown| Arc::clone(&tcp).serve(stream, peer, shutdown)
-                };
-                let accept = listener::accept_loop(
-                    name,
-                    socket,
-                    stop.clone(),
-                    self.connections.clone(),
-                    serve,
-                );
-                (Handler::Tcp(tcp), tokio::spawn(accept))
+            Handler::Tcp(tcp) => {
+                self.spawn_accept(name, socket, &stop, Arc::clone(tcp), l4::TcpListener::serve)
             }
         };
         self.listeners.push(RunningListener {
@@ -365,6 +345,28 @@ impl Runtime {
             accept,
             handler,
         });
+    }
+
+    /// Runs the accept loop of `socket`, handing each connection to `serve` on `handler`.
+    fn spawn_accept<H, Fut>(
+        &self,
+        name: Arc<str>,
+        socket: TcpListener,
+        stop: &CancellationToken,
+        handler: Arc<H>,
+        serve: fn(Arc<H>, TcpStream, SocketAddr, CancellationToken) -> Fut,
+    ) -> JoinHandle<TcpListener>
+    where
+        H: Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        tokio::spawn(listener::accept_loop(
+            name,
+            socket,
+            stop.clone(),
+            self.connections.clone(),
+            move |stream, peer, shutdown| serve(Arc::clone(&handler), stream, peer, shutdown),
+        ))
     }
 
     fn drain(&self) -> Drain {
