@@ -218,10 +218,7 @@ impl BackendMetrics {
     fn requests_counter(&self, listener: &Arc<str>, status: u16) -> Counter {
         let class = class_index(status);
         let current = self.requests.load();
-        if let Some((_, counters)) = current
-            .iter()
-            .find(|(name, _)| Arc::ptr_eq(name, listener) || name == listener)
-        {
+        if let Some((_, counters)) = current.iter().find(|(name, _)| name == listener) {
             return counters[class].clone();
         }
         let counters = CLASSES.map(|code_class| {

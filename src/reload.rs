@@ -128,6 +128,8 @@ pub fn watch(
             .to_owned()
     };
     let mut dirs: Vec<PathBuf> = Vec::new();
+    // Canonical forms of `dirs`, so one directory reached by two paths is watched once.
+    let mut seen: Vec<PathBuf> = Vec::new();
     for file in files {
         let dir = parent(file);
         let target = std::fs::canonicalize(file)
@@ -135,9 +137,8 @@ pub fn watch(
             .map(|target| parent(&target));
         for dir in std::iter::once(dir).chain(target) {
             let canonical = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
-            if !dirs.iter().any(|known| {
-                std::fs::canonicalize(known).unwrap_or_else(|_| known.clone()) == canonical
-            }) {
+            if !seen.contains(&canonical) {
+                seen.push(canonical);
                 dirs.push(dir);
             }
         }

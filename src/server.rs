@@ -634,13 +634,8 @@ impl Runtime {
 
     /// Watches the certificate files of every TLS listener (replacing the previous watch).
     fn watch_certificates(&mut self, handle: &ReloadHandle) {
-        let files: Vec<&std::path::Path> = self
-            .config
-            .listeners
-            .iter()
-            .filter_map(|listener| listener.tls.as_ref())
-            .flat_map(crate::tls::files)
-            .collect();
+        let files = tls_files(&self.config);
+        let files: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
         self.cert_watcher = if files.is_empty() {
             None
         } else {

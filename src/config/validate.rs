@@ -317,11 +317,16 @@ impl Checker<'_> {
         })
     }
 
-    fn upstream_tls(&mut self, key: &str, raw: &RawUpstreamTls) -> Option<UpstreamTlsConfig> {
-        let base = std::path::Path::new(self.locator.file())
+    /// The config file's directory: relative certificate and CA paths start there.
+    fn config_dir(&self) -> std::path::PathBuf {
+        std::path::Path::new(self.locator.file())
             .parent()
             .map(std::path::Path::to_path_buf)
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    fn upstream_tls(&mut self, key: &str, raw: &RawUpstreamTls) -> Option<UpstreamTlsConfig> {
+        let base = self.config_dir();
         let mut ok = true;
         if let Some(name) = &raw.server_name {
             if rustls_pki_types::ServerName::try_from(name.get_ref().as_str()).is_err() {
@@ -348,10 +353,7 @@ impl Checker<'_> {
     }
 
     fn tls(&mut self, key: &str, raw: &RawTls) -> Option<TlsSettings> {
-        let base = std::path::Path::new(self.locator.file())
-            .parent()
-            .map(std::path::Path::to_path_buf)
-            .unwrap_or_default();
+        let base = self.config_dir();
         if raw.certificates.get_ref().is_empty() {
             self.report(
                 &raw.certificates,
