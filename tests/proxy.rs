@@ -12,7 +12,7 @@ use common::{
 };
 use http::{Request, StatusCode, Version};
 use http_body_util::BodyExt;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long a raw exchange waits for the proxy to answer and close.
 const RAW_LIMIT: Duration = Duration::from_secs(3);
@@ -674,6 +674,143 @@ async fn idle_client_connection_is_closed() {
             elapsed >= Duration::from_millis(250),
             "closed too early: {elapsed:?}"
         );
+        lb.stop().await;
+    })
+    .await;
+}
+
+/// Reads until the proxy closes the connection; returns what it sent before.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return received,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_request_head_is_cut_off_by_header_read_timeout() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .listener("idle_timeout", "\"10s\"")
+            .listener("header_read_timeout", "\"600ms\"")
+            .start()
+            .await;
+        let mut stream = raw_connect(lb.addr()).await;
+        // A first, whole request, so the slow head is a later one on a keep-alive connection.
+        stream
+            .write_all(b"HEAD /first HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("write");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            let read = within(Duration::from_secs(3), "a response", stream.read(&mut byte)).await;
+            assert_eq!(read.expect("read"), 1, "closed before the first response");
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&head)
+        );
+        let started = Instant::now();
+        stream
+            .write_all(b"GET /slowloris HTTP/1.1\r\nHost: a\r\n")
+            .await
+            .expect("write");
+        // One header byte every 100 ms: the connection is never idle, the head never ends.
+        let (mut reader, mut writer) = stream.into_split();
+        let trickle = tokio::spawn(async move {
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if writer.write_all(b"X-Slow: y\r\n").await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut buf = [0u8; 256];
+        let read = within(
+            Duration::from_secs(3),
+            "the proxy to close the connection",
+            reader.read(&mut buf),
+        )
+        .await;
+        let elapsed = started.elapsed();
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "expected the connection closed, got {read:?}"
+        );
+        assert!(
+            elapsed >= Duration::from_millis(550),
+            "closed too early: {elapsed:?}"
+        );
+        trickle.abort();
+        assert_eq!(
+            backend.request_count(),
+            1,
+            "the partial request reached the backend"
+        );
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_new_connection_is_closed_after_header_read_timeout() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .listener("idle_timeout", "\"10s\"")
+            .listener("header_read_timeout", "\"400ms\"")
+            .start()
+            .await;
+        let mut stream = raw_connect(lb.addr()).await;
+        let started = Instant::now();
+        let sent = within(
+            Duration::from_secs(3),
+            "the proxy to close a silent connection",
+            read_until_closed(&mut stream),
+        )
+        .await;
+        let elapsed = started.elapsed();
+        assert!(sent.is_empty(), "{:?}", String::from_utf8_lossy(&sent));
+        assert!(
+            elapsed >= Duration::from_millis(350),
+            "closed too early: {elapsed:?}"
+        );
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_wait_is_bounded_by_idle_timeout_not_header_read_timeout() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .listener("idle_timeout", "\"10s\"")
+            .listener("header_read_timeout", "\"300ms\"")
+            .start()
+            .await;
+        let mut client = lb.client().await;
+        let first = client.get("/one").await.expect("first request");
+        assert_eq!(first.status, StatusCode::OK);
+        // Three header-read timeouts pass while the keep-alive connection waits.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let second = client
+            .get("/two")
+            .await
+            .expect("second request on the same connection");
+        assert_eq!(second.status, StatusCode::OK);
+        assert_eq!(backend.request_count(), 2);
         lb.stop().await;
     })
     .await;

@@ -31,6 +31,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::idle::Activity;
+
 /// `FramingCheck::first_bad` value meaning "no request was flagged".
 const NO_BAD_REQUEST: u32 = u32::MAX;
 
@@ -199,6 +201,17 @@ impl HeadScanner {
             bytes = rest;
         }
         None
+    }
+
+    /// Which request head is incomplete, for the header-read timeout: `index + 1` (never 0,
+    /// different for each head) while a head is partly read or the first one is awaited, 0
+    /// otherwise (between requests, in a body, or no longer following the stream).
+    pub(crate) fn awaiting_head(&self) -> u32 {
+        match self.state {
+            State::Head { .. } => self.index % u32::MAX + 1,
+            State::Idle | State::IdleCr if self.index == 0 => 1,
+            _ => 0,
+        }
     }
 
     /// Appends `bytes` up to and including the next LF to the head; returns how many
@@ -435,8 +448,9 @@ impl FramingCheck {
     }
 }
 
-/// Client connection wrapper that feeds every byte read into a [`HeadScanner`] and
-/// records its verdict in a shared [`FramingCheck`]; writes pass straight through.
+/// Client connection wrapper that feeds every byte read into a [`HeadScanner`], records its
+/// verdict in a shared [`FramingCheck`] and tells the connection's [`Activity`] when a read
+/// ends inside a request head (for the header-read timeout); writes pass straight through.
 #[derive(Debug)]
 pub(crate) struct ScannedIo<T> {
     /// The client socket.
@@ -445,17 +459,31 @@ pub(crate) struct ScannedIo<T> {
     scanner: HeadScanner,
     /// Where the scanner's verdict goes.
     check: Arc<FramingCheck>,
+    /// Where an incomplete head is published.
+    activity: Arc<Activity>,
+    /// The last value given to [`Activity::await_head`].
+    published: u32,
 }
 
 impl<T> ScannedIo<T> {
     /// Wraps a fresh client connection; the returned check is for its request handler.
     /// `max_head_bytes` should be at least hyper's `max_buf_size` (see [`HeadScanner`]).
-    pub(crate) fn new(inner: T, max_head_bytes: usize) -> (Self, Arc<FramingCheck>) {
+    /// The first request head counts as awaited from now.
+    pub(crate) fn new(
+        inner: T,
+        max_head_bytes: usize,
+        activity: Arc<Activity>,
+    ) -> (Self, Arc<FramingCheck>) {
         let check = Arc::new(FramingCheck::new());
+        let scanner = HeadScanner::new(max_head_bytes);
+        let published = scanner.awaiting_head();
+        activity.await_head(published);
         let io = Self {
             inner,
-            scanner: HeadScanner::new(max_head_bytes),
+            scanner,
             check: Arc::clone(&check),
+            activity,
+            published,
         };
         (io, check)
     }
@@ -474,6 +502,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for ScannedIo<T> {
             let fresh = buf.filled().get(before..).unwrap_or_default();
             if let Some(index) = this.scanner.feed(fresh) {
                 this.check.mark_bad(index);
+            }
+            let awaiting = this.scanner.awaiting_head();
+            if awaiting != this.published {
+                this.published = awaiting;
+                this.activity.await_head(awaiting);
             }
         }
         result
@@ -905,6 +938,26 @@ mod tests {
     }
 
     #[test]
+    fn awaiting_head_names_the_incomplete_head() {
+        let mut scanner = HeadScanner::new(MAX_HEAD);
+        assert_eq!(
+            scanner.awaiting_head(),
+            1,
+            "the first head is awaited from the start"
+        );
+        scanner.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(scanner.awaiting_head(), 0, "between requests");
+        scanner.feed(b"GET / HT");
+        assert_eq!(scanner.awaiting_head(), 2, "inside the second head");
+        scanner.feed(b"TP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab");
+        assert_eq!(scanner.awaiting_head(), 0, "inside a body");
+        scanner.feed(b"cde\r\nGET");
+        assert_eq!(scanner.awaiting_head(), 4, "inside the fourth head");
+        scanner.feed(b" / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(scanner.awaiting_head(), 0, "no longer following the stream");
+    }
+
+    #[test]
     fn head_buffer_is_reused() {
         let mut scanner = HeadScanner::new(MAX_HEAD);
         let request = format!("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi{GET}");
@@ -957,7 +1010,7 @@ mod tests {
     #[tokio::test]
     async fn scanned_io_over_duplex() {
         let (mut client, server) = tokio::io::duplex(16);
-        let (mut io, check) = ScannedIo::new(server, MAX_HEAD);
+        let (mut io, check) = ScannedIo::new(server, MAX_HEAD, Arc::default());
         let smuggled =
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n";
         let request = format!("{GET}{smuggled}");
@@ -987,7 +1040,7 @@ mod tests {
     #[tokio::test]
     async fn hyper_request_handler_sees_flag() {
         let (mut client, server) = tokio::io::duplex(4096);
-        let (io, check) = ScannedIo::new(server, MAX_HEAD);
+        let (io, check) = ScannedIo::new(server, MAX_HEAD, Arc::default());
         let service = service_fn(move |_request| {
             let status = if check.next_request_is_bad() {
                 StatusCode::BAD_REQUEST

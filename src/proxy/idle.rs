@@ -1,43 +1,141 @@
-//! Idle detection and byte counting for client connections.
+//! Idle detection, the request-head timeout, and byte counting for client connections.
 //!
 //! The IO wrapper only sets a flag on each read or write (no clock call on the data path); a
-//! per-connection ticker clears it every period and reports idleness when it was already clear.
-//! A connection is therefore closed between one and two periods after its last byte.
+//! ticker clears it every period and reports idleness when it was already clear. A connection is
+//! therefore closed between one and two periods after its last byte.
+//!
+//! HTTP/1 connections also have a request-head deadline (slowloris protection). The framing
+//! scanner sees every byte the client sends and publishes which head is still incomplete when a
+//! read ends inside one, or while the first request is awaited; only then does the [`watchdog`]
+//! arm a timer. Heads that arrive whole in one read, the normal case, cost one comparison and no
+//! timer at all, and a keep-alive connection waiting for its next request is governed by the
+//! idle timeout alone.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use metrics::Counter;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-/// Shared flag: "something moved since the last tick".
+/// Per-connection state shared by the IO wrappers and the watchdog.
 #[derive(Debug, Default)]
-pub struct Activity(AtomicBool);
+pub struct Activity {
+    /// Something moved since the last idle tick.
+    moved: AtomicBool,
+    /// The request head being waited for (see [`Activity::await_head`]), 0 for none.
+    head: AtomicU32,
+    /// Signalled when `head` goes from none to some head.
+    head_started: Notify,
+}
+
+/// Why the [`watchdog`] ends a client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// No byte moved either way for the idle timeout.
+    Idle,
+    /// A request head was not complete within the header-read timeout.
+    HeadTimeout,
+    /// The listener is shutting down: finish in-flight requests, then close.
+    Shutdown,
+}
 
 impl Activity {
     fn touch(&self) {
         // Skip the store when already set, so the data path does not keep dirtying the line.
-        if !self.0.load(Ordering::Relaxed) {
-            self.0.store(true, Ordering::Relaxed);
+        if !self.moved.load(Ordering::Relaxed) {
+            self.moved.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes which request head is incomplete: `head` identifies it (any value but 0, a new
+    /// value for each head) and 0 means none is. Called only when the value changes.
+    pub fn await_head(&self, head: u32) {
+        let previous = self.head.swap(head, Ordering::Relaxed);
+        if previous == 0 && head != 0 {
+            self.head_started.notify_one();
         }
     }
 
     /// Resolves once a whole `period` passes without any read or write.
     pub async fn idle_for(&self, period: Duration) {
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = idle_ticker(period);
         loop {
             ticker.tick().await;
-            if !self.0.swap(false, Ordering::Relaxed) {
+            if !self.moved.swap(false, Ordering::Relaxed) {
                 return;
             }
         }
     }
+
+    /// Resolves when the connection has been quiet for `idle` ([`Close::Idle`]) or one request
+    /// head has stayed incomplete for `head_timeout` ([`Close::HeadTimeout`]). The head deadline
+    /// counts from when the watchdog learns of the head, promptly; if that head completes and the
+    /// next one is already incomplete when the deadline passes, the next one gets a fresh
+    /// deadline, so no head ever gets more than twice `head_timeout`.
+    pub async fn expired(&self, idle: Duration, head_timeout: Duration) -> Close {
+        let mut ticker = idle_ticker(idle);
+        let mut deadline: Option<(u32, Instant)> = None;
+        loop {
+            let armed = deadline;
+            let head_timer = async move {
+                match armed {
+                    Some((_, at)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if !self.moved.swap(false, Ordering::Relaxed) {
+                        return Close::Idle;
+                    }
+                }
+                () = head_timer => {
+                    let current = self.head.load(Ordering::Relaxed);
+                    if armed.is_some_and(|(head, _)| head == current) {
+                        return Close::HeadTimeout;
+                    }
+                    deadline = (current != 0).then(|| (current, Instant::now() + head_timeout));
+                }
+                () = self.head_started.notified(), if armed.is_none() => {
+                    let current = self.head.load(Ordering::Relaxed);
+                    deadline = (current != 0).then(|| (current, Instant::now() + head_timeout));
+                }
+            }
+        }
+    }
+}
+
+fn idle_ticker(period: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
+/// Watches one client connection on its own task, so the connection's task never polls a timer
+/// per request: sends the reason to close on `close`, or ends quietly when the connection is gone
+/// (the receiver dropped).
+pub async fn watchdog(
+    activity: Arc<Activity>,
+    idle: Duration,
+    head_timeout: Duration,
+    shutdown: CancellationToken,
+    mut close: oneshot::Sender<Close>,
+) {
+    let reason = tokio::select! {
+        reason = activity.expired(idle, head_timeout) => reason,
+        () = shutdown.cancelled() => Close::Shutdown,
+        () = close.closed() => return,
+    };
+    // The connection may end meanwhile; then nobody needs telling.
+    let _ = close.send(reason);
 }
 
 pin_project! {
@@ -157,5 +255,108 @@ mod tests {
         let quiet_since = start + Duration::from_secs(30);
         assert!(fired_at >= quiet_since + period, "fired too early");
         assert!(fired_at <= quiet_since + 2 * period, "fired too late");
+    }
+
+    /// Runs `expired` on its own task; returns when and why it fired.
+    fn watch(
+        activity: &Arc<Activity>,
+        idle: Duration,
+        head: Duration,
+    ) -> tokio::task::JoinHandle<(Close, Instant)> {
+        let activity = Arc::clone(activity);
+        tokio::spawn(async move {
+            let close = activity.expired(idle, head).await;
+            (close, Instant::now())
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_incomplete_head_times_out_even_while_bytes_trickle_in() {
+        let activity = Arc::new(Activity::default());
+        let start = Instant::now();
+        let watcher = watch(&activity, Duration::from_secs(60), Duration::from_secs(10));
+        activity.await_head(1);
+        // A byte a second keeps the idle timer quiet, but the head never completes.
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            activity.touch();
+        }
+        let (close, at) = watcher.await.expect("watcher");
+        assert_eq!(close, Close::HeadTimeout);
+        assert_eq!(at - start, Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn completed_heads_disarm_the_deadline_and_idle_takes_over() {
+        let activity = Arc::new(Activity::default());
+        let start = Instant::now();
+        let watcher = watch(&activity, Duration::from_secs(60), Duration::from_secs(10));
+        // Three slow but timely heads, 8 s each, one right after the other.
+        for head in 1..=3 {
+            activity.await_head(head);
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            activity.touch();
+            activity.await_head(0);
+        }
+        // Then a quiet keep-alive connection: only the idle timeout closes it.
+        let (close, at) = watcher.await.expect("watcher");
+        assert_eq!(close, Close::Idle);
+        assert!(
+            at - start >= Duration::from_secs(24 + 60),
+            "{:?}",
+            at - start
+        );
+        assert!(
+            at - start <= Duration::from_secs(24 + 120),
+            "{:?}",
+            at - start
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_following_a_completed_one_gets_its_own_deadline() {
+        let activity = Arc::new(Activity::default());
+        let start = Instant::now();
+        let watcher = watch(&activity, Duration::from_secs(600), Duration::from_secs(10));
+        activity.await_head(1);
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        // Head 1 completes just in time and head 2 starts straight away, never completing.
+        activity.await_head(0);
+        activity.await_head(2);
+        let (close, at) = watcher.await.expect("watcher");
+        assert_eq!(close, Close::HeadTimeout);
+        // Head 2 is timed from when the first deadline noticed it: within twice the timeout.
+        let elapsed = at - start;
+        assert!(elapsed > Duration::from_secs(10), "{elapsed:?}");
+        assert!(elapsed <= Duration::from_secs(9 + 20), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watchdog_reports_shutdown_and_ends_with_its_connection() {
+        let activity = Arc::new(Activity::default());
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = oneshot::channel();
+        let dog = tokio::spawn(watchdog(
+            Arc::clone(&activity),
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+            shutdown.clone(),
+            tx,
+        ));
+        shutdown.cancel();
+        assert_eq!(rx.await.expect("a reason"), Close::Shutdown);
+        dog.await.expect("watchdog ended");
+
+        let (tx, rx) = oneshot::channel();
+        let dog = tokio::spawn(watchdog(
+            activity,
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+            CancellationToken::new(),
+            tx,
+        ));
+        drop(rx);
+        dog.await
+            .expect("watchdog ended once its connection was gone");
     }
 }

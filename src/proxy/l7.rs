@@ -19,6 +19,7 @@ use hyper_util::server::conn::auto;
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +29,7 @@ use super::client::{self, Sender};
 use super::error::ProxyError;
 use super::framing::{FramingCheck, ScannedIo};
 use super::headers::{self, ClientInfo};
-use super::idle::{Activity, ActivityIo};
+use super::idle::{self, Activity, ActivityIo, Close};
 use crate::backend::{Backend, InFlight};
 use crate::balance::Tried;
 use crate::config::ClientLimits;
@@ -68,10 +69,11 @@ struct TlsTermination {
 impl HttpSettings {
     fn new(limits: ClientLimits, tls: Option<&TlsSettings>) -> Result<Self, TlsError> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        // The header-read timeout is ours (see `idle::watchdog`): hyper's arms a boxed timer for
+        // every request and also runs it while a keep-alive connection waits.
         builder
             .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            .header_read_timeout(None)
             .max_buf_size(limits.max_header_bytes)
             .keep_alive(true);
         builder
@@ -169,7 +171,8 @@ impl HttpListener {
     ) where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (io, framing) = ScannedIo::new(io, settings.limits.max_header_bytes);
+        let (io, framing) =
+            ScannedIo::new(io, settings.limits.max_header_bytes, Arc::clone(&activity));
         let connection = Arc::new(Connection {
             listener: Arc::clone(self),
             client: ClientInfo {
@@ -186,17 +189,32 @@ impl HttpListener {
         let conn = settings
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service);
+        let (close_tx, close) = oneshot::channel();
+        tokio::spawn(idle::watchdog(
+            activity,
+            settings.limits.idle_timeout,
+            settings.limits.header_read_timeout,
+            shutdown,
+            close_tx,
+        ));
         tokio::pin!(conn);
         let result = tokio::select! {
+            biased;
             result = conn.as_mut() => result,
-            () = activity.idle_for(settings.limits.idle_timeout) => {
-                tracing::debug!(listener = %self.name, client = %peer, "closing idle connection");
-                return;
-            }
-            () = shutdown.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
+            reason = close => match reason {
+                Ok(Close::Idle) => {
+                    tracing::debug!(listener = %self.name, client = %peer, "closing idle connection");
+                    return;
+                }
+                Ok(Close::HeadTimeout) => {
+                    tracing::debug!(listener = %self.name, client = %peer, "request head not complete within header_read_timeout; closing");
+                    return;
+                }
+                Ok(Close::Shutdown) | Err(_) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            },
         };
         if let Err(err) = result {
             tracing::debug!(listener = %self.name, client = %peer, error = %err, "client connection ended with an error");
