@@ -205,22 +205,31 @@ impl BackendMetrics {
         self.duration.record(elapsed.as_secs_f64());
         self.window.record(Some(elapsed), status >= 500);
         self.requests_total.fetch_add(1, Ordering::Relaxed);
-        self.requests_counter(listener, status).increment(1);
+        self.count_request(listener, status);
     }
 
     /// A request that failed on this backend without a response head (answered by fulcrum).
     pub fn record_failure(&self, listener: &Arc<str>, status: u16) {
         self.window.record(None, true);
         self.requests_total.fetch_add(1, Ordering::Relaxed);
-        self.requests_counter(listener, status).increment(1);
+        self.count_request(listener, status);
     }
 
-    fn requests_counter(&self, listener: &Arc<str>, status: u16) -> Counter {
+    fn count_request(&self, listener: &Arc<str>, status: u16) {
         let class = class_index(status);
         let current = self.requests.load();
-        if let Some((_, counters)) = current.iter().find(|(name, _)| name == listener) {
-            return counters[class].clone();
+        // Listener names are shared `Arc`s, so the pointer check almost always decides.
+        let known = current
+            .iter()
+            .find(|(name, _)| Arc::ptr_eq(name, listener) || name == listener);
+        match known {
+            Some((_, counters)) => counters[class].increment(1),
+            None => self.requests_counter(listener, class).increment(1),
         }
+    }
+
+    /// Registers the listener's request counters on its first request through this backend.
+    fn requests_counter(&self, listener: &Arc<str>, class: usize) -> Counter {
         let counters = CLASSES.map(|code_class| {
             metrics::counter!(
                 names::REQUESTS,

@@ -166,6 +166,28 @@ impl HeadScanner {
                         State::Passthrough
                     };
                 }
+                State::Head { line_start: 0 } if self.head.is_empty() => {
+                    // The usual case: the whole head arrived in this read. Judge it in place.
+                    let Some(end) = head_end(bytes) else {
+                        let (used, bad) = self.scan_head(bytes, 0);
+                        if bad.is_some() {
+                            return bad;
+                        }
+                        bytes = bytes.get(used..).unwrap_or_default();
+                        continue;
+                    };
+                    if end > self.max_head_bytes {
+                        self.state = State::Passthrough;
+                        return None;
+                    }
+                    let (head, rest) = bytes.split_at(end);
+                    let bad = self.finish_head(head);
+                    if bad.is_some() {
+                        return bad;
+                    }
+                    bytes = rest;
+                    continue;
+                }
                 State::Head { line_start } => {
                     let (used, bad) = self.scan_head(bytes, line_start);
                     if bad.is_some() {
@@ -217,7 +239,7 @@ impl HeadScanner {
     /// Appends `bytes` up to and including the next LF to the head; returns how many
     /// bytes were used and, if that completed an ambiguous head, its request index.
     fn scan_head(&mut self, bytes: &[u8], line_start: usize) -> (usize, Option<u32>) {
-        let (piece, line_ended) = match bytes.iter().position(|&b| b == b'\n') {
+        let (piece, line_ended) = match memchr::memchr(b'\n', bytes) {
             Some(lf) => (bytes.split_at(lf + 1).0, true),
             None => (bytes, false),
         };
@@ -231,7 +253,11 @@ impl HeadScanner {
         }
         let line = self.head.get(line_start..).unwrap_or_default();
         if line == b"\n" || line == b"\r\n" {
-            (piece.len(), self.finish_head())
+            let head = std::mem::take(&mut self.head);
+            let bad = self.finish_head(&head);
+            self.head = head;
+            self.head.clear();
+            (piece.len(), bad)
         } else {
             self.state = State::Head {
                 line_start: self.head.len(),
@@ -240,16 +266,15 @@ impl HeadScanner {
         }
     }
 
-    /// Judges the complete head in `head`, moves on to its body, and returns the
-    /// request's index if its framing is ambiguous.
-    fn finish_head(&mut self) -> Option<u32> {
+    /// Judges the complete `head`, moves on to its body, and returns the request's index if
+    /// its framing is ambiguous.
+    fn finish_head(&mut self, head: &[u8]) -> Option<u32> {
         // Index `u32::MAX` cannot be reported (it means "none"), so stop before it.
         let verdict = if self.index == NO_BAD_REQUEST {
             Verdict::Unknown
         } else {
-            classify(&self.head)
+            classify(head)
         };
-        self.head.clear();
         let index = self.index;
         self.index = self.index.saturating_add(1);
         self.state = match verdict {
@@ -264,6 +289,36 @@ impl HeadScanner {
         };
         None
     }
+}
+
+/// The length of the head at the start of `bytes` through its empty line, if all of it is
+/// there. The first line is never empty (see [`State::Idle`]).
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    let mut line_start = 0;
+    for lf in memchr::memchr_iter(b'\n', bytes) {
+        let line = bytes.get(line_start..lf).unwrap_or_default();
+        if line_start > 0 && (line.is_empty() || line == b"\r") {
+            return Some(lf + 1);
+        }
+        line_start = lf + 1;
+    }
+    None
+}
+
+/// The lines of a head, without their CRLF or LF.
+fn lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = head;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(lf) => (&rest[..lf], &rest[lf + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        rest = next;
+        Some(line.strip_suffix(b"\r").unwrap_or(line))
+    })
 }
 
 /// Advances `bytes` past at most `limit` bytes and returns how many were skipped.
@@ -330,9 +385,7 @@ fn hex_digit(byte: u8) -> Option<u64> {
 /// which includes lists like `5, 5` that RFC 9110 §8.6 allows rejecting), or any
 /// `Transfer-Encoding` in HTTP/1.0 (§6.1). Header names match case-insensitively.
 fn classify(head: &[u8]) -> Verdict {
-    let mut lines = head
-        .split(|&b| b == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line));
+    let mut lines = lines(head);
     let mut parts = lines.next().unwrap_or_default().split(|&b| b == b' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -363,9 +416,8 @@ fn classify(head: &[u8]) -> Verdict {
         if name.is_empty() || name.iter().any(|&b| b == b' ' || b == b'\t') {
             return Verdict::Unknown;
         }
-        let value = trim(value);
         if name.eq_ignore_ascii_case(b"content-length") {
-            match (parse_decimal(value), content_length) {
+            match (parse_decimal(trim(value)), content_length) {
                 (Some(length), None) => content_length = Some(length),
                 (Some(length), Some(previous)) if length == previous => {}
                 _ => bad_content_length = true,
@@ -373,7 +425,7 @@ fn classify(head: &[u8]) -> Verdict {
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Several fields form one list, so the last field's last coding is final.
             transfer_encoding = true;
-            chunked = value
+            chunked = trim(value)
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|coding| trim(coding).eq_ignore_ascii_case(b"chunked"));
