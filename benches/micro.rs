@@ -11,6 +11,8 @@
 //! every backend is up) through `Config::parse` and `Snapshot::build`, then time
 //! `Pool::pick(&Tried::default())`. "contended" runs the same picks on several threads at once
 //! against one shared pool; its throughput is picks per second summed over the threads.
+//! "weighted" gives the backends weights 1, 2, 3, 1, 2, 3, … instead of all 1 (round-robin then
+//! steps through a precomputed order instead of counting through the backends).
 
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
@@ -28,10 +30,21 @@ const SIZES: [usize; 4] = [2, 16, 256, 4096];
 /// Threads picking at once in the contended benchmarks.
 const THREADS: usize = 4;
 
-/// A config whose only pool has `backends` backends, parsed like a file from disk.
-fn config_with(algorithm: &str, backends: usize) -> Config {
+/// A config whose only pool has `backends` backends, parsed like a file from disk; `weighted`
+/// gives them weights 1, 2, 3, 1, … instead of all 1.
+fn config_with(algorithm: &str, backends: usize, weighted: bool) -> Config {
     let list: Vec<String> = (0..backends)
-        .map(|i| format!("\"127.0.0.1:{}\"", 10_000 + i))
+        .map(|i| {
+            if weighted {
+                format!(
+                    "{{ address = \"127.0.0.1:{}\", weight = {} }}",
+                    10_000 + i,
+                    1 + i % 3
+                )
+            } else {
+                format!("\"127.0.0.1:{}\"", 10_000 + i)
+            }
+        })
         .collect();
     let source = format!(
         "[[listeners]]\nname = \"bench\"\nlisten = \"127.0.0.1:8080\"\npool = \"app\"\n\n\
@@ -45,8 +58,8 @@ fn config_with(algorithm: &str, backends: usize) -> Config {
 }
 
 /// The pool the proxy would pick from for that config.
-fn pool_with(algorithm: &str, backends: usize) -> Arc<Pool> {
-    let snapshot = Snapshot::build(Arc::new(config_with(algorithm, backends)), None);
+fn pool_with(algorithm: &str, backends: usize, weighted: bool) -> Arc<Pool> {
+    let snapshot = Snapshot::build(Arc::new(config_with(algorithm, backends, weighted)), None);
     match snapshot.pool("app") {
         Some(pool) => Arc::clone(pool),
         None => panic!("pool app missing from the snapshot"),
@@ -57,11 +70,15 @@ fn pick(c: &mut Criterion) {
     for algorithm in ["round_robin", "least_connections"] {
         let mut group = c.benchmark_group(format!("pick/{algorithm}"));
         for size in SIZES {
-            let pool = pool_with(algorithm, size);
+            let pool = pool_with(algorithm, size, false);
             let tried = Tried::default();
             group.throughput(Throughput::Elements(1));
             group.bench_with_input(BenchmarkId::new("single", size), &size, |b, _| {
                 b.iter(|| black_box(pool.pick(black_box(&tried))));
+            });
+            let weighted = pool_with(algorithm, size, true);
+            group.bench_with_input(BenchmarkId::new("single-weighted", size), &size, |b, _| {
+                b.iter(|| black_box(weighted.pick(black_box(&tried))));
             });
             group.throughput(Throughput::Elements(THREADS as u64));
             group.bench_with_input(

@@ -212,12 +212,13 @@ impl Pool {
                     weight: backend.weight,
                 }
             })
-            .collect();
+            .collect::<Box<[Endpoint]>>();
+        let balancer = Balancer::new(config.algorithm, &endpoints);
         Pool {
             name: Arc::clone(&config.name),
             algorithm: config.algorithm,
             endpoints,
-            balancer: Balancer::new(config.algorithm),
+            balancer,
             settings: PoolSettings {
                 connect_timeout: config.connect_timeout,
                 request_timeout: config.request_timeout,
@@ -241,9 +242,10 @@ impl Pool {
     /// healthy backend at all and `fail_open`, picks among all of them instead.
     pub fn pick(&self, tried: &Tried) -> Option<usize> {
         let slow_start = self.settings.slow_start;
-        let healthy = self.balancer.pick(&self.endpoints, |index, endpoint| {
+        let healthy = self.balancer.pick(&self.endpoints, tried, |_, endpoint| {
             let health = &endpoint.backend.health;
-            (health.is_available() && !tried.contains(index))
+            health
+                .is_available()
                 .then(|| health.effective_weight(endpoint.weight.get(), slow_start))
         });
         if healthy.is_some() || !self.settings.fail_open {
@@ -261,8 +263,8 @@ impl Pool {
             tracing::warn!(pool = %self.name, "no healthy backend: failing open to all backends");
         }
         self.metrics.fail_open.increment(1);
-        self.balancer.pick(&self.endpoints, |index, endpoint| {
-            (!tried.contains(index)).then(|| u64::from(endpoint.weight.get()) * WEIGHT_SCALE)
+        self.balancer.pick(&self.endpoints, tried, |_, endpoint| {
+            Some(u64::from(endpoint.weight.get()) * WEIGHT_SCALE)
         })
     }
 

@@ -48,7 +48,7 @@ pub(super) fn pick(
 #[cfg(test)]
 mod tests {
     use crate::backend::{Endpoint, test_endpoints};
-    use crate::balance::Balancer;
+    use crate::balance::{Balancer, Tried};
     use crate::config::Algorithm;
 
     fn all(_: usize, endpoint: &Endpoint) -> Option<u64> {
@@ -58,32 +58,36 @@ mod tests {
     #[test]
     fn picks_the_least_loaded() {
         let endpoints = test_endpoints(&[1, 1, 1]);
-        let balancer = Balancer::new(Algorithm::LeastConnections);
+        let balancer = Balancer::new(Algorithm::LeastConnections, &endpoints);
         let _a = endpoints[0].backend.start_request();
         let _b = endpoints[1].backend.start_request();
         for _ in 0..3 {
-            assert_eq!(balancer.pick(&endpoints, all), Some(2));
+            assert_eq!(balancer.pick(&endpoints, &Tried::default(), all), Some(2));
         }
     }
 
     #[test]
     fn load_is_divided_by_weight() {
         let endpoints = test_endpoints(&[1, 4]);
-        let balancer = Balancer::new(Algorithm::LeastConnections);
+        let balancer = Balancer::new(Algorithm::LeastConnections, &endpoints);
         // 1 in flight on weight 1 (load 1) vs 3 on weight 4 (load 0.75): the heavy one wins.
         let _a = endpoints[0].backend.start_request();
         let _b: Vec<_> = (0..3)
             .map(|_| endpoints[1].backend.start_request())
             .collect();
-        assert_eq!(balancer.pick(&endpoints, all), Some(1));
+        assert_eq!(balancer.pick(&endpoints, &Tried::default(), all), Some(1));
     }
 
     #[test]
     fn ties_rotate() {
         let endpoints = test_endpoints(&[1, 1, 1]);
-        let balancer = Balancer::new(Algorithm::LeastConnections);
+        let balancer = Balancer::new(Algorithm::LeastConnections, &endpoints);
         let picks: Vec<_> = (0..6)
-            .map(|_| balancer.pick(&endpoints, all).expect("a backend"))
+            .map(|_| {
+                balancer
+                    .pick(&endpoints, &Tried::default(), all)
+                    .expect("a backend")
+            })
             .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
     }

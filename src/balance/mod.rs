@@ -11,6 +11,8 @@ use std::sync::atomic::AtomicUsize;
 use crate::backend::Endpoint;
 use crate::config::Algorithm;
 
+pub use round_robin::RoundRobin;
+
 /// The backends a request has already tried; they are never picked again for that request.
 ///
 /// Retries are bounded by config (at most 16), so a small inline array is enough.
@@ -50,8 +52,9 @@ impl Tried {
 /// A pool's selection algorithm with the little state it needs.
 #[derive(Debug)]
 pub enum Balancer {
-    /// Smooth weighted round-robin; its running weights live on each backend.
-    RoundRobin,
+    /// Smooth weighted round-robin: a precomputed order plus a slot counter, with nginx's
+    /// dynamic algorithm (running weights on each backend) for retries, down and ramping backends.
+    RoundRobin(RoundRobin),
     /// Weighted least in-flight; the rotor spreads ties.
     LeastConnections {
         /// Where the next scan starts, so equal backends take turns.
@@ -60,26 +63,37 @@ pub enum Balancer {
 }
 
 impl Balancer {
-    /// A balancer for `algorithm`.
-    pub fn new(algorithm: Algorithm) -> Self {
+    /// A balancer for `algorithm` over `endpoints` at their configured weights; `pick` must be
+    /// given the same endpoints.
+    pub fn new(algorithm: Algorithm, endpoints: &[Endpoint]) -> Self {
         match algorithm {
-            Algorithm::RoundRobin => Balancer::RoundRobin,
+            Algorithm::RoundRobin => Balancer::RoundRobin(RoundRobin::new(endpoints)),
             Algorithm::LeastConnections => Balancer::LeastConnections {
                 rotor: AtomicUsize::new(0),
             },
         }
     }
 
-    /// The index of the backend to use next. `weight_of` gives each eligible endpoint's
-    /// effective weight (scaled, at least 1) and `None` for endpoints to skip.
+    /// The index of the backend to use next, never one in `tried`. `weight_of` gives each
+    /// endpoint's effective weight (scaled, at least 1), or `None` for endpoints to skip (down).
     pub fn pick(
         &self,
         endpoints: &[Endpoint],
+        tried: &Tried,
         weight_of: impl Fn(usize, &Endpoint) -> Option<u64>,
     ) -> Option<usize> {
+        let eligible = |index, endpoint: &Endpoint| {
+            if tried.contains(index) {
+                None
+            } else {
+                weight_of(index, endpoint)
+            }
+        };
         match self {
-            Balancer::RoundRobin => round_robin::pick(endpoints, weight_of),
-            Balancer::LeastConnections { rotor } => least_conn::pick(endpoints, rotor, weight_of),
+            Balancer::RoundRobin(round_robin) => {
+                round_robin.pick(endpoints, !tried.is_empty(), eligible)
+            }
+            Balancer::LeastConnections { rotor } => least_conn::pick(endpoints, rotor, eligible),
         }
     }
 }
