@@ -3,7 +3,7 @@
 //! contenders' configs and how to read the output.
 //!
 //! ```sh
-//! cargo bench --bench proxy -- --quick     # 1 round of 2 s per contender, under a minute
+//! cargo bench --bench proxy -- --quick     # 1 round of 2 s per contender, about two minutes
 //! cargo bench --bench proxy                # 3 rounds of 10 s (+1 s warm-up), medians reported
 //! cargo bench --bench proxy -- --help      # every option
 //! ```
@@ -32,6 +32,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = Error> = std::result::Result<T, E>;
@@ -42,16 +43,37 @@ const SMALL_BODY: usize = 13;
 const HELPER_LIFETIME: Duration = Duration::from_secs(3600);
 /// How long a contender may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 scenarios: concurrent streams per client connection (`h2load -m`).
+const H2_STREAMS: usize = 10;
+/// Idle upstream connections kept per backend: fulcrum's default `max_idle_per_backend`, and
+/// nginx's `keepalive` set to match.
+const UPSTREAM_IDLE: usize = 64;
+/// `idle-10k`: client connections held open at once.
+const IDLE_CONNECTIONS: usize = 10_000;
+/// `idle-10k`: the proxies' connection limits (clients, upstream connections and slack), and
+/// the open-files limit this process needs to hold the client side.
+const IDLE_CAPACITY: usize = IDLE_CONNECTIONS + 1_000;
+/// `idle-10k`: exchanges in flight while connections are being opened, so that the backend
+/// side stays small and the proxy never sees an accept-queue overflow.
+const IDLE_OPEN_CONCURRENCY: usize = 100;
+/// `idle-10k`: one connect + request + response may take this long.
+const IDLE_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// `idle-10k`: opening all the connections may take this long; the rest count as failed.
+const IDLE_OPEN_BUDGET: Duration = Duration::from_secs(20);
+/// `idle-10k`: pause after the proxy starts and after the connections are open, before RSS is
+/// read (lets allocators and lazily started tasks settle).
+const IDLE_SETTLE: Duration = Duration::from_secs(1);
 
 const USAGE: &str = "\
 usage: cargo bench --bench proxy -- [options]
 
-  --quick               1 round of 2 s per contender, no warm-up (under a minute)
+  --quick               1 round of 2 s per contender, no warm-up (about two minutes)
   --rounds N            rounds per scenario (default 3); contenders alternate A B C A B C ...
   --duration SECS       measured seconds per run (default 10; --quick: 2)
-  --warmup SECS         unmeasured seconds before each run (default 1; --quick: 0)
+  --warmup SECS         unmeasured seconds before each run (default 1; --quick: 0; h2 and
+                        h2-tls: at least 1)
   --only NAME,...       scenarios to run (default all): keepalive-64 keepalive-1000 body-64k
-                        close h2 tls failover tcp-bulk
+                        close tls h2 h2-tls failover tcp-bulk idle-10k
   --contenders NAME,... subset of: direct fulcrum nginx haproxy (default all that are installed)
   --fulcrum PATH        the fulcrum binary (default: target/release/fulcrum, built first with
                         `cargo build --release --bin fulcrum`)
@@ -222,9 +244,50 @@ fn reaped_children_ticks() -> u64 {
 
 /// Peak resident set size (VmHWM) of `pid` in KiB.
 fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Current resident set size (VmRSS) of `pid` in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// This process's `(soft, hard)` limit on open files, from `/proc/self/limits`.
+fn open_files_limit() -> Option<(u64, u64)> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
+    let value = |field: &str| match field {
+        "unlimited" => Some(u64::MAX),
+        number => number.parse().ok(),
+    };
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    Some((value(fields.next()?)?, value(fields.next()?)?))
+}
+
+/// Raises this process's soft open-files limit to its hard limit (children started later
+/// inherit it) and returns the soft limit now in force. Uses `prlimit(1)` because the crate
+/// forbids the `unsafe` a direct `setrlimit(2)` would need.
+fn raise_open_files_limit() -> Option<u64> {
+    let (soft, hard) = open_files_limit()?;
+    if soft < hard {
+        // A missing prlimit leaves the limit as it was; the caller checks the result.
+        let _ = Command::new("prlimit")
+            .arg("--pid")
+            .arg(std::process::id().to_string())
+            .arg(format!("--nofile={hard}:{hard}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    open_files_limit().map(|(soft, _)| soft)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -333,6 +396,8 @@ struct LoadResult {
     latency_us: Option<[f64; 3]>,
     /// TCP runs: bytes sent.
     bytes: u64,
+    /// TLS version and cipher suite, where the generator says (h2load does, wrk does not).
+    tls: Option<String>,
 }
 
 impl LoadResult {
@@ -385,6 +450,7 @@ fn parse_report(output: &str) -> Option<LoadResult> {
         errors_timeout: timeout as u64,
         latency_us: (requests > 0.0).then_some([p50, p99, p999]),
         bytes: bytes as u64,
+        tls: None,
     })
 }
 
@@ -414,6 +480,68 @@ fn parse_wrk_duration(text: &str) -> Option<f64> {
         }
     }
     None
+}
+
+/// h2load's summary plus the latencies from its `--log-file`, which has one line per request:
+/// start time (µs since the epoch), status (-1 when the stream failed), µs until the end of the
+/// response. h2load itself prints only min/max/mean/sd.
+fn parse_h2load(output: &str, log: &Path) -> Result<LoadResult> {
+    let line_after = |prefix: &str| {
+        output
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(prefix))
+            .map(str::trim)
+    };
+    let protocol = line_after("Application protocol:").unwrap_or("none");
+    if !protocol.starts_with("h2") {
+        return Err(format!("h2load did not get HTTP/2 (protocol: {protocol}): {output:?}").into());
+    }
+    let seconds = line_after("finished in")
+        .and_then(|rest| rest.split(',').next())
+        .and_then(parse_wrk_duration)
+        .ok_or_else(|| format!("h2load printed no duration: {output:?}"))?
+        / 1e6;
+    // "requests: 9 total, 9 started, 9 done, 8 succeeded, 1 failed, 1 errored, 0 timeout"
+    let requests = line_after("requests:")
+        .ok_or_else(|| format!("h2load printed no request counts: {output:?}"))?;
+    let count = |label: &str| -> Result<u64> {
+        requests
+            .split(',')
+            .find_map(|field| field.trim().strip_suffix(label)?.trim().parse().ok())
+            .ok_or_else(|| format!("h2load's request line has no {label:?}: {requests:?}").into())
+    };
+    let (done, failed, errored, timeout) = (
+        count("done")?,
+        count("failed")?,
+        count("errored")?,
+        count("timeout")?,
+    );
+    let log = std::fs::read_to_string(log)
+        .map_err(|err| format!("cannot read h2load's log {}: {err}", log.display()))?;
+    let mut latencies: Vec<u32> = log
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split('\t');
+            let status: i32 = fields.nth(1)?.parse().ok()?;
+            (status > 0).then(|| fields.next()?.parse().ok())?
+        })
+        .collect();
+    latencies.sort_unstable();
+    Ok(LoadResult {
+        requests: done,
+        seconds,
+        errors_connect: 0,
+        // Timed-out streams count as errored, and errored ones as failed.
+        errors_io: errored.saturating_sub(timeout),
+        errors_status: failed.saturating_sub(errored),
+        errors_timeout: timeout,
+        latency_us: (!latencies.is_empty())
+            .then(|| [50.0, 99.0, 99.9].map(|p| percentile(&latencies, p))),
+        bytes: 0,
+        tls: line_after("TLS Protocol:")
+            .zip(line_after("Cipher:"))
+            .map(|(version, cipher)| format!("{version} {cipher}")),
+    })
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -652,10 +780,14 @@ fn parse_options(args: &[String]) -> Result<Options> {
 /// What a scenario measures.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Traffic {
+    /// HTTP/1.1 requests from wrk (or the built-in generator).
     Http,
+    /// HTTP/2 requests from h2load, `H2_STREAMS` at once per connection.
     Http2,
-    Tls,
+    /// Bytes streamed into a TCP sink.
     Tcp,
+    /// No load: the proxy's memory, idle and with `connections` idle keep-alive clients.
+    Idle,
 }
 
 #[derive(Debug, Clone)]
@@ -663,6 +795,8 @@ struct Scenario {
     name: &'static str,
     about: &'static str,
     traffic: Traffic,
+    /// Clients speak TLS to the proxy (terminated there; backends stay plain HTTP/1.1).
+    tls: bool,
     connections: usize,
     body: usize,
     close: bool,
@@ -675,6 +809,7 @@ fn scenarios() -> Vec<Scenario> {
         name: "",
         about: "",
         traffic: Traffic::Http,
+        tls: false,
         connections: 64,
         body: SMALL_BODY,
         close: false,
@@ -706,15 +841,22 @@ fn scenarios() -> Vec<Scenario> {
             ..base.clone()
         },
         Scenario {
+            name: "tls",
+            about: "HTTPS termination (TLS 1.3), 13 B responses, 64 keep-alive connections, 1 backend over plain HTTP/1.1",
+            tls: true,
+            ..base.clone()
+        },
+        Scenario {
             name: "h2",
-            about: "HTTP/2 (h2c prior knowledge) from the client",
+            about: "HTTP/2 cleartext (prior knowledge), 64 connections x 10 streams, 13 B responses, 1 backend over HTTP/1.1",
             traffic: Traffic::Http2,
             ..base.clone()
         },
         Scenario {
-            name: "tls",
-            about: "HTTPS termination",
-            traffic: Traffic::Tls,
+            name: "h2-tls",
+            about: "HTTP/2 over TLS (ALPN h2), 64 connections x 10 streams, 13 B responses, 1 backend over HTTP/1.1",
+            traffic: Traffic::Http2,
+            tls: true,
             ..base.clone()
         },
         Scenario {
@@ -729,6 +871,15 @@ fn scenarios() -> Vec<Scenario> {
             about: "L4: 4 connections each streaming 64 KiB writes into a TCP sink",
             traffic: Traffic::Tcp,
             connections: 4,
+            ..base.clone()
+        },
+        // Last: it raises the open-files limit, which the processes of later scenarios would
+        // inherit.
+        Scenario {
+            name: "idle-10k",
+            about: "memory: the proxy's RSS idle, then holding 10 000 idle keep-alive client connections",
+            traffic: Traffic::Idle,
+            connections: IDLE_CONNECTIONS,
             ..base
         },
     ]
@@ -774,6 +925,35 @@ struct Environment {
     ticks: f64,
     me: PathBuf,
     temp: PathBuf,
+    /// The certificate every contender serves in the TLS scenarios.
+    tls: TlsFiles,
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, generated per bench run (ECDSA
+/// P-256, rcgen's default), as the PEM files the contenders want.
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    /// Certificate followed by key, for HAProxy's `crt`.
+    bundle: PathBuf,
+}
+
+impl TlsFiles {
+    fn generate(dir: &Path) -> Result<TlsFiles> {
+        let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let certified = rcgen::generate_simple_self_signed(names)?;
+        let (cert_pem, key_pem) = (certified.cert.pem(), certified.signing_key.serialize_pem());
+        std::fs::create_dir_all(dir)?;
+        let files = TlsFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            bundle: dir.join("bundle.pem"),
+        };
+        std::fs::write(&files.cert, &cert_pem)?;
+        std::fs::write(&files.key, &key_pem)?;
+        std::fs::write(&files.bundle, format!("{cert_pem}{key_pem}"))?;
+        Ok(files)
+    }
 }
 
 impl Environment {
@@ -874,6 +1054,7 @@ fn orchestrate(args: &[String]) -> Result<()> {
         ticks: clock_ticks(),
         me: std::env::current_exe()?,
         temp: temp.clone(),
+        tls: TlsFiles::generate(&temp.join("tls"))?,
     };
     std::fs::write(temp.join("report.lua"), WRK_SCRIPT)?;
 
@@ -910,6 +1091,7 @@ fn orchestrate(args: &[String]) -> Result<()> {
             "nginx": env.nginx.as_ref().map(|p| p.display().to_string()),
             "haproxy": env.haproxy.as_ref().map(|p| p.display().to_string()),
             "wrk": env.wrk.as_ref().map(|p| p.display().to_string()),
+            "h2load": env.h2load.as_ref().map(|p| p.display().to_string()),
         },
         "scenarios": reports.iter().map(ScenarioReport::to_json).collect::<Vec<_>>(),
     });
@@ -978,6 +1160,16 @@ fn print_header(env: &Environment, options: &Options) {
         }
     );
     println!(
+        "  HTTP/2 load generator: {}",
+        match &env.h2load {
+            Some(path) => format!(
+                "{} (1 thread, {H2_STREAMS} streams per connection)",
+                path.display()
+            ),
+            None => "none (h2 and h2-tls are skipped)".to_owned(),
+        }
+    );
+    println!(
         "  backends: built-in hyper server, one single-threaded process each; fulcrum: {}",
         env.fulcrum.display()
     );
@@ -995,12 +1187,41 @@ fn print_header(env: &Environment, options: &Options) {
 #[derive(Debug, Clone, Default)]
 struct Run {
     load: LoadResult,
-    /// Requests (or MiB for TCP) per second.
+    /// Requests (or MiB for TCP, connections for idle-10k) per second.
     rate: f64,
     proxy_cpu_us_per_op: Option<f64>,
     proxy_core: Option<f64>,
     client_core: f64,
     peak_rss_kib: Option<u64>,
+    /// idle-10k only.
+    idle: Option<IdleRun>,
+}
+
+/// What idle-10k measured in one run.
+#[derive(Debug, Clone)]
+struct IdleRun {
+    /// VmRSS `IDLE_SETTLE` after the proxy started listening.
+    rss_idle_kib: u64,
+    /// VmRSS `IDLE_SETTLE` after the last connection got its response.
+    rss_loaded_kib: u64,
+    /// VmRSS `IDLE_SETTLE` after every connection was reset: what the proxy keeps.
+    rss_closed_kib: u64,
+    /// Connections that got a complete keep-alive response.
+    opened: usize,
+    /// Connections that did not (connect error, timeout, bad response, out of time).
+    failed: usize,
+    /// Of the opened ones, those still open (not closed or reset by the proxy) when the loaded
+    /// RSS was read.
+    still_open: usize,
+    /// Time to open all of them.
+    open_seconds: f64,
+}
+
+impl IdleRun {
+    /// RSS the open connections added, in KiB (negative if the proxy gave memory back).
+    fn added_kib(&self) -> f64 {
+        self.rss_loaded_kib as f64 - self.rss_idle_kib as f64
+    }
 }
 
 impl Run {
@@ -1017,10 +1238,21 @@ impl Run {
                 "timeout": self.load.errors_timeout,
             },
             "bytes": self.load.bytes,
+            "tls": self.load.tls,
             "proxy_cpu_us_per_op": self.proxy_cpu_us_per_op,
             "proxy_core_share": self.proxy_core,
             "client_core_share": self.client_core,
             "proxy_peak_rss_kib": self.peak_rss_kib,
+            "idle": self.idle.as_ref().map(|idle| json!({
+                "rss_idle_kib": idle.rss_idle_kib,
+                "rss_loaded_kib": idle.rss_loaded_kib,
+                "rss_closed_kib": idle.rss_closed_kib,
+                "added_kib": idle.added_kib(),
+                "connections_opened": idle.opened,
+                "connections_failed": idle.failed,
+                "connections_still_open": idle.still_open,
+                "open_seconds": idle.open_seconds,
+            })),
         })
     }
 }
@@ -1068,6 +1300,20 @@ struct Summary {
     proxy_core: Option<f64>,
     client_core: Option<f64>,
     rss: Option<f64>,
+    idle: Option<IdleSummary>,
+}
+
+/// idle-10k medians.
+#[derive(Debug)]
+struct IdleSummary {
+    rss_idle_kib: f64,
+    rss_loaded_kib: f64,
+    rss_closed_kib: f64,
+    added_kib: f64,
+    opened: f64,
+    failed: f64,
+    still_open: f64,
+    open_seconds: f64,
 }
 
 impl ContenderReport {
@@ -1083,7 +1329,27 @@ impl ContenderReport {
             proxy_core: of(&|run| run.proxy_core),
             client_core: of(&|run| Some(run.client_core)),
             rss: of(&|run| run.peak_rss_kib.map(|kib| kib as f64)),
+            idle: self.idle_summary(),
         }
+    }
+
+    fn idle_summary(&self) -> Option<IdleSummary> {
+        let idle: Vec<&IdleRun> = self
+            .runs
+            .iter()
+            .filter_map(|run| run.idle.as_ref())
+            .collect();
+        let of = |f: &dyn Fn(&IdleRun) -> f64| median(idle.iter().map(|run| f(run)).collect());
+        Some(IdleSummary {
+            rss_idle_kib: of(&|run| run.rss_idle_kib as f64)?,
+            rss_loaded_kib: of(&|run| run.rss_loaded_kib as f64)?,
+            rss_closed_kib: of(&|run| run.rss_closed_kib as f64)?,
+            added_kib: of(&IdleRun::added_kib)?,
+            opened: of(&|run| run.opened as f64)?,
+            failed: of(&|run| run.failed as f64)?,
+            still_open: of(&|run| run.still_open as f64)?,
+            open_seconds: of(&|run| run.open_seconds)?,
+        })
     }
 
     fn to_json(&self) -> Value {
@@ -1100,6 +1366,16 @@ impl ContenderReport {
                 "proxy_core_share": summary.proxy_core,
                 "client_core_share": summary.client_core,
                 "proxy_peak_rss_kib": summary.rss,
+                "idle": summary.idle.as_ref().map(|idle| json!({
+                    "rss_idle_kib": idle.rss_idle_kib,
+                    "rss_loaded_kib": idle.rss_loaded_kib,
+                    "rss_closed_kib": idle.rss_closed_kib,
+                    "added_kib": idle.added_kib,
+                    "connections_opened": idle.opened,
+                    "connections_failed": idle.failed,
+                    "connections_still_open": idle.still_open,
+                    "open_seconds": idle.open_seconds,
+                })),
             },
             "runs": self.runs.iter().map(Run::to_json).collect::<Vec<_>>(),
         })
@@ -1124,6 +1400,12 @@ fn unsupported(env: &Environment, scenario: &Scenario, contender: Contender) -> 
         Contender::Direct if scenario.kill_one => {
             Some("no proxy to fail over: not applicable".to_owned())
         }
+        Contender::Direct if scenario.tls => {
+            Some("the backend speaks plain HTTP only: not applicable".to_owned())
+        }
+        Contender::Direct if scenario.traffic == Traffic::Idle => {
+            Some("no proxy to measure: not applicable".to_owned())
+        }
         Contender::Nginx if env.nginx.is_none() => Some("nginx not installed".to_owned()),
         Contender::Nginx
             if scenario.traffic == Traffic::Tcp && env.nginx_stream_module.is_none() =>
@@ -1136,21 +1418,26 @@ fn unsupported(env: &Environment, scenario: &Scenario, contender: Contender) -> 
 }
 
 fn run_scenario(env: &Environment, options: &Options, scenario: &Scenario) -> ScenarioReport {
-    let unit = if scenario.traffic == Traffic::Tcp {
-        "MiB/s"
-    } else {
-        "req/s"
+    let unit = match scenario.traffic {
+        Traffic::Tcp => "MiB/s",
+        Traffic::Idle => "conn/s",
+        Traffic::Http | Traffic::Http2 => "req/s",
     };
     let skipped = match scenario.traffic {
-        Traffic::Tls => Some(
-            "skipped: not implemented in this bench yet (needs a generated certificate and wrk over https)"
+        Traffic::Http2 if env.h2load.is_none() => {
+            Some("skipped: h2load not installed (Debian: nghttp2-client)".to_owned())
+        }
+        Traffic::Http if scenario.tls && env.wrk.is_none() => Some(
+            "skipped: needs wrk (the built-in load generator speaks plain HTTP/1.1 only)"
                 .to_owned(),
         ),
-        Traffic::Http2 => Some(if env.h2load.is_none() {
-            "skipped: h2load not installed (Debian: nghttp2-client)".to_owned()
-        } else {
-            "skipped: h2load support not implemented yet".to_owned()
-        }),
+        Traffic::Idle => match raise_open_files_limit() {
+            Some(limit) if limit >= IDLE_CAPACITY as u64 => None,
+            limit => Some(format!(
+                "skipped: needs an open-files limit of at least {IDLE_CAPACITY} (ulimit -n), have {}",
+                limit.map_or_else(|| "unknown".to_owned(), |limit| limit.to_string())
+            )),
+        },
         _ => None,
     };
     let mut report = ScenarioReport {
@@ -1262,12 +1549,23 @@ fn start_proxy(
     let dir = env.temp.join(contender.name());
     std::fs::create_dir_all(&dir)?;
     let log = dir.join("output.log");
-    let tcp = scenario.traffic == Traffic::Tcp;
+    let front = Front {
+        addr,
+        tcp: scenario.traffic == Traffic::Tcp,
+        tls: scenario.tls.then_some(&env.tls),
+        h2c: scenario.traffic == Traffic::Http2 && !scenario.tls,
+        many_idle: scenario.traffic == Traffic::Idle,
+        upstream_idle: if scenario.traffic == Traffic::Http2 {
+            scenario.connections * H2_STREAMS
+        } else {
+            UPSTREAM_IDLE
+        },
+    };
     let mut command = match contender {
         Contender::Direct => return Err("direct has no proxy".into()),
         Contender::Fulcrum => {
             let config = dir.join("fulcrum.toml");
-            std::fs::write(&config, fulcrum_config(addr, free_port()?, tcp, backends))?;
+            std::fs::write(&config, fulcrum_config(&front, free_port()?, backends))?;
             let mut command = env.command(1, &env.fulcrum);
             command
                 .arg("--config")
@@ -1278,7 +1576,7 @@ fn start_proxy(
         Contender::Nginx => {
             let config = dir.join("nginx.conf");
             let module = env.nginx_stream_module.as_deref();
-            std::fs::write(&config, nginx_config(&dir, addr, tcp, module, backends))?;
+            std::fs::write(&config, nginx_config(&dir, &front, module, backends))?;
             let binary = env.nginx.as_deref().ok_or("nginx not installed")?;
             let mut command = env.command(1, binary);
             command.arg("-p").arg(&dir).arg("-c").arg(&config);
@@ -1286,7 +1584,7 @@ fn start_proxy(
         }
         Contender::Haproxy => {
             let config = dir.join("haproxy.cfg");
-            std::fs::write(&config, haproxy_config(addr, tcp, backends))?;
+            std::fs::write(&config, haproxy_config(&front, backends))?;
             let binary = env.haproxy.as_deref().ok_or("haproxy not installed")?;
             let mut command = env.command(1, binary);
             command.arg("-db").arg("-f").arg(&config);
@@ -1315,26 +1613,65 @@ fn start_proxy(
     Ok(Proxy { guard, addr, log })
 }
 
-fn fulcrum_config(addr: SocketAddr, admin: u16, tcp: bool, backends: &[SocketAddr]) -> String {
+/// What a proxy's client side offers beyond plain HTTP/1.1, and what it must hold.
+struct Front<'a> {
+    addr: SocketAddr,
+    /// Raw TCP (L4) instead of HTTP.
+    tcp: bool,
+    /// Terminate TLS with these files, offering h2 and http/1.1 through ALPN.
+    tls: Option<&'a TlsFiles>,
+    /// Cleartext HTTP/2 with prior knowledge: fulcrum detects it on any http listener, nginx
+    /// and HAProxy must be told (and then speak only HTTP/2 there).
+    h2c: bool,
+    /// Room and patience for `IDLE_CONNECTIONS` idle keep-alive clients.
+    many_idle: bool,
+    /// Idle upstream connections kept per backend by fulcrum and nginx (HAProxy keeps every
+    /// idle one by default). Must cover the requests in flight, or a closed loop closes and
+    /// reopens upstream connections all the time and measures that instead.
+    upstream_idle: usize,
+}
+
+fn fulcrum_config(front: &Front, admin: u16, backends: &[SocketAddr]) -> String {
     let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
-    let protocol = if tcp { "tcp" } else { "http" };
+    let protocol = if front.tcp { "tcp" } else { "http" };
+    let mut listener = String::new();
+    if front.many_idle {
+        // Keep-alive idle time is bounded by header_read_timeout (default 10 s): both must
+        // outlast opening the connections plus the measurement.
+        listener.push_str("header_read_timeout = \"60s\"\nidle_timeout = \"120s\"\n");
+    }
+    if let Some(tls) = front.tls {
+        // Defaults otherwise: ALPN h2 + http/1.1, TLS 1.2 and 1.3.
+        let _ = write!(
+            listener,
+            "\n[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+            tls.cert.display(),
+            tls.key.display()
+        );
+    }
     format!(
         "# Generated by benches/proxy.rs.\n\
          [admin]\nlisten = \"127.0.0.1:{admin}\"\nmetrics = true\n\n\
          [runtime]\nworker_threads = 1\nshutdown_timeout = \"1s\"\n\n\
-         [[listeners]]\nname = \"bench\"\nlisten = \"{addr}\"\nprotocol = \"{protocol}\"\npool = \"app\"\n\n\
-         [pools.app]\nalgorithm = \"round_robin\"\nbackends = [{}]\nretries = 2\n",
-        list.join(", ")
+         [[listeners]]\nname = \"bench\"\nlisten = \"{}\"\nprotocol = \"{protocol}\"\npool = \"app\"\n{listener}\n\
+         [pools.app]\nalgorithm = \"round_robin\"\nbackends = [{}]\nretries = 2\n{}",
+        front.addr,
+        list.join(", "),
+        if front.upstream_idle == UPSTREAM_IDLE {
+            String::new()
+        } else {
+            format!("max_idle_per_backend = {}\n", front.upstream_idle)
+        }
     )
 }
 
 fn nginx_config(
     dir: &Path,
-    addr: SocketAddr,
-    tcp: bool,
+    front: &Front,
     stream_module: Option<&Path>,
     backends: &[SocketAddr],
 ) -> String {
+    let (addr, tcp) = (front.addr, front.tcp);
     let dir = dir.display();
     let servers: String = backends
         .iter()
@@ -1344,13 +1681,30 @@ fn nginx_config(
     if let (true, Some(module)) = (tcp, stream_module) {
         let _ = writeln!(config, "load_module {};", module.display());
     }
+    let keepalive = front.upstream_idle;
+    // worker_rlimit_nofile 16384 covers IDLE_CAPACITY as well.
+    let worker_connections = if front.many_idle { IDLE_CAPACITY } else { 8192 };
     let _ = write!(
         config,
         "# Generated by benches/proxy.rs.\n\
          daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 16384;\n\
          pid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
-         events {{ worker_connections 8192; }}\n"
+         events {{ worker_connections {worker_connections}; }}\n"
     );
+    let listen = match front.tls {
+        // nginx 1.22 leaves TLS 1.3 off by default (1.23.4 turned it on); fulcrum and HAProxy
+        // offer 1.2 and 1.3.
+        Some(tls) => format!(
+            "listen {addr} ssl http2;\n\
+             \x20   ssl_protocols TLSv1.2 TLSv1.3;\n\
+             \x20   ssl_certificate {};\n\
+             \x20   ssl_certificate_key {};",
+            tls.cert.display(),
+            tls.key.display()
+        ),
+        None if front.h2c => format!("listen {addr} http2;"),
+        None => format!("listen {addr};"),
+    };
     if tcp {
         let _ = write!(
             config,
@@ -1364,9 +1718,9 @@ fn nginx_config(
              \x20 keepalive_requests 1000000;\n\
              \x20 client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
              \x20 fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
-             \x20 upstream app {{\n{servers}    keepalive 64;\n    keepalive_requests 1000000;\n  }}\n\
+             \x20 upstream app {{\n{servers}    keepalive {keepalive};\n    keepalive_requests 1000000;\n  }}\n\
              \x20 server {{\n\
-             \x20   listen {addr};\n\
+             \x20   {listen}\n\
              \x20   location / {{\n\
              \x20     proxy_pass http://app;\n\
              \x20     proxy_http_version 1.1;\n\
@@ -1383,7 +1737,8 @@ fn nginx_config(
     config
 }
 
-fn haproxy_config(addr: SocketAddr, tcp: bool, backends: &[SocketAddr]) -> String {
+fn haproxy_config(front: &Front, backends: &[SocketAddr]) -> String {
+    let (addr, tcp) = (front.addr, front.tcp);
     let servers: String = backends
         .iter()
         .enumerate()
@@ -1394,14 +1749,35 @@ fn haproxy_config(addr: SocketAddr, tcp: bool, backends: &[SocketAddr]) -> Strin
     } else {
         ("http", "  http-reuse always\n  option forwardfor\n")
     };
+    // HAProxy wants 2 descriptors per connection and by default refuses to start when it cannot
+    // raise its limit that far; idle clients hold one each (idle upstream connections are
+    // shared), so for idle-10k a limit below 2 x maxconn is fine: `no strict-limits` makes that
+    // a warning.
+    let (maxconn, strict) = if front.many_idle {
+        (IDLE_CAPACITY, "  no strict-limits\n")
+    } else {
+        (4096, "")
+    };
+    let bind = match front.tls {
+        Some(tls) => format!("{addr} ssl crt {} alpn h2,http/1.1", tls.bundle.display()),
+        None if front.h2c => format!("{addr} proto h2"),
+        None => addr.to_string(),
+    };
     format!(
         "# Generated by benches/proxy.rs.\n\
-         global\n  nbthread 1\n  maxconn 4096\n\n\
+         global\n  nbthread 1\n  maxconn {maxconn}\n{strict}\n\
          defaults\n  mode {mode}\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n\
          \x20 retries 2\n  option redispatch 1\n{http_options}\n\
-         frontend bench\n  bind {addr}\n  default_backend app\n\n\
+         frontend bench\n  bind {bind}\n  default_backend app\n\n\
          backend app\n  balance roundrobin\n{servers}"
     )
+}
+
+/// A running load generator.
+struct Load {
+    guard: ChildGuard,
+    /// h2load: its per-request log (latencies), read once it has finished.
+    h2load_log: Option<PathBuf>,
 }
 
 /// Starts the load generator against `addr` for `seconds`.
@@ -1410,8 +1786,29 @@ fn start_load(
     scenario: &Scenario,
     addr: SocketAddr,
     seconds: u64,
-) -> Result<ChildGuard> {
+) -> Result<Load> {
+    let scheme = if scenario.tls { "https" } else { "http" };
+    let mut h2load_log = None;
     let mut command = match (&env.wrk, scenario.traffic) {
+        (_, Traffic::Idle) => return Err("idle-10k has no load generator".into()),
+        (_, Traffic::Http2) => {
+            let h2load = env.h2load.as_deref().ok_or("h2load not installed")?;
+            let log = env.temp.join("h2load.log");
+            // A leftover from an earlier run must not be read as this one's.
+            let _ = std::fs::remove_file(&log);
+            let mut command = env.command(0, h2load);
+            command
+                .arg("-t1")
+                .arg(format!("-c{}", scenario.connections))
+                .arg(format!("-m{H2_STREAMS}"))
+                .arg(format!("-D{seconds}"))
+                // Like wrk's --timeout 2s: a connection silent for 2 s is given up.
+                .arg("-N2")
+                .arg(format!("--log-file={}", log.display()))
+                .arg(format!("{scheme}://{addr}/"));
+            h2load_log = Some(log);
+            command
+        }
         (_, Traffic::Tcp) => {
             let mut command = env.command(0, &env.me);
             command
@@ -1432,7 +1829,7 @@ fn start_load(
             if scenario.close {
                 command.args(["-H", "Connection: close"]);
             }
-            command.arg(format!("http://{addr}/"));
+            command.arg(format!("{scheme}://{addr}/"));
             command
         }
         (None, _) => {
@@ -1447,11 +1844,16 @@ fn start_load(
         }
     };
     command.stdout(Stdio::piped()).stderr(Stdio::null());
-    ChildGuard::spawn("load generator", &mut command)
+    let guard = ChildGuard::spawn("load generator", &mut command)?;
+    Ok(Load { guard, h2load_log })
 }
 
 /// Waits for the load generator and parses its report.
-fn finish_load(mut load: ChildGuard, seconds: u64) -> Result<LoadResult> {
+fn finish_load(load: Load, seconds: u64) -> Result<LoadResult> {
+    let Load {
+        guard: mut load,
+        h2load_log,
+    } = load;
     let mut output = String::new();
     if let Some(mut stdout) = load.child.stdout.take() {
         // Reads until the generator exits (it closes stdout); bounded by its own duration.
@@ -1463,6 +1865,9 @@ fn finish_load(mut load: ChildGuard, seconds: u64) -> Result<LoadResult> {
             return Err("load generator did not finish in time".into());
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+    if let Some(log) = h2load_log {
+        return parse_h2load(&output, &log);
     }
     let mut result = parse_report(&output)
         .ok_or_else(|| format!("load generator printed no report: {output:?}"))?;
@@ -1480,6 +1885,9 @@ fn measure(
     scenario: &Scenario,
     contender: Contender,
 ) -> Result<Run> {
+    if scenario.traffic == Traffic::Idle {
+        return measure_idle(env, scenario, contender);
+    }
     let mut backends = (0..scenario.backends)
         .map(|_| start_backend(env, scenario))
         .collect::<Result<Vec<_>>>()?;
@@ -1489,11 +1897,16 @@ fn measure(
         _ => Some(start_proxy(env, scenario, contender, &addrs)?),
     };
     let target = proxy.as_ref().map_or(addrs[0], |proxy| proxy.addr);
-    if options.warmup > 0 && !scenario.kill_one {
-        finish_load(
-            start_load(env, scenario, target, options.warmup)?,
-            options.warmup,
-        )?;
+    // HTTP/2 always warms up: its first burst of 640 requests makes the proxies open hundreds
+    // of upstream connections at once, more than the backend's accept queue (128) holds, and
+    // the dropped SYNs come back a second later as latency outliers.
+    let warmup = if scenario.traffic == Traffic::Http2 {
+        options.warmup.max(1)
+    } else {
+        options.warmup
+    };
+    if warmup > 0 && !scenario.kill_one {
+        finish_load(start_load(env, scenario, target, warmup)?, warmup)?;
     }
 
     let proxy_pid = proxy.as_ref().map(|proxy| proxy.guard.pid());
@@ -1550,7 +1963,159 @@ fn measure(
         client_core: client / env.ticks / wall,
         peak_rss_kib,
         load: result,
+        idle: None,
     })
+}
+
+/// idle-10k: the proxy's RSS idle, then with `scenario.connections` idle keep-alive client
+/// connections, each of which has had one complete request and response.
+fn measure_idle(env: &Environment, scenario: &Scenario, contender: Contender) -> Result<Run> {
+    let backend = start_backend(env, scenario)?;
+    let proxy = start_proxy(env, scenario, contender, &[backend.addr])?;
+    let pid = proxy.guard.pid();
+    std::thread::sleep(IDLE_SETTLE);
+    let rss_idle_kib = rss_kib(pid).ok_or("cannot read the proxy's VmRSS")?;
+    let (ticks_before, backend_before) = (own_ticks(pid), own_ticks(backend.guard.pid()));
+    let began = Instant::now();
+    let (streams, failed) = open_idle_connections(proxy.addr, scenario.connections)?;
+    let open_seconds = began.elapsed().as_secs_f64();
+    let proxy_ticks = own_ticks(pid).saturating_sub(ticks_before);
+    let backend_ticks = own_ticks(backend.guard.pid()).saturating_sub(backend_before);
+    std::thread::sleep(IDLE_SETTLE);
+    let rss_loaded_kib = rss_kib(pid).ok_or("cannot read the proxy's VmRSS")?;
+    let still_open = streams.iter().filter(|stream| still_open(stream)).count();
+    let peak_rss_kib = peak_rss_kib(pid);
+    let opened = streams.len();
+    // Resets every connection at once (SO_LINGER 0): nothing is left in TIME_WAIT.
+    drop(streams);
+    if opened == 0 {
+        let said = std::fs::read_to_string(&proxy.log).unwrap_or_default();
+        return Err(format!("no connection got a response; proxy said: {said}").into());
+    }
+    std::thread::sleep(IDLE_SETTLE);
+    let rss_closed_kib = rss_kib(pid).ok_or("cannot read the proxy's VmRSS")?;
+    Ok(Run {
+        load: LoadResult {
+            requests: opened as u64,
+            seconds: open_seconds,
+            errors_io: failed as u64,
+            ..LoadResult::default()
+        },
+        rate: opened as f64 / open_seconds,
+        proxy_cpu_us_per_op: Some(proxy_ticks as f64 / env.ticks * 1e6 / opened as f64),
+        proxy_core: Some(proxy_ticks as f64 / env.ticks / open_seconds),
+        // The client side is this process: only the backend's share is known.
+        client_core: backend_ticks as f64 / env.ticks / open_seconds,
+        peak_rss_kib,
+        idle: Some(IdleRun {
+            rss_idle_kib,
+            rss_loaded_kib,
+            rss_closed_kib,
+            opened,
+            failed,
+            still_open,
+            open_seconds,
+        }),
+    })
+}
+
+/// Opens `count` connections to `addr`, at most `IDLE_OPEN_CONCURRENCY` exchanges at a time,
+/// within `IDLE_OPEN_BUDGET`. Returns the connections that got their response (nonblocking
+/// std sockets, left idle) and how many did not.
+fn open_idle_connections(addr: SocketAddr, count: usize) -> Result<(Vec<TcpStream>, usize)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let opened = runtime.block_on(async move {
+        let deadline = tokio::time::Instant::now() + IDLE_OPEN_BUDGET;
+        let mut tasks = tokio::task::JoinSet::new();
+        let (mut open, mut failed, mut started) = (Vec::with_capacity(count), 0, 0);
+        loop {
+            while started < count && tasks.len() < IDLE_OPEN_CONCURRENCY {
+                tasks.spawn(idle_connection(addr));
+                started += 1;
+            }
+            match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+                Ok(None) => break,
+                Ok(Some(Ok(Ok(stream)))) => open.push(stream),
+                Ok(Some(_)) => failed += 1,
+                Err(_) => {
+                    failed += tasks.len() + (count - started);
+                    tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        (open, failed)
+    });
+    Ok(opened)
+}
+
+/// One idle-10k connection: connect, one keep-alive GET, the whole response; then handed
+/// back as a std socket so nothing in this process polls it.
+async fn idle_connection(addr: SocketAddr) -> Result<TcpStream> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        // Closing sends a reset: 10,000 connections leave no TIME_WAIT behind.
+        socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: fulcrum-bench\r\n\r\n")
+            .await?;
+        read_keepalive_response(&mut stream).await?;
+        Ok::<_, Error>(stream.into_std()?)
+    };
+    tokio::time::timeout(IDLE_EXCHANGE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| "no response in time")?
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body; fails unless it is a 2xx that
+/// keeps the connection open.
+async fn read_keepalive_response(stream: &mut tokio::net::TcpStream) -> Result<()> {
+    let mut buffer = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err("connection closed before a complete response".into());
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+        let Some(head_end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") else {
+            if buffer.len() > 16 * 1024 {
+                return Err("response head too long".into());
+            }
+            continue;
+        };
+        let head = std::str::from_utf8(&buffer[..head_end])?.to_ascii_lowercase();
+        if !head.starts_with("http/1.1 2") {
+            let status = head.lines().next().unwrap_or_default();
+            return Err(format!("unexpected status line {status:?}").into());
+        }
+        let header = |name: &str| {
+            head.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        if header("connection") == Some("close") {
+            return Err("the response closes the connection".into());
+        }
+        let length: usize = header("content-length")
+            .and_then(|length| length.parse().ok())
+            .ok_or("response without a content-length")?;
+        let have = buffer.len() - head_end - 4;
+        if have > length {
+            return Err("more bytes than the response".into());
+        }
+        if have == length {
+            return Ok(());
+        }
+    }
+}
+
+/// Whether the peer has neither closed nor reset `stream` (a nonblocking socket).
+fn still_open(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.peek(&mut byte), Err(err) if err.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1574,6 +2139,10 @@ fn print_scenario(scenario: &Scenario, report: &ScenarioReport) {
     println!("\n== {}: {}", report.name, report.about);
     if let Some(reason) = &report.skipped {
         println!("   {reason}");
+        return;
+    }
+    if scenario.traffic == Traffic::Idle {
+        print_idle(scenario, report);
         return;
     }
     let cpu_unit = if scenario.traffic == Traffic::Tcp {
@@ -1651,6 +2220,83 @@ fn print_scenario(scenario: &Scenario, report: &ScenarioReport) {
         } else {
             "no core saturated (latency-bound, or a different limit)"
         });
+        if let Some(tls) = contender
+            .runs
+            .iter()
+            .find_map(|run| run.load.tls.as_deref())
+        {
+            let _ = write!(verdict, "; {tls}");
+        }
         println!("   {name:<9} -> {verdict}");
+    }
+}
+
+/// Issue #9's memory targets for fulcrum, printed next to every contender's idle-10k figures.
+const IDLE_TARGET_MIB: f64 = 20.0;
+const IDLE_ADDED_TARGET_MIB: f64 = 40.0;
+
+fn print_idle(scenario: &Scenario, report: &ScenarioReport) {
+    let mib = |kib: f64| format!("{:.1}MiB", kib / 1024.0);
+    println!(
+        "   {:<9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7} {:>6} {:>6} {:>6} {:>9}",
+        "contender",
+        "idle RSS",
+        format!("{}k RSS", scenario.connections / 1000),
+        "added",
+        "per conn",
+        "closed",
+        "opened",
+        "failed",
+        "kept",
+        "in",
+        "CPU/conn"
+    );
+    for contender in &report.contenders {
+        let name = contender.contender.name();
+        if let Some(reason) = &contender.skipped {
+            println!("   {name:<9} skipped: {reason}");
+            continue;
+        }
+        let summary = contender.summary();
+        let Some(idle) = &summary.idle else {
+            let why = contender.failures.first().map_or("", String::as_str);
+            println!("   {name:<9} failed: {why}");
+            continue;
+        };
+        println!(
+            "   {:<9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7.0} {:>6.0} {:>6.0} {:>6} {:>9}",
+            name,
+            mib(idle.rss_idle_kib),
+            mib(idle.rss_loaded_kib),
+            mib(idle.added_kib),
+            format!("{:.1}KiB", idle.added_kib / idle.opened.max(1.0)),
+            mib(idle.rss_closed_kib),
+            idle.opened,
+            idle.failed,
+            idle.still_open,
+            format!("{:.1}s", idle.open_seconds),
+            fmt_option(summary.cpu, |us| format!("{us:.0}us")),
+        );
+    }
+    for contender in &report.contenders {
+        let Some(idle) = contender.summary().idle else {
+            continue;
+        };
+        let (idle_mib, added_mib) = (idle.rss_idle_kib / 1024.0, idle.added_kib / 1024.0);
+        let meets = |value: f64, target: f64| if value < target { "met" } else { "MISSED" };
+        let mut line = format!(
+            "idle {idle_mib:.1} MiB (target < {IDLE_TARGET_MIB} MiB: {}); {:.0} idle connections add {added_mib:.1} MiB (target < {IDLE_ADDED_TARGET_MIB} MiB: {})",
+            meets(idle_mib, IDLE_TARGET_MIB),
+            idle.opened,
+            meets(added_mib, IDLE_ADDED_TARGET_MIB),
+        );
+        if idle.still_open < scenario.connections as f64 {
+            let _ = write!(
+                line,
+                "; only {:.0} of {} connections were open at the reading",
+                idle.still_open, scenario.connections
+            );
+        }
+        println!("   {:<9} -> {line}", contender.contender.name());
     }
 }
