@@ -293,13 +293,15 @@ impl Connection {
             .then(|| (parts.method.clone(), parts.uri.path().to_owned()));
         let mut served_by = None;
         let request = Request::from_parts(parts, body);
-        let outcome = forward(
+        // Boxed: hyper keeps a slot the size of this future in every connection, idle or not;
+        // with the forwarding state inline that slot alone was 3.3 KiB per idle connection.
+        let outcome = Box::pin(forward(
             &pool,
             request,
             (&self.listener.name, started),
             tunnel,
             &mut served_by,
-        )
+        ))
         .await;
         if let Some((method, path)) = access {
             let status = outcome
