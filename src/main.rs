@@ -72,6 +72,7 @@ fn init_tracing(level: Option<&str>) {
 }
 
 fn run(config: Config, path: std::path::PathBuf, source: String) -> anyhow::Result<()> {
+    raise_open_files_limit();
     // One worker thread: a current-thread runtime does the same work without the cross-thread
     // hand-offs of the work-stealing scheduler (measured: less CPU per request).
     let mut runtime = match config.runtime.worker_threads {
@@ -91,6 +92,16 @@ fn run(config: Config, path: std::path::PathBuf, source: String) -> anyhow::Resu
         server.run(shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// Every client and upstream connection is a descriptor, and the usual soft limit (1024) would
+/// cap a balancer near a thousand clients: raise it to the hard limit, as nginx and HAProxy
+/// operators do by hand. A failure only costs headroom, so it is logged, not fatal.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open files limit"),
+    }
 }
 
 /// Asks for a reload on every SIGHUP.

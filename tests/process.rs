@@ -174,7 +174,12 @@ impl Drop for Running {
 
 /// Starts the binary and waits for its startup line; returns the child and the listener address.
 fn start_fulcrum(config: &std::path::Path) -> (Running, SocketAddr) {
-    let child = Command::new(BIN)
+    start_command(Command::new(BIN), config)
+}
+
+/// Like [`start_fulcrum`], with `command` running the binary (it must exec it, keeping the pid).
+fn start_command(mut command: Command, config: &std::path::Path) -> (Running, SocketAddr) {
+    let child = command
         .arg("--config")
         .arg(config)
         .env("NO_COLOR", "1")
@@ -262,6 +267,38 @@ fn sigterm_drains_a_slow_request_then_exits_zero() {
         sent_at.elapsed() >= Duration::from_millis(1000),
         "exited before the slow request finished"
     );
+}
+
+/// The soft and hard "Max open files" limits of process `pid`.
+fn open_files_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    let soft = fields.next().expect("soft limit").to_owned();
+    let hard = fields.next().expect("hard limit").to_owned();
+    (soft, hard)
+}
+
+#[test]
+fn open_files_soft_limit_is_raised_to_the_hard_limit() {
+    let backend = slow_backend(Duration::from_millis(10));
+    let dir = tempdir::Dir::new("nofile");
+    let path = write_config(
+        &dir,
+        &format!(
+            "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\n[pools.app]\nbackends = [\"{backend}\"]\n"
+        ),
+    );
+    // util-linux's prlimit lowers only the soft limit, then execs fulcrum under the same pid.
+    let mut command = Command::new("prlimit");
+    command.args(["--nofile=64:", "--", BIN]);
+    let (child, _) = start_command(command, &path);
+    let (soft, hard) = open_files_limits(child.0.id());
+    assert_eq!(soft, hard, "soft limit left below the hard limit");
+    assert_ne!(soft, "64");
 }
 
 fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<i32> {
