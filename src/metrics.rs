@@ -38,6 +38,8 @@ pub mod names {
     pub const CONNECTIONS_ACTIVE: &str = "fulcrum_connections_active";
     /// Client connections accepted.
     pub const CONNECTIONS: &str = "fulcrum_connections_total";
+    /// Client connections closed by a timeout, by kind (`header_read`, `idle`).
+    pub const CLIENT_TIMEOUTS: &str = "fulcrum_client_timeouts_total";
     /// Bytes read from (`in`) and written to (`out`) clients.
     pub const BYTES: &str = "fulcrum_bytes_total";
     /// Config reloads, by result.
@@ -111,6 +113,10 @@ fn describe() {
     );
     describe_gauge!(names::CONNECTIONS_ACTIVE, "Client connections open now.");
     describe_counter!(names::CONNECTIONS, "Client connections accepted.");
+    describe_counter!(
+        names::CLIENT_TIMEOUTS,
+        "Client connections closed because a request head was incomplete for header_read_timeout (kind=header_read) or nothing moved for idle_timeout (kind=idle)."
+    );
     describe_counter!(
         names::BYTES,
         Unit::Bytes,
@@ -326,6 +332,10 @@ pub struct ListenerMetrics {
     pub bytes_in: Counter,
     /// Bytes written to clients.
     pub bytes_out: Counter,
+    /// Connections closed for an incomplete request head.
+    pub header_read_timeouts: Counter,
+    /// Connections closed for idling.
+    pub idle_timeouts: Counter,
 }
 
 impl ListenerMetrics {
@@ -345,7 +355,15 @@ impl ListenerMetrics {
             ),
             bytes_out: metrics::counter!(
                 names::BYTES,
-                &[listener, ("direction", "out".to_owned())]
+                &[listener.clone(), ("direction", "out".to_owned())]
+            ),
+            header_read_timeouts: metrics::counter!(
+                names::CLIENT_TIMEOUTS,
+                &[listener.clone(), ("kind", "header_read".to_owned())]
+            ),
+            idle_timeouts: metrics::counter!(
+                names::CLIENT_TIMEOUTS,
+                &[listener, ("kind", "idle".to_owned())]
             ),
         }
     }

@@ -17,6 +17,7 @@ use common::{
 };
 use http::StatusCode;
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ---------------------------------------------------------------------------------------------
 // Prometheus text
@@ -340,6 +341,46 @@ const FAST_CHECKS: &str = "{ path = \"/health\", interval = \"100ms\", timeout =
 // ---------------------------------------------------------------------------------------------
 // /metrics
 // ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_client_timeouts_by_kind() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let (mut balancer, admin) = TestBalancer::builder()
+            .backend(backend.addr())
+            .listener("header_read_timeout", "\"300ms\"")
+            .listener("idle_timeout", "\"30s\"")
+            .start_with_admin()
+            .await;
+        let mut stream = common::raw_connect(balancer.addr()).await;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+            .await
+            .expect("write a partial head");
+        let mut buf = [0u8; 64];
+        let read = common::within(
+            Duration::from_secs(3),
+            "the proxy to close the connection",
+            stream.read(&mut buf),
+        )
+        .await;
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+        let (metrics, text) = scrape(admin).await;
+        let header_read = [("listener", "web"), ("kind", "header_read")];
+        assert_eq!(
+            metrics.expect("fulcrum_client_timeouts_total", &header_read, &text),
+            1.0
+        );
+        let idle = [("listener", "web"), ("kind", "idle")];
+        assert_eq!(
+            metrics.expect("fulcrum_client_timeouts_total", &idle, &text),
+            0.0
+        );
+        balancer.stop().await;
+    })
+    .await;
+}
 
 #[tokio::test]
 async fn metrics_count_every_request_per_backend() {

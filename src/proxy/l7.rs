@@ -207,10 +207,12 @@ impl HttpListener {
             result = conn.as_mut() => result,
             reason = close => match reason {
                 Ok(Close::Idle) => {
+                    self.metrics.idle_timeouts.increment(1);
                     tracing::debug!(listener = %self.name, client = %peer, "closing idle connection");
                     return;
                 }
                 Ok(Close::HeadTimeout) => {
+                    self.metrics.header_read_timeouts.increment(1);
                     tracing::debug!(listener = %self.name, client = %peer, "request head not complete within header_read_timeout; closing");
                     return;
                 }
