@@ -224,11 +224,8 @@ impl BackendMetrics {
     fn count_request(&self, listener: &Arc<str>, status: u16) {
         let class = class_index(status);
         let current = self.requests.load();
-        // Listener names are shared `Arc`s, so the pointer check almost always decides.
-        let known = current
-            .iter()
-            .find(|(name, _)| Arc::ptr_eq(name, listener) || name == listener);
-        match known {
+        // `Arc<str>` equality checks the pointer first; listener names are shared `Arc`s.
+        match current.iter().find(|(name, _)| name == listener) {
             Some((_, counters)) => counters[class].increment(1),
             None => self.requests_counter(listener, class).increment(1),
         }

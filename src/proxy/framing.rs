@@ -166,29 +166,26 @@ impl HeadScanner {
                         State::Passthrough
                     };
                 }
-                State::Head { line_start: 0 } if self.head.is_empty() => {
+                State::Head { line_start } => {
                     // The usual case: the whole head arrived in this read. Judge it in place.
-                    let Some(end) = head_end(bytes) else {
-                        let (used, bad) = self.scan_head(bytes, 0);
+                    let whole = if self.head.is_empty() {
+                        head_end(bytes)
+                    } else {
+                        None
+                    };
+                    if let Some(end) = whole {
+                        if end > self.max_head_bytes {
+                            self.state = State::Passthrough;
+                            return None;
+                        }
+                        let (head, rest) = bytes.split_at(end);
+                        let bad = self.finish_head(head);
                         if bad.is_some() {
                             return bad;
                         }
-                        bytes = bytes.get(used..).unwrap_or_default();
+                        bytes = rest;
                         continue;
-                    };
-                    if end > self.max_head_bytes {
-                        self.state = State::Passthrough;
-                        return None;
                     }
-                    let (head, rest) = bytes.split_at(end);
-                    let bad = self.finish_head(head);
-                    if bad.is_some() {
-                        return bad;
-                    }
-                    bytes = rest;
-                    continue;
-                }
-                State::Head { line_start } => {
                     let (used, bad) = self.scan_head(bytes, line_start);
                     if bad.is_some() {
                         return bad;
