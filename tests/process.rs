@@ -1,56 +1,27 @@
 //! Process-level behaviour of the real `fulcrum` binary: `--check`, `--version`, and a SIGTERM
 //! drain with a slow request in flight.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::TempDir;
+
 const BIN: &str = env!("CARGO_BIN_EXE_fulcrum");
 
-fn write_config(dir: &tempdir::Dir, body: &str) -> std::path::PathBuf {
+fn write_config(dir: &TempDir, body: &str) -> std::path::PathBuf {
     let path = dir.path().join("fulcrum.toml");
     std::fs::write(&path, body).expect("write config");
     path
 }
 
-/// A minimal temporary directory, removed on drop.
-mod tempdir {
-    use std::path::{Path, PathBuf};
-
-    pub struct Dir(PathBuf);
-
-    impl Dir {
-        pub fn new(tag: &str) -> Dir {
-            let path = std::env::temp_dir().join(format!(
-                "fulcrum-test-{tag}-{}-{:?}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0)
-            ));
-            std::fs::create_dir_all(&path).expect("create temp dir");
-            Dir(path)
-        }
-
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            // Best effort: a leftover temp dir is harmless.
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 #[test]
 fn check_accepts_a_valid_file_and_prints_a_summary() {
-    let dir = tempdir::Dir::new("check-ok");
+    let dir = TempDir::new("check-ok");
     let path = write_config(
         &dir,
         "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\n[pools.app]\nbackends = [\"127.0.0.1:3001\", { address = \"127.0.0.1:3002\", weight = 2 }]\n",
@@ -76,7 +47,7 @@ fn check_accepts_a_valid_file_and_prints_a_summary() {
 
 #[test]
 fn check_rejects_an_invalid_file_listing_every_error() {
-    let dir = tempdir::Dir::new("check-bad");
+    let dir = TempDir::new("check-bad");
     let path = write_config(
         &dir,
         "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"nope\"\n\n[pools.app]\nbackends = [\"127.0.0.1:99999\"]\n",
@@ -222,7 +193,7 @@ fn start_command(mut command: Command, config: &std::path::Path) -> (Running, So
 #[test]
 fn sigterm_drains_a_slow_request_then_exits_zero() {
     let backend = slow_backend(Duration::from_millis(1500));
-    let dir = tempdir::Dir::new("drain");
+    let dir = TempDir::new("drain");
     let path = write_config(
         &dir,
         &format!(
@@ -285,7 +256,7 @@ fn open_files_limits(pid: u32) -> (String, String) {
 #[test]
 fn open_files_soft_limit_is_raised_to_the_hard_limit() {
     let backend = slow_backend(Duration::from_millis(10));
-    let dir = tempdir::Dir::new("nofile");
+    let dir = TempDir::new("nofile");
     let path = write_config(
         &dir,
         &format!(

@@ -9,13 +9,12 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{TestBackend, TestBody, TestResponse, bounded, empty, full, within};
+use common::{TempDir, TestBackend, TestBody, TestResponse, bounded, empty, full, within};
 use fulcrum::{Config, Server};
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode, Version};
@@ -37,58 +36,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How long to wait for a rotated certificate to be served.
 const ROTATION_LIMIT: Duration = Duration::from_secs(3);
-
-// ---------------------------------------------------------------------------------------------
-// Temp dir
-// ---------------------------------------------------------------------------------------------
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "fulcrum-tls-{tag}-{}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// The config file name to hand to `Config::parse` (never written).
-    fn config_file(&self) -> String {
-        self.join("fulcrum.toml").to_string_lossy().into_owned()
-    }
-
-    fn write(&self, name: &str, contents: &str) {
-        std::fs::write(self.join(name), contents)
-            .unwrap_or_else(|err| panic!("write {name}: {err}"));
-    }
-
-    /// Replaces `name` atomically: write a temp file in the same dir, then rename over it.
-    fn replace(&self, name: &str, contents: &str) {
-        let temp = self.join(&format!(".{name}.tmp"));
-        std::fs::write(&temp, contents).unwrap_or_else(|err| panic!("write {name}.tmp: {err}"));
-        std::fs::rename(&temp, self.join(name))
-            .unwrap_or_else(|err| panic!("rename over {name}: {err}"));
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Certificates

@@ -5,6 +5,8 @@
 #[path = "../examples/user_service/mod.rs"]
 mod user_service;
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::TempDir;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
@@ -45,31 +48,6 @@ async fn bounded<T>(limit: Duration, future: impl Future<Output = T>) -> T {
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "fulcrum-test-{what}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        // A leftover from an earlier run with the same pid; absent almost always.
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // Best effort: a leftover temp dir is harmless.
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Three (or `n`) user-service instances on one database, and fulcrum in front of them.
 struct Site {
     /// fulcrum's `web` listener.
@@ -85,7 +63,7 @@ struct Site {
 impl Site {
     async fn start(n: usize) -> Site {
         let dir = TempDir::new("users");
-        let db = dir.0.join("users.db");
+        let db = dir.join("users.db");
         let mut instances = Vec::new();
         for i in 0..n {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -726,7 +704,7 @@ async fn the_page_works_in_headless_chromium() {
                 "--window-size=1100,900",
                 "--remote-debugging-port=0",
             ])
-            .arg(format!("--user-data-dir={}", profile.0.display()))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -15,6 +15,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -1155,4 +1156,58 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> TestResponse {
     )
     .await
     .unwrap_or_else(|err| panic!("GET {path} on the admin listener: {err}"))
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh directory under the system temp dir; `tag` goes into its name.
+    pub fn new(tag: &str) -> TempDir {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "fulcrum-test-{tag}-{}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// The config file name to hand to `Config::parse` (never written).
+    pub fn config_file(&self) -> String {
+        self.join("fulcrum.toml").to_string_lossy().into_owned()
+    }
+
+    pub fn write(&self, name: &str, contents: &str) {
+        std::fs::write(self.join(name), contents)
+            .unwrap_or_else(|err| panic!("write {name}: {err}"));
+    }
+
+    /// Replaces `name` atomically: write a temp file in the same dir, then rename over it.
+    pub fn replace(&self, name: &str, contents: &str) {
+        let temp = self.join(&format!(".{name}.tmp"));
+        std::fs::write(&temp, contents).unwrap_or_else(|err| panic!("write {name}.tmp: {err}"));
+        std::fs::rename(&temp, self.join(name))
+            .unwrap_or_else(|err| panic!("rename over {name}: {err}"));
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // Best effort: a leftover temp dir is harmless.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
