@@ -206,14 +206,19 @@ impl Server {
         runtime.publish_listeners();
         let handle = runtime.reload_handle.clone();
         runtime.watch_certificates(&handle);
-        let _watcher = runtime.file.as_ref().and_then(|path| {
-            let watcher = reload::watch(&[path.as_path()], handle.clone(), Trigger::FileChanged)
+        let file = runtime.file.clone();
+        let _watcher = file.as_ref().and_then(|path| {
+            reload::watch(&[path.as_path()], handle.clone(), Trigger::FileChanged)
                 .map_err(|err| tracing::warn!(error = %err, "config file changes will not be picked up; use SIGHUP or POST /reload"))
-                .ok();
-            // Catch a write that landed between loading the file and starting the watch.
-            handle.trigger(Trigger::FileChanged);
-            watcher
+                .ok()
         });
+        if let Some(path) = &file {
+            // Catch a write that landed between loading the file and starting the watch. Done
+            // before any other reload is handled, so from the line below on, a change is either
+            // this check's or a later trigger's, never a race between them.
+            runtime.reload(Trigger::FileChanged).await;
+            tracing::info!(file = %path.display(), "config file checked since start; watching for changes");
+        }
         drop(reload_tx);
 
         tokio::pin!(shutdown);

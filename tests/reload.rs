@@ -149,7 +149,7 @@ impl Fulcrum {
         fulcrum.admin = address_after(&line, "admin=");
         // The watch is set up just after the startup line; a write before it would be missed.
         fulcrum
-            .wait_log(0, "watching config directory", Duration::from_secs(5))
+            .wait_log(0, "config file checked since start", Duration::from_secs(5))
             .await;
         fulcrum
     }
