@@ -842,3 +842,66 @@ async fn keep_alive_connection_is_reused_upstream() {
     })
     .await;
 }
+
+/// A backend on 127.0.0.1:0 that answers every request head on every connection with `reply`.
+async fn scripted_backend(reply: &'static [u8]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = socket.write_all(reply).await;
+                let _ = socket.read(&mut chunk).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_or_broken_backend_responses_are_502() {
+    bounded(async {
+        for reply in [
+            // Response splitting: which framing is the next response's start?
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+            b"NOT-HTTP garbage\r\n\r\n",
+        ] {
+            let backend = scripted_backend(reply).await;
+            let mut lb = TestBalancer::builder().backend(backend).start().await;
+            let mut client = lb.client().await;
+            let response = client.get("/").await.expect("a response from the proxy");
+            assert_eq!(response.status, StatusCode::BAD_GATEWAY, "{reply:?}");
+            lb.stop().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_backend_responses_with_extensions_and_trailers_are_decoded() {
+    bounded(async {
+        let backend = scripted_backend(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
+              4\r\nabcd\r\n3;x=y\r\nefg\r\n0\r\nx-sum: 7\r\n\r\n",
+        )
+        .await;
+        let mut lb = TestBalancer::builder().backend(backend).start().await;
+        let mut client = lb.client().await;
+        let response = client.get("/").await.expect("a response from the proxy");
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(response.text(), "abcdefg");
+        lb.stop().await;
+    })
+    .await;
+}

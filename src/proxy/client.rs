@@ -1,7 +1,8 @@
 //! Upstream connections: connect with a timeout, and a bounded lock-free idle pool per backend.
 //!
-//! We keep our own per-backend pool on top of hyper's connection API instead of hyper-util's
-//! legacy `Client` because the proxy needs three things that client cannot give: a request
+//! HTTP/1.1 connections are [`h1::Connection`]s, driven by the request that uses them; HTTP/2
+//! ones are hyper's, with a driver task. We keep our own per-backend pool instead of
+//! hyper-util's legacy `Client` because the proxy needs three things that client cannot give: a request
 //! handed back intact when a connect fails (so it can go to a *different* backend), idle
 //! connections owned by the backend (so a removed backend's connections close with it and a kept
 //! backend's survive a reload), and no per-request URI-keyed pool lookup under a mutex.
@@ -10,9 +11,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use http::Request;
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -20,12 +20,14 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::body::UpstreamBody;
+use super::h1;
 
-/// The sending half of one connection to a backend; request bodies stream from clients.
+/// One connection to a backend.
 #[derive(Debug)]
-pub enum Sender {
-    /// One request at a time; returned to the idle pool when its response ends.
-    Http1(http1::SendRequest<UpstreamBody>),
+pub enum Conn {
+    /// One request at a time, driven by the request's own task; returned to the idle pool
+    /// when its response ends.
+    Http1(h1::Connection),
     /// Multiplexed: clones share one connection, which stays in the idle pool while in use.
     Http2(http2::SendRequest<UpstreamBody>),
 }
@@ -33,31 +35,12 @@ pub enum Sender {
 /// A request handed back because it was never written.
 pub type Unsent = hyper::client::conn::TrySendError<Request<UpstreamBody>>;
 
-impl Sender {
-    /// Whether the connection is gone.
-    pub fn is_closed(&self) -> bool {
+impl Conn {
+    /// Whether the connection can no longer carry a request.
+    pub fn is_closed(&mut self) -> bool {
         match self {
-            Sender::Http1(sender) => sender.is_closed(),
-            Sender::Http2(sender) => sender.is_closed(),
-        }
-    }
-
-    /// Waits until the connection can take a request.
-    pub async fn ready(&mut self) -> hyper::Result<()> {
-        match self {
-            Sender::Http1(sender) => sender.ready().await,
-            Sender::Http2(sender) => sender.ready().await,
-        }
-    }
-
-    /// Sends `request`; when it was not written at all, the error hands it back.
-    pub async fn send(
-        &mut self,
-        request: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, Unsent> {
-        match self {
-            Sender::Http1(sender) => sender.try_send_request(request).await,
-            Sender::Http2(sender) => sender.try_send_request(request).await,
+            Conn::Http1(conn) => conn.is_closed(),
+            Conn::Http2(sender) => sender.is_closed(),
         }
     }
 }
@@ -101,8 +84,8 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
-    /// The HTTP handshake on a fresh connection failed.
-    #[error("HTTP handshake with {address} failed: {source}")]
+    /// The HTTP/2 handshake on a fresh connection failed.
+    #[error("HTTP/2 handshake with {address} failed: {source}")]
     Handshake {
         /// The backend address.
         address: SocketAddr,
@@ -158,15 +141,18 @@ impl std::fmt::Debug for Connector {
 }
 
 /// Opens a new connection to the backend at `address` (configured as `host`) the way
-/// `connector` says, and spawns its driver task.
+/// `connector` says; an HTTP/2 connection gets its driver task.
 pub async fn connect(
     address: SocketAddr,
     host: &str,
     connector: &Connector,
-) -> Result<Sender, ConnectError> {
+) -> Result<Conn, ConnectError> {
     let stream = connect_tcp(address, connector.timeout).await?;
     let Some((tls, server_name)) = &connector.tls else {
-        return handshake(TokioIo::new(stream), connector.http2, address).await;
+        if connector.http2 {
+            return handshake_http2(TokioIo::new(stream), address).await;
+        }
+        return Ok(Conn::Http1(h1::Connection::new(h1::Stream::Tcp(stream))));
     };
     let name = match server_name {
         Some(name) => name.clone(),
@@ -184,38 +170,29 @@ pub async fn connect(
             });
         }
     };
-    handshake(TokioIo::new(stream), connector.http2, address).await
+    if connector.http2 {
+        return handshake_http2(TokioIo::new(stream), address).await;
+    }
+    Ok(Conn::Http1(h1::Connection::new(h1::Stream::Tls(Box::new(
+        stream,
+    )))))
 }
 
-async fn handshake<T>(io: T, http2: bool, address: SocketAddr) -> Result<Sender, ConnectError>
+async fn handshake_http2<T>(io: T, address: SocketAddr) -> Result<Conn, ConnectError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let handshake_failed = |source| ConnectError::Handshake { address, source };
-    if http2 {
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(io)
-            .await
-            .map_err(handshake_failed)?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(backend = %address, error = %err, "upstream HTTP/2 connection ended");
-            }
-        });
-        return Ok(Sender::Http2(sender));
-    }
-    let (sender, connection) = http1::Builder::new()
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
         .handshake(io)
         .await
-        .map_err(handshake_failed)?;
+        .map_err(|source| ConnectError::Handshake { address, source })?;
     tokio::spawn(async move {
-        // With upgrades, a 101 response hands the connection to the tunnel instead of ending it.
-        if let Err(err) = connection.with_upgrades().await {
-            tracing::debug!(backend = %address, error = %err, "upstream connection ended");
+        if let Err(err) = connection.await {
+            tracing::debug!(backend = %address, error = %err, "upstream HTTP/2 connection ended");
         }
     });
-    Ok(Sender::Http1(sender))
+    Ok(Conn::Http2(sender))
 }
 
 /// Idle keep-alive connections to one backend, ready for reuse.
@@ -231,7 +208,7 @@ pub struct IdleConnections {
 
 #[derive(Debug)]
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -246,46 +223,43 @@ impl IdleConnections {
 
     /// A live idle connection, if there is one; stale ones met on the way are closed. An
     /// HTTP/2 connection stays in the pool for other requests to share.
-    pub fn take(&self) -> Option<Sender> {
+    pub fn take(&self) -> Option<Conn> {
         let queue = self.queue.as_ref()?;
-        while let Some(idle) = queue.pop() {
-            if idle.sender.is_closed() || idle.since.elapsed() >= self.idle_timeout {
+        while let Some(mut idle) = queue.pop() {
+            if idle.since.elapsed() >= self.idle_timeout || idle.conn.is_closed() {
                 continue;
             }
-            if let Sender::Http2(shared) = &idle.sender {
-                let sender = Sender::Http2(shared.clone());
+            if let Conn::Http2(shared) = &idle.conn {
+                let conn = Conn::Http2(shared.clone());
                 // The pool just gave up this slot, so there is room.
                 let _ = queue.push(Idle {
-                    sender: idle.sender,
+                    conn: idle.conn,
                     since: Instant::now(),
                 });
-                return Some(sender);
+                return Some(conn);
             }
-            return Some(idle.sender);
+            return Some(idle.conn);
         }
         None
     }
 
-    /// Offers a connection whose last exchange completed cleanly for reuse. HTTP/2 senders are
-    /// shared clones whose connection is already in the pool, so they are simply dropped.
-    pub fn put(&self, sender: Sender) {
-        if sender.is_closed() || matches!(sender, Sender::Http2(_)) {
-            return;
-        }
+    /// Offers an HTTP/1.1 connection whose last exchange completed cleanly for reuse. (HTTP/2
+    /// connections stay in the pool while shared, see [`IdleConnections::share`].)
+    pub fn put(&self, conn: h1::Connection) {
         if let Some(queue) = &self.queue {
             // A full queue hands the connection back; dropping it closes it.
             let _ = queue.push(Idle {
-                sender,
+                conn: Conn::Http1(conn),
                 since: Instant::now(),
             });
         }
     }
 
     /// Adds a new HTTP/2 connection to the pool so later requests share it.
-    pub fn share(&self, sender: &Sender) {
-        if let (Sender::Http2(shared), Some(queue)) = (sender, &self.queue) {
+    pub fn share(&self, conn: &Conn) {
+        if let (Conn::Http2(shared), Some(queue)) = (conn, &self.queue) {
             let _ = queue.push(Idle {
-                sender: Sender::Http2(shared.clone()),
+                conn: Conn::Http2(shared.clone()),
                 since: Instant::now(),
             });
         }

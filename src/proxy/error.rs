@@ -33,10 +33,21 @@ pub enum ProxyError {
     Timeout(Duration),
     /// The backend reset the connection or sent something that is not HTTP.
     #[error("backend failed: {0}")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] UpstreamError),
     /// The backend answered in a way HTTP does not allow here.
     #[error("backend broke the protocol: {0}")]
     Protocol(&'static str),
+}
+
+/// A failed exchange with a backend, by protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Over HTTP/1.1.
+    #[error(transparent)]
+    Http1(#[from] super::h1::Error),
+    /// Over HTTP/2 (hyper's client).
+    #[error(transparent)]
+    Http2(#[from] hyper::Error),
 }
 
 impl ProxyError {

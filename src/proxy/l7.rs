@@ -24,10 +24,11 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::body::{Lease, ProxyBody, UpstreamBody};
-use super::client::{self, Sender};
-use super::error::ProxyError;
+use super::body::{ProxyBody, Upstream, UpstreamBody};
+use super::client::{self, Conn};
+use super::error::{ProxyError, UpstreamError};
 use super::framing::{FramingCheck, ScannedIo};
+use super::h1;
 use super::headers::{self, ClientInfo};
 use super::idle::{self, Activity, ActivityIo, Close};
 use crate::backend::{Backend, InFlight};
@@ -421,7 +422,7 @@ async fn forward(
         }
         let in_flight = backend.start_request();
         match send(backend, request, pool).await {
-            Attempt::Response(mut response, sender) => {
+            Attempt::Response(response) => {
                 let status = response.status().as_u16();
                 backend
                     .metrics
@@ -435,16 +436,21 @@ async fn forward(
                     let Some(tunnel) = tunnel.take() else {
                         return Err(ProxyError::Protocol("101 without an upgrade request"));
                     };
+                    let (parts, body) = response.into_parts();
                     // The connection now belongs to the tunnel, never to the idle pool.
-                    drop(sender);
-                    let upstream = hyper::upgrade::on(&mut response);
+                    let upstream = match body {
+                        Upstream::Http1(body) => body.into_upgraded(),
+                        Upstream::Http2(_) => None,
+                    };
+                    let Some(upstream) = upstream else {
+                        return Err(ProxyError::Protocol("101 without a connection to upgrade"));
+                    };
                     let tracker = tunnel.drain.tracker.clone();
                     tracker.spawn(tunnel.run(upstream, in_flight));
-                    let (parts, _) = response.into_parts();
                     return Ok(Response::from_parts(parts, ProxyBody::local(Bytes::new())));
                 }
                 let (parts, body) = response.into_parts();
-                let body = ProxyBody::upstream(body, Lease { in_flight, sender });
+                let body = ProxyBody::upstream(body, in_flight);
                 return Ok(Response::from_parts(parts, body));
             }
             Attempt::NotSent(unsent, err) => {
@@ -511,10 +517,10 @@ impl Tunnel {
     /// Copies bytes both ways between the upgraded connections until either side closes or
     /// nothing moves for `idle_timeout`. The request stays in flight (least-connections counts
     /// it) for the tunnel's whole life.
-    async fn run(self, upstream: OnUpgrade, in_flight: InFlight) {
+    async fn run(self, mut upstream: h1::Upgraded, in_flight: InFlight) {
         let backend = Arc::clone(in_flight.backend());
-        let (client, upstream) = match tokio::try_join!(self.client, upstream) {
-            Ok(pair) => pair,
+        let client = match self.client.await {
+            Ok(client) => client,
             Err(err) => {
                 tracing::debug!(backend = %backend.name, error = %err, "upgrade failed");
                 return;
@@ -522,7 +528,6 @@ impl Tunnel {
         };
         let (mut client, activity) =
             ActivityIo::new(TokioIo::new(client), Counter::noop(), Counter::noop());
-        let mut upstream = TokioIo::new(upstream);
         tokio::select! {
             result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
                 if let Err(err) = result {
@@ -577,8 +582,8 @@ impl Replay {
 
 /// The outcome of one attempt on one backend.
 enum Attempt {
-    /// The backend answered; the connection comes along for reuse.
-    Response(Response<Incoming>, Sender),
+    /// The backend answered; an HTTP/1.1 body brings its connection along for reuse.
+    Response(Response<Upstream>),
     /// Nothing reached the backend; the request is handed back for another backend.
     NotSent(Request<UpstreamBody>, ProxyError),
     /// The request was (possibly partly) sent and then failed; it cannot be replayed.
@@ -588,30 +593,44 @@ enum Attempt {
 /// One attempt on `backend`: reuse an idle connection or open one, then send and wait for the
 /// response head within the pool's `request_timeout`.
 async fn send(backend: &Arc<Backend>, mut request: Request<UpstreamBody>, pool: &Pool) -> Attempt {
-    let settings = pool.settings;
+    let timeout = pool.settings.request_timeout;
     let mut stale = 0;
     loop {
         let fresh = stale >= STALE_CONNECTION_ATTEMPTS;
-        let mut sender = match checkout(backend, &pool.connector, fresh).await {
-            Ok(sender) => sender,
+        let conn = match checkout(backend, &pool.connector, fresh).await {
+            Ok(conn) => conn,
             Err(err) => return Attempt::NotSent(request, err.into()),
         };
-        let attempt = sender.send(request);
-        match tokio::time::timeout(settings.request_timeout, attempt).await {
-            Err(_) => return Attempt::Failed(ProxyError::Timeout(settings.request_timeout)),
-            Ok(Ok(response)) => return Attempt::Response(response, sender),
-            Ok(Err(mut err)) => match err.take_message() {
-                // The connection closed before the request was written: use another one.
-                Some(unsent) if stale < STALE_CONNECTION_ATTEMPTS => {
-                    stale += 1;
-                    request = unsent;
+        let unsent = match conn {
+            Conn::Http1(conn) => match tokio::time::timeout(timeout, conn.send(request)).await {
+                Err(_) => return Attempt::Failed(ProxyError::Timeout(timeout)),
+                Ok(Ok(response)) => return Attempt::Response(response.map(Upstream::Http1)),
+                Ok(Err(h1::SendError::NotSent(unsent, err))) => (*unsent, UpstreamError::from(err)),
+                Ok(Err(h1::SendError::Failed(err))) => {
+                    return Attempt::Failed(ProxyError::Upstream(err.into()));
                 }
-                Some(unsent) => {
-                    return Attempt::NotSent(unsent, ProxyError::Upstream(err.into_error()));
-                }
-                None => return Attempt::Failed(ProxyError::Upstream(err.into_error())),
             },
+            Conn::Http2(mut sender) => {
+                let attempt = sender.try_send_request(request);
+                match tokio::time::timeout(timeout, attempt).await {
+                    Err(_) => return Attempt::Failed(ProxyError::Timeout(timeout)),
+                    Ok(Ok(response)) => return Attempt::Response(response.map(Upstream::Http2)),
+                    Ok(Err(mut err)) => match err.take_message() {
+                        Some(unsent) => (unsent, UpstreamError::from(err.into_error())),
+                        None => {
+                            return Attempt::Failed(ProxyError::Upstream(err.into_error().into()));
+                        }
+                    },
+                }
+            }
+        };
+        // The connection closed before the request was written: use another one.
+        let (unsent, err) = unsent;
+        if stale >= STALE_CONNECTION_ATTEMPTS {
+            return Attempt::NotSent(unsent, ProxyError::Upstream(err));
         }
+        stale += 1;
+        request = unsent;
     }
 }
 
@@ -620,19 +639,24 @@ async fn checkout(
     backend: &Backend,
     connector: &client::Connector,
     fresh: bool,
-) -> Result<Sender, client::ConnectError> {
+) -> Result<Conn, client::ConnectError> {
     if !fresh {
-        while let Some(mut sender) = backend.idle.take() {
-            if sender.ready().await.is_ok() {
-                return Ok(sender);
+        while let Some(conn) = backend.idle.take() {
+            match conn {
+                Conn::Http2(mut sender) => {
+                    if sender.ready().await.is_ok() {
+                        return Ok(Conn::Http2(sender));
+                    }
+                }
+                http1 @ Conn::Http1(_) => return Ok(http1),
             }
         }
     }
     // Boxed: the connect path (TCP, TLS, HTTP/2 handshakes) is large and rare on keep-alive
     // traffic; inline, it would swell every request's future, which is moved on each request.
-    let sender = Box::pin(client::connect(backend.address, backend.host(), connector)).await?;
-    backend.idle.share(&sender);
-    Ok(sender)
+    let conn = Box::pin(client::connect(backend.address, backend.host(), connector)).await?;
+    backend.idle.share(&conn);
+    Ok(conn)
 }
 
 #[cfg(test)]
