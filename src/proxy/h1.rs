@@ -187,8 +187,11 @@ impl Connection {
         if let Err(err) = write_head(&mut self.io, &self.head).await {
             return Err(SendError::NotSent(Box::new(request), err.into()));
         }
-        let head_request = request.method() == Method::HEAD;
-        let mut writer = BodyWriter::new(request.into_body(), framing);
+        let (parts, body) = request.into_parts();
+        let head_request = parts.method == Method::HEAD;
+        // The request's field map, emptied, takes the response's fields: no new allocation.
+        let mut headers = parts.headers;
+        let mut writer = BodyWriter::new(body, framing);
         let mut write_error = None;
         let parsed = std::future::poll_fn(|cx| {
             if !writer.done {
@@ -204,7 +207,7 @@ impl Connection {
                     Poll::Ready(Ok(())) | Poll::Pending => {}
                 }
             }
-            self.poll_head(cx)
+            self.poll_head(cx, &mut headers)
         })
         .await;
         let head = match (parsed, write_error) {
@@ -218,14 +221,19 @@ impl Connection {
         } else {
             Writing::Body(Box::new(writer))
         };
-        self.respond(head, head_request, writing)
+        self.respond(head, headers, head_request, writing)
             .map_err(SendError::Failed)
     }
 
     /// Reads until a final response head is buffered; 1xx interim responses are skipped.
-    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<Head, Error>> {
+    /// The head's fields go into `headers`.
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        headers: &mut HeaderMap,
+    ) -> Poll<Result<Head, Error>> {
         loop {
-            if let Some(head) = parse_head(&self.buf)? {
+            if let Some(head) = parse_head(&self.buf, headers)? {
                 if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
                 {
                     self.buf.advance(head.len);
@@ -246,6 +254,7 @@ impl Connection {
     fn respond(
         mut self,
         head: Head,
+        headers: HeaderMap,
         head_request: bool,
         writing: Writing,
     ) -> Result<Response<Body>, Error> {
@@ -253,7 +262,7 @@ impl Connection {
         let Head {
             status,
             version,
-            headers,
+            fields,
             reason,
             ..
         } = head;
@@ -270,7 +279,7 @@ impl Connection {
             *response.headers_mut() = headers;
             return Ok(response);
         }
-        let keep_alive = allows_keep_alive(version, &headers);
+        let keep_alive = fields.allow_keep_alive(version);
         let kind = if head_request
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
@@ -278,7 +287,7 @@ impl Connection {
         {
             Kind::Done
         } else {
-            body_framing(&headers)?
+            fields.body_framing()?
         };
         let mut response = Response::new(Body {
             conn: Some(self),
@@ -303,13 +312,15 @@ struct Head {
     len: usize,
     status: StatusCode,
     version: Version,
-    headers: HeaderMap,
+    /// What the fields say about framing and the connection.
+    fields: Fields,
     /// The reason phrase, kept only when it is not the standard one.
     reason: Option<hyper::ext::ReasonPhrase>,
 }
 
-/// Parses a response head at the start of `buf`; `None` while it is incomplete.
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, Error> {
+/// Parses a response head at the start of `buf` into `headers` (emptied first); `None` while
+/// it is incomplete.
+fn parse_head(buf: &[u8], headers: &mut HeaderMap) -> Result<Option<Head>, Error> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -341,77 +352,84 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, Error> {
         .and_then(|reason| {
             hyper::ext::ReasonPhrase::try_from(Bytes::copy_from_slice(reason.as_bytes())).ok()
         });
-    let headers = header_map(response.headers)?;
+    headers.clear();
+    let fields = read_fields(response.headers, headers)?;
     Ok(Some(Head {
         len,
         status,
         version,
-        headers,
+        fields,
         reason,
     }))
 }
 
-/// Copies parsed fields into a `HeaderMap`.
-fn header_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Error> {
-    let mut headers = HeaderMap::with_capacity(fields.len());
+/// What a head's fields say about its framing and connection, gathered while copying them.
+#[derive(Debug, Default)]
+struct Fields {
+    /// `Connection: close` was sent.
+    close: bool,
+    /// `Connection: keep-alive` was sent.
+    keep_alive: bool,
+    /// `Transfer-Encoding` was sent; `true` when its last coding is chunked.
+    chunked: Option<bool>,
+    /// The `Content-Length`, when sent (every value agreeing).
+    length: Option<u64>,
+}
+
+impl Fields {
+    /// Whether the backend lets the connection carry another request (RFC 9112 §9.3).
+    fn allow_keep_alive(&self, version: Version) -> bool {
+        !self.close && (version == Version::HTTP_11 || self.keep_alive)
+    }
+
+    /// How a response that has a body delimits it (RFC 9112 §6.3).
+    fn body_framing(&self) -> Result<Kind, Error> {
+        match (self.chunked, self.length) {
+            (Some(_), Some(_)) => Err(Error::Malformed(
+                "both Transfer-Encoding and Content-Length",
+            )),
+            (Some(true), None) => Ok(Kind::Chunked(Chunked::Size)),
+            (Some(false), None) => Err(Error::Malformed("transfer coding other than chunked last")),
+            (None, Some(0)) => Ok(Kind::Done),
+            (None, Some(length)) => Ok(Kind::Length(length)),
+            (None, None) => Ok(Kind::Close),
+        }
+    }
+}
+
+/// Copies parsed fields into `headers`, noting the ones that frame the message.
+fn read_fields(fields: &[httparse::Header<'_>], headers: &mut HeaderMap) -> Result<Fields, Error> {
+    let mut facts = Fields::default();
+    headers.reserve(fields.len());
     for field in fields {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| Error::Malformed("invalid header name"))?;
         let value = HeaderValue::from_bytes(field.value)
             .map_err(|_| Error::Malformed("invalid header value"))?;
+        if name == header::CONNECTION {
+            for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                facts.close |= token.eq_ignore_ascii_case(b"close");
+                facts.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            let last = field
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .unwrap_or_default();
+            facts.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONTENT_LENGTH {
+            for item in field.value.split(|&b| b == b',') {
+                let length = parse_length(item.trim_ascii())?;
+                if facts.length.is_some_and(|known| known != length) {
+                    return Err(Error::Malformed("conflicting Content-Length values"));
+                }
+                facts.length = Some(length);
+            }
+        }
         headers.append(name, value);
     }
-    Ok(headers)
-}
-
-/// Whether the backend lets the connection carry another request (RFC 9112 §9.3).
-fn allows_keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep_alive = false;
-    for value in &headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-        }
-    }
-    !close && (version == Version::HTTP_11 || keep_alive)
-}
-
-/// How a response body with a body is delimited.
-fn body_framing(headers: &HeaderMap) -> Result<Kind, Error> {
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
-    if codings.peek().is_some() {
-        if headers.contains_key(header::CONTENT_LENGTH) {
-            return Err(Error::Malformed(
-                "both Transfer-Encoding and Content-Length",
-            ));
-        }
-        let last = codings
-            .last()
-            .and_then(|value| value.as_bytes().rsplit(|&b| b == b',').next())
-            .map(<[u8]>::trim_ascii)
-            .unwrap_or_default();
-        if !last.eq_ignore_ascii_case(b"chunked") {
-            return Err(Error::Malformed("transfer coding other than chunked last"));
-        }
-        return Ok(Kind::Chunked(Chunked::Size));
-    }
-    let mut length = None;
-    for value in &headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
-            let parsed = parse_length(item.trim_ascii())?;
-            if length.is_some_and(|known| known != parsed) {
-                return Err(Error::Malformed("conflicting Content-Length values"));
-            }
-            length = Some(parsed);
-        }
-    }
-    Ok(match length {
-        Some(0) => Kind::Done,
-        Some(length) => Kind::Length(length),
-        None => Kind::Close,
-    })
+    Ok(facts)
 }
 
 fn parse_length(digits: &[u8]) -> Result<u64, Error> {
@@ -937,7 +955,11 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, Error> {
 fn parse_trailers(section: &[u8]) -> Result<HeaderMap, Error> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     match httparse::parse_headers(section, &mut fields) {
-        Ok(httparse::Status::Complete((_, fields))) => header_map(fields),
+        Ok(httparse::Status::Complete((_, fields))) => {
+            let mut trailers = HeaderMap::new();
+            read_fields(fields, &mut trailers)?;
+            Ok(trailers)
+        }
         _ => Err(Error::Malformed("invalid trailer section")),
     }
 }
