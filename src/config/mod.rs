@@ -103,8 +103,9 @@ pub struct ListenerConfig {
 /// Protections applied to every client connection of a listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientLimits {
-    /// A client must send a whole request head within this time (slowloris). For HTTP/1.1
-    /// the timer also runs while a keep-alive connection waits for its next request.
+    /// A client must send a whole request head within this time, counted from its first byte
+    /// (or from accept, for a connection's first request): slowloris protection. A keep-alive
+    /// connection waiting for its next request is bounded by `idle_timeout` instead.
     pub header_read_timeout: Duration,
     /// A connection with no bytes either way for this long is closed (HTTP listeners).
     pub idle_timeout: Duration,
