@@ -10,8 +10,9 @@
 //! - [`backend`]: per-backend live state (in-flight, idle connections) that outlives snapshots.
 //! - [`balance`]: the selection algorithms (smooth weighted round-robin, least-connections).
 //! - [`health`]: the health state machine, active checkers and passive ejection.
-//! - [`proxy`]: the HTTP data path (hyper's server towards clients; HTTP/1.1 to backends driven
-//!   in the request's own task), upstream connections, header rules, error → status mapping.
+//! - [`proxy`]: the HTTP data path (hyper's server towards clients, parked on quiet keep-alive
+//!   connections; HTTP/1.1 to backends driven in the request's own task), upstream connections,
+//!   header rules, error → status mapping.
 //! - [`listener`]: binding and the accept loop; [`admin`]: the operator endpoints (health,
 //!   reload, status, Prometheus metrics, dashboard); [`metrics`]: metric handles and windows.
 //! - [`tls`]: TLS termination: certificate loading, SNI selection, ALPN.

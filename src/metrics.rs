@@ -36,6 +36,8 @@ pub mod names {
     pub const HEALTH_CHECKS: &str = "fulcrum_health_checks_total";
     /// Client connections open now.
     pub const CONNECTIONS_ACTIVE: &str = "fulcrum_connections_active";
+    /// Idle HTTP/1 client connections parked now (holding no buffers).
+    pub const CONNECTIONS_PARKED: &str = "fulcrum_connections_parked";
     /// Client connections accepted.
     pub const CONNECTIONS: &str = "fulcrum_connections_total";
     /// Client connections closed by a timeout, by kind (`header_read`, `idle`).
@@ -112,6 +114,10 @@ fn describe() {
         "Active health checks, by result (pass or fail)."
     );
     describe_gauge!(names::CONNECTIONS_ACTIVE, "Client connections open now.");
+    describe_gauge!(
+        names::CONNECTIONS_PARKED,
+        "Idle HTTP/1 client connections parked now, holding no buffers."
+    );
     describe_counter!(names::CONNECTIONS, "Client connections accepted.");
     describe_counter!(
         names::CLIENT_TIMEOUTS,
@@ -325,6 +331,8 @@ pub struct ListenerMetrics {
     /// Open client connections (for the status API).
     pub active: AtomicU64,
     active_gauge: Gauge,
+    /// Idle HTTP/1 connections parked now.
+    parked: Gauge,
     /// Bytes read from clients.
     pub bytes_in: Counter,
     /// Bytes written to clients.
@@ -346,6 +354,7 @@ impl ListenerMetrics {
                 names::CONNECTIONS_ACTIVE,
                 std::slice::from_ref(&listener)
             ),
+            parked: metrics::gauge!(names::CONNECTIONS_PARKED, std::slice::from_ref(&listener)),
             bytes_in: metrics::counter!(
                 names::BYTES,
                 &[listener.clone(), ("direction", "in".to_owned())]
@@ -371,6 +380,22 @@ impl ListenerMetrics {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.active_gauge.increment(1.0);
         ConnectionGuard(Arc::clone(self))
+    }
+
+    /// Counts a connection as parked until the guard drops.
+    pub fn parked(&self) -> ParkedGuard {
+        self.parked.increment(1.0);
+        ParkedGuard(self.parked.clone())
+    }
+}
+
+/// Holds one connection in the parked gauge.
+#[derive(Debug)]
+pub struct ParkedGuard(Gauge);
+
+impl Drop for ParkedGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 

@@ -145,11 +145,16 @@ impl Drop for Running {
 
 /// Starts the binary and waits for its startup line; returns the child and the listener address.
 fn start_fulcrum(config: &std::path::Path) -> (Running, SocketAddr) {
-    start_command(Command::new(BIN), config)
+    let (child, address, _) = start_command(Command::new(BIN), config);
+    (child, address)
 }
 
-/// Like [`start_fulcrum`], with `command` running the binary (it must exec it, keeping the pid).
-fn start_command(mut command: Command, config: &std::path::Path) -> (Running, SocketAddr) {
+/// Like [`start_fulcrum`], with `command` running the binary (it must exec it, keeping the pid);
+/// also returns the admin listener's address, if it has one.
+fn start_command(
+    mut command: Command,
+    config: &std::path::Path,
+) -> (Running, SocketAddr, Option<SocketAddr>) {
     let child = command
         .arg("--config")
         .arg(config)
@@ -183,9 +188,14 @@ fn start_command(mut command: Command, config: &std::path::Path) -> (Running, So
                 .expect("address after scheme")
                 .parse()
                 .expect("a socket address");
+            let admin = line
+                .split("admin=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|admin| admin.parse().ok());
             // Keep draining stdout in the background so the child never blocks on a full pipe.
             std::thread::spawn(move || while rx.recv().is_ok() {});
-            return (child, address);
+            return (child, address, admin);
         }
     }
 }
@@ -266,7 +276,7 @@ fn open_files_soft_limit_is_raised_to_the_hard_limit() {
     // util-linux's prlimit lowers only the soft limit, then execs fulcrum under the same pid.
     let mut command = Command::new("prlimit");
     command.args(["--nofile=64:", "--", BIN]);
-    let (child, _) = start_command(command, &path);
+    let (child, _, _) = start_command(command, &path);
     let (soft, hard) = open_files_limits(child.0.id());
     assert_eq!(soft, hard, "soft limit left below the hard limit");
     assert_ne!(soft, "64");
@@ -281,4 +291,104 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<i32> {
         std::thread::sleep(Duration::from_millis(20));
     }
     None
+}
+
+/// Reads one response with a `content-length` body from `stream`; returns head and body.
+fn read_response(stream: &mut TcpStream) -> (String, String) {
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read a head line");
+        assert!(!line.is_empty(), "connection closed inside a head: {head}");
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().expect("a content-length");
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).expect("read the body");
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The `fulcrum_connections_parked` gauge of listener `web`, scraped from `admin`.
+fn parked_connections(admin: SocketAddr) -> f64 {
+    let mut stream = TcpStream::connect(admin).expect("connect to admin");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .expect("ask for metrics");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read metrics");
+    text.lines()
+        .find_map(|line| line.strip_prefix("fulcrum_connections_parked{listener=\"web\"} "))
+        .map_or(0.0, |value| value.trim().parse().expect("a gauge value"))
+}
+
+/// Polls `condition` every 50 ms for up to `limit`.
+fn eventually(limit: Duration, condition: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    condition()
+}
+
+#[test]
+fn quiet_keep_alive_connections_are_parked_and_resume_on_the_next_request() {
+    let backend = slow_backend(Duration::ZERO);
+    let dir = TempDir::new("park");
+    let path = write_config(
+        &dir,
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\nmetrics = true\n\n[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\nidle_timeout = \"30s\"\n\n[pools.app]\nbackends = [\"{backend}\"]\n"
+        ),
+    );
+    let (_child, address, admin) = start_command(Command::new(BIN), &path);
+    let admin = admin.expect("the startup line names the admin listener");
+    let mut clients: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(address).expect("connect to fulcrum"))
+        .collect();
+    for client in &mut clients {
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set timeout");
+        client
+            .write_all(b"GET /first HTTP/1.1\r\nHost: test\r\n\r\n")
+            .expect("send a request");
+        let (head, body) = read_response(client);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, "slow done\n");
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || parked_connections(admin) == 3.0),
+        "three quiet connections parked; gauge {}",
+        parked_connections(admin)
+    );
+    // A parked connection answers its next request as if nothing happened, and counts as
+    // active again.
+    clients[0]
+        .write_all(b"GET /again HTTP/1.1\r\nHost: test\r\n\r\n")
+        .expect("send a request on the parked connection");
+    let (head, body) = read_response(&mut clients[0]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert_eq!(body, "slow done\n");
+    assert_eq!(parked_connections(admin), 2.0);
+    // A parked connection the client closes leaves the gauge.
+    drop(clients.pop());
+    assert!(
+        eventually(Duration::from_secs(5), || parked_connections(admin) == 1.0),
+        "gauge {}",
+        parked_connections(admin)
+    );
 }

@@ -905,3 +905,105 @@ async fn chunked_backend_responses_with_extensions_and_trailers_are_decoded() {
     })
     .await;
 }
+
+/// Idle HTTP/1 connections are parked (hyper's server stopped, its buffers freed) after about
+/// a second without traffic, and resumed on the client's next bytes: nothing of that may show.
+const PAST_PARKING: Duration = Duration::from_millis(2500);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_keep_alive_connection_serves_pipelined_requests() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .start()
+            .await;
+        let mut stream = raw_connect(lb.addr()).await;
+        let mut client = TestClient::connect(lb.addr()).await;
+        for round in 0..2 {
+            let response = client.get(&format!("/round-{round}")).await.expect("request");
+            assert_eq!(response.status, StatusCode::OK);
+            tokio::time::sleep(PAST_PARKING).await;
+        }
+        // Two requests in one write wake a parked connection: the bytes read to wake it
+        // go back in front of hyper, which answers both.
+        stream
+            .write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("first request");
+        let mut first = [0u8; 4096];
+        let read = stream.read(&mut first).await.expect("first response");
+        assert!(read > 0);
+        tokio::time::sleep(PAST_PARKING).await;
+        stream
+            .write_all(
+                b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .expect("pipelined requests");
+        let received = within(RAW_LIMIT, "both responses", read_until_closed(&mut stream)).await;
+        let received = String::from_utf8_lossy(&received);
+        assert_eq!(received.matches("HTTP/1.1 200 OK").count(), 2, "{received}");
+        let paths: Vec<String> = backend.requests().into_iter().map(|r| r.path).collect();
+        assert_eq!(paths[paths.len() - 2..], ["/one", "/two"], "{paths:?}");
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_response_keeps_its_connection_past_the_parking_time() {
+    bounded(async {
+        let backend = TestBackend::with_behaviour("slow", Behaviour::Delay(PAST_PARKING)).await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .pool("request_timeout", "\"10s\"")
+            .start()
+            .await;
+        let mut client = lb.client().await;
+        let response = client.get("/slow").await.expect("slow request");
+        assert_eq!(response.status, StatusCode::OK);
+        // An open exchange is never parked: parking it would have turned keep-alive off.
+        assert_eq!(response.headers.get("connection"), None);
+        let again = client
+            .get("/again")
+            .await
+            .expect("a second request on the same connection");
+        assert_eq!(again.status, StatusCode::OK);
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_is_still_closed_at_its_idle_timeout() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .listener("idle_timeout", "\"2500ms\"")
+            .start()
+            .await;
+        let mut stream = raw_connect(lb.addr()).await;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("request");
+        let mut buf = [0u8; 4096];
+        let read = stream.read(&mut buf).await.expect("response");
+        assert!(String::from_utf8_lossy(&buf[..read]).starts_with("HTTP/1.1 200"));
+        let answered = Instant::now();
+        let rest = within(
+            Duration::from_secs(6),
+            "the idle close",
+            read_until_closed(&mut stream),
+        )
+        .await;
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+        let elapsed = answered.elapsed();
+        assert!(elapsed >= Duration::from_millis(2400), "{elapsed:?}");
+        assert!(elapsed <= Duration::from_millis(4500), "{elapsed:?}");
+        lb.stop().await;
+    })
+    .await;
+}

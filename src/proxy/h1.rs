@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::body::UpstreamBody;
+use super::rewind::Rewind;
 
 /// Largest response head (status line and fields) accepted from a backend.
 const MAX_HEAD: usize = 64 * 1024;
@@ -723,13 +724,9 @@ impl std::fmt::Debug for Body {
     }
 }
 
-/// The connection of a 101 response: the protocol the two sides switched to runs on it.
-#[derive(Debug)]
-pub struct Upgraded {
-    io: Stream,
-    /// Bytes that arrived after the 101 head.
-    read_first: Bytes,
-}
+/// The connection of a 101 response: the protocol the two sides switched to runs on it, with
+/// the bytes that arrived after the 101 head read first.
+pub type Upgraded = Rewind<Stream>;
 
 impl Body {
     /// The connection, when the body has ended and the exchange left it reusable. Called once
@@ -745,10 +742,7 @@ impl Body {
     /// For a 101 response: the connection, now carrying the upgraded protocol.
     pub fn into_upgraded(mut self) -> Option<Upgraded> {
         let mut conn = self.conn.take()?;
-        Some(Upgraded {
-            io: conn.io,
-            read_first: conn.buf.split().freeze(),
-        })
+        Some(Rewind::new(conn.buf.split().freeze(), conn.io))
     }
 
     /// Drops the connection as soon as the response is complete and the connection cannot
@@ -992,41 +986,6 @@ impl http_body::Body for Body {
             Kind::Done => SizeHint::with_exact(0),
             Kind::Chunked(_) | Kind::Close => SizeHint::default(),
         }
-    }
-}
-
-impl AsyncRead for Upgraded {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.read_first.is_empty() {
-            let take = this.read_first.len().min(buf.remaining());
-            buf.put_slice(&this.read_first[..take]);
-            this.read_first.advance(take);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Upgraded {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

@@ -10,6 +10,12 @@
 //! arm a timer. Heads that arrive whole in one read, the normal case, cost one comparison and no
 //! timer at all, and a keep-alive connection waiting for its next request is governed by the
 //! idle timeout alone.
+//!
+//! An HTTP/1 connection quiet for [`PARK_AFTER`] with no exchange open is *parked*: the
+//! watchdog asks the connection's task to stop hyper's server on it, which gives back the
+//! read and write buffers (about 30 KiB); the task then waits for the client's next bytes with
+//! no buffer and starts a new server on the same socket. An idle keep-alive connection then
+//! costs a few KiB, as it does in nginx, while busy connections never pay for the switch.
 
 use std::io;
 use std::pin::Pin;
@@ -25,7 +31,11 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Per-connection state shared by the IO wrappers and the watchdog.
+/// How long an HTTP/1 connection is quiet, with no exchange open, before it is parked; it is
+/// parked between one and two of these after its last byte.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// Per-connection state shared by the IO wrappers, the request handler and the watchdog.
 #[derive(Debug, Default)]
 pub struct Activity {
     /// Something moved since the last idle tick.
@@ -34,6 +44,25 @@ pub struct Activity {
     head: AtomicU32,
     /// Signalled when `head` goes from none to some head.
     head_started: Notify,
+    /// Exchanges open on the connection: from the request to the end of its response body.
+    exchanges: AtomicU32,
+    /// The connection may be parked (an HTTP/1 server runs on it).
+    parkable: AtomicBool,
+    /// Watchdog to connection task: quiet with nothing open; park now.
+    park: Notify,
+    /// Connection task to watchdog: active again (or parking declined).
+    resumed: Notify,
+}
+
+/// Holds one exchange open on a connection (see [`Activity::open_exchange`]); a connection is
+/// never parked while one is.
+#[derive(Debug)]
+pub struct Exchange(Arc<Activity>);
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.0.exchanges.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Why the [`watchdog`] ends a client connection.
@@ -64,6 +93,45 @@ impl Activity {
         }
     }
 
+    /// Opens an exchange, held until the guard drops.
+    pub fn open_exchange(self: &Arc<Self>) -> Exchange {
+        self.exchanges.fetch_add(1, Ordering::Relaxed);
+        Exchange(Arc::clone(self))
+    }
+
+    /// Whether an exchange is open.
+    pub fn is_exchanging(&self) -> bool {
+        self.exchanges.load(Ordering::Relaxed) > 0
+    }
+
+    /// Lets the watchdog ask for the connection to be parked from now on.
+    pub fn allow_parking(&self) {
+        self.parkable.store(true, Ordering::Relaxed);
+    }
+
+    /// Resolves when the watchdog asks the connection to park. The connection task answers
+    /// with [`Activity::resume`] once active again, or at once when it declines.
+    pub async fn park_requested(&self) {
+        self.park.notified().await;
+    }
+
+    /// Tells the watchdog the connection is back from parking (or did not park).
+    pub fn resume(&self) {
+        self.resumed.notify_one();
+    }
+
+    /// How long a connection parked for an `idle` timeout may then wait for its next bytes:
+    /// it was parked after one quiet tick, so its idle timeout has that much left.
+    pub fn parked_budget(idle: Duration) -> Duration {
+        idle.saturating_sub(tick_for(idle))
+    }
+
+    fn may_park(&self) -> bool {
+        self.parkable.load(Ordering::Relaxed)
+            && self.exchanges.load(Ordering::Relaxed) == 0
+            && self.head.load(Ordering::Relaxed) == 0
+    }
+
     /// Resolves once a whole `period` passes without any read or write.
     pub async fn idle_for(&self, period: Duration) {
         let mut ticker = idle_ticker(period);
@@ -80,8 +148,18 @@ impl Activity {
     /// counts from when the watchdog learns of the head, promptly; if that head completes and the
     /// next one is already incomplete when the deadline passes, the next one gets a fresh
     /// deadline, so no head ever gets more than twice `head_timeout`.
+    ///
+    /// Quiet time is counted in ticks of [`PARK_AFTER`] (or `idle`, when shorter), so the idle
+    /// close comes between `idle` and one tick later. At the first quiet tick of a parkable
+    /// connection with nothing open, the connection task is asked to park; while it is parked
+    /// it keeps its own time ([`Activity::parked_budget`]) and this waits for it to resume.
     pub async fn expired(&self, idle: Duration, head_timeout: Duration) -> Close {
-        let mut ticker = idle_ticker(idle);
+        let tick = tick_for(idle);
+        let idle_ticks = u32::try_from(idle.as_nanos().div_ceil(tick.as_nanos().max(1)))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let mut ticker = idle_ticker(tick);
+        let mut quiet = 0u32;
         let mut deadline: Option<(u32, Instant)> = None;
         loop {
             let armed = deadline;
@@ -93,8 +171,20 @@ impl Activity {
             };
             tokio::select! {
                 _ = ticker.tick() => {
-                    if !self.moved.swap(false, Ordering::Relaxed) {
-                        return Close::Idle;
+                    if self.moved.swap(false, Ordering::Relaxed) {
+                        quiet = 0;
+                    } else {
+                        quiet += 1;
+                        if quiet >= idle_ticks {
+                            return Close::Idle;
+                        }
+                        if quiet == 1 && self.may_park() {
+                            self.park.notify_one();
+                            self.resumed.notified().await;
+                            self.moved.store(false, Ordering::Relaxed);
+                            quiet = 0;
+                            ticker.reset();
+                        }
                     }
                 }
                 () = head_timer => {
@@ -111,6 +201,11 @@ impl Activity {
             }
         }
     }
+}
+
+/// The watchdog's tick for an `idle` timeout.
+fn tick_for(idle: Duration) -> Duration {
+    idle.min(PARK_AFTER)
 }
 
 fn idle_ticker(period: Duration) -> tokio::time::Interval {
@@ -329,6 +424,84 @@ mod tests {
         let elapsed = at - start;
         assert!(elapsed > Duration::from_secs(10), "{elapsed:?}");
         assert!(elapsed <= Duration::from_secs(9 + 20), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_parkable_connection_is_asked_to_park_after_one_quiet_tick() {
+        let activity = Arc::new(Activity::default());
+        let watcher = watch(&activity, Duration::from_secs(60), Duration::from_secs(10));
+        activity.allow_parking();
+        let start = Instant::now();
+        activity.park_requested().await;
+        let asked = start.elapsed();
+        assert!(asked >= PARK_AFTER, "{asked:?}");
+        assert!(asked <= 2 * PARK_AFTER, "{asked:?}");
+        // Parked for 30 s: no idle close meanwhile, the parked task keeps its own time.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!watcher.is_finished());
+        activity.touch();
+        activity.resume();
+        let resumed = Instant::now();
+        // Quiet again, the next park request follows one to two ticks after the resume.
+        activity.park_requested().await;
+        assert!(resumed.elapsed() <= 2 * PARK_AFTER);
+        activity.resume();
+        watcher.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_exchanges_and_pending_heads_prevent_parking() {
+        let activity = Arc::new(Activity::default());
+        activity.allow_parking();
+        let exchange = activity.open_exchange();
+        assert!(activity.is_exchanging());
+        let start = Instant::now();
+        let watcher = watch(&activity, Duration::from_secs(5), Duration::from_secs(600));
+        // A slow response: nothing moves, but the exchange is open, so only the idle timeout
+        // applies.
+        let parked = tokio::time::timeout(Duration::from_secs(4), activity.park_requested()).await;
+        assert!(parked.is_err(), "asked to park with an exchange open");
+        let (close, at) = watcher.await.expect("watcher");
+        assert_eq!(close, Close::Idle);
+        assert_eq!(at - start, Duration::from_secs(5));
+        drop(exchange);
+        assert!(!activity.is_exchanging());
+
+        let activity = Arc::new(Activity::default());
+        activity.allow_parking();
+        activity.await_head(7);
+        let watcher = watch(&activity, Duration::from_secs(60), Duration::from_secs(600));
+        let parked = tokio::time::timeout(Duration::from_secs(5), activity.park_requested()).await;
+        assert!(parked.is_err(), "asked to park inside a request head");
+        watcher.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_not_allowed_to_park_are_only_closed_when_idle() {
+        let activity = Arc::new(Activity::default());
+        let start = Instant::now();
+        let watcher = watch(
+            &activity,
+            Duration::from_millis(2500),
+            Duration::from_secs(600),
+        );
+        let parked = tokio::time::timeout(Duration::from_secs(2), activity.park_requested()).await;
+        assert!(
+            parked.is_err(),
+            "HTTP/2 and not yet known connections never park"
+        );
+        let (close, at) = watcher.await.expect("watcher");
+        assert_eq!(close, Close::Idle);
+        // Ticks of a second: closed at the first tick at or past the idle timeout.
+        assert_eq!(at - start, Duration::from_secs(3));
+        assert_eq!(
+            Activity::parked_budget(Duration::from_millis(2500)),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            Activity::parked_budget(Duration::from_millis(300)),
+            Duration::ZERO
+        );
     }
 
     #[tokio::test(start_paused = true)]

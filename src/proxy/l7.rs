@@ -2,9 +2,10 @@
 //! backend of the listener's pool, retrying failed connects on other backends.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -12,12 +13,12 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use metrics::Counter;
-use tokio::io::{AsyncRead, AsyncWrite};
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -30,7 +31,8 @@ use super::error::{ProxyError, UpstreamError};
 use super::framing::{FramingCheck, ScannedIo};
 use super::h1;
 use super::headers::{self, ClientInfo};
-use super::idle::{self, Activity, ActivityIo, Close};
+use super::idle::{self, Activity, ActivityIo, Close, Exchange};
+use super::rewind::Rewind;
 use crate::backend::{Backend, InFlight};
 use crate::balance::Tried;
 use crate::config::ClientLimits;
@@ -57,7 +59,8 @@ pub struct HttpListener {
 
 struct HttpSettings {
     limits: ClientLimits,
-    builder: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
     tls: Option<TlsTermination>,
 }
 
@@ -69,16 +72,15 @@ struct TlsTermination {
 
 impl HttpSettings {
     fn new(limits: ClientLimits, tls: Option<&TlsSettings>) -> Result<Self, TlsError> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut http1 = http1::Builder::new();
         // The header-read timeout is ours (see `idle::watchdog`): hyper's arms a boxed timer for
         // every request and also runs it while a keep-alive connection waits.
-        builder
-            .http1()
+        http1
             .header_read_timeout(None)
             .max_buf_size(limits.max_header_bytes)
             .keep_alive(true);
-        builder
-            .http2()
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         let tls = match tls {
@@ -90,7 +92,8 @@ impl HttpSettings {
         };
         Ok(Self {
             limits,
-            builder,
+            http1,
+            http2,
             tls,
         })
     }
@@ -175,6 +178,8 @@ impl HttpListener {
     {
         let (io, framing) =
             ScannedIo::new(io, settings.limits.max_header_bytes, Arc::clone(&activity));
+        let mut io = Rewind::new(Bytes::new(), io);
+        let upgrade = Arc::new(UpgradeSlot::default());
         let connection = Arc::new(Connection {
             listener: Arc::clone(self),
             client: ClientInfo {
@@ -183,49 +188,256 @@ impl HttpListener {
             },
             framing,
             idle_timeout: settings.limits.idle_timeout,
+            upgrade: Arc::clone(&upgrade),
         });
-        let service = service_fn(move |request| {
-            let connection = Arc::clone(&connection);
-            async move { Ok::<_, Infallible>(connection.handle(request).await) }
-        });
-        // Boxed: the connection state is kilobytes; inline, it would make this future that big,
-        // and the future is moved several times on its way into a task at every accept.
-        let mut conn = Box::pin(
-            settings
-                .builder
-                .serve_connection_with_upgrades(TokioIo::new(io), service),
-        );
-        let (close_tx, close) = oneshot::channel();
+        let mut service = {
+            let activity = Arc::clone(&activity);
+            service_fn(move |request| {
+                let connection = Arc::clone(&connection);
+                // Opened as hyper hands the request over, so a park never sees it missing.
+                let exchange = activity.open_exchange();
+                // Boxed: hyper keeps a slot of this future's size in every connection.
+                Box::pin(async move {
+                    let response = connection.handle(request).await;
+                    Ok::<_, Infallible>(response.map(|body| ClientBody {
+                        body,
+                        _exchange: exchange,
+                    }))
+                }) as HandlerFuture
+            })
+        };
+        let (close_tx, mut close) = oneshot::channel();
         tokio::spawn(idle::watchdog(
-            activity,
+            Arc::clone(&activity),
             settings.limits.idle_timeout,
             settings.limits.header_read_timeout,
             shutdown,
             close_tx,
         ));
+        let start = tokio::select! {
+            biased;
+            reason = &mut close => return self.closed_waiting(reason, peer),
+            start = read_start(&mut io, true) => start,
+        };
+        match start {
+            Ok(Start::Http2(preface)) => {
+                io.rewind(preface);
+                return self.serve_http2(io, service, settings, peer, close).await;
+            }
+            Ok(Start::Http1(first)) => io.rewind(first),
+            Ok(Start::Closed) | Err(_) => return,
+        }
+        activity.allow_parking();
+        loop {
+            // hyper's HTTP/1 server runs until the client is done, the connection switches
+            // protocols, or it is parked. Boxed: its state is kilobytes, and a parked
+            // connection should hold none of it.
+            let mut conn = Box::new(settings.http1.serve_connection(TokioIo::new(io), service));
+            let mut parking = false;
+            let mut draining = false;
+            let result = loop {
+                tokio::select! {
+                    biased;
+                    result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break result,
+                    reason = &mut close, if !draining => match reason {
+                        Ok(Close::Shutdown) | Err(_) => {
+                            Pin::new(&mut *conn).graceful_shutdown();
+                            draining = true;
+                        }
+                        Ok(reason) => return self.closed_by(reason, peer),
+                    },
+                    () = activity.park_requested(), if !parking && !draining => {
+                        if activity.is_exchanging() {
+                            activity.resume();
+                        } else {
+                            // Idle: hyper closes at once and hands everything back.
+                            Pin::new(&mut *conn).graceful_shutdown();
+                            parking = true;
+                        }
+                    }
+                }
+            };
+            if let Err(err) = result {
+                tracing::debug!(listener = %self.name, client = %peer, error = %err, "client connection ended with an error");
+                return;
+            }
+            let parts = conn.into_parts();
+            io = parts.io.into_inner();
+            io.rewind(parts.read_buf);
+            service = parts.service;
+            if let Some(tunnel) = upgrade.take() {
+                // A 101 went out: the client side of the connection now belongs to the tunnel.
+                let _ = tunnel.send(Rewind::new(Bytes::new(), Box::new(io)));
+                return;
+            }
+            if draining || !parking {
+                // The client is done, or the listener drains: close our side as hyper would.
+                let _ = io.shutdown().await;
+                return;
+            }
+            if !io.has_prefix() {
+                let _parked = self.metrics.parked();
+                let woke = tokio::select! {
+                    biased;
+                    reason = &mut close => match reason {
+                        Ok(Close::Shutdown) | Err(_) => return,
+                        Ok(reason) => return self.closed_by(reason, peer),
+                    },
+                    () = tokio::time::sleep(Activity::parked_budget(settings.limits.idle_timeout)) => {
+                        return self.closed_by(Close::Idle, peer);
+                    }
+                    woke = read_start(&mut io, false) => woke,
+                };
+                match woke {
+                    Ok(Start::Http1(first)) => io.rewind(first),
+                    Ok(Start::Http2(_) | Start::Closed) | Err(_) => return,
+                }
+            }
+            activity.resume();
+        }
+    }
+
+    /// Serves a connection that opened with HTTP/2's preface (cleartext prior knowledge, or
+    /// ALPN `h2` over TLS) until it ends or the watchdog closes it.
+    async fn serve_http2<I, S>(
+        &self,
+        io: I,
+        service: S,
+        settings: &HttpSettings,
+        peer: SocketAddr,
+        close: oneshot::Receiver<Close>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::HttpService<Incoming, ResBody = ClientBody> + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let mut conn = Box::pin(settings.http2.serve_connection(TokioIo::new(io), service));
         let result = tokio::select! {
             biased;
             result = conn.as_mut() => result,
             reason = close => match reason {
-                Ok(Close::Idle) => {
-                    self.metrics.idle_timeouts.increment(1);
-                    tracing::debug!(listener = %self.name, client = %peer, "closing idle connection");
-                    return;
-                }
-                Ok(Close::HeadTimeout) => {
-                    self.metrics.header_read_timeouts.increment(1);
-                    tracing::debug!(listener = %self.name, client = %peer, "request head not complete within header_read_timeout; closing");
-                    return;
-                }
                 Ok(Close::Shutdown) | Err(_) => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
+                Ok(reason) => return self.closed_by(reason, peer),
             },
         };
         if let Err(err) = result {
             tracing::debug!(listener = %self.name, client = %peer, error = %err, "client connection ended with an error");
         }
+    }
+
+    /// Counts and logs a connection the watchdog closed before its first request.
+    fn closed_waiting(&self, reason: Result<Close, oneshot::error::RecvError>, peer: SocketAddr) {
+        if let Ok(reason @ (Close::Idle | Close::HeadTimeout)) = reason {
+            self.closed_by(reason, peer);
+        }
+    }
+
+    /// Counts and logs a connection closed for `reason`.
+    fn closed_by(&self, reason: Close, peer: SocketAddr) {
+        match reason {
+            Close::Idle => {
+                self.metrics.idle_timeouts.increment(1);
+                tracing::debug!(listener = %self.name, client = %peer, "closing idle connection");
+            }
+            Close::HeadTimeout => {
+                self.metrics.header_read_timeouts.increment(1);
+                tracing::debug!(listener = %self.name, client = %peer, "request head not complete within header_read_timeout; closing");
+            }
+            Close::Shutdown => {}
+        }
+    }
+}
+
+/// What the request handler's future is, boxed (see `serve_io`).
+type HandlerFuture = Pin<Box<dyn Future<Output = Result<Response<ClientBody>, Infallible>> + Send>>;
+
+/// How a client connection starts, or goes on after being parked.
+enum Start {
+    /// HTTP/1 bytes (the start of a request).
+    Http1(Bytes),
+    /// HTTP/2's connection preface, whole.
+    Http2(Bytes),
+    /// The client closed the connection.
+    Closed,
+}
+
+/// The client's connection preface in HTTP/2 (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits for a client's next bytes, holding no buffer meanwhile beyond a few bytes of its
+/// own. With `sniff`, reads on until HTTP/2's preface is whole or ruled out.
+async fn read_start<T: AsyncRead + Unpin>(io: &mut T, sniff: bool) -> std::io::Result<Start> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut filled = 0;
+    loop {
+        let read = io.read(&mut buf[filled..]).await?;
+        if read == 0 && filled == 0 {
+            return Ok(Start::Closed);
+        }
+        filled += read;
+        let bytes = Bytes::copy_from_slice(&buf[..filled]);
+        if read == 0 || !sniff || buf[..filled] != H2_PREFACE[..filled] {
+            return Ok(Start::Http1(bytes));
+        }
+        if filled == H2_PREFACE.len() {
+            return Ok(Start::Http2(bytes));
+        }
+    }
+}
+
+/// The client side of a connection that switched protocols, handed to its tunnel.
+pub type ClientIo = Rewind<Box<dyn ClientStream>>;
+
+/// A client connection's transport, whatever it is under (TCP, TLS).
+pub trait ClientStream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ClientStream for T {}
+
+/// Where a tunnel waits for the client side of its connection: set when a 101 is forwarded,
+/// taken by the connection task once hyper has sent it.
+#[derive(Default)]
+struct UpgradeSlot(Mutex<Option<oneshot::Sender<ClientIo>>>);
+
+impl UpgradeSlot {
+    fn set(&self, tunnel: oneshot::Sender<ClientIo>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(tunnel);
+    }
+
+    fn take(&self) -> Option<oneshot::Sender<ClientIo>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its exchange open until it is dropped, which hyper does
+    /// right after its end: the connection is not parked while a response is on its way.
+    pub struct ClientBody {
+        #[pin]
+        body: ProxyBody,
+        _exchange: Exchange,
+    }
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = super::body::BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -262,18 +474,19 @@ struct Connection {
     framing: Arc<FramingCheck>,
     /// Upgraded (WebSocket) tunnels close after this long without traffic.
     idle_timeout: Duration,
+    /// Where a tunnel gets the client side of the connection after a 101.
+    upgrade: Arc<UpgradeSlot>,
 }
 
 impl Connection {
-    async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let pool = match self.check(&request) {
             Ok(pool) => pool,
             Err(err) => return self.fail(&err, &request),
         };
         let started = Instant::now();
         let upgrade = headers::upgrade_protocol(request.headers())
-            .filter(|_| request.version() == Version::HTTP_11)
-            .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
+            .filter(|_| request.version() == Version::HTTP_11);
         let (mut parts, body) = request.into_parts();
         let client_version = parts.version;
         headers::prepare_request(
@@ -283,10 +496,10 @@ impl Connection {
             &self.client,
         );
         parts.version = Version::HTTP_11;
-        let tunnel = upgrade.map(|(protocol, client)| {
+        let tunnel = upgrade.map(|protocol| {
             headers::keep_upgrade(&mut parts.headers, protocol);
             Tunnel {
-                client,
+                client: Arc::clone(&self.upgrade),
                 idle_timeout: self.idle_timeout,
                 drain: self.listener.drain.clone(),
             }
@@ -296,15 +509,13 @@ impl Connection {
             .then(|| (parts.method.clone(), parts.uri.path().to_owned()));
         let mut served_by = None;
         let request = Request::from_parts(parts, body);
-        // Boxed: hyper keeps a slot the size of this future in every connection, idle or not;
-        // with the forwarding state inline that slot alone was 3.3 KiB per idle connection.
-        let outcome = Box::pin(forward(
+        let outcome = forward(
             &pool,
             request,
             (&self.listener.name, started),
             tunnel,
             &mut served_by,
-        ))
+        )
         .await;
         if let Some((method, path)) = access {
             let status = outcome
@@ -445,8 +656,10 @@ async fn forward(
                     let Some(upstream) = upstream else {
                         return Err(ProxyError::Protocol("101 without a connection to upgrade"));
                     };
+                    let (client, connection) = oneshot::channel();
+                    tunnel.client.set(client);
                     let tracker = tunnel.drain.tracker.clone();
-                    tracker.spawn(tunnel.run(upstream, in_flight));
+                    tracker.spawn(tunnel.run(connection, upstream, in_flight));
                     return Ok(Response::from_parts(parts, ProxyBody::local(Bytes::new())));
                 }
                 let (parts, body) = response.into_parts();
@@ -508,7 +721,8 @@ async fn forward(
 
 /// The client side of an upgrade (WebSocket and the like) waiting for the backend's 101.
 struct Tunnel {
-    client: OnUpgrade,
+    /// Where the connection task puts the client's connection once the 101 is sent.
+    client: Arc<UpgradeSlot>,
     idle_timeout: Duration,
     drain: Drain,
 }
@@ -517,17 +731,18 @@ impl Tunnel {
     /// Copies bytes both ways between the upgraded connections until either side closes or
     /// nothing moves for `idle_timeout`. The request stays in flight (least-connections counts
     /// it) for the tunnel's whole life.
-    async fn run(self, mut upstream: h1::Upgraded, in_flight: InFlight) {
+    async fn run(
+        self,
+        client: oneshot::Receiver<ClientIo>,
+        mut upstream: h1::Upgraded,
+        in_flight: InFlight,
+    ) {
         let backend = Arc::clone(in_flight.backend());
-        let client = match self.client.await {
-            Ok(client) => client,
-            Err(err) => {
-                tracing::debug!(backend = %backend.name, error = %err, "upgrade failed");
-                return;
-            }
+        let Ok(client) = client.await else {
+            tracing::debug!(backend = %backend.name, "client connection closed before the upgrade");
+            return;
         };
-        let (mut client, activity) =
-            ActivityIo::new(TokioIo::new(client), Counter::noop(), Counter::noop());
+        let (mut client, activity) = ActivityIo::new(client, Counter::noop(), Counter::noop());
         tokio::select! {
             result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
                 if let Err(err) = result {

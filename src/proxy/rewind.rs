@@ -1,0 +1,123 @@
+//! An IO object with bytes put back in front of what it reads.
+//!
+//! Bytes read ahead of the code that will parse them (an HTTP/2 preface sniffed before the
+//! server starts, what hyper had buffered when a connection was parked, what followed a `101`
+//! response) are handed back this way, so the next reader sees the stream exactly as sent.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// `inner`, with `prefix` read first.
+#[derive(Debug)]
+pub struct Rewind<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    /// `inner` with `prefix` in front of its bytes.
+    pub fn new(prefix: Bytes, inner: T) -> Self {
+        Self { prefix, inner }
+    }
+
+    /// Puts `bytes` back in front of everything not yet read.
+    pub fn rewind(&mut self, bytes: Bytes) {
+        if self.prefix.is_empty() {
+            self.prefix = bytes;
+        } else if !bytes.is_empty() {
+            let mut joined = BytesMut::with_capacity(bytes.len() + self.prefix.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.prefix);
+            self.prefix = joined.freeze();
+        }
+    }
+
+    /// Whether bytes are waiting in front of `inner`.
+    pub fn has_prefix(&self) -> bool {
+        !self.prefix.is_empty()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.is_empty() {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let take = this.prefix.len().min(buf.remaining());
+        buf.put_slice(&this.prefix[..take]);
+        this.prefix.advance(take);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn rewound_bytes_come_first_in_stream_order() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut io = Rewind::new(Bytes::from_static(b"cd"), server);
+        // What was read after "ab" but before "cd" goes back in front of both.
+        io.rewind(Bytes::from_static(b"ab"));
+        assert!(io.has_prefix());
+        client.write_all(b"ef").await.expect("write");
+        drop(client);
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.expect("read");
+        assert_eq!(all, b"abcdef");
+        assert!(!io.has_prefix());
+    }
+
+    #[tokio::test]
+    async fn small_reads_drain_the_prefix_piece_by_piece() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut io = Rewind::new(Bytes::from_static(b"hello"), server);
+        let mut two = [0u8; 2];
+        io.read_exact(&mut two).await.expect("read");
+        assert_eq!(&two, b"he");
+        let mut three = [0u8; 3];
+        io.read_exact(&mut three).await.expect("read");
+        assert_eq!(&three, b"llo");
+    }
+}
