@@ -60,9 +60,13 @@ const IDLE_OPEN_CONCURRENCY: usize = 100;
 const IDLE_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// `idle-10k`: opening all the connections may take this long; the rest count as failed.
 const IDLE_OPEN_BUDGET: Duration = Duration::from_secs(20);
-/// `idle-10k`: pause after the proxy starts and after the connections are open, before RSS is
+/// `idle-10k`: pause after the proxy starts and after the connections close, before RSS is
 /// read (lets allocators and lazily started tasks settle).
 const IDLE_SETTLE: Duration = Duration::from_secs(1);
+/// `idle-10k`: how long the open connections stay quiet before RSS is read. Idle keep-alive
+/// connections are what a proxy holds between a browser's page loads; fulcrum parks them
+/// after one to two quiet seconds, nginx releases their buffers as soon as a request ends.
+const IDLE_QUIET: Duration = Duration::from_secs(3);
 
 const USAGE: &str = "\
 usage: cargo bench --bench proxy -- [options]
@@ -1636,8 +1640,7 @@ fn fulcrum_config(front: &Front, admin: u16, backends: &[SocketAddr]) -> String 
     let protocol = if front.tcp { "tcp" } else { "http" };
     let mut listener = String::new();
     if front.many_idle {
-        // Keep-alive idle time is bounded by header_read_timeout (default 10 s): both must
-        // outlast opening the connections plus the measurement.
+        // The idle timeout must outlast opening the connections plus the measurement.
         listener.push_str("header_read_timeout = \"60s\"\nidle_timeout = \"120s\"\n");
     }
     if let Some(tls) = front.tls {
@@ -1981,7 +1984,7 @@ fn measure_idle(env: &Environment, scenario: &Scenario, contender: Contender) ->
     let open_seconds = began.elapsed().as_secs_f64();
     let proxy_ticks = own_ticks(pid).saturating_sub(ticks_before);
     let backend_ticks = own_ticks(backend.guard.pid()).saturating_sub(backend_before);
-    std::thread::sleep(IDLE_SETTLE);
+    std::thread::sleep(IDLE_QUIET);
     let rss_loaded_kib = rss_kib(pid).ok_or("cannot read the proxy's VmRSS")?;
     let still_open = streams.iter().filter(|stream| still_open(stream)).count();
     let peak_rss_kib = peak_rss_kib(pid);

@@ -12,10 +12,11 @@
 //! idle timeout alone.
 //!
 //! An HTTP/1 connection quiet for [`PARK_AFTER`] with no exchange open is *parked*: the
-//! watchdog asks the connection's task to stop hyper's server on it, which gives back the
-//! read and write buffers (about 30 KiB); the task then waits for the client's next bytes with
-//! no buffer and starts a new server on the same socket. An idle keep-alive connection then
-//! costs a few KiB, as it does in nginx, while busy connections never pay for the switch.
+//! watchdog ends with [`Close::Park`], and the connection's task stops hyper's server on it,
+//! which gives back the read and write buffers (about 30 KiB). The task then waits for the
+//! client's next bytes with no buffer, keeping the idle timeout itself, and starts a new server
+//! and a new watchdog on the same socket. A parked keep-alive connection is one small task, as
+//! nginx's is a small struct, while busy connections never pay for the switch.
 
 use std::io;
 use std::pin::Pin;
@@ -48,10 +49,6 @@ pub struct Activity {
     exchanges: AtomicU32,
     /// The connection may be parked (an HTTP/1 server runs on it).
     parkable: AtomicBool,
-    /// Watchdog to connection task: quiet with nothing open; park now.
-    park: Notify,
-    /// Connection task to watchdog: active again (or parking declined).
-    resumed: Notify,
 }
 
 /// Holds one exchange open on a connection (see [`Activity::open_exchange`]); a connection is
@@ -74,6 +71,9 @@ pub enum Close {
     HeadTimeout,
     /// The listener is shutting down: finish in-flight requests, then close.
     Shutdown,
+    /// Quiet, with no exchange open and no head started: park the connection. The watchdog
+    /// has ended; a new one watches the connection once it wakes.
+    Park,
 }
 
 impl Activity {
@@ -104,20 +104,9 @@ impl Activity {
         self.exchanges.load(Ordering::Relaxed) > 0
     }
 
-    /// Lets the watchdog ask for the connection to be parked from now on.
+    /// Lets the watchdog end with [`Close::Park`] from now on.
     pub fn allow_parking(&self) {
         self.parkable.store(true, Ordering::Relaxed);
-    }
-
-    /// Resolves when the watchdog asks the connection to park. The connection task answers
-    /// with [`Activity::resume`] once active again, or at once when it declines.
-    pub async fn park_requested(&self) {
-        self.park.notified().await;
-    }
-
-    /// Tells the watchdog the connection is back from parking (or did not park).
-    pub fn resume(&self) {
-        self.resumed.notify_one();
     }
 
     /// How long a connection parked for an `idle` timeout may then wait for its next bytes:
@@ -151,8 +140,8 @@ impl Activity {
     ///
     /// Quiet time is counted in ticks of [`PARK_AFTER`] (or `idle`, when shorter), so the idle
     /// close comes between `idle` and one tick later. At the first quiet tick of a parkable
-    /// connection with nothing open, the connection task is asked to park; while it is parked
-    /// it keeps its own time ([`Activity::parked_budget`]) and this waits for it to resume.
+    /// connection with nothing open this resolves to [`Close::Park`]; a parked connection keeps
+    /// its own time ([`Activity::parked_budget`]) until it wakes and watches anew.
     pub async fn expired(&self, idle: Duration, head_timeout: Duration) -> Close {
         let tick = tick_for(idle);
         let idle_ticks = u32::try_from(idle.as_nanos().div_ceil(tick.as_nanos().max(1)))
@@ -179,11 +168,7 @@ impl Activity {
                             return Close::Idle;
                         }
                         if quiet == 1 && self.may_park() {
-                            self.park.notify_one();
-                            self.resumed.notified().await;
-                            self.moved.store(false, Ordering::Relaxed);
-                            quiet = 0;
-                            ticker.reset();
+                            return Close::Park;
                         }
                     }
                 }
@@ -427,26 +412,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_quiet_parkable_connection_is_asked_to_park_after_one_quiet_tick() {
+    async fn a_quiet_parkable_connection_is_parked_after_one_quiet_tick() {
         let activity = Arc::new(Activity::default());
-        let watcher = watch(&activity, Duration::from_secs(60), Duration::from_secs(10));
         activity.allow_parking();
         let start = Instant::now();
-        activity.park_requested().await;
-        let asked = start.elapsed();
-        assert!(asked >= PARK_AFTER, "{asked:?}");
-        assert!(asked <= 2 * PARK_AFTER, "{asked:?}");
-        // Parked for 30 s: no idle close meanwhile, the parked task keeps its own time.
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        assert!(!watcher.is_finished());
-        activity.touch();
-        activity.resume();
-        let resumed = Instant::now();
-        // Quiet again, the next park request follows one to two ticks after the resume.
-        activity.park_requested().await;
-        assert!(resumed.elapsed() <= 2 * PARK_AFTER);
-        activity.resume();
-        watcher.abort();
+        // Traffic for three seconds, then silence.
+        let watcher = watch(&activity, Duration::from_secs(60), Duration::from_secs(10));
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            activity.touch();
+        }
+        let (close, at) = watcher.await.expect("watcher");
+        assert_eq!(close, Close::Park);
+        let quiet = at - (start + Duration::from_secs(3));
+        assert!(quiet >= PARK_AFTER, "{quiet:?}");
+        assert!(quiet <= 2 * PARK_AFTER, "{quiet:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -456,12 +436,11 @@ mod tests {
         let exchange = activity.open_exchange();
         assert!(activity.is_exchanging());
         let start = Instant::now();
-        let watcher = watch(&activity, Duration::from_secs(5), Duration::from_secs(600));
         // A slow response: nothing moves, but the exchange is open, so only the idle timeout
         // applies.
-        let parked = tokio::time::timeout(Duration::from_secs(4), activity.park_requested()).await;
-        assert!(parked.is_err(), "asked to park with an exchange open");
-        let (close, at) = watcher.await.expect("watcher");
+        let (close, at) = watch(&activity, Duration::from_secs(5), Duration::from_secs(600))
+            .await
+            .expect("watcher");
         assert_eq!(close, Close::Idle);
         assert_eq!(at - start, Duration::from_secs(5));
         drop(exchange);
@@ -470,29 +449,28 @@ mod tests {
         let activity = Arc::new(Activity::default());
         activity.allow_parking();
         activity.await_head(7);
-        let watcher = watch(&activity, Duration::from_secs(60), Duration::from_secs(600));
-        let parked = tokio::time::timeout(Duration::from_secs(5), activity.park_requested()).await;
-        assert!(parked.is_err(), "asked to park inside a request head");
-        watcher.abort();
+        let start = Instant::now();
+        let (close, at) = watch(&activity, Duration::from_secs(5), Duration::from_secs(600))
+            .await
+            .expect("watcher");
+        assert_eq!(close, Close::Idle, "parked inside a request head");
+        assert_eq!(at - start, Duration::from_secs(5));
     }
 
     #[tokio::test(start_paused = true)]
     async fn connections_not_allowed_to_park_are_only_closed_when_idle() {
         let activity = Arc::new(Activity::default());
         let start = Instant::now();
-        let watcher = watch(
+        let (close, at) = watch(
             &activity,
             Duration::from_millis(2500),
             Duration::from_secs(600),
-        );
-        let parked = tokio::time::timeout(Duration::from_secs(2), activity.park_requested()).await;
-        assert!(
-            parked.is_err(),
-            "HTTP/2 and not yet known connections never park"
-        );
-        let (close, at) = watcher.await.expect("watcher");
+        )
+        .await
+        .expect("watcher");
+        // HTTP/2 and connections whose protocol is not known yet never park. Ticks of a
+        // second: closed at the first tick at or past the idle timeout.
         assert_eq!(close, Close::Idle);
-        // Ticks of a second: closed at the first tick at or past the idle timeout.
         assert_eq!(at - start, Duration::from_secs(3));
         assert_eq!(
             Activity::parked_budget(Duration::from_millis(2500)),

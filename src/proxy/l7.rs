@@ -150,19 +150,36 @@ impl HttpListener {
                 .serve_io(io, peer, activity, &settings, "http", shutdown)
                 .await;
         };
-        let handshake = Box::pin(tls.acceptor.accept(io));
-        match tokio::time::timeout(tls.handshake_timeout, handshake).await {
-            Ok(Ok(io)) => {
-                // Boxed with its TLS state, so plain-HTTP connections' futures stay small.
-                Box::pin(self.serve_io(io, peer, activity, &settings, "https", shutdown)).await;
+        self.serve_tls(tls, io, peer, activity, &settings, shutdown)
+            .await;
+    }
+
+    /// Completes the TLS handshake within its timeout, then serves the connection. Boxed, and
+    /// built outside `serve`'s future: its TLS state is a kilobyte, and a plain connection's
+    /// task holds its future's largest state for its whole life.
+    fn serve_tls<'a>(
+        self: &'a Arc<Self>,
+        tls: &'a TlsTermination,
+        io: ActivityIo<TcpStream>,
+        peer: SocketAddr,
+        activity: Arc<Activity>,
+        settings: &'a HttpSettings,
+        shutdown: CancellationToken,
+    ) -> Pin<Box<impl Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)).await {
+                Ok(Ok(io)) => {
+                    self.serve_io(io, peer, activity, settings, "https", shutdown)
+                        .await;
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(listener = %self.name, client = %peer, error = %err, "TLS handshake failed");
+                }
+                Err(_) => {
+                    tracing::debug!(listener = %self.name, client = %peer, "TLS handshake timed out");
+                }
             }
-            Ok(Err(err)) => {
-                tracing::debug!(listener = %self.name, client = %peer, error = %err, "TLS handshake failed");
-            }
-            Err(_) => {
-                tracing::debug!(listener = %self.name, client = %peer, "TLS handshake timed out");
-            }
-        }
+        })
     }
 
     async fn serve_io<T>(
@@ -206,14 +223,8 @@ impl HttpListener {
                 }) as HandlerFuture
             })
         };
-        let (close_tx, mut close) = oneshot::channel();
-        tokio::spawn(idle::watchdog(
-            Arc::clone(&activity),
-            settings.limits.idle_timeout,
-            settings.limits.header_read_timeout,
-            shutdown,
-            close_tx,
-        ));
+        let limits = &settings.limits;
+        let mut close = watch(&activity, limits, &shutdown);
         let start = tokio::select! {
             biased;
             reason = &mut close => return self.closed_waiting(reason, peer),
@@ -233,26 +244,29 @@ impl HttpListener {
             // protocols, or it is parked. Boxed: its state is kilobytes, and a parked
             // connection should hold none of it.
             let mut conn = Box::new(settings.http1.serve_connection(TokioIo::new(io), service));
-            let mut parking = false;
-            let mut draining = false;
+            let (mut parking, mut watched) = (false, true);
             let result = loop {
                 tokio::select! {
                     biased;
                     result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break result,
-                    reason = &mut close, if !draining => match reason {
-                        Ok(Close::Shutdown) | Err(_) => {
-                            Pin::new(&mut *conn).graceful_shutdown();
-                            draining = true;
-                        }
-                        Ok(reason) => return self.closed_by(reason, peer),
-                    },
-                    () = activity.park_requested(), if !parking && !draining => {
-                        if activity.is_exchanging() {
-                            activity.resume();
-                        } else {
-                            // Idle: hyper closes at once and hands everything back.
-                            Pin::new(&mut *conn).graceful_shutdown();
-                            parking = true;
+                    reason = &mut close, if watched => {
+                        watched = false;
+                        match reason {
+                            Ok(Close::Shutdown) | Err(_) => {
+                                // Drain: hyper finishes the exchange in progress, then ends.
+                                Pin::new(&mut *conn).graceful_shutdown();
+                            }
+                            Ok(Close::Park) if activity.is_exchanging() => {
+                                // An exchange opened meanwhile: watch on.
+                                close = watch(&activity, limits, &shutdown);
+                                watched = true;
+                            }
+                            Ok(Close::Park) => {
+                                // Idle: hyper closes at once and hands everything back.
+                                Pin::new(&mut *conn).graceful_shutdown();
+                                parking = true;
+                            }
+                            Ok(reason) => return self.closed_by(reason, peer),
                         }
                     }
                 }
@@ -270,20 +284,18 @@ impl HttpListener {
                 let _ = tunnel.send(Rewind::new(Bytes::new(), Box::new(io)));
                 return;
             }
-            if draining || !parking {
+            if !parking {
                 // The client is done, or the listener drains: close our side as hyper would.
                 let _ = io.shutdown().await;
                 return;
             }
             if !io.has_prefix() {
+                // Parked: no watchdog, no hyper state, just the socket and these three waits.
                 let _parked = self.metrics.parked();
                 let woke = tokio::select! {
                     biased;
-                    reason = &mut close => match reason {
-                        Ok(Close::Shutdown) | Err(_) => return,
-                        Ok(reason) => return self.closed_by(reason, peer),
-                    },
-                    () = tokio::time::sleep(Activity::parked_budget(settings.limits.idle_timeout)) => {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Activity::parked_budget(limits.idle_timeout)) => {
                         return self.closed_by(Close::Idle, peer);
                     }
                     woke = read_start(&mut io, false) => woke,
@@ -293,39 +305,43 @@ impl HttpListener {
                     Ok(Start::Http2(_) | Start::Closed) | Err(_) => return,
                 }
             }
-            activity.resume();
+            close = watch(&activity, limits, &shutdown);
         }
     }
 
     /// Serves a connection that opened with HTTP/2's preface (cleartext prior knowledge, or
-    /// ALPN `h2` over TLS) until it ends or the watchdog closes it.
-    async fn serve_http2<I, S>(
-        &self,
+    /// ALPN `h2` over TLS) until it ends or the watchdog closes it. Boxed outside the caller's
+    /// future, so HTTP/1 connections' tasks do not carry this state.
+    fn serve_http2<'a, I, S>(
+        &'a self,
         io: I,
         service: S,
-        settings: &HttpSettings,
+        settings: &'a HttpSettings,
         peer: SocketAddr,
         close: oneshot::Receiver<Close>,
-    ) where
+    ) -> Pin<Box<impl Future<Output = ()> + Send + 'a>>
+    where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: hyper::service::HttpService<Incoming, ResBody = ClientBody> + Send + 'static,
         S::Future: Send + 'static,
     {
-        let mut conn = Box::pin(settings.http2.serve_connection(TokioIo::new(io), service));
-        let result = tokio::select! {
-            biased;
-            result = conn.as_mut() => result,
-            reason = close => match reason {
-                Ok(Close::Shutdown) | Err(_) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-                Ok(reason) => return self.closed_by(reason, peer),
-            },
-        };
-        if let Err(err) = result {
-            tracing::debug!(listener = %self.name, client = %peer, error = %err, "client connection ended with an error");
-        }
+        Box::pin(async move {
+            let mut conn = Box::pin(settings.http2.serve_connection(TokioIo::new(io), service));
+            let result = tokio::select! {
+                biased;
+                result = conn.as_mut() => result,
+                reason = close => match reason {
+                    Ok(Close::Shutdown) | Err(_) => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                    Ok(reason) => return self.closed_by(reason, peer),
+                },
+            };
+            if let Err(err) = result {
+                tracing::debug!(listener = %self.name, client = %peer, error = %err, "client connection ended with an error");
+            }
+        })
     }
 
     /// Counts and logs a connection the watchdog closed before its first request.
@@ -346,9 +362,27 @@ impl HttpListener {
                 self.metrics.header_read_timeouts.increment(1);
                 tracing::debug!(listener = %self.name, client = %peer, "request head not complete within header_read_timeout; closing");
             }
-            Close::Shutdown => {}
+            Close::Shutdown | Close::Park => {}
         }
     }
+}
+
+/// Starts a watchdog on a client connection; it says on the returned channel why and when the
+/// connection should close or park, and ends then.
+fn watch(
+    activity: &Arc<Activity>,
+    limits: &ClientLimits,
+    shutdown: &CancellationToken,
+) -> oneshot::Receiver<Close> {
+    let (close, reason) = oneshot::channel();
+    tokio::spawn(idle::watchdog(
+        Arc::clone(activity),
+        limits.idle_timeout,
+        limits.header_read_timeout,
+        shutdown.clone(),
+        close,
+    ));
+    reason
 }
 
 /// What the request handler's future is, boxed (see `serve_io`).

@@ -26,6 +26,10 @@ impl<T> Rewind<T> {
 
     /// Puts `bytes` back in front of everything not yet read.
     pub fn rewind(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            // An empty `Bytes` may still own a whole buffer (hyper's, frozen): let it go.
+            return;
+        }
         if self.prefix.is_empty() {
             self.prefix = bytes;
         } else if !bytes.is_empty() {
@@ -55,6 +59,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
         let take = this.prefix.len().min(buf.remaining());
         buf.put_slice(&this.prefix[..take]);
         this.prefix.advance(take);
+        if this.prefix.is_empty() {
+            // Releases the buffer the prefix was cut from.
+            this.prefix = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -107,6 +115,31 @@ mod tests {
         io.read_to_end(&mut all).await.expect("read");
         assert_eq!(all, b"abcdef");
         assert!(!io.has_prefix());
+    }
+
+    #[test]
+    fn empty_and_drained_prefixes_release_their_buffers() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut held = bytes::BytesMut::with_capacity(8192);
+        held.extend_from_slice(b"x");
+        let buffer = held.freeze();
+        let empty = buffer.slice(1..);
+        let mut io = Rewind::new(Bytes::new(), server);
+        io.rewind(empty);
+        assert!(!io.has_prefix());
+        assert!(
+            buffer.is_unique(),
+            "the rewound empty slice kept the buffer"
+        );
+
+        let mut io = Rewind::new(buffer.clone(), io);
+        assert!(!buffer.is_unique());
+        let mut byte = [0u8; 1];
+        let mut read = ReadBuf::new(&mut byte);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut io).poll_read(&mut cx, &mut read).is_ready());
+        assert_eq!(read.filled(), b"x");
+        assert!(buffer.is_unique(), "the drained prefix kept the buffer");
     }
 
     #[tokio::test]
