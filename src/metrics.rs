@@ -36,7 +36,7 @@ pub mod names {
     pub const HEALTH_CHECKS: &str = "fulcrum_health_checks_total";
     /// Client connections open now.
     pub const CONNECTIONS_ACTIVE: &str = "fulcrum_connections_active";
-    /// Idle HTTP/1 client connections parked now (holding no buffers).
+    /// Idle HTTP/1 client connections parked now (hyper's buffers released).
     pub const CONNECTIONS_PARKED: &str = "fulcrum_connections_parked";
     /// Client connections accepted.
     pub const CONNECTIONS: &str = "fulcrum_connections_total";
@@ -116,7 +116,7 @@ fn describe() {
     describe_gauge!(names::CONNECTIONS_ACTIVE, "Client connections open now.");
     describe_gauge!(
         names::CONNECTIONS_PARKED,
-        "Idle HTTP/1 client connections parked now, holding no buffers."
+        "Idle HTTP/1 client connections parked now (hyper's buffers released)."
     );
     describe_counter!(names::CONNECTIONS, "Client connections accepted.");
     describe_counter!(

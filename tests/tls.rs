@@ -1498,3 +1498,62 @@ async fn websocket_tunnel_is_drained_then_closed_on_shutdown() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_tls_connections_resume_after_parking_and_http2_ones_stay_up() {
+    bounded(async {
+        let backend = TestBackend::spawn("app").await;
+        let ca = Ca::new();
+        let dir = TempDir::new("tls-park");
+        single_site(&ca, &dir);
+        let text = config_text(
+            Some("certificates = [{ cert = \"site.pem\", key = \"site.key\" }]"),
+            &[backend.addr()],
+            "round_robin",
+        );
+        let mut lb = TlsBalancer::start(&dir.config_file(), &text).await;
+        let http1 = tls_connect(
+            lb.address,
+            client_config(&ca, &["http/1.1"], BOTH),
+            "example.test",
+        )
+        .await
+        .expect("handshake offering http/1.1");
+        let (mut http1, _conn) = http1_over(http1).await;
+        let http2 = tls_connect(
+            lb.address,
+            client_config(&ca, &["h2"], BOTH),
+            "example.test",
+        )
+        .await
+        .expect("handshake offering h2");
+        let (mut http2, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(http2))
+                .await
+                .expect("HTTP/2 handshake over TLS");
+        let _conn2 = tokio::spawn(connection);
+        for round in 0..3 {
+            let response = http1
+                .send_request(get(&format!("/h1-{round}")))
+                .await
+                .unwrap_or_else(|err| panic!("HTTP/1.1 request {round}: {err}"));
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers().get("connection"), None);
+            let body = TestResponse::collect(response).await.expect("body");
+            assert_eq!(body.text(), "app");
+            let request = Request::get(format!("https://example.test/h2-{round}"))
+                .body(empty())
+                .expect("request");
+            let response = http2
+                .send_request(request)
+                .await
+                .unwrap_or_else(|err| panic!("HTTP/2 request {round}: {err}"));
+            assert_eq!(response.status(), StatusCode::OK);
+            // Past the parking time: the HTTP/1.1 connection is parked, rustls and all.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+        }
+        assert_eq!(backend.request_count(), 6);
+        lb.stop().await;
+    })
+    .await;
+}

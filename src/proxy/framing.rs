@@ -44,7 +44,7 @@ const NO_BAD_REQUEST: u32 = u32::MAX;
 pub(crate) struct HeadScanner {
     /// Where in the message stream the next byte belongs.
     state: State,
-    /// The head being accumulated; cleared (capacity kept) once the head is complete.
+    /// The head being accumulated (only a head that arrives in pieces); released once complete.
     head: Vec<u8>,
     /// Largest head accepted before giving up (should be at least hyper's read-buffer
     /// limit, or a client could pad its head past it to evade the check).
@@ -250,10 +250,10 @@ impl HeadScanner {
         }
         let line = self.head.get(line_start..).unwrap_or_default();
         if line == b"\n" || line == b"\r\n" {
+            // Taken, not kept: a connection that idles (or is parked) after a head that came
+            // in pieces should not hold a buffer of that head's size.
             let head = std::mem::take(&mut self.head);
             let bad = self.finish_head(&head);
-            self.head = head;
-            self.head.clear();
             (piece.len(), bad)
         } else {
             self.state = State::Head {

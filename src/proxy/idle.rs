@@ -49,6 +49,12 @@ pub struct Activity {
     exchanges: AtomicU32,
     /// The connection may be parked (an HTTP/1 server runs on it).
     parkable: AtomicBool,
+    /// An exchange ended since the current HTTP/1 server started: only then is hyper idle
+    /// between requests (a fresh server counts as busy until its first exchange).
+    served: AtomicBool,
+    /// The last write or flush to the client could not complete (its socket is full): bytes
+    /// of a response may still be waiting in hyper's buffer.
+    write_blocked: AtomicBool,
 }
 
 /// Holds one exchange open on a connection (see [`Activity::open_exchange`]); a connection is
@@ -58,6 +64,7 @@ pub struct Exchange(Arc<Activity>);
 
 impl Drop for Exchange {
     fn drop(&mut self) {
+        self.0.served.store(true, Ordering::Relaxed);
         self.0.exchanges.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -99,26 +106,38 @@ impl Activity {
         Exchange(Arc::clone(self))
     }
 
-    /// Whether an exchange is open.
-    pub fn is_exchanging(&self) -> bool {
-        self.exchanges.load(Ordering::Relaxed) > 0
-    }
-
     /// Lets the watchdog end with [`Close::Park`] from now on.
     pub fn allow_parking(&self) {
         self.parkable.store(true, Ordering::Relaxed);
+    }
+
+    /// A new HTTP/1 server starts on the connection: no park before its first exchange ends.
+    pub fn start_serving(&self) {
+        self.served.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether parking now is safe: hyper's server is idle between requests. Checked by the
+    /// watchdog and again, authoritatively, by the connection task, whose task also runs hyper.
+    pub fn may_park(&self) -> bool {
+        self.parkable.load(Ordering::Relaxed)
+            && self.served.load(Ordering::Relaxed)
+            && self.exchanges.load(Ordering::Relaxed) == 0
+            && self.head.load(Ordering::Relaxed) == 0
+            && !self.write_blocked.load(Ordering::Relaxed)
+    }
+
+    /// Notes whether a write or flush to the client just completed or had to wait.
+    fn write_outcome<T>(&self, result: &Poll<T>) {
+        let blocked = result.is_pending();
+        if self.write_blocked.load(Ordering::Relaxed) != blocked {
+            self.write_blocked.store(blocked, Ordering::Relaxed);
+        }
     }
 
     /// How long a connection parked for an `idle` timeout may then wait for its next bytes:
     /// it was parked after one quiet tick, so its idle timeout has that much left.
     pub fn parked_budget(idle: Duration) -> Duration {
         idle.saturating_sub(tick_for(idle))
-    }
-
-    fn may_park(&self) -> bool {
-        self.parkable.load(Ordering::Relaxed)
-            && self.exchanges.load(Ordering::Relaxed) == 0
-            && self.head.load(Ordering::Relaxed) == 0
     }
 
     /// Resolves once a whole `period` passes without any read or write.
@@ -271,6 +290,7 @@ impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let result = this.inner.poll_write(cx, buf);
+        this.activity.write_outcome(&result);
         if let Poll::Ready(Ok(written)) = result {
             this.activity.touch();
             this.bytes_out.increment(written as u64);
@@ -285,6 +305,7 @@ impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let result = this.inner.poll_write_vectored(cx, bufs);
+        this.activity.write_outcome(&result);
         if let Poll::Ready(Ok(written)) = result {
             this.activity.touch();
             this.bytes_out.increment(written as u64);
@@ -297,7 +318,10 @@ impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        let result = this.inner.poll_flush(cx);
+        this.activity.write_outcome(&result);
+        result
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -415,6 +439,7 @@ mod tests {
     async fn a_quiet_parkable_connection_is_parked_after_one_quiet_tick() {
         let activity = Arc::new(Activity::default());
         activity.allow_parking();
+        drop(activity.open_exchange());
         let start = Instant::now();
         // Traffic for three seconds, then silence.
         let watcher = watch(&activity, Duration::from_secs(60), Duration::from_secs(10));
@@ -429,12 +454,42 @@ mod tests {
         assert!(quiet <= 2 * PARK_AFTER, "{quiet:?}");
     }
 
+    #[tokio::test]
+    async fn parking_waits_for_a_served_exchange_and_flushed_writes() {
+        let (client, server) = tokio::io::duplex(16);
+        let (mut io, activity) = ActivityIo::new(server, Counter::noop(), Counter::noop());
+        activity.allow_parking();
+        activity.start_serving();
+        // A fresh server is busy until its first exchange ends (a stray CRLF is no request).
+        assert!(!activity.may_park());
+        drop(activity.open_exchange());
+        assert!(activity.may_park());
+        // A client that stops reading leaves the response in hyper's buffer: a write that has
+        // to wait blocks parking until a write completes again.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let written = Pin::new(&mut io).poll_write(&mut cx, &[b'x'; 16]);
+        assert!(matches!(written, Poll::Ready(Ok(16))));
+        assert!(Pin::new(&mut io).poll_write(&mut cx, b"more").is_pending());
+        assert!(!activity.may_park());
+        let mut client = client;
+        let mut drained = [0u8; 16];
+        client.read_exact(&mut drained).await.expect("drain");
+        assert!(Pin::new(&mut io).poll_write(&mut cx, b"more").is_ready());
+        assert!(activity.may_park());
+        activity.start_serving();
+        assert!(
+            !activity.may_park(),
+            "a restarted server has served nothing yet"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn open_exchanges_and_pending_heads_prevent_parking() {
         let activity = Arc::new(Activity::default());
         activity.allow_parking();
+        drop(activity.open_exchange());
         let exchange = activity.open_exchange();
-        assert!(activity.is_exchanging());
+        assert!(!activity.may_park());
         let start = Instant::now();
         // A slow response: nothing moves, but the exchange is open, so only the idle timeout
         // applies.
@@ -444,10 +499,11 @@ mod tests {
         assert_eq!(close, Close::Idle);
         assert_eq!(at - start, Duration::from_secs(5));
         drop(exchange);
-        assert!(!activity.is_exchanging());
+        assert!(activity.may_park());
 
         let activity = Arc::new(Activity::default());
         activity.allow_parking();
+        drop(activity.open_exchange());
         activity.await_head(7);
         let start = Instant::now();
         let (close, at) = watch(&activity, Duration::from_secs(5), Duration::from_secs(600))

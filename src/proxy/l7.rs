@@ -239,32 +239,34 @@ impl HttpListener {
             Ok(Start::Closed) | Err(_) => return,
         }
         activity.allow_parking();
+        let mut close = Some(close);
         loop {
             // hyper's HTTP/1 server runs until the client is done, the connection switches
             // protocols, or it is parked. Boxed: its state is kilobytes, and a parked
             // connection should hold none of it.
-            let mut conn = Box::new(settings.http1.serve_connection(TokioIo::new(io), service));
-            let (mut parking, mut watched) = (false, true);
+            activity.start_serving();
+            let server_io = TokioIo::new(KeepOpen(io));
+            let mut conn = Box::new(settings.http1.serve_connection(server_io, service));
+            let mut parking = false;
             let result = loop {
                 tokio::select! {
                     biased;
-                    result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break result,
-                    reason = &mut close, if watched => {
-                        watched = false;
+                    result = &mut *conn => break result,
+                    reason = next_reason(&mut close) => {
+                        close = None;
                         match reason {
                             Ok(Close::Shutdown) | Err(_) => {
                                 // Drain: hyper finishes the exchange in progress, then ends.
                                 Pin::new(&mut *conn).graceful_shutdown();
                             }
-                            Ok(Close::Park) if activity.is_exchanging() => {
-                                // An exchange opened meanwhile: watch on.
-                                close = watch(&activity, limits, &shutdown);
-                                watched = true;
-                            }
                             Ok(Close::Park) => {
-                                // Idle: hyper closes at once and hands everything back.
-                                Pin::new(&mut *conn).graceful_shutdown();
-                                parking = true;
+                                if !parking && activity.may_park() {
+                                    // Idle: hyper stops at once and hands everything back.
+                                    Pin::new(&mut *conn).graceful_shutdown();
+                                    parking = true;
+                                }
+                                // Watched on either way, should hyper not stop after all.
+                                close = Some(watch(&activity, limits, &shutdown));
                             }
                             Ok(reason) => return self.closed_by(reason, peer),
                         }
@@ -275,8 +277,9 @@ impl HttpListener {
                 tracing::debug!(listener = %self.name, client = %peer, error = %err, "client connection ended with an error");
                 return;
             }
+            // hyper flushed everything it had written before ending (its shutdown only flushes).
             let parts = conn.into_parts();
-            io = parts.io.into_inner();
+            io = parts.io.into_inner().0;
             io.rewind(parts.read_buf);
             service = parts.service;
             if let Some(tunnel) = upgrade.take() {
@@ -285,10 +288,13 @@ impl HttpListener {
                 return;
             }
             if !parking {
-                // The client is done, or the listener drains: close our side as hyper would.
-                let _ = io.shutdown().await;
+                // The client is done, or the listener drains: close our side as hyper would,
+                // but bounded (a TLS close_notify can wait on a client that stopped reading).
+                let _ = tokio::time::timeout(CLOSE_LIMIT, io.shutdown()).await;
                 return;
             }
+            // The watchdog kept on while hyper stopped ends with its receiver.
+            drop(close.take());
             if !io.has_prefix() {
                 // Parked: no watchdog, no hyper state, just the socket and these three waits.
                 let _parked = self.metrics.parked();
@@ -305,7 +311,7 @@ impl HttpListener {
                     Ok(Start::Http2(_) | Start::Closed) | Err(_) => return,
                 }
             }
-            close = watch(&activity, limits, &shutdown);
+            close = Some(watch(&activity, limits, &shutdown));
         }
     }
 
@@ -364,6 +370,70 @@ impl HttpListener {
             }
             Close::Shutdown | Close::Park => {}
         }
+    }
+}
+
+/// The watchdog's next word; never, when no watchdog is on.
+async fn next_reason(
+    close: &mut Option<oneshot::Receiver<Close>>,
+) -> Result<Close, oneshot::error::RecvError> {
+    match close {
+        Some(close) => close.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Longest wait for a finished client connection's write side to close (a TLS close_notify).
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
+/// A client connection as hyper's HTTP/1 server sees it: shutting it down only flushes, so
+/// the socket outlives a server that stops for parking, and hyper still writes out everything
+/// it buffered before it ends. The connection task closes the socket itself.
+struct KeepOpen<T>(T);
+
+impl<T: AsyncRead + Unpin> AsyncRead for KeepOpen<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for KeepOpen<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
     }
 }
 
@@ -690,10 +760,7 @@ async fn forward(
                     let Some(upstream) = upstream else {
                         return Err(ProxyError::Protocol("101 without a connection to upgrade"));
                     };
-                    let (client, connection) = oneshot::channel();
-                    tunnel.client.set(client);
-                    let tracker = tunnel.drain.tracker.clone();
-                    tracker.spawn(tunnel.run(connection, upstream, in_flight));
+                    tunnel.start(upstream, in_flight);
                     return Ok(Response::from_parts(parts, ProxyBody::local(Bytes::new())));
                 }
                 let (parts, body) = response.into_parts();
@@ -762,36 +829,62 @@ struct Tunnel {
 }
 
 impl Tunnel {
-    /// Copies bytes both ways between the upgraded connections until either side closes or
-    /// nothing moves for `idle_timeout`. The request stays in flight (least-connections counts
-    /// it) for the tunnel's whole life.
-    async fn run(
-        self,
-        client: oneshot::Receiver<ClientIo>,
-        mut upstream: h1::Upgraded,
-        in_flight: InFlight,
-    ) {
-        let backend = Arc::clone(in_flight.backend());
-        let Ok(client) = client.await else {
-            tracing::debug!(backend = %backend.name, "client connection closed before the upgrade");
-            return;
-        };
-        let (mut client, activity) = ActivityIo::new(client, Counter::noop(), Counter::noop());
-        tokio::select! {
-            result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-                if let Err(err) = result {
-                    tracing::debug!(backend = %backend.name, error = %err, "upgraded connection ended with an error");
-                }
-            }
-            () = activity.idle_for(self.idle_timeout) => {
-                tracing::debug!(backend = %backend.name, "upgraded connection idle; closed");
-            }
-            () = self.drain.deadline.cancelled() => {
-                tracing::debug!(backend = %backend.name, "shutdown deadline; closing upgraded connection");
+    /// Asks for the client's side of the connection and runs the tunnel on a task of its own.
+    fn start(self, upstream: h1::Upgraded, in_flight: InFlight) {
+        let (client, connection) = oneshot::channel();
+        self.client.set(client);
+        // Only the client connection keeps the slot: if it ends without handing itself over,
+        // the sender goes with it and the tunnel ends.
+        let Tunnel {
+            idle_timeout,
+            drain,
+            ..
+        } = self;
+        let tracker = drain.tracker.clone();
+        tracker.spawn(run_tunnel(
+            connection,
+            upstream,
+            in_flight,
+            idle_timeout,
+            drain.deadline,
+        ));
+    }
+}
+
+/// Copies bytes both ways between the upgraded connections until either side closes, nothing
+/// moves for `idle_timeout`, or the drain `deadline` passes. The request stays in flight
+/// (least-connections counts it) for the tunnel's whole life.
+async fn run_tunnel(
+    client: oneshot::Receiver<ClientIo>,
+    mut upstream: h1::Upgraded,
+    in_flight: InFlight,
+    idle_timeout: Duration,
+    deadline: CancellationToken,
+) {
+    let backend = Arc::clone(in_flight.backend());
+    let client = tokio::select! {
+        client = client => client,
+        () = deadline.cancelled() => return,
+    };
+    let Ok(client) = client else {
+        tracing::debug!(backend = %backend.name, "client connection closed before the upgrade");
+        return;
+    };
+    let (mut client, activity) = ActivityIo::new(client, Counter::noop(), Counter::noop());
+    tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(err) = result {
+                tracing::debug!(backend = %backend.name, error = %err, "upgraded connection ended with an error");
             }
         }
-        drop(in_flight);
+        () = activity.idle_for(idle_timeout) => {
+            tracing::debug!(backend = %backend.name, "upgraded connection idle; closed");
+        }
+        () = deadline.cancelled() => {
+            tracing::debug!(backend = %backend.name, "shutdown deadline; closing upgraded connection");
+        }
     }
+    drop(in_flight);
 }
 
 /// The head of a request that may be replayed on another backend: bodiless GET, HEAD or
