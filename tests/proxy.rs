@@ -906,6 +906,18 @@ async fn chunked_backend_responses_with_extensions_and_trailers_are_decoded() {
     .await;
 }
 
+/// Sends `GET path` on a raw keep-alive connection and reads its small response: a 200.
+async fn raw_get(stream: &mut tokio::net::TcpStream, path: &str) {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut buf = [0u8; 4096];
+    let read = stream.read(&mut buf).await.expect("response");
+    let response = String::from_utf8_lossy(&buf[..read]);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
+
 /// Idle HTTP/1 connections are parked (hyper's server stopped, its buffers freed) after about
 /// a second without traffic, and resumed on the client's next bytes: nothing of that may show.
 const PAST_PARKING: Duration = Duration::from_millis(2500);
@@ -927,13 +939,7 @@ async fn a_parked_keep_alive_connection_serves_pipelined_requests() {
         }
         // Two requests in one write wake a parked connection: the bytes read to wake it
         // go back in front of hyper, which answers both.
-        stream
-            .write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .expect("first request");
-        let mut first = [0u8; 4096];
-        let read = stream.read(&mut first).await.expect("first response");
-        assert!(read > 0);
+        raw_get(&mut stream, "/first").await;
         tokio::time::sleep(PAST_PARKING).await;
         stream
             .write_all(
@@ -985,13 +991,7 @@ async fn a_parked_connection_is_still_closed_at_its_idle_timeout() {
             .start()
             .await;
         let mut stream = raw_connect(lb.addr()).await;
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .expect("request");
-        let mut buf = [0u8; 4096];
-        let read = stream.read(&mut buf).await.expect("response");
-        assert!(String::from_utf8_lossy(&buf[..read]).starts_with("HTTP/1.1 200"));
+        raw_get(&mut stream, "/").await;
         let answered = Instant::now();
         let rest = within(
             Duration::from_secs(6),
@@ -1019,13 +1019,8 @@ async fn a_stray_empty_line_between_requests_neither_closes_nor_parks_a_busy_ser
             .start()
             .await;
         let mut stream = raw_connect(lb.addr()).await;
-        stream
-            .write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .expect("first request");
+        raw_get(&mut stream, "/first").await;
         let mut buf = [0u8; 4096];
-        let read = stream.read(&mut buf).await.expect("first response");
-        assert!(String::from_utf8_lossy(&buf[..read]).starts_with("HTTP/1.1 200"));
         // An empty line before the next request is to be ignored (RFC 9112 §2.2); old
         // browsers sent one after a POST body. hyper holds it while a new server would start
         // busy on it: parking must wait for a request to end, never turn keep-alive off.

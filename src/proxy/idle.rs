@@ -47,7 +47,7 @@ pub struct Activity {
     head_started: Notify,
     /// Exchanges open on the connection: from the request to the end of its response body.
     exchanges: AtomicU32,
-    /// The connection may be parked (an HTTP/1 server runs on it).
+    /// The connection may be parked (an HTTP/1 server runs on it, see `start_serving`).
     parkable: AtomicBool,
     /// An exchange ended since the current HTTP/1 server started: only then is hyper idle
     /// between requests (a fresh server counts as busy until its first exchange).
@@ -106,13 +106,10 @@ impl Activity {
         Exchange(Arc::clone(self))
     }
 
-    /// Lets the watchdog end with [`Close::Park`] from now on.
-    pub fn allow_parking(&self) {
-        self.parkable.store(true, Ordering::Relaxed);
-    }
-
-    /// A new HTTP/1 server starts on the connection: no park before its first exchange ends.
+    /// A new HTTP/1 server starts on the connection: from now on the watchdog may end with
+    /// [`Close::Park`], but not before this server's first exchange ends.
     pub fn start_serving(&self) {
+        self.parkable.store(true, Ordering::Relaxed);
         self.served.store(false, Ordering::Relaxed);
     }
 
@@ -438,7 +435,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_quiet_parkable_connection_is_parked_after_one_quiet_tick() {
         let activity = Arc::new(Activity::default());
-        activity.allow_parking();
+        activity.start_serving();
         drop(activity.open_exchange());
         let start = Instant::now();
         // Traffic for three seconds, then silence.
@@ -458,7 +455,6 @@ mod tests {
     async fn parking_waits_for_a_served_exchange_and_flushed_writes() {
         let (client, server) = tokio::io::duplex(16);
         let (mut io, activity) = ActivityIo::new(server, Counter::noop(), Counter::noop());
-        activity.allow_parking();
         activity.start_serving();
         // A fresh server is busy until its first exchange ends (a stray CRLF is no request).
         assert!(!activity.may_park());
@@ -486,7 +482,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn open_exchanges_and_pending_heads_prevent_parking() {
         let activity = Arc::new(Activity::default());
-        activity.allow_parking();
+        activity.start_serving();
         drop(activity.open_exchange());
         let exchange = activity.open_exchange();
         assert!(!activity.may_park());
@@ -502,7 +498,7 @@ mod tests {
         assert!(activity.may_park());
 
         let activity = Arc::new(Activity::default());
-        activity.allow_parking();
+        activity.start_serving();
         drop(activity.open_exchange());
         activity.await_head(7);
         let start = Instant::now();

@@ -238,7 +238,6 @@ impl HttpListener {
             Ok(Start::Http1(first)) => io.rewind(first),
             Ok(Start::Closed) | Err(_) => return,
         }
-        activity.allow_parking();
         let mut close = Some(close);
         loop {
             // hyper's HTTP/1 server runs until the client is done, the connection switches
@@ -284,7 +283,7 @@ impl HttpListener {
             service = parts.service;
             if let Some(tunnel) = upgrade.take() {
                 // A 101 went out: the client side of the connection now belongs to the tunnel.
-                let _ = tunnel.send(Rewind::new(Bytes::new(), Box::new(io)));
+                let _ = tunnel.send(Box::new(io));
                 return;
             }
             if !parking {
@@ -482,18 +481,18 @@ async fn read_start<T: AsyncRead + Unpin>(io: &mut T, sniff: bool) -> std::io::R
             return Ok(Start::Closed);
         }
         filled += read;
-        let bytes = Bytes::copy_from_slice(&buf[..filled]);
         if read == 0 || !sniff || buf[..filled] != H2_PREFACE[..filled] {
-            return Ok(Start::Http1(bytes));
+            return Ok(Start::Http1(Bytes::copy_from_slice(&buf[..filled])));
         }
         if filled == H2_PREFACE.len() {
-            return Ok(Start::Http2(bytes));
+            return Ok(Start::Http2(Bytes::copy_from_slice(&buf[..filled])));
         }
     }
 }
 
-/// The client side of a connection that switched protocols, handed to its tunnel.
-pub type ClientIo = Rewind<Box<dyn ClientStream>>;
+/// The client side of a connection that switched protocols, handed to its tunnel (the bytes
+/// hyper had read past the request are rewound in front of it).
+pub type ClientIo = Box<dyn ClientStream>;
 
 /// A client connection's transport, whatever it is under (TCP, TLS).
 pub trait ClientStream: AsyncRead + AsyncWrite + Send + Unpin {}
