@@ -548,14 +548,13 @@ async fn invalid_files_are_rejected_with_their_position_and_the_next_valid_one_a
             .position(|l| l == "pool = \"nope\"")
             .expect("the edited line")
             + 1;
-        let mark = fulcrum.mark();
-        write_in_place(&path, &semantic);
-        let (_, line) = fulcrum
-            .wait_log(mark, "config reload rejected", RELOAD_LIMIT)
-            .await;
         let expected =
             format!("{file}:{semantic_line}:8: listeners[0].pool: pool \"nope\" does not exist");
-        assert!(line.contains(&expected), "{expected} not in {line}");
+        let mark = fulcrum.mark();
+        write_in_place(&path, &semantic);
+        let (_, line) = fulcrum.wait_log(mark, &expected, RELOAD_LIMIT).await;
+        assert!(line.contains("config reload rejected"), "{line}");
+        assert!(line.contains("trigger=\"file\""), "{line}");
         let (status, body) = admin_request(admin, http::Method::POST, "/reload").await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert!(body.contains(&expected), "{expected} not in {body}");
