@@ -180,50 +180,59 @@ impl Connection {
     /// The request body is written while the response head is awaited and, when the backend
     /// answers before it is complete (an echo, an early error), while the response body
     /// streams. The connection is reused only when both messages completed.
-    pub async fn send(
+    ///
+    /// One `async move` block, not an `async fn`, so the arguments are not stored twice.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would store its arguments twice"
+    )]
+    pub fn send(
         mut self,
         request: Request<UpstreamBody>,
-    ) -> Result<Response<Body>, SendError> {
-        let framing = encode_head(&request, &mut self.head);
-        if let Err(err) = write_head(&mut self.io, &self.head).await {
-            return Err(SendError::NotSent(Box::new(request), err.into()));
-        }
-        let (parts, body) = request.into_parts();
-        let head_request = parts.method == Method::HEAD;
-        // The request's field map, emptied, takes the response's fields: no new allocation.
-        let mut headers = parts.headers;
-        let mut writer = BodyWriter::new(body, framing);
-        let mut write_error = None;
-        let parsed = std::future::poll_fn(|cx| {
-            if !writer.done {
-                match writer.poll_write(&mut self.io, cx) {
-                    Poll::Ready(Err(Error::RequestBody(err))) => {
-                        return Poll::Ready(Err(Error::RequestBody(err)));
+    ) -> impl Future<Output = Result<Response<Body>, SendError>> {
+        async move {
+            let framing = encode_head(&request, &mut self.head);
+            if let Err(err) = write_head(&mut self.io, &self.head).await {
+                return Err(SendError::NotSent(Box::new(request), err.into()));
+            }
+            // The request's field map, emptied, takes the response's fields: no new allocation.
+            let (head_request, mut headers, mut writer) = {
+                let (parts, body) = request.into_parts();
+                let head_request = parts.method == Method::HEAD;
+                (head_request, parts.headers, BodyWriter::new(body, framing))
+            };
+            let mut write_error = None;
+            let parsed = std::future::poll_fn(|cx| {
+                if !writer.done {
+                    match writer.poll_write(&mut self.io, cx) {
+                        Poll::Ready(Err(Error::RequestBody(err))) => {
+                            return Poll::Ready(Err(Error::RequestBody(err)));
+                        }
+                        Poll::Ready(Err(err)) => {
+                            // The backend may have answered and closed; read what it said.
+                            writer.done = true;
+                            write_error = Some(err);
+                        }
+                        Poll::Ready(Ok(())) | Poll::Pending => {}
                     }
-                    Poll::Ready(Err(err)) => {
-                        // The backend may have answered and closed; read what it said.
-                        writer.done = true;
-                        write_error = Some(err);
-                    }
-                    Poll::Ready(Ok(())) | Poll::Pending => {}
                 }
-            }
-            self.poll_head(cx, &mut headers)
-        })
-        .await;
-        let head = match (parsed, write_error) {
-            (Ok(head), _) => head,
-            (Err(_), Some(err)) | (Err(err), None) => return Err(SendError::Failed(err)),
-        };
-        let writing = if writer.done {
-            Writing::Done {
-                complete: writer.complete,
-            }
-        } else {
-            Writing::Body(Box::new(writer))
-        };
-        self.respond(head, headers, head_request, writing)
-            .map_err(SendError::Failed)
+                self.poll_head(cx, &mut headers)
+            })
+            .await;
+            let head = match (parsed, write_error) {
+                (Ok(head), _) => head,
+                (Err(_), Some(err)) | (Err(err), None) => return Err(SendError::Failed(err)),
+            };
+            let writing = if writer.done {
+                Writing::Done {
+                    complete: writer.complete,
+                }
+            } else {
+                Writing::Body(Box::new(writer))
+            };
+            self.respond(head, headers, head_request, writing)
+                .map_err(SendError::Failed)
+        }
     }
 
     /// Reads until a final response head is buffered; 1xx interim responses are skipped.

@@ -210,17 +210,10 @@ impl HttpListener {
         let mut service = {
             let activity = Arc::clone(&activity);
             service_fn(move |request| {
-                let connection = Arc::clone(&connection);
                 // Opened as hyper hands the request over, so a park never sees it missing.
                 let exchange = activity.open_exchange();
                 // Boxed: hyper keeps a slot of this future's size in every connection.
-                Box::pin(async move {
-                    let response = connection.handle(request).await;
-                    Ok::<_, Infallible>(response.map(|body| ClientBody {
-                        body,
-                        _exchange: exchange,
-                    }))
-                }) as HandlerFuture
+                Box::pin(Arc::clone(&connection).handle(request, exchange)) as HandlerFuture
             })
         };
         let limits = &settings.limits;
@@ -582,25 +575,69 @@ struct Connection {
 }
 
 impl Connection {
-    async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
-        let pool = match self.check(&request) {
-            Ok(pool) => pool,
-            Err(err) => return self.fail(&err, &request),
-        };
-        let started = Instant::now();
+    /// Answers one request; `exchange` stays open until hyper drops the response body.
+    ///
+    /// Written as one `async move` block over its arguments, not an `async fn` with nested
+    /// ones: an `async fn` keeps a second copy of every argument it moves, and each copy is
+    /// memory the request's future moves around (see `forward` and `send` too).
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would store its arguments twice"
+    )]
+    fn handle(
+        self: Arc<Self>,
+        mut request: Request<Incoming>,
+        exchange: Exchange,
+    ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> {
+        async move {
+            let response = match self.check(&request) {
+                Ok(pool) => {
+                    let started = Instant::now();
+                    let (tunnel, access) = self.prepare(&mut request, &pool);
+                    let mut served_by = None;
+                    let outcome = forward(
+                        &pool,
+                        request.map(|body| UpstreamBody::Client { body }),
+                        (&self.listener.name, started),
+                        tunnel,
+                        &mut served_by,
+                    )
+                    .await;
+                    if let Some((method, path)) = access {
+                        self.log_access(&outcome, method, path, served_by, started);
+                    }
+                    self.respond(outcome, &pool)
+                }
+                Err(err) => self.fail(&err, &request),
+            };
+            Ok(response.map(|body| ClientBody {
+                body,
+                _exchange: exchange,
+            }))
+        }
+    }
+
+    /// Rewrites `request` for its backend (hop-by-hop and forwarding headers, HTTP/1.1), and
+    /// returns the tunnel it may become and what the access log needs of it.
+    fn prepare(
+        &self,
+        request: &mut Request<Incoming>,
+        pool: &Pool,
+    ) -> (Option<Tunnel>, Option<(http::Method, String)>) {
         let upgrade = headers::upgrade_protocol(request.headers())
             .filter(|_| request.version() == Version::HTTP_11);
-        let (mut parts, body) = request.into_parts();
-        let client_version = parts.version;
+        let client_version = request.version();
+        *request.version_mut() = Version::HTTP_11;
+        let mut uri = std::mem::take(request.uri_mut());
         headers::prepare_request(
-            &mut parts.uri,
+            &mut uri,
             client_version,
-            &mut parts.headers,
+            request.headers_mut(),
             &self.client,
         );
-        parts.version = Version::HTTP_11;
+        *request.uri_mut() = uri;
         let tunnel = upgrade.map(|protocol| {
-            headers::keep_upgrade(&mut parts.headers, protocol);
+            headers::keep_upgrade(request.headers_mut(), protocol);
             Tunnel {
                 client: Arc::clone(&self.upgrade),
                 idle_timeout: self.idle_timeout,
@@ -609,38 +646,45 @@ impl Connection {
         });
         let access = pool
             .access_log
-            .then(|| (parts.method.clone(), parts.uri.path().to_owned()));
-        let mut served_by = None;
-        let request = Request::from_parts(parts, body);
-        let outcome = forward(
-            &pool,
-            request,
-            (&self.listener.name, started),
-            tunnel,
-            &mut served_by,
-        )
-        .await;
-        if let Some((method, path)) = access {
-            let status = outcome
-                .as_ref()
-                .map_or_else(|err| err.status(), |response| response.status());
-            let bytes = outcome
-                .as_ref()
-                .ok()
-                .and_then(|response| response.body().size_hint().exact());
-            tracing::info!(
-                target: "fulcrum::access",
-                listener = %self.listener.name,
-                client = ?self.client.ip,
-                method = %method,
-                path = %path,
-                status = status.as_u16(),
-                backend = served_by.as_deref().unwrap_or("-"),
-                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-                bytes = ?bytes,
-                "access"
-            );
-        }
+            .then(|| (request.method().clone(), request.uri().path().to_owned()));
+        (tunnel, access)
+    }
+
+    fn log_access(
+        &self,
+        outcome: &Result<Response<ProxyBody>, ProxyError>,
+        method: http::Method,
+        path: String,
+        served_by: Option<Arc<str>>,
+        started: Instant,
+    ) {
+        let status = outcome
+            .as_ref()
+            .map_or_else(|err| err.status(), |response| response.status());
+        let bytes = outcome
+            .as_ref()
+            .ok()
+            .and_then(|response| response.body().size_hint().exact());
+        tracing::info!(
+            target: "fulcrum::access",
+            listener = %self.listener.name,
+            client = ?self.client.ip,
+            method = %method,
+            path = %path,
+            status = status.as_u16(),
+            backend = served_by.as_deref().unwrap_or("-"),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            bytes = ?bytes,
+            "access"
+        );
+    }
+
+    /// The response for the client: the backend's, rewritten, or the error's.
+    fn respond(
+        &self,
+        outcome: Result<Response<ProxyBody>, ProxyError>,
+        pool: &Pool,
+    ) -> Response<ProxyBody> {
         match outcome {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
@@ -708,115 +752,122 @@ impl Connection {
 /// was sent, so this is safe for every method). A backend that fails *after* the request was
 /// sent but before answering is retried elsewhere only for bodiless GET, HEAD and OPTIONS
 /// requests, whose head is kept for that purpose. Every outcome feeds passive health.
-async fn forward(
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice"
+)]
+fn forward(
     pool: &Pool,
-    request: Request<Incoming>,
+    mut request: Request<UpstreamBody>,
     (listener, started): (&Arc<str>, Instant),
     mut tunnel: Option<Tunnel>,
     served_by: &mut Option<Arc<str>>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let settings = pool.settings;
-    let replay = Replay::of(&request, pool);
-    let mut request = request.map(|body| UpstreamBody::Client { body });
-    let mut tried = Tried::default();
-    let mut last_error = None;
-    let mut last_backend: Option<&Arc<Backend>> = None;
-    while tried.len() <= settings.retries as usize {
-        let Some(index) = pool.pick(&tried) else {
-            break;
-        };
-        if !tried.is_empty() {
-            pool.metrics.retries.increment(1);
-        }
-        tried.push(index);
-        let backend = &pool.endpoints[index].backend;
-        last_backend = Some(backend);
-        if pool.access_log {
-            *served_by = Some(Arc::clone(&backend.name));
-        }
-        let in_flight = backend.start_request();
-        match send(backend, request, pool).await {
-            Attempt::Response(response) => {
-                let status = response.status().as_u16();
-                backend
-                    .metrics
-                    .record_response(listener, status, started.elapsed());
-                if pool.passive.failure_statuses.contains(status) {
-                    pool.record_failure(backend, &format_args!("status {status}"));
-                } else {
-                    backend.health.record_success();
-                }
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    let Some(tunnel) = tunnel.take() else {
-                        return Err(ProxyError::Protocol("101 without an upgrade request"));
-                    };
+) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
+    async move {
+        let settings = &pool.settings;
+        let replay = Replay::of(&request, pool);
+        let mut tried = Tried::default();
+        let mut last_error = None;
+        let mut last_backend: Option<&Arc<Backend>> = None;
+        while tried.len() <= settings.retries as usize {
+            let Some(index) = pool.pick(&tried) else {
+                break;
+            };
+            if !tried.is_empty() {
+                pool.metrics.retries.increment(1);
+            }
+            tried.push(index);
+            let backend = &pool.endpoints[index].backend;
+            last_backend = Some(backend);
+            if pool.access_log {
+                *served_by = Some(Arc::clone(&backend.name));
+            }
+            let in_flight = backend.start_request();
+            match send(backend, request, pool).await {
+                Attempt::Response(response) => {
+                    let status = response.status().as_u16();
+                    backend
+                        .metrics
+                        .record_response(listener, status, started.elapsed());
+                    if pool.passive.failure_statuses.contains(status) {
+                        pool.record_failure(backend, &format_args!("status {status}"));
+                    } else {
+                        backend.health.record_success();
+                    }
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        let Some(tunnel) = tunnel.take() else {
+                            return Err(ProxyError::Protocol("101 without an upgrade request"));
+                        };
+                        let (parts, body) = response.into_parts();
+                        // The connection now belongs to the tunnel, never to the idle pool.
+                        let upstream = match body {
+                            Upstream::Http1(body) => body.into_upgraded(),
+                            Upstream::Http2(_) => None,
+                        };
+                        let Some(upstream) = upstream else {
+                            return Err(ProxyError::Protocol(
+                                "101 without a connection to upgrade",
+                            ));
+                        };
+                        tunnel.start(upstream, in_flight);
+                        return Ok(Response::from_parts(parts, ProxyBody::local(Bytes::new())));
+                    }
                     let (parts, body) = response.into_parts();
-                    // The connection now belongs to the tunnel, never to the idle pool.
-                    let upstream = match body {
-                        Upstream::Http1(body) => body.into_upgraded(),
-                        Upstream::Http2(_) => None,
-                    };
-                    let Some(upstream) = upstream else {
-                        return Err(ProxyError::Protocol("101 without a connection to upgrade"));
-                    };
-                    tunnel.start(upstream, in_flight);
-                    return Ok(Response::from_parts(parts, ProxyBody::local(Bytes::new())));
+                    let body = ProxyBody::upstream(body, in_flight);
+                    return Ok(Response::from_parts(parts, body));
                 }
-                let (parts, body) = response.into_parts();
-                let body = ProxyBody::upstream(body, in_flight);
-                return Ok(Response::from_parts(parts, body));
-            }
-            Attempt::NotSent(unsent, err) => {
-                if matches!(err, ProxyError::Connect(_)) {
-                    backend.metrics.connect_error();
-                }
-                pool.record_failure(backend, &err);
-                tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend connect failed; trying another");
-                request = unsent;
-                last_error = Some(err);
-            }
-            Attempt::Failed(err) => {
-                pool.record_failure(backend, &err);
-                match (&replay, &err) {
-                    (Some(replay), ProxyError::Upstream(_)) => {
-                        tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend failed before answering; replaying idempotent request elsewhere");
-                        request = replay.request();
-                        last_error = Some(err);
+                Attempt::NotSent(unsent, err) => {
+                    if matches!(err, ProxyError::Connect(_)) {
+                        backend.metrics.connect_error();
                     }
-                    _ => {
-                        backend
-                            .metrics
-                            .record_failure(listener, err.status().as_u16());
-                        return Err(err);
+                    pool.record_failure(backend, &err);
+                    tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend connect failed; trying another");
+                    request = unsent;
+                    last_error = Some(err);
+                }
+                Attempt::Failed(err) => {
+                    pool.record_failure(backend, &err);
+                    match (&replay, &err) {
+                        (Some(replay), ProxyError::Upstream(_)) => {
+                            tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend failed before answering; replaying idempotent request elsewhere");
+                            request = replay.request();
+                            last_error = Some(err);
+                        }
+                        _ => {
+                            backend
+                                .metrics
+                                .record_failure(listener, err.status().as_u16());
+                            return Err(err);
+                        }
                     }
                 }
             }
         }
-    }
-    // Nothing healthy, or no backend of the pool accepted a connection: the service is
-    // unavailable (503), not broken (502).
-    let all_refused = tried.len() == pool.endpoints.len()
-        && match &last_error {
-            None => true,
-            Some(ProxyError::Connect(err)) => err.backend_is_down(),
-            Some(_) => false,
+        // Nothing healthy, or no backend of the pool accepted a connection: the service is
+        // unavailable (503), not broken (502).
+        let all_refused = tried.len() == pool.endpoints.len()
+            && match &last_error {
+                None => true,
+                Some(ProxyError::Connect(err)) => err.backend_is_down(),
+                Some(_) => false,
+            };
+        let err = match last_error {
+            Some(err) if pool.any_available() && !all_refused => err,
+            _ => ProxyError::NoBackend {
+                pool: Arc::clone(&pool.name),
+                retry_after: pool.retry_after(),
+            },
         };
-    let err = match last_error {
-        Some(err) if pool.any_available() && !all_refused => err,
-        _ => ProxyError::NoBackend {
-            pool: Arc::clone(&pool.name),
-            retry_after: pool.retry_after(),
-        },
-    };
-    let status = err.status().as_u16();
-    match last_backend {
-        Some(backend) => backend.metrics.record_failure(listener, status),
-        None => pool.metrics.record_unrouted(listener, &pool.name, status),
+        let status = err.status().as_u16();
+        match last_backend {
+            Some(backend) => backend.metrics.record_failure(listener, status),
+            None => pool.metrics.record_unrouted(listener, &pool.name, status),
+        }
+        if status == 503 && last_backend.is_some() {
+            pool.metrics.no_backend.increment(1);
+        }
+        Err(err)
     }
-    if status == 503 && last_backend.is_some() {
-        pool.metrics.no_backend.increment(1);
-    }
-    Err(err)
 }
 
 /// The client side of an upgrade (WebSocket and the like) waiting for the backend's 101.
@@ -895,7 +946,7 @@ struct Replay {
 }
 
 impl Replay {
-    fn of(request: &Request<Incoming>, pool: &Pool) -> Option<Replay> {
+    fn of(request: &Request<UpstreamBody>, pool: &Pool) -> Option<Box<Replay>> {
         use http::Method;
         // Only worth a copy of the head when there is another backend to replay on.
         let replayable = pool.settings.retries > 0
@@ -905,10 +956,12 @@ impl Replay {
                 Method::GET | Method::HEAD | Method::OPTIONS
             )
             && http_body::Body::is_end_stream(request.body());
-        replayable.then(|| Replay {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            headers: request.headers().clone(),
+        replayable.then(|| {
+            Box::new(Replay {
+                method: request.method().clone(),
+                uri: request.uri().clone(),
+                headers: request.headers().clone(),
+            })
         })
     }
 
@@ -933,45 +986,65 @@ enum Attempt {
 
 /// One attempt on `backend`: reuse an idle connection or open one, then send and wait for the
 /// response head within the pool's `request_timeout`.
-async fn send(backend: &Arc<Backend>, mut request: Request<UpstreamBody>, pool: &Pool) -> Attempt {
-    let timeout = pool.settings.request_timeout;
-    let mut stale = 0;
-    loop {
-        let fresh = stale >= STALE_CONNECTION_ATTEMPTS;
-        let conn = match checkout(backend, &pool.connector, fresh).await {
-            Ok(conn) => conn,
-            Err(err) => return Attempt::NotSent(request, err.into()),
-        };
-        let unsent = match conn {
-            Conn::Http1(conn) => match tokio::time::timeout(timeout, conn.send(request)).await {
-                Err(_) => return Attempt::Failed(ProxyError::Timeout(timeout)),
-                Ok(Ok(response)) => return Attempt::Response(response.map(Upstream::Http1)),
-                Ok(Err(h1::SendError::NotSent(unsent, err))) => (*unsent, UpstreamError::from(err)),
-                Ok(Err(h1::SendError::Failed(err))) => {
-                    return Attempt::Failed(ProxyError::Upstream(err.into()));
-                }
-            },
-            Conn::Http2(mut sender) => {
-                let attempt = sender.try_send_request(request);
-                match tokio::time::timeout(timeout, attempt).await {
-                    Err(_) => return Attempt::Failed(ProxyError::Timeout(timeout)),
-                    Ok(Ok(response)) => return Attempt::Response(response.map(Upstream::Http2)),
-                    Ok(Err(mut err)) => match err.take_message() {
-                        Some(unsent) => (unsent, UpstreamError::from(err.into_error())),
-                        None => {
-                            return Attempt::Failed(ProxyError::Upstream(err.into_error().into()));
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice"
+)]
+fn send(
+    backend: &Arc<Backend>,
+    mut request: Request<UpstreamBody>,
+    pool: &Pool,
+) -> impl Future<Output = Attempt> {
+    async move {
+        let timeout = pool.settings.request_timeout;
+        let mut stale = 0;
+        loop {
+            let fresh = stale >= STALE_CONNECTION_ATTEMPTS;
+            let conn = match checkout(backend, &pool.connector, fresh).await {
+                Ok(conn) => conn,
+                Err(err) => return Attempt::NotSent(request, err.into()),
+            };
+            let unsent = match conn {
+                Conn::Http1(conn) => {
+                    match tokio::time::timeout(timeout, conn.send(request)).await {
+                        Err(_) => return Attempt::Failed(ProxyError::Timeout(timeout)),
+                        Ok(Ok(response)) => {
+                            return Attempt::Response(response.map(Upstream::Http1));
                         }
-                    },
+                        Ok(Err(h1::SendError::NotSent(unsent, err))) => {
+                            (*unsent, UpstreamError::from(err))
+                        }
+                        Ok(Err(h1::SendError::Failed(err))) => {
+                            return Attempt::Failed(ProxyError::Upstream(err.into()));
+                        }
+                    }
                 }
+                Conn::Http2(mut sender) => {
+                    let attempt = sender.try_send_request(request);
+                    match tokio::time::timeout(timeout, attempt).await {
+                        Err(_) => return Attempt::Failed(ProxyError::Timeout(timeout)),
+                        Ok(Ok(response)) => {
+                            return Attempt::Response(response.map(Upstream::Http2));
+                        }
+                        Ok(Err(mut err)) => match err.take_message() {
+                            Some(unsent) => (unsent, UpstreamError::from(err.into_error())),
+                            None => {
+                                return Attempt::Failed(ProxyError::Upstream(
+                                    err.into_error().into(),
+                                ));
+                            }
+                        },
+                    }
+                }
+            };
+            // The connection closed before the request was written: use another one.
+            let (unsent, err) = unsent;
+            if stale >= STALE_CONNECTION_ATTEMPTS {
+                return Attempt::NotSent(unsent, ProxyError::Upstream(err));
             }
-        };
-        // The connection closed before the request was written: use another one.
-        let (unsent, err) = unsent;
-        if stale >= STALE_CONNECTION_ATTEMPTS {
-            return Attempt::NotSent(unsent, ProxyError::Upstream(err));
+            stale += 1;
+            request = unsent;
         }
-        stale += 1;
-        request = unsent;
     }
 }
 
