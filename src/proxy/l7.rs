@@ -212,8 +212,9 @@ impl HttpListener {
             service_fn(move |request| {
                 // Opened as hyper hands the request over, so a park never sees it missing.
                 let exchange = activity.open_exchange();
-                // Boxed: hyper keeps a slot of this future's size in every connection.
-                Box::pin(Arc::clone(&connection).handle(request, exchange)) as HandlerFuture
+                // Not boxed: hyper keeps one slot for it per connection, reused by every
+                // request, and a parked connection drops hyper's state with the slot.
+                Arc::clone(&connection).handle(request, exchange)
             })
         };
         let limits = &settings.limits;
@@ -446,9 +447,6 @@ fn watch(
     ));
     reason
 }
-
-/// What the request handler's future is, boxed (see `serve_io`).
-type HandlerFuture = Pin<Box<dyn Future<Output = Result<Response<ClientBody>, Infallible>> + Send>>;
 
 /// How a client connection starts, or goes on after being parked.
 enum Start {
