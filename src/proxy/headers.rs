@@ -4,7 +4,7 @@
 //! the fixed set below plus every field named in `Connection` (RFC 9110 §7.6.1). Forwarded
 //! requests gain `X-Forwarded-For/-Proto/-Host`, and both directions gain `Via` (§7.6.3).
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Uri, Version};
 
 /// Fields that are hop-by-hop whatever `Connection` says: RFC 9110 §7.6.1 names `Connection`,
@@ -115,13 +115,16 @@ pub fn prepare_request(
 ) {
     remove_hop_by_hop(headers);
 
-    if !headers.contains_key(header::HOST) {
-        if let Some(authority) = uri.authority() {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                headers.insert(header::HOST, host);
-            }
-        }
-    }
+    // Each lookup hashes the name: every field below is looked up once.
+    let host = match headers.get(header::HOST) {
+        Some(host) => Some(host.clone()),
+        None => uri
+            .authority()
+            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+            .inspect(|host| {
+                headers.insert(header::HOST, host.clone());
+            }),
+    };
     if uri.scheme().is_some() || uri.authority().is_some() {
         let origin_form = uri
             .path_and_query()
@@ -130,19 +133,21 @@ pub fn prepare_request(
         *uri = origin_form;
     }
 
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
-        None => client.ip.clone(),
-        Some(previous) => {
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(slot) => {
+            slot.insert(client.ip.clone());
+        }
+        Entry::Occupied(mut slot) => {
+            let previous = slot.get();
             let mut chain = Vec::with_capacity(previous.len() + 2 + client.ip.len());
             chain.extend_from_slice(previous.as_bytes());
             chain.extend_from_slice(b", ");
             chain.extend_from_slice(client.ip.as_bytes());
-            HeaderValue::from_bytes(&chain).unwrap_or_else(|_| client.ip.clone())
+            slot.insert(HeaderValue::from_bytes(&chain).unwrap_or_else(|_| client.ip.clone()));
         }
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+    }
     headers.insert(X_FORWARDED_PROTO.clone(), client.proto.clone());
-    if let Some(host) = headers.get(header::HOST).cloned() {
+    if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     headers.append(header::VIA, via(version));
