@@ -19,6 +19,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -26,6 +27,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::client::TlsStream;
 
 use super::body::UpstreamBody;
@@ -61,6 +63,9 @@ pub enum Error {
     /// The client's request body failed while it was being forwarded.
     #[error("request body from the client failed: {0}")]
     RequestBody(#[source] hyper::Error),
+    /// No response head arrived before the exchange's deadline.
+    #[error("no response head before the deadline")]
+    TimedOut,
 }
 
 /// A failed exchange.
@@ -147,6 +152,10 @@ pub struct Connection {
     buf: BytesMut,
     /// Where request heads are encoded; kept for the next request.
     head: Vec<u8>,
+    /// The response-head deadline: one timer for the connection's life. Moving a registered
+    /// timer later is one atomic update; a new timer per request costs two timer-wheel
+    /// updates (insert, remove).
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl Connection {
@@ -156,6 +165,16 @@ impl Connection {
             io,
             buf: BytesMut::new(),
             head: Vec::new(),
+            deadline: None,
+        }
+    }
+
+    /// Sets the response-head deadline `timeout` from now.
+    fn arm(&mut self, timeout: Duration) {
+        let at = Instant::now() + timeout;
+        match &mut self.deadline {
+            Some(deadline) => deadline.as_mut().reset(at),
+            None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
         }
     }
 
@@ -174,8 +193,9 @@ impl Connection {
         )
     }
 
-    /// Sends `request` and waits for the response head. The response body streams from the
-    /// connection and gives it back for reuse when it ends cleanly ([`Body::take_idle`]).
+    /// Sends `request` and waits for the response head, for at most `timeout` (then
+    /// [`Error::TimedOut`]). The response body streams from the connection and gives it back
+    /// for reuse when it ends cleanly ([`Body::take_idle`]).
     ///
     /// The request body is written while the response head is awaited and, when the backend
     /// answers before it is complete (an echo, an early error), while the response body
@@ -189,11 +209,21 @@ impl Connection {
     pub fn send(
         mut self,
         request: Request<UpstreamBody>,
+        timeout: Duration,
     ) -> impl Future<Output = Result<Response<Body>, SendError>> {
         async move {
+            self.arm(timeout);
             let framing = encode_head(&request, &mut self.head);
-            if let Err(err) = write_head(&mut self.io, &self.head).await {
-                return Err(SendError::NotSent(Box::new(request), err.into()));
+            let mut written = 0;
+            let wrote = std::future::poll_fn(|cx| {
+                let write = poll_write_head(&mut self.io, cx, &self.head, &mut written);
+                before(&mut self.deadline, cx, write.map_err(Error::from))
+            })
+            .await;
+            match wrote {
+                Ok(()) => {}
+                Err(Error::TimedOut) => return Err(SendError::Failed(Error::TimedOut)),
+                Err(err) => return Err(SendError::NotSent(Box::new(request), err)),
             }
             // The request's field map, emptied, takes the response's fields: no new allocation.
             let (head_request, mut headers, mut writer) = {
@@ -216,7 +246,8 @@ impl Connection {
                         Poll::Ready(Ok(())) | Poll::Pending => {}
                     }
                 }
-                self.poll_head(cx, &mut headers)
+                let head = self.poll_head(cx, &mut headers);
+                before(&mut self.deadline, cx, head)
             })
             .await;
             let head = match (parsed, write_error) {
@@ -531,11 +562,35 @@ fn itoa(mut value: u64, digits: &mut [u8; 20]) -> &[u8] {
     }
 }
 
-/// Writes all of `head` and flushes it (a no-op on TCP; TLS may hold written bytes).
-async fn write_head(io: &mut Stream, head: &[u8]) -> io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    io.write_all(head).await?;
-    io.flush().await
+/// Writes the rest of `head` from `written` on and flushes it (a no-op on TCP; TLS may hold
+/// written bytes).
+fn poll_write_head(
+    io: &mut Stream,
+    cx: &mut Context<'_>,
+    head: &[u8],
+    written: &mut usize,
+) -> Poll<io::Result<()>> {
+    while let Some(rest) = head.get(*written..).filter(|rest| !rest.is_empty()) {
+        match ready!(Pin::new(&mut *io).poll_write(cx, rest))? {
+            0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            n => *written += n,
+        }
+    }
+    Pin::new(io).poll_flush(cx)
+}
+
+/// `work`, or [`Error::TimedOut`] once `deadline` has passed while it is still pending.
+fn before<T>(
+    deadline: &mut Option<Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+    work: Poll<Result<T, Error>>,
+) -> Poll<Result<T, Error>> {
+    match (work, deadline) {
+        (Poll::Pending, Some(deadline)) => {
+            deadline.as_mut().poll(cx).map(|()| Err(Error::TimedOut))
+        }
+        (work, _) => work,
+    }
 }
 
 /// Reads into `buf`, making room for `want` bytes first; `Ok(0)` at end of stream.
@@ -1058,7 +1113,7 @@ mod tests {
         conn: Connection,
         request: Request<UpstreamBody>,
     ) -> Result<Response<Body>, Error> {
-        match conn.send(request).await {
+        match conn.send(request, Duration::from_secs(5)).await {
             Ok(response) => Ok(response),
             Err(SendError::NotSent(_, err) | SendError::Failed(err)) => Err(err),
         }
@@ -1110,6 +1165,47 @@ mod tests {
         assert_eq!(
             heads[1], b"POST /b HTTP/1.1\r\nhost: app.test\r\ncontent-length: 0\r\n\r\n",
             "an empty POST says so"
+        );
+    }
+
+    /// Each exchange gets the whole timeout, counted from its own start: the connection's one
+    /// timer is moved on, not left at the first exchange's deadline.
+    #[tokio::test(start_paused = true)]
+    async fn every_exchange_gets_its_own_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut chunk = [0u8; 4096];
+            // Two answers 400 ms after their requests, then silence.
+            for _ in 0..2 {
+                assert!(socket.read(&mut chunk).await.expect("read request") > 0);
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                socket.write_all(reply).await.expect("write reply");
+            }
+            let _ = socket.read(&mut chunk).await;
+            std::future::pending::<()>().await;
+        });
+        let timeout = Duration::from_millis(500);
+        let mut conn = connect(addr).await;
+        for exchange in ["first", "second"] {
+            let response = conn
+                .send(request(Method::GET, "/"), timeout)
+                .await
+                .unwrap_or_else(|_| panic!("{exchange} exchange failed"));
+            conn = response.into_body().take_idle().expect("reusable");
+        }
+        let started = Instant::now();
+        match conn.send(request(Method::GET, "/"), timeout).await {
+            Err(SendError::Failed(Error::TimedOut)) => {}
+            Ok(_) => panic!("a silent backend answered"),
+            Err(SendError::NotSent(_, err) | SendError::Failed(err)) => panic!("{err}"),
+        }
+        let waited = started.elapsed();
+        assert!(
+            waited >= timeout && waited < timeout + Duration::from_millis(5),
+            "{waited:?}"
         );
     }
 

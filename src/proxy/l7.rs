@@ -1003,20 +1003,17 @@ fn send(
                 Err(err) => return Attempt::NotSent(request, err.into()),
             };
             let unsent = match conn {
-                Conn::Http1(conn) => {
-                    match tokio::time::timeout(timeout, conn.send(request)).await {
-                        Err(_) => return Attempt::Failed(ProxyError::Timeout(timeout)),
-                        Ok(Ok(response)) => {
-                            return Attempt::Response(response.map(Upstream::Http1));
-                        }
-                        Ok(Err(h1::SendError::NotSent(unsent, err))) => {
-                            (*unsent, UpstreamError::from(err))
-                        }
-                        Ok(Err(h1::SendError::Failed(err))) => {
-                            return Attempt::Failed(ProxyError::Upstream(err.into()));
-                        }
+                // The connection keeps its own deadline timer (cheaper than one per request).
+                Conn::Http1(conn) => match conn.send(request, timeout).await {
+                    Ok(response) => return Attempt::Response(response.map(Upstream::Http1)),
+                    Err(h1::SendError::NotSent(unsent, err)) => (*unsent, UpstreamError::from(err)),
+                    Err(h1::SendError::Failed(h1::Error::TimedOut)) => {
+                        return Attempt::Failed(ProxyError::Timeout(timeout));
                     }
-                }
+                    Err(h1::SendError::Failed(err)) => {
+                        return Attempt::Failed(ProxyError::Upstream(err.into()));
+                    }
+                },
                 Conn::Http2(mut sender) => {
                     let attempt = sender.try_send_request(request);
                     match tokio::time::timeout(timeout, attempt).await {
