@@ -19,7 +19,6 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -169,9 +168,8 @@ impl Connection {
         }
     }
 
-    /// Sets the response-head deadline `timeout` from now.
-    fn arm(&mut self, timeout: Duration) {
-        let at = Instant::now() + timeout;
+    /// Sets the response-head deadline.
+    fn arm(&mut self, at: Instant) {
         match &mut self.deadline {
             Some(deadline) => deadline.as_mut().reset(at),
             None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
@@ -193,7 +191,7 @@ impl Connection {
         )
     }
 
-    /// Sends `request` and waits for the response head, for at most `timeout` (then
+    /// Sends `request` and waits for the response head until `deadline` (then
     /// [`Error::TimedOut`]). The response body streams from the connection and gives it back
     /// for reuse when it ends cleanly ([`Body::take_idle`]).
     ///
@@ -209,10 +207,10 @@ impl Connection {
     pub fn send(
         mut self,
         request: Request<UpstreamBody>,
-        timeout: Duration,
+        deadline: Instant,
     ) -> impl Future<Output = Result<Response<Body>, SendError>> {
         async move {
-            self.arm(timeout);
+            self.arm(deadline);
             let framing = encode_head(&request, &mut self.head);
             let mut written = 0;
             let wrote = std::future::poll_fn(|cx| {
@@ -523,16 +521,19 @@ fn encode_head(request: &Request<UpstreamBody>, out: &mut Vec<u8>) -> Framing {
         .map_or("/", http::uri::PathAndQuery::as_str);
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut has_length = false;
     for (name, value) in headers {
-        if name == header::CONTENT_LENGTH && framing == Framing::Chunked {
-            continue;
+        if name == header::CONTENT_LENGTH {
+            has_length = true;
+            if framing == Framing::Chunked {
+                continue;
+            }
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let has_length = headers.contains_key(header::CONTENT_LENGTH);
     match framing {
         Framing::Empty if !has_length && expects_body(request.method()) => {
             out.extend_from_slice(b"content-length: 0\r\n");
@@ -1057,6 +1058,7 @@ impl http_body::Body for Body {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio::sync::oneshot;
@@ -1113,7 +1115,8 @@ mod tests {
         conn: Connection,
         request: Request<UpstreamBody>,
     ) -> Result<Response<Body>, Error> {
-        match conn.send(request, Duration::from_secs(5)).await {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        match conn.send(request, deadline).await {
             Ok(response) => Ok(response),
             Err(SendError::NotSent(_, err) | SendError::Failed(err)) => Err(err),
         }
@@ -1191,13 +1194,16 @@ mod tests {
         let mut conn = connect(addr).await;
         for exchange in ["first", "second"] {
             let response = conn
-                .send(request(Method::GET, "/"), timeout)
+                .send(request(Method::GET, "/"), Instant::now() + timeout)
                 .await
                 .unwrap_or_else(|_| panic!("{exchange} exchange failed"));
             conn = response.into_body().take_idle().expect("reusable");
         }
         let started = Instant::now();
-        match conn.send(request(Method::GET, "/"), timeout).await {
+        match conn
+            .send(request(Method::GET, "/"), started + timeout)
+            .await
+        {
             Err(SendError::Failed(Error::TimedOut)) => {}
             Ok(_) => panic!("a silent backend answered"),
             Err(SendError::NotSent(_, err) | SendError::Failed(err)) => panic!("{err}"),

@@ -781,7 +781,13 @@ fn forward(
                 *served_by = Some(Arc::clone(&backend.name));
             }
             let in_flight = backend.start_request();
-            match send(backend, request, pool).await {
+            // The first attempt starts with the request (one clock read fewer).
+            let attempt = if tried.len() == 1 {
+                started
+            } else {
+                Instant::now()
+            };
+            match send(backend, request, pool, attempt).await {
                 Attempt::Response(response) => {
                     let status = response.status().as_u16();
                     backend
@@ -982,8 +988,8 @@ enum Attempt {
     Failed(ProxyError),
 }
 
-/// One attempt on `backend`: reuse an idle connection or open one, then send and wait for the
-/// response head within the pool's `request_timeout`.
+/// One attempt on `backend`, begun at `started`: reuse an idle connection or open one, then
+/// send and wait for the response head within the pool's `request_timeout`.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn would store its arguments twice"
@@ -992,9 +998,11 @@ fn send(
     backend: &Arc<Backend>,
     mut request: Request<UpstreamBody>,
     pool: &Pool,
+    started: Instant,
 ) -> impl Future<Output = Attempt> {
     async move {
         let timeout = pool.settings.request_timeout;
+        let deadline = started + timeout;
         let mut stale = 0;
         loop {
             let fresh = stale >= STALE_CONNECTION_ATTEMPTS;
@@ -1004,7 +1012,7 @@ fn send(
             };
             let unsent = match conn {
                 // The connection keeps its own deadline timer (cheaper than one per request).
-                Conn::Http1(conn) => match conn.send(request, timeout).await {
+                Conn::Http1(conn) => match conn.send(request, deadline).await {
                     Ok(response) => return Attempt::Response(response.map(Upstream::Http1)),
                     Err(h1::SendError::NotSent(unsent, err)) => (*unsent, UpstreamError::from(err)),
                     Err(h1::SendError::Failed(h1::Error::TimedOut)) => {
@@ -1016,7 +1024,7 @@ fn send(
                 },
                 Conn::Http2(mut sender) => {
                     let attempt = sender.try_send_request(request);
-                    match tokio::time::timeout(timeout, attempt).await {
+                    match tokio::time::timeout_at(deadline, attempt).await {
                         Err(_) => return Attempt::Failed(ProxyError::Timeout(timeout)),
                         Ok(Ok(response)) => {
                             return Attempt::Response(response.map(Upstream::Http2));
