@@ -238,6 +238,20 @@ impl Pool {
         }
     }
 
+    /// The backend for a request's next attempt, within the pool's retry budget: picked as by
+    /// [`Pool::pick`], added to `tried`, and counted as a retry unless it is the first.
+    pub fn next_attempt(&self, tried: &mut Tried) -> Option<&Arc<Backend>> {
+        if tried.len() > self.settings.retries as usize {
+            return None;
+        }
+        let index = self.pick(tried)?;
+        if !tried.is_empty() {
+            self.metrics.retries.increment(1);
+        }
+        tried.push(index);
+        self.endpoints.get(index).map(|endpoint| &endpoint.backend)
+    }
+
     /// Picks a healthy backend not in `tried`, at its effective (slow-start) weight. With no
     /// healthy backend at all and `fail_open`, picks among all of them instead.
     pub fn pick(&self, tried: &Tried) -> Option<usize> {

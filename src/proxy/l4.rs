@@ -172,15 +172,7 @@ async fn connect(
 ) -> Option<(TcpStream, InFlight)> {
     let mut tried = Tried::default();
     let mut last: Option<(Arc<Backend>, ConnectError)> = None;
-    while tried.len() <= pool.settings.retries as usize {
-        let Some(index) = pool.pick(&tried) else {
-            break;
-        };
-        if !tried.is_empty() {
-            pool.metrics.retries.increment(1);
-        }
-        tried.push(index);
-        let backend = &pool.endpoints[index].backend;
+    while let Some(backend) = pool.next_attempt(&mut tried) {
         let in_flight = backend.start_request();
         match client::connect_tcp(backend.address, pool.settings.connect_timeout).await {
             Ok(stream) => {

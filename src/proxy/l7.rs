@@ -762,20 +762,11 @@ fn forward(
     served_by: &mut Option<Arc<str>>,
 ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
     async move {
-        let settings = &pool.settings;
         let replay = Replay::of(&request, pool);
         let mut tried = Tried::default();
         let mut last_error = None;
         let mut last_backend: Option<&Arc<Backend>> = None;
-        while tried.len() <= settings.retries as usize {
-            let Some(index) = pool.pick(&tried) else {
-                break;
-            };
-            if !tried.is_empty() {
-                pool.metrics.retries.increment(1);
-            }
-            tried.push(index);
-            let backend = &pool.endpoints[index].backend;
+        while let Some(backend) = pool.next_attempt(&mut tried) {
             last_backend = Some(backend);
             if pool.access_log {
                 *served_by = Some(Arc::clone(&backend.name));
