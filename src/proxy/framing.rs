@@ -39,7 +39,7 @@ const NO_BAD_REQUEST: u32 = u32::MAX;
 /// Incremental scanner of the HTTP/1.x request byte stream of one client connection.
 ///
 /// Feed it the bytes read from the client, split anywhere; it reports the index of the
-/// first request whose head has ambiguous framing (see [`classify`]) and then stops.
+/// first request whose head has ambiguous framing (see [`judge`]) and then stops.
 #[derive(Debug)]
 pub(crate) struct HeadScanner {
     /// Where in the message stream the next byte belongs.
@@ -167,23 +167,23 @@ impl HeadScanner {
                     };
                 }
                 State::Head { line_start } => {
-                    // The usual case: the whole head arrived in this read. Judge it in place.
+                    // The usual case: the whole head arrived in this read. Judge it in place,
+                    // finding its end on the way.
                     let whole = if self.head.is_empty() {
-                        head_end(bytes)
+                        judge(bytes)
                     } else {
                         None
                     };
-                    if let Some(end) = whole {
+                    if let Some((end, verdict)) = whole {
                         if end > self.max_head_bytes {
                             self.state = State::Passthrough;
                             return None;
                         }
-                        let (head, rest) = bytes.split_at(end);
-                        let bad = self.finish_head(head);
+                        let bad = self.finish_head(verdict);
                         if bad.is_some() {
                             return bad;
                         }
-                        bytes = rest;
+                        bytes = bytes.get(end..).unwrap_or_default();
                         continue;
                     }
                     let (used, bad) = self.scan_head(bytes, line_start);
@@ -253,7 +253,8 @@ impl HeadScanner {
             // Taken, not kept: a connection that idles (or is parked) after a head that came
             // in pieces should not hold a buffer of that head's size.
             let head = std::mem::take(&mut self.head);
-            let bad = self.finish_head(&head);
+            let verdict = judge(&head).map_or(Verdict::Unknown, |(_, verdict)| verdict);
+            let bad = self.finish_head(verdict);
             (piece.len(), bad)
         } else {
             self.state = State::Head {
@@ -263,14 +264,14 @@ impl HeadScanner {
         }
     }
 
-    /// Judges the complete `head`, moves on to its body, and returns the request's index if
-    /// its framing is ambiguous.
-    fn finish_head(&mut self, head: &[u8]) -> Option<u32> {
+    /// Moves on to the body of the head just judged `verdict`, and returns the request's
+    /// index if its framing is ambiguous.
+    fn finish_head(&mut self, verdict: Verdict) -> Option<u32> {
         // Index `u32::MAX` cannot be reported (it means "none"), so stop before it.
         let verdict = if self.index == NO_BAD_REQUEST {
             Verdict::Unknown
         } else {
-            classify(head)
+            verdict
         };
         let index = self.index;
         self.index = self.index.saturating_add(1);
@@ -288,34 +289,23 @@ impl HeadScanner {
     }
 }
 
-/// The length of the head at the start of `bytes` through its empty line, if all of it is
-/// there. The first line is never empty (see [`State::Idle`]).
-fn head_end(bytes: &[u8]) -> Option<usize> {
-    let mut line_start = 0;
-    for lf in memchr::memchr_iter(b'\n', bytes) {
-        let line = bytes.get(line_start..lf).unwrap_or_default();
-        if line_start > 0 && (line.is_empty() || line == b"\r") {
-            return Some(lf + 1);
-        }
-        line_start = lf + 1;
-    }
-    None
+/// The complete lines at the start of some bytes, without their CRLF or LF; `end` is where
+/// the bytes after the last line returned start.
+struct Lines<'a> {
+    bytes: &'a [u8],
+    end: usize,
 }
 
-/// The lines of a head, without their CRLF or LF.
-fn lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = head;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let (line, next) = match memchr::memchr(b'\n', rest) {
-            Some(lf) => (&rest[..lf], &rest[lf + 1..]),
-            None => (rest, &rest[rest.len()..]),
-        };
-        rest = next;
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.bytes.get(self.end..)?;
+        let lf = memchr::memchr(b'\n', rest)?;
+        let line = rest.get(..lf)?;
+        self.end += lf + 1;
         Some(line.strip_suffix(b"\r").unwrap_or(line))
-    })
+    }
 }
 
 /// Advances `bytes` past at most `limit` bytes and returns how many were skipped.
@@ -375,71 +365,106 @@ fn hex_digit(byte: u8) -> Option<u64> {
     char::from(byte).to_digit(16).map(u64::from)
 }
 
-/// Judges a complete request head (request line, fields, empty line) per RFC 9112 §6.
+/// Finds the end of the request head at the start of `bytes` (request line, fields, empty
+/// line) and judges its framing per RFC 9112 §6, in one pass over its lines; `None` while the
+/// head is incomplete.
 ///
 /// Ambiguous: `Content-Length` together with `Transfer-Encoding` (§6.3 item 3), a final
 /// coding other than `chunked` (item 4), an invalid or conflicting `Content-Length` (item 5,
 /// which includes lists like `5, 5` that RFC 9110 §8.6 allows rejecting), or any
 /// `Transfer-Encoding` in HTTP/1.0 (§6.1). Header names match case-insensitively.
-fn classify(head: &[u8]) -> Verdict {
-    let mut lines = lines(head);
-    let mut parts = lines.next().unwrap_or_default().split(|&b| b == b' ');
+fn judge(bytes: &[u8]) -> Option<(usize, Verdict)> {
+    let mut lines = Lines { bytes, end: 0 };
+    // `None` once the head is not ours to judge: its end is still looked for.
+    let mut facts = request_version(lines.next()?).map(|http_11| Facts {
+        http_11,
+        ..Facts::default()
+    });
+    loop {
+        let line = lines.next()?;
+        if line.is_empty() {
+            return Some((
+                lines.end,
+                facts.map_or(Verdict::Unknown, |facts| facts.verdict()),
+            ));
+        }
+        if facts.as_mut().is_some_and(|facts| !facts.note(line)) {
+            facts = None;
+        }
+    }
+}
+
+/// Whether a request line is HTTP/1.1 (`true`) or HTTP/1.0 (`false`); `None` for anything
+/// else, including the HTTP/2 preface `PRI * HTTP/2.0`.
+fn request_version(line: &[u8]) -> Option<bool> {
+    let mut parts = line.split(|&b| b == b' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Verdict::Unknown;
-    };
-    // Any other version, including the HTTP/2 preface `PRI * HTTP/2.0`, is not ours.
-    let http_11 = match version {
-        b"HTTP/1.1" => true,
-        b"HTTP/1.0" => false,
-        _ => return Verdict::Unknown,
+        return None;
     };
     if method.is_empty() || target.is_empty() {
-        return Verdict::Unknown;
+        return None;
     }
+    match version {
+        b"HTTP/1.1" => Some(true),
+        b"HTTP/1.0" => Some(false),
+        _ => None,
+    }
+}
 
-    let mut content_length = None;
-    let mut bad_content_length = false;
-    let mut transfer_encoding = false;
-    let mut chunked = false;
-    for line in lines.take_while(|line| !line.is_empty()) {
+/// What a request head's fields say about its body, gathered line by line.
+#[derive(Debug, Default)]
+struct Facts {
+    http_11: bool,
+    content_length: Option<u64>,
+    bad_content_length: bool,
+    transfer_encoding: bool,
+    chunked: bool,
+}
+
+impl Facts {
+    /// Notes one field line; `false` if it is not a field hyper would accept.
+    fn note(&mut self, line: &[u8]) -> bool {
         let mut halves = line.splitn(2, |&b| b == b':');
         let (Some(name), Some(value)) = (halves.next(), halves.next()) else {
-            return Verdict::Unknown;
+            return false;
         };
         // hyper (httparse) rejects these too: whitespace in or before a name, which
         // also covers obsolete line folding (RFC 9112 §5.2).
         if name.is_empty() || name.iter().any(|&b| b == b' ' || b == b'\t') {
-            return Verdict::Unknown;
+            return false;
         }
         if name.eq_ignore_ascii_case(b"content-length") {
-            match (parse_decimal(trim(value)), content_length) {
-                (Some(length), None) => content_length = Some(length),
+            match (parse_decimal(trim(value)), self.content_length) {
+                (Some(length), None) => self.content_length = Some(length),
                 (Some(length), Some(previous)) if length == previous => {}
-                _ => bad_content_length = true,
+                _ => self.bad_content_length = true,
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Several fields form one list, so the last field's last coding is final.
-            transfer_encoding = true;
-            chunked = trim(value)
+            self.transfer_encoding = true;
+            self.chunked = trim(value)
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|coding| trim(coding).eq_ignore_ascii_case(b"chunked"));
         }
+        true
     }
 
-    if transfer_encoding {
-        let has_length = content_length.is_some() || bad_content_length;
-        if has_length || !chunked || !http_11 {
-            return Verdict::Ambiguous;
+    fn verdict(&self) -> Verdict {
+        if self.transfer_encoding {
+            let has_length = self.content_length.is_some() || self.bad_content_length;
+            if has_length || !self.chunked || !self.http_11 {
+                return Verdict::Ambiguous;
+            }
+            return Verdict::Chunked;
         }
-        return Verdict::Chunked;
-    }
-    match content_length {
-        _ if bad_content_length => Verdict::Ambiguous,
-        None | Some(0) => Verdict::NoBody,
-        Some(length) => Verdict::Length(length),
+        match self.content_length {
+            _ if self.bad_content_length => Verdict::Ambiguous,
+            None | Some(0) => Verdict::NoBody,
+            Some(length) => Verdict::Length(length),
+        }
     }
 }
 
