@@ -993,14 +993,16 @@ fn send(
 ) -> impl Future<Output = Attempt> {
     async move {
         let timeout = pool.settings.request_timeout;
-        let deadline = started + timeout;
         let mut stale = 0;
         loop {
             let fresh = stale >= STALE_CONNECTION_ATTEMPTS;
-            let conn = match checkout(backend, &pool.connector, fresh).await {
-                Ok(conn) => conn,
+            let (conn, waited) = match checkout(backend, &pool.connector, fresh).await {
+                Ok(checked_out) => checked_out,
                 Err(err) => return Attempt::NotSent(request, err.into()),
             };
+            // `request_timeout` runs from sending: from the attempt's start when the connection
+            // was at hand (one clock read fewer on the keep-alive path), else from now.
+            let deadline = if waited { Instant::now() } else { started } + timeout;
             let unsent = match conn {
                 // The connection keeps its own deadline timer (cheaper than one per request).
                 Conn::Http1(conn) => match conn.send(request, deadline).await {
@@ -1042,21 +1044,22 @@ fn send(
     }
 }
 
-/// A connection ready to send on: an idle one if any is alive (unless `fresh`), else a new one.
+/// A connection ready to send on: an idle one if any is alive (unless `fresh`), else a new one;
+/// and whether getting it meant waiting (a connect, or an HTTP/2 connection getting ready).
 async fn checkout(
     backend: &Backend,
     connector: &client::Connector,
     fresh: bool,
-) -> Result<Conn, client::ConnectError> {
+) -> Result<(Conn, bool), client::ConnectError> {
     if !fresh {
         while let Some(conn) = backend.idle.take() {
             match conn {
                 Conn::Http2(mut sender) => {
                     if sender.ready().await.is_ok() {
-                        return Ok(Conn::Http2(sender));
+                        return Ok((Conn::Http2(sender), true));
                     }
                 }
-                http1 @ Conn::Http1(_) => return Ok(http1),
+                http1 @ Conn::Http1(_) => return Ok((http1, false)),
             }
         }
     }
@@ -1064,7 +1067,7 @@ async fn checkout(
     // traffic; inline, it would swell every request's future, which is moved on each request.
     let conn = Box::pin(client::connect(backend.address, backend.host(), connector)).await?;
     backend.idle.share(&conn);
-    Ok(conn)
+    Ok((conn, true))
 }
 
 #[cfg(test)]
