@@ -345,7 +345,7 @@ impl HttpListener {
 
     /// Counts and logs a connection the watchdog closed before its first request.
     fn closed_waiting(&self, reason: Result<Close, oneshot::error::RecvError>, peer: SocketAddr) {
-        if let Ok(reason @ (Close::Idle | Close::HeadTimeout)) = reason {
+        if let Ok(reason) = reason {
             self.closed_by(reason, peer);
         }
     }
@@ -739,13 +739,9 @@ fn forward(
                 *served_by = Some(Arc::clone(&backend.name));
             }
             let in_flight = backend.start_request();
-            // The first attempt starts with the request (one clock read fewer).
-            let attempt = if tried.len() == 1 {
-                started
-            } else {
-                Instant::now()
-            };
-            match send(backend, request, pool, attempt).await {
+            // The request's arrival is a fresh enough clock reading for its first attempt only.
+            let now = (tried.len() == 1).then_some(started);
+            match send(backend, request, pool, now).await {
                 Attempt::Response(response) => {
                     let status = response.status().as_u16();
                     backend
@@ -946,8 +942,9 @@ enum Attempt {
     Failed(ProxyError),
 }
 
-/// One attempt on `backend`, begun at `started`: reuse an idle connection or open one, then
-/// send and wait for the response head within the pool's `request_timeout`.
+/// One attempt on `backend`: reuse an idle connection or open one, then send and wait for the
+/// response head within the pool's `request_timeout`. `now`, when given, is a clock reading
+/// taken just before the attempt.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn would store its arguments twice"
@@ -956,7 +953,7 @@ fn send(
     backend: &Arc<Backend>,
     mut request: Request<UpstreamBody>,
     pool: &Pool,
-    started: Instant,
+    now: Option<Instant>,
 ) -> impl Future<Output = Attempt> {
     async move {
         let timeout = pool.settings.request_timeout;
@@ -967,9 +964,10 @@ fn send(
                 Ok(checked_out) => checked_out,
                 Err(err) => return Attempt::NotSent(request, err.into()),
             };
-            // `request_timeout` runs from sending: from the attempt's start when the connection
-            // was at hand (one clock read fewer on the keep-alive path), else from now.
-            let deadline = if waited { Instant::now() } else { started } + timeout;
+            // `request_timeout` runs from sending: `now` still holds when the connection was at
+            // hand (one clock read fewer on the keep-alive path), not after a wait for one.
+            let sending = now.filter(|_| !waited).unwrap_or_else(Instant::now);
+            let deadline = sending + timeout;
             let unsent = match conn {
                 // The connection keeps its own deadline timer (cheaper than one per request).
                 Conn::Http1(conn) => match conn.send(request, deadline).await {
