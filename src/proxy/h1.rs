@@ -153,26 +153,19 @@ pub struct Connection {
     head: Vec<u8>,
     /// The response-head deadline: one timer for the connection's life. Moving a registered
     /// timer later is one atomic update; a new timer per request costs two timer-wheel
-    /// updates (insert, remove).
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// updates (insert, remove). Set by [`Connection::send`] before it is ever polled.
+    deadline: Pin<Box<Sleep>>,
 }
 
 impl Connection {
-    /// A connection over `io`, ready for its first request.
+    /// A connection over `io`, ready for its first request. Called within the runtime (the
+    /// deadline timer belongs to its time driver).
     pub fn new(io: Stream) -> Self {
         Self {
             io,
             buf: BytesMut::new(),
             head: Vec::new(),
-            deadline: None,
-        }
-    }
-
-    /// Sets the response-head deadline.
-    fn arm(&mut self, at: Instant) {
-        match &mut self.deadline {
-            Some(deadline) => deadline.as_mut().reset(at),
-            None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+            deadline: Box::pin(tokio::time::sleep_until(Instant::now())),
         }
     }
 
@@ -210,12 +203,12 @@ impl Connection {
         deadline: Instant,
     ) -> impl Future<Output = Result<Response<Body>, SendError>> {
         async move {
-            self.arm(deadline);
+            self.deadline.as_mut().reset(deadline);
             let framing = encode_head(&request, &mut self.head);
             let mut written = 0;
             let wrote = std::future::poll_fn(|cx| {
                 let write = poll_write_head(&mut self.io, cx, &self.head, &mut written);
-                before(&mut self.deadline, cx, write.map_err(Error::from))
+                before(self.deadline.as_mut(), cx, write.map_err(Error::from))
             })
             .await;
             match wrote {
@@ -245,7 +238,7 @@ impl Connection {
                     }
                 }
                 let head = self.poll_head(cx, &mut headers);
-                before(&mut self.deadline, cx, head)
+                before(self.deadline.as_mut(), cx, head)
             })
             .await;
             let head = match (parsed, write_error) {
@@ -582,15 +575,13 @@ fn poll_write_head(
 
 /// `work`, or [`Error::TimedOut`] once `deadline` has passed while it is still pending.
 fn before<T>(
-    deadline: &mut Option<Pin<Box<Sleep>>>,
+    deadline: Pin<&mut Sleep>,
     cx: &mut Context<'_>,
     work: Poll<Result<T, Error>>,
 ) -> Poll<Result<T, Error>> {
-    match (work, deadline) {
-        (Poll::Pending, Some(deadline)) => {
-            deadline.as_mut().poll(cx).map(|()| Err(Error::TimedOut))
-        }
-        (work, _) => work,
+    match work {
+        Poll::Pending => deadline.poll(cx).map(|()| Err(Error::TimedOut)),
+        work => work,
     }
 }
 
