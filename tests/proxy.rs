@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{
-    Behaviour, TestBackend, TestBalancer, TestClient, bounded, channel_body, closed_port, get,
-    raw_connect, raw_exchange, raw_status, within,
+    Behaviour, PAST_PARKING, TestBackend, TestBalancer, TestClient, bounded, channel_body,
+    closed_port, get, raw_connect, raw_exchange, raw_status, within,
 };
 use http::{Request, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -918,9 +918,8 @@ async fn raw_get(stream: &mut tokio::net::TcpStream, path: &str) {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
 
-/// Idle HTTP/1 connections are parked (hyper's server stopped, its buffers freed) after about
-/// a second without traffic, and resumed on the client's next bytes: nothing of that may show.
-const PAST_PARKING: Duration = Duration::from_millis(2500);
+// Idle HTTP/1 connections are parked (hyper's server stopped, its buffers freed) after about
+// a second without traffic, and resumed on the client's next bytes: nothing of that may show.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_keep_alive_connection_serves_pipelined_requests() {

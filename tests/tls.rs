@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{TempDir, TestBackend, TestBody, TestResponse, bounded, empty, full, within};
+use common::{
+    PAST_PARKING, TempDir, TestBackend, TestBody, TestResponse, bounded, empty, full, within,
+};
 use fulcrum::{Config, Server};
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode, Version};
@@ -1550,7 +1552,7 @@ async fn quiet_tls_connections_resume_after_parking_and_http2_ones_stay_up() {
                 .unwrap_or_else(|err| panic!("HTTP/2 request {round}: {err}"));
             assert_eq!(response.status(), StatusCode::OK);
             // Past the parking time: the HTTP/1.1 connection is parked, rustls and all.
-            tokio::time::sleep(Duration::from_millis(2500)).await;
+            tokio::time::sleep(PAST_PARKING).await;
         }
         assert_eq!(backend.request_count(), 6);
         lb.stop().await;

@@ -1211,3 +1211,7 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Longer than fulcrum takes to park a quiet HTTP/1 connection (one to two seconds), so a test
+/// that sleeps this long between requests goes through a park and a wake.
+pub const PAST_PARKING: Duration = Duration::from_millis(2500);
