@@ -288,6 +288,10 @@ async fn request_hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
             .header("te", "trailers")
             .header("proxy-connection", "x")
             .header("x-forwarded-for", "198.51.100.1")
+            .header("x-forwarded-for", "198.51.100.2")
+            .header("x-forwarded-proto", "gopher")
+            .header("x-forwarded-host", "spoofed.example")
+            .header("via", "1.0 edge")
             .header("x-end-to-end", "kept")
             .body(common::empty())
             .expect("valid request");
@@ -313,17 +317,27 @@ async fn request_hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
         }
         assert_eq!(seen.headers["host"], "shop.example");
         assert_eq!(seen.headers["x-end-to-end"], "kept");
-        assert_eq!(seen.headers["x-forwarded-for"], "198.51.100.1, 127.0.0.1");
-        assert_eq!(seen.headers["x-forwarded-proto"], "http");
-        assert_eq!(seen.headers["x-forwarded-host"], "shop.example");
-        let via = seen
-            .headers
-            .get("via")
-            .expect("Via on the forwarded request");
-        assert!(via.to_str().is_ok_and(|v| v.contains("fulcrum")), "{via:?}");
+        // The client's chain is extended, its other forwarding fields replaced: one line each.
+        assert_single_fields(
+            &seen.headers,
+            &[
+                ("x-forwarded-for", "198.51.100.1, 198.51.100.2, 127.0.0.1"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "shop.example"),
+                ("via", "1.0 edge, 1.1 fulcrum"),
+            ],
+        );
         lb.stop().await;
     })
     .await;
+}
+
+/// Asserts each of `fields` is sent as exactly one line with exactly that value.
+fn assert_single_fields(headers: &http::HeaderMap, fields: &[(&str, &str)]) {
+    for (name, value) in fields {
+        let values: Vec<_> = headers.get_all(*name).iter().collect();
+        assert_eq!(values, [value], "{name}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,6 +365,10 @@ async fn response_hop_by_hop_headers_are_removed_and_via_added() {
             response.headers
         );
         assert_eq!(response.headers["x-backend-kept"], "1");
+        // The proxy's own Date replaces the backend's (as nginx's does).
+        let date = response.headers.get("date").expect("Date on the response");
+        assert_ne!(date, common::OLD_DATE);
+        assert_eq!(response.headers.get_all("date").iter().count(), 1);
         let via = response.headers.get("via").expect("Via on the response");
         assert!(via.to_str().is_ok_and(|v| v.contains("fulcrum")), "{via:?}");
         lb.stop().await;
@@ -1049,6 +1067,82 @@ async fn a_stray_empty_line_between_requests_neither_closes_nor_parks_a_busy_ser
         )
         .await;
         assert!(String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 200"));
+        lb.stop().await;
+    })
+    .await;
+}
+
+/// An HTTP/2 backend (cleartext, prior knowledge) that answers every request with `h2` and a
+/// `Date` of 1994 ([`common::OLD_DATE`]); each request's head goes to the returned channel.
+async fn h2_backend() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<http::request::Parts>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (heads, seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let heads = heads.clone();
+            let service = hyper::service::service_fn(move |request: Request<_>| {
+                let _ = heads.send(request.into_parts().0);
+                async {
+                    let mut response = http::Response::new(common::full("h2"));
+                    response
+                        .headers_mut()
+                        .insert("date", http::HeaderValue::from_static(common::OLD_DATE));
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (address, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_backends_get_each_forwarding_field_once_and_clients_the_proxys_date() {
+    bounded(async {
+        let (address, mut seen) = h2_backend().await;
+        let mut lb = TestBalancer::builder()
+            .backend(address)
+            .pool("http2", "true")
+            .start()
+            .await;
+        let mut client = lb.client().await;
+        for _ in 0..2 {
+            let request = Request::get("/over-h2")
+                .header("host", "shop.example")
+                .header("x-forwarded-for", "198.51.100.1")
+                .header("x-forwarded-proto", "gopher")
+                .header("via", "1.0 edge")
+                .body(common::empty())
+                .expect("valid request");
+            let response = client
+                .fetch(request)
+                .await
+                .expect("request through the proxy");
+            assert_eq!(response.status, StatusCode::OK);
+            assert_eq!(response.text(), "h2");
+            let date = response.headers.get("date").expect("Date on the response");
+            assert_ne!(date, common::OLD_DATE);
+            let head = seen.recv().await.expect("the backend got the request");
+            assert_eq!(head.version, Version::HTTP_2);
+            assert_single_fields(
+                &head.headers,
+                &[
+                    ("x-forwarded-for", "198.51.100.1, 127.0.0.1"),
+                    ("x-forwarded-proto", "http"),
+                    ("x-forwarded-host", "shop.example"),
+                    ("via", "1.0 edge, 1.1 fulcrum"),
+                ],
+            );
+        }
         lb.stop().await;
     })
     .await;

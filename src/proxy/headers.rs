@@ -41,9 +41,12 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names is far cheaper than nine hashed
     // removals.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
+    if headers.keys().any(is_hop_by_hop) {
+        strip_hop_by_hop(headers);
     }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderValue> = headers
             .get_all(header::CONNECTION)
@@ -61,6 +64,35 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
+    }
+}
+
+/// Whether `name` is a field the proxy writes itself on forwarded requests.
+fn is_forwarding(name: &HeaderName) -> bool {
+    match name.as_str().len() {
+        3 => name == header::VIA,
+        15..=17 => name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST,
+        _ => false,
+    }
+}
+
+/// What a request's field names say, from one pass over them.
+#[derive(Default)]
+struct Names {
+    host: bool,
+    hop_by_hop: bool,
+    forwarding: bool,
+}
+
+impl Names {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut names = Names::default();
+        for name in headers.keys() {
+            names.host |= name == header::HOST;
+            names.hop_by_hop |= is_hop_by_hop(name);
+            names.forwarding |= is_forwarding(name);
+        }
+        names
     }
 }
 
@@ -103,28 +135,31 @@ pub struct ClientInfo {
     pub proto: HeaderValue,
 }
 
-/// Rewrites a client request's head for the backend, in place.
+/// Rewrites a client request's head for the backend, in place, and returns the fields the
+/// proxy adds to it.
 ///
 /// Removes hop-by-hop fields, makes sure `Host` is present (HTTP/2 clients send `:authority`
-/// instead), turns the target into origin-form, and adds the forwarding fields.
-pub fn prepare_request(
+/// instead), and turns the target into origin-form. Forwarding fields the client sent are
+/// taken out of the map: the returned [`Forwarding`] writes them, extended or replaced.
+pub fn prepare_request<'a>(
     uri: &mut Uri,
     version: Version,
     headers: &mut HeaderMap,
-    client: &ClientInfo,
-) {
-    remove_hop_by_hop(headers);
-
-    // Each lookup hashes the name: every field below is looked up once.
-    let host = match headers.get(header::HOST) {
-        Some(host) => Some(host.clone()),
-        None => uri
+    client: &'a ClientInfo,
+) -> Forwarding<'a> {
+    let mut names = Names::of(headers);
+    if names.hop_by_hop {
+        strip_hop_by_hop(headers);
+        names.host = headers.contains_key(header::HOST);
+    }
+    if !names.host {
+        let authority = uri
             .authority()
-            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
-            .inspect(|host| {
-                headers.insert(header::HOST, host.clone());
-            }),
-    };
+            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
+        if let Some(host) = authority {
+            headers.insert(header::HOST, host);
+        }
+    }
     if uri.scheme().is_some() || uri.authority().is_some() {
         let origin_form = uri
             .path_and_query()
@@ -132,25 +167,103 @@ pub fn prepare_request(
             .map_or_else(|| Uri::from_static("/"), Uri::from);
         *uri = origin_form;
     }
+    let mut forwarding = Forwarding {
+        client,
+        version,
+        forwarded_for: None,
+        via: None,
+    };
+    if names.forwarding {
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&X_FORWARDED_HOST);
+        forwarding.forwarded_for = take_list(headers, &X_FORWARDED_FOR);
+        forwarding.via = take_list(headers, &header::VIA);
+    }
+    forwarding
+}
 
-    match headers.entry(&X_FORWARDED_FOR) {
-        Entry::Vacant(slot) => {
-            slot.insert(client.ip.clone());
+/// Removes every `name` field and returns their values as one list (RFC 9110 §5.3).
+fn take_list(headers: &mut HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+    let Entry::Occupied(entry) = headers.entry(name) else {
+        return None;
+    };
+    let mut list = Vec::new();
+    for value in entry.remove_entry_mult().1 {
+        if !list.is_empty() {
+            list.extend_from_slice(b", ");
         }
-        Entry::Occupied(mut slot) => {
-            let previous = slot.get();
-            let mut chain = Vec::with_capacity(previous.len() + 2 + client.ip.len());
-            chain.extend_from_slice(previous.as_bytes());
-            chain.extend_from_slice(b", ");
-            chain.extend_from_slice(client.ip.as_bytes());
-            slot.insert(HeaderValue::from_bytes(&chain).unwrap_or_else(|_| client.ip.clone()));
+        list.extend_from_slice(value.as_bytes());
+    }
+    HeaderValue::from_bytes(&list).ok()
+}
+
+/// The fields the proxy adds to a request for its backend: `X-Forwarded-For` (the client's
+/// address appended to the chain the request came with), `X-Forwarded-Proto`,
+/// `X-Forwarded-Host` (the request's `Host`) and `Via` (RFC 9110 §7.6.3).
+///
+/// The HTTP/1.1 encoder writes them straight after the request's own fields
+/// ([`Forwarding::write`]), so forwarding a request inserts nothing into its field map; for
+/// HTTP/2 backends, whose encoder is hyper's, [`Forwarding::apply`] puts them in the map.
+#[derive(Debug)]
+pub struct Forwarding<'a> {
+    client: &'a ClientInfo,
+    /// The version the client spoke, for `Via`.
+    version: Version,
+    /// The `X-Forwarded-For` chain the client sent, if any.
+    forwarded_for: Option<HeaderValue>,
+    /// The `Via` list the client sent, if any.
+    via: Option<HeaderValue>,
+}
+
+impl Forwarding<'_> {
+    /// Writes the fields as HTTP/1.1 field lines; `host` is the request's `Host` value.
+    pub fn write(&self, host: Option<&HeaderValue>, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(chain) = &self.forwarded_for {
+            out.extend_from_slice(chain.as_bytes());
+            out.extend_from_slice(b", ");
         }
+        out.extend_from_slice(self.client.ip.as_bytes());
+        out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        out.extend_from_slice(self.client.proto.as_bytes());
+        if let Some(host) = host {
+            out.extend_from_slice(b"\r\nx-forwarded-host: ");
+            out.extend_from_slice(host.as_bytes());
+        }
+        out.extend_from_slice(b"\r\nvia: ");
+        if let Some(list) = &self.via {
+            out.extend_from_slice(list.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(via(self.version).as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), client.proto.clone());
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+
+    /// Puts the fields into `headers`, replacing any there (so applying twice, as a request
+    /// retried on another backend is, changes nothing).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert(
+            X_FORWARDED_FOR.clone(),
+            extended(self.forwarded_for.as_ref(), &self.client.ip),
+        );
+        headers.insert(X_FORWARDED_PROTO.clone(), self.client.proto.clone());
+        if let Some(host) = headers.get(header::HOST).cloned() {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+        headers.insert(header::VIA, extended(self.via.as_ref(), &via(self.version)));
     }
-    headers.append(header::VIA, via(version));
+}
+
+/// `list` with `item` appended, or `item` alone.
+fn extended(list: Option<&HeaderValue>, item: &HeaderValue) -> HeaderValue {
+    let Some(list) = list else {
+        return item.clone();
+    };
+    let mut joined = Vec::with_capacity(list.len() + 2 + item.len());
+    joined.extend_from_slice(list.as_bytes());
+    joined.extend_from_slice(b", ");
+    joined.extend_from_slice(item.as_bytes());
+    HeaderValue::from_bytes(&joined).unwrap_or_else(|_| item.clone())
 }
 
 /// Rewrites a backend response's head for the client, in place.
@@ -221,29 +334,90 @@ mod tests {
         assert_eq!(map["x-kept"], "3");
     }
 
+    /// The field lines `forwarding` writes for a request with `host`.
+    fn written(forwarding: &Forwarding<'_>, host: Option<&'static str>) -> String {
+        let mut out = Vec::new();
+        forwarding.write(host.map(HeaderValue::from_static).as_ref(), &mut out);
+        String::from_utf8(out).expect("ASCII field lines")
+    }
+
     #[test]
-    fn forwarding_fields_are_added_and_host_kept() {
+    fn forwarding_fields_are_written_and_host_kept() {
+        let client = client();
         let mut uri = Uri::from_static("/a?b=1");
+        let mut map = headers(&[("host", "shop.example"), ("accept", "*/*")]);
+        let forwarding = prepare_request(&mut uri, Version::HTTP_11, &mut map, &client);
+        assert_eq!(map.len(), 2, "nothing inserted: {map:?}");
+        assert_eq!(map["host"], "shop.example");
+        assert_eq!(uri, "/a?b=1");
+        assert_eq!(
+            written(&forwarding, Some("shop.example")),
+            "x-forwarded-for: 203.0.113.7\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: shop.example\r\nvia: 1.1 fulcrum\r\n"
+        );
+        assert_eq!(
+            written(&forwarding, None),
+            "x-forwarded-for: 203.0.113.7\r\nx-forwarded-proto: http\r\nvia: 1.1 fulcrum\r\n"
+        );
+    }
+
+    #[test]
+    fn forwarding_fields_from_the_client_are_extended_or_replaced() {
+        let client = client();
+        let mut uri = Uri::from_static("/");
         let mut map = headers(&[
             ("host", "shop.example"),
             ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-for", "198.51.100.2, 198.51.100.3"),
+            ("x-forwarded-proto", "gopher"),
+            ("x-forwarded-host", "spoofed.example"),
+            ("via", "1.0 edge"),
         ]);
-        prepare_request(&mut uri, Version::HTTP_11, &mut map, &client());
-        assert_eq!(map["host"], "shop.example");
-        assert_eq!(map["x-forwarded-for"], "198.51.100.1, 203.0.113.7");
-        assert_eq!(map["x-forwarded-proto"], "http");
-        assert_eq!(map["x-forwarded-host"], "shop.example");
-        assert_eq!(map["via"], "1.1 fulcrum");
-        assert_eq!(uri, "/a?b=1");
+        let forwarding = prepare_request(&mut uri, Version::HTTP_11, &mut map, &client);
+        assert_eq!(map.len(), 1, "only Host is left: {map:?}");
+        assert_eq!(
+            written(&forwarding, Some("shop.example")),
+            "x-forwarded-for: 198.51.100.1, 198.51.100.2, 198.51.100.3, 203.0.113.7\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: shop.example\r\n\
+             via: 1.0 edge, 1.1 fulcrum\r\n"
+        );
+        for _ in 0..2 {
+            forwarding.apply(&mut map);
+            assert_eq!(
+                map["x-forwarded-for"],
+                "198.51.100.1, 198.51.100.2, 198.51.100.3, 203.0.113.7"
+            );
+            assert_eq!(map["x-forwarded-proto"], "http");
+            assert_eq!(map["x-forwarded-host"], "shop.example");
+            assert_eq!(map["via"], "1.0 edge, 1.1 fulcrum");
+            assert_eq!(map.len(), 5, "applying again replaces: {map:?}");
+        }
+    }
+
+    #[test]
+    fn a_field_named_in_connection_is_gone_before_forwarding() {
+        let client = client();
+        let mut uri = Uri::from_static("/");
+        let mut map = headers(&[
+            ("host", "shop.example"),
+            ("connection", "x-forwarded-for"),
+            ("x-forwarded-for", "198.51.100.1"),
+        ]);
+        let forwarding = prepare_request(&mut uri, Version::HTTP_11, &mut map, &client);
+        assert!(written(&forwarding, None).starts_with("x-forwarded-for: 203.0.113.7\r\n"));
+        assert_eq!(map.len(), 1, "{map:?}");
     }
 
     #[test]
     fn http2_authority_becomes_host_and_origin_form() {
+        let client = client();
         let mut uri = Uri::from_static("http://api.example:8080/v1/items?x=1");
         let mut map = HeaderMap::new();
-        prepare_request(&mut uri, Version::HTTP_2, &mut map, &client());
+        let forwarding = prepare_request(&mut uri, Version::HTTP_2, &mut map, &client);
         assert_eq!(map["host"], "api.example:8080");
         assert_eq!(uri, "/v1/items?x=1");
+        forwarding.apply(&mut map);
+        assert_eq!(map["x-forwarded-host"], "api.example:8080");
         assert_eq!(map["via"], "2 fulcrum");
     }
 

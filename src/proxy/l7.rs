@@ -30,7 +30,7 @@ use super::client::{self, Conn};
 use super::error::{ProxyError, UpstreamError};
 use super::framing::{FramingCheck, ScannedIo};
 use super::h1;
-use super::headers::{self, ClientInfo};
+use super::headers::{self, ClientInfo, Forwarding};
 use super::idle::{self, Activity, ActivityIo, Close, Exchange};
 use super::rewind::Rewind;
 use crate::backend::{Backend, InFlight};
@@ -558,11 +558,12 @@ impl Connection {
             let response = match self.check(&request) {
                 Ok(pool) => {
                     let started = Instant::now();
-                    let (tunnel, access) = self.prepare(&mut request, &pool);
+                    let (forwarding, tunnel, access) = self.prepare(&mut request, &pool);
                     let mut served_by = None;
                     let outcome = forward(
                         &pool,
                         request.map(|body| UpstreamBody::Client { body }),
+                        &forwarding,
                         (&self.listener.name, started),
                         tunnel,
                         &mut served_by,
@@ -582,19 +583,23 @@ impl Connection {
         }
     }
 
-    /// Rewrites `request` for its backend (hop-by-hop and forwarding headers, HTTP/1.1), and
-    /// returns the tunnel it may become and what the access log needs of it.
+    /// Rewrites `request` for its backend (hop-by-hop headers, HTTP/1.1), and returns the
+    /// forwarding fields to add, the tunnel it may become and what the access log needs of it.
     fn prepare(
         &self,
         request: &mut Request<Incoming>,
         pool: &Pool,
-    ) -> (Option<Tunnel>, Option<(http::Method, String)>) {
+    ) -> (
+        Forwarding<'_>,
+        Option<Tunnel>,
+        Option<(http::Method, String)>,
+    ) {
         let upgrade = headers::upgrade_protocol(request.headers())
             .filter(|_| request.version() == Version::HTTP_11);
         let client_version = request.version();
         *request.version_mut() = Version::HTTP_11;
         let mut uri = std::mem::take(request.uri_mut());
-        headers::prepare_request(
+        let forwarding = headers::prepare_request(
             &mut uri,
             client_version,
             request.headers_mut(),
@@ -612,7 +617,7 @@ impl Connection {
         let access = pool
             .access_log
             .then(|| (request.method().clone(), request.uri().path().to_owned()));
-        (tunnel, access)
+        (forwarding, tunnel, access)
     }
 
     fn log_access(
@@ -724,6 +729,7 @@ impl Connection {
 fn forward(
     pool: &Pool,
     mut request: Request<UpstreamBody>,
+    forwarding: &Forwarding<'_>,
     (listener, started): (&Arc<str>, Instant),
     mut tunnel: Option<Tunnel>,
     served_by: &mut Option<Arc<str>>,
@@ -741,7 +747,7 @@ fn forward(
             let in_flight = backend.start_request();
             // The request's arrival is a fresh enough clock reading for its first attempt only.
             let now = (tried.len() == 1).then_some(started);
-            match send(backend, request, pool, now).await {
+            match send(backend, request, forwarding, pool, now).await {
                 Attempt::Response(response) => {
                     let status = response.status().as_u16();
                     backend
@@ -942,9 +948,9 @@ enum Attempt {
     Failed(ProxyError),
 }
 
-/// One attempt on `backend`: reuse an idle connection or open one, then send and wait for the
-/// response head within the pool's `request_timeout`. `now`, when given, is a clock reading
-/// taken just before the attempt.
+/// One attempt on `backend`: reuse an idle connection or open one, then send (with the proxy's
+/// `forwarding` fields) and wait for the response head within the pool's `request_timeout`.
+/// `now`, when given, is a clock reading taken just before the attempt.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn would store its arguments twice"
@@ -952,6 +958,7 @@ enum Attempt {
 fn send(
     backend: &Arc<Backend>,
     mut request: Request<UpstreamBody>,
+    forwarding: &Forwarding<'_>,
     pool: &Pool,
     now: Option<Instant>,
 ) -> impl Future<Output = Attempt> {
@@ -970,7 +977,7 @@ fn send(
             let deadline = sending + timeout;
             let unsent = match conn {
                 // The connection keeps its own deadline timer (cheaper than one per request).
-                Conn::Http1(conn) => match conn.send(request, deadline).await {
+                Conn::Http1(conn) => match conn.send(request, forwarding, deadline).await {
                     Ok(response) => return Attempt::Response(response.map(Upstream::Http1)),
                     Err(h1::SendError::NotSent(unsent, err)) => (*unsent, UpstreamError::from(err)),
                     Err(h1::SendError::Failed(h1::Error::TimedOut)) => {
@@ -981,10 +988,13 @@ fn send(
                     }
                 },
                 Conn::Http2(mut sender) => {
+                    forwarding.apply(request.headers_mut());
                     let attempt = sender.try_send_request(request);
                     match tokio::time::timeout_at(deadline, attempt).await {
                         Err(_) => return Attempt::Failed(ProxyError::Timeout(timeout)),
-                        Ok(Ok(response)) => {
+                        Ok(Ok(mut response)) => {
+                            // The client gets the proxy's Date, as from HTTP/1.1 backends.
+                            response.headers_mut().remove(http::header::DATE);
                             return Attempt::Response(response.map(Upstream::Http2));
                         }
                         Ok(Err(mut err)) => match err.take_message() {

@@ -155,6 +155,9 @@ struct BackendState {
     gate: Semaphore,
 }
 
+/// The `Date` the test backend's `/hop-headers` answer carries.
+pub const OLD_DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+
 /// An in-process HTTP/1.1 backend on `127.0.0.1:0`.
 ///
 /// Every answer carries the backend's name as body and in `x-served-by`. Routes:
@@ -165,7 +168,8 @@ struct BackendState {
 /// - `/chunks/<n>/<ms>`: sends `n` chunks `chunk-<i>;` with `ms` milliseconds between them.
 /// - `/slow/<ms>`: answers after `ms` milliseconds.
 /// - `/hop-headers`: the response carries hop-by-hop fields (`Keep-Alive`, a field named in
-///   `Connection`) plus `x-backend-kept`, to check what the proxy lets through.
+///   `Connection`) plus `x-backend-kept` and a `Date` of 1994 ([`OLD_DATE`]), to check what
+///   the proxy lets through.
 /// - anything else: the name.
 pub struct TestBackend {
     state: Arc<BackendState>,
@@ -452,6 +456,7 @@ async fn handle(
         );
         headers.insert("x-backend-hop", HeaderValue::from_static("1"));
         headers.insert("x-backend-kept", HeaderValue::from_static("1"));
+        headers.insert("date", HeaderValue::from_static(OLD_DATE));
         response
     } else {
         named(&state, StatusCode::OK, full(state.name.clone()))
