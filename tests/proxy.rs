@@ -1147,3 +1147,32 @@ async fn http2_backends_get_each_forwarding_field_once_and_clients_the_proxys_da
     })
     .await;
 }
+
+/// `Content-Length` reaches the client on both a HEAD answer (the backend's field, describing a
+/// body not sent) and a GET answer (written from the body's length), once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_reaches_head_and_get_clients() {
+    bounded(async {
+        let backend = TestBackend::spawn("abc").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .start()
+            .await;
+        let raw = raw_exchange(
+            lb.addr(),
+            b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            RAW_LIMIT,
+        )
+        .await;
+        let answers: Vec<&str> = raw.split("HTTP/1.1 ").skip(1).collect();
+        assert_eq!(answers.len(), 2, "{raw}");
+        for answer in &answers {
+            let lengths = answer.matches("content-length: 3\r\n").count();
+            assert_eq!(lengths, 1, "{answer}");
+        }
+        assert!(answers[0].ends_with("\r\n\r\n"), "HEAD: no body: {raw}");
+        assert!(answers[1].ends_with("\r\n\r\nabc"), "GET: the body: {raw}");
+        lb.stop().await;
+    })
+    .await;
+}

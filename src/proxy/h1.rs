@@ -289,7 +289,7 @@ impl Connection {
     fn respond(
         mut self,
         head: Head,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         head_request: bool,
         writing: Writing,
     ) -> Result<Response<Body>, Error> {
@@ -315,15 +315,28 @@ impl Connection {
             return Ok(response);
         }
         let keep_alive = fields.allow_keep_alive(version);
-        let kind = if head_request
+        let bodiless = head_request
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
+            || status == StatusCode::NOT_MODIFIED;
+        let kind = if bodiless {
             Kind::Done
         } else {
             fields.body_framing()?
         };
+        if let Some(length) = fields.length {
+            // A body framed by this length carries it to hyper's encoder, which writes the
+            // field (`content-length: 0` too). A HEAD or 304 answer's length describes a body
+            // not sent: the field goes back as the backend sent it.
+            let carried = match kind {
+                Kind::Length(framed) => framed == length,
+                Kind::Done => length == 0 && !bodiless,
+                Kind::Chunked(_) | Kind::Close => false,
+            };
+            if !carried {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            }
+        }
         let mut response = Response::new(Body {
             conn: Some(self),
             kind,
@@ -435,7 +448,9 @@ impl Fields {
 /// Copies parsed fields into `headers`, noting the ones that frame the message.
 ///
 /// `Date` is left out: the client gets the proxy's own, from hyper's once-a-second cache (as
-/// nginx does), which costs less than carrying the backend's through.
+/// nginx does), which costs less than carrying the backend's through. So is `Content-Length`,
+/// noted in the facts: [`Connection::respond`] puts it back unless the body's own length says
+/// the same (hyper writes the field from that).
 fn read_fields(fields: &[httparse::Header<'_>], headers: &mut HeaderMap) -> Result<Fields, Error> {
     let mut facts = Fields::default();
     headers.reserve(fields.len());
@@ -467,6 +482,7 @@ fn read_fields(fields: &[httparse::Header<'_>], headers: &mut HeaderMap) -> Resu
                 }
                 facts.length = Some(length);
             }
+            continue;
         }
         headers.append(name, value);
     }
@@ -1283,21 +1299,26 @@ mod tests {
         assert!(response.body_mut().take_idle().is_none());
     }
 
+    /// The response's `Content-Length` field: kept where it describes a body not sent, left to
+    /// the body's own length (which hyper writes) where it frames the body.
     #[tokio::test]
     async fn bodiless_responses_ignore_their_length() {
-        for (method, reply) in [
+        for (method, reply, field) in [
             (
                 Method::HEAD,
                 &b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"[..],
+                Some("10"),
             ),
-            (Method::GET, b"HTTP/1.1 204 No Content\r\n\r\n"),
+            (Method::GET, b"HTTP/1.1 204 No Content\r\n\r\n", None),
             (
                 Method::GET,
                 b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n",
+                Some("7"),
             ),
             (
                 Method::GET,
                 b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                None,
             ),
         ] {
             let (addr, _heads) = backend(vec![reply], false).await;
@@ -1305,9 +1326,31 @@ mod tests {
                 .await
                 .expect("response");
             assert!(response.body().is_end_stream(), "{reply:?}");
+            assert_eq!(response.body().size_hint().exact(), Some(0), "{reply:?}");
             assert_ne!(response.status(), StatusCode::CONTINUE);
+            let length = response.headers().get(header::CONTENT_LENGTH);
+            assert_eq!(
+                length.map(|v| v.as_bytes()),
+                field.map(str::as_bytes),
+                "{reply:?}"
+            );
             assert!(response.body_mut().take_idle().is_some(), "{reply:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_framing_length_travels_as_the_bodys_size() {
+        let (addr, _heads) = backend(
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello"],
+            false,
+        )
+        .await;
+        let mut response = send(connect(addr).await, request(Method::GET, "/"))
+            .await
+            .expect("response");
+        assert!(!response.headers().contains_key(header::CONTENT_LENGTH));
+        assert_eq!(response.body().size_hint().exact(), Some(5));
+        assert_eq!(read(response.body_mut()).await.expect("body").0, b"hello");
     }
 
     #[tokio::test]
