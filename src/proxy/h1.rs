@@ -455,11 +455,23 @@ fn read_fields(fields: &[httparse::Header<'_>], headers: &mut HeaderMap) -> Resu
     let mut facts = Fields::default();
     headers.reserve(fields.len());
     for field in fields {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| Error::Malformed("invalid header name"))?;
-        if name == header::DATE {
+        // The fields left out are known by their bytes, before a name or value is built.
+        let raw = field.name.as_bytes();
+        if raw.eq_ignore_ascii_case(b"date") {
             continue;
         }
+        if raw.eq_ignore_ascii_case(b"content-length") {
+            for item in field.value.split(|&b| b == b',') {
+                let length = parse_length(item.trim_ascii())?;
+                if facts.length.is_some_and(|known| known != length) {
+                    return Err(Error::Malformed("conflicting Content-Length values"));
+                }
+                facts.length = Some(length);
+            }
+            continue;
+        }
+        let name =
+            HeaderName::from_bytes(raw).map_err(|_| Error::Malformed("invalid header name"))?;
         let value = HeaderValue::from_bytes(field.value)
             .map_err(|_| Error::Malformed("invalid header value"))?;
         if name == header::CONNECTION {
@@ -474,15 +486,6 @@ fn read_fields(fields: &[httparse::Header<'_>], headers: &mut HeaderMap) -> Resu
                 .next()
                 .unwrap_or_default();
             facts.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONTENT_LENGTH {
-            for item in field.value.split(|&b| b == b',') {
-                let length = parse_length(item.trim_ascii())?;
-                if facts.length.is_some_and(|known| known != length) {
-                    return Err(Error::Malformed("conflicting Content-Length values"));
-                }
-                facts.length = Some(length);
-            }
-            continue;
         }
         headers.append(name, value);
     }
