@@ -212,17 +212,20 @@ impl BackendMetrics {
         }
     }
 
-    /// A request answered with `status` after `elapsed`, received on `listener`.
-    pub fn record_response(&self, listener: &Arc<str>, status: u16, elapsed: Duration) {
+    /// A request received on `listener` at `started`, answered with `status` now.
+    pub fn record_response(&self, listener: &Arc<str>, status: u16, started: Instant) {
+        // One clock reading serves the duration and the window's slot.
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(started);
         self.duration.record(elapsed.as_secs_f64());
-        self.window.record(Some(elapsed), status >= 500);
+        self.window.record(Some(elapsed), status >= 500, now);
         self.requests_total.fetch_add(1, Ordering::Relaxed);
         self.count_request(listener, status);
     }
 
     /// A request that failed on this backend without a response head (answered by fulcrum).
     pub fn record_failure(&self, listener: &Arc<str>, status: u16) {
-        self.window.record(None, true);
+        self.window.record(None, true, Instant::now());
         self.requests_total.fetch_add(1, Ordering::Relaxed);
         self.count_request(listener, status);
     }
@@ -482,8 +485,8 @@ impl Window {
 
     /// Records one request: its time to response head (`None` when no response arrived) and
     /// whether it failed (5xx or no response).
-    pub fn record(&self, latency: Option<Duration>, error: bool) {
-        let period = self.period(Instant::now());
+    pub fn record(&self, latency: Option<Duration>, error: bool, now: Instant) {
+        let period = self.period(now);
         let slot = &self.slots[(period % SLOTS as u64) as usize];
         let seen = slot.period.load(Ordering::Relaxed);
         if seen != period
@@ -633,10 +636,10 @@ mod tests {
     async fn window_summarises_the_last_minute_only() {
         let window = Window::new();
         for _ in 0..98 {
-            window.record(Some(Duration::from_millis(2)), false);
+            window.record(Some(Duration::from_millis(2)), false, Instant::now());
         }
-        window.record(Some(Duration::from_millis(100)), false);
-        window.record(None, true);
+        window.record(Some(Duration::from_millis(100)), false, Instant::now());
+        window.record(None, true, Instant::now());
         tokio::time::advance(Duration::from_secs(9)).await;
         let summary = window.summary();
         assert_eq!(summary.requests, 100);

@@ -222,11 +222,14 @@ impl IdleConnections {
     }
 
     /// A live idle connection, if there is one; stale ones met on the way are closed. An
-    /// HTTP/2 connection stays in the pool for other requests to share.
-    pub fn take(&self) -> Option<Conn> {
+    /// HTTP/2 connection stays in the pool for other requests to share. `now` is a recent
+    /// clock reading (the request's start: no clock read of its own on the hot path).
+    pub fn take(&self, now: Instant) -> Option<Conn> {
         let queue = self.queue.as_ref()?;
         while let Some(mut idle) = queue.pop() {
-            if idle.since.elapsed() >= self.idle_timeout || idle.conn.is_closed() {
+            if now.saturating_duration_since(idle.since) >= self.idle_timeout
+                || idle.conn.is_closed()
+            {
                 continue;
             }
             if let Conn::Http2(shared) = &idle.conn {
@@ -234,7 +237,7 @@ impl IdleConnections {
                 // The pool just gave up this slot, so there is room.
                 let _ = queue.push(Idle {
                     conn: idle.conn,
-                    since: Instant::now(),
+                    since: now,
                 });
                 return Some(conn);
             }
@@ -280,5 +283,41 @@ impl IdleConnections {
     /// Whether no connection is idle.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// An HTTP/1.1 connection to a listener that accepted it (and keeps it open).
+    async fn connection(listener: &TcpListener) -> h1::Connection {
+        let address = listener.local_addr().expect("address");
+        let stream = TcpStream::connect(address).await.expect("connect");
+        let _ = listener.accept().await.expect("accept");
+        h1::Connection::new(h1::Stream::Tcp(stream))
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_reused_until_the_idle_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let idle = IdleConnections::new(4, Duration::from_secs(60));
+        idle.put(connection(&listener).await);
+        let put = Instant::now();
+        let taken = idle.take(put + Duration::from_secs(59));
+        let Some(Conn::Http1(conn)) = taken else {
+            panic!("a connection idle for less than the timeout is reused");
+        };
+        idle.put(conn);
+        let now = Instant::now() + Duration::from_secs(60);
+        assert!(
+            idle.take(now).is_none(),
+            "idle for the whole timeout: closed"
+        );
+        assert!(
+            idle.take(Instant::now()).is_none(),
+            "and gone from the pool"
+        );
     }
 }

@@ -132,9 +132,7 @@ impl TcpListener {
                 tracing::debug!(listener = %self.name, backend = %backend.name, client = %client, error = %err, "tcp connection ended with an error")
             }
         }
-        backend
-            .metrics
-            .record_response(&self.name, 200, started.elapsed());
+        backend.metrics.record_response(&self.name, 200, started);
         drop(in_flight);
     }
 

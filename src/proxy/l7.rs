@@ -750,9 +750,7 @@ fn forward(
             match send(backend, request, forwarding, pool, now).await {
                 Attempt::Response(response) => {
                     let status = response.status().as_u16();
-                    backend
-                        .metrics
-                        .record_response(listener, status, started.elapsed());
+                    backend.metrics.record_response(listener, status, started);
                     if pool.passive.failure_statuses.contains(status) {
                         pool.record_failure(backend, &format_args!("status {status}"));
                     } else {
@@ -967,7 +965,8 @@ fn send(
         let mut stale = 0;
         loop {
             let fresh = stale >= STALE_CONNECTION_ATTEMPTS;
-            let (conn, waited) = match checkout(backend, &pool.connector, fresh).await {
+            let taken_at = now.filter(|_| stale == 0);
+            let (conn, waited) = match checkout(backend, &pool.connector, fresh, taken_at).await {
                 Ok(checked_out) => checked_out,
                 Err(err) => return Attempt::NotSent(request, err.into()),
             };
@@ -1021,13 +1020,16 @@ fn send(
 
 /// A connection ready to send on: an idle one if any is alive (unless `fresh`), else a new one;
 /// and whether getting it meant waiting (a connect, or an HTTP/2 connection getting ready).
+/// `now`, when given, is a clock reading taken just before.
 async fn checkout(
     backend: &Backend,
     connector: &client::Connector,
     fresh: bool,
+    now: Option<Instant>,
 ) -> Result<(Conn, bool), client::ConnectError> {
     if !fresh {
-        while let Some(conn) = backend.idle.take() {
+        let now = now.unwrap_or_else(Instant::now);
+        while let Some(conn) = backend.idle.take(now) {
             match conn {
                 Conn::Http2(mut sender) => {
                     if sender.ready().await.is_ok() {
