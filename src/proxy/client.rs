@@ -27,7 +27,7 @@ use super::h1;
 pub enum Conn {
     /// One request at a time, driven by the request's own task; returned to the idle pool
     /// when its response ends.
-    Http1(h1::Connection),
+    Http1(Box<h1::Connection>),
     /// Multiplexed: clones share one connection, which stays in the idle pool while in use.
     Http2(http2::SendRequest<UpstreamBody>),
 }
@@ -248,7 +248,7 @@ impl IdleConnections {
 
     /// Offers an HTTP/1.1 connection whose last exchange completed cleanly for reuse. (HTTP/2
     /// connections stay in the pool while shared, see [`IdleConnections::share`].)
-    pub fn put(&self, conn: h1::Connection) {
+    pub fn put(&self, conn: Box<h1::Connection>) {
         if let Some(queue) = &self.queue {
             // A full queue hands the connection back; dropping it closes it.
             let _ = queue.push(Idle {
@@ -292,7 +292,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     /// An HTTP/1.1 connection to a listener that accepted it (and keeps it open).
-    async fn connection(listener: &TcpListener) -> h1::Connection {
+    async fn connection(listener: &TcpListener) -> Box<h1::Connection> {
         let address = listener.local_addr().expect("address");
         let stream = TcpStream::connect(address).await.expect("connect");
         let _ = listener.accept().await.expect("accept");

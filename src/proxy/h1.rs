@@ -160,14 +160,15 @@ pub struct Connection {
 
 impl Connection {
     /// A connection over `io`, ready for its first request. Called within the runtime (the
-    /// deadline timer belongs to its time driver).
-    pub fn new(io: Stream) -> Self {
-        Self {
+    /// deadline timer belongs to its time driver). Boxed for its whole life: requests,
+    /// responses and the idle pool move it around as one pointer.
+    pub fn new(io: Stream) -> Box<Self> {
+        Box::new(Self {
             io,
             buf: BytesMut::new(),
             head: Vec::new(),
             deadline: Box::pin(tokio::time::sleep_until(Instant::now())),
-        }
+        })
     }
 
     /// Whether an idle connection can no longer carry a request: the backend closed it, reset
@@ -200,7 +201,7 @@ impl Connection {
         reason = "an async fn would store its arguments twice"
     )]
     pub fn send(
-        mut self,
+        mut self: Box<Self>,
         request: Request<UpstreamBody>,
         forwarding: &Forwarding<'_>,
         deadline: Instant,
@@ -287,7 +288,7 @@ impl Connection {
 
     /// Builds the response for `head` and decides how its body is framed.
     fn respond(
-        mut self,
+        mut self: Box<Self>,
         head: Head,
         mut headers: HeaderMap,
         head_request: bool,
@@ -799,7 +800,7 @@ enum Writing {
 /// A response body read from a backend connection.
 pub struct Body {
     /// The connection, until the body ends or fails.
-    conn: Option<Connection>,
+    conn: Option<Box<Connection>>,
     kind: Kind,
     /// Whether the backend lets the connection carry another request after this response.
     keep_alive: bool,
@@ -824,7 +825,7 @@ pub type Upgraded = Rewind<Stream>;
 impl Body {
     /// The connection, when the body has ended and the exchange left it reusable. Called once
     /// the body is at its end; afterwards the body no longer holds the connection.
-    pub fn take_idle(&mut self) -> Option<Connection> {
+    pub fn take_idle(&mut self) -> Option<Box<Connection>> {
         let request_sent = matches!(self.writing, Writing::Done { complete: true });
         if self.kind != Kind::Done || !self.keep_alive || !request_sent {
             return None;
@@ -1146,7 +1147,7 @@ mod tests {
         .into_bytes()
     }
 
-    async fn connect(addr: std::net::SocketAddr) -> Connection {
+    async fn connect(addr: std::net::SocketAddr) -> Box<Connection> {
         let stream = TcpStream::connect(addr).await.expect("connect");
         Connection::new(Stream::Tcp(stream))
     }
@@ -1161,7 +1162,7 @@ mod tests {
     }
 
     async fn send(
-        conn: Connection,
+        conn: Box<Connection>,
         request: Request<UpstreamBody>,
     ) -> Result<Response<Body>, Error> {
         let deadline = Instant::now() + Duration::from_secs(5);
