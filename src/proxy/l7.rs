@@ -965,14 +965,16 @@ fn send(
         let mut stale = 0;
         loop {
             let fresh = stale >= STALE_CONNECTION_ATTEMPTS;
-            let taken_at = now.filter(|_| stale == 0);
-            let (conn, waited) = match checkout(backend, &pool.connector, fresh, taken_at).await {
+            // The caller's reading is recent for the first try only: a stale connection's
+            // retry may follow a connect.
+            let recent = now.filter(|_| stale == 0);
+            let (conn, waited) = match checkout(backend, &pool.connector, fresh, recent).await {
                 Ok(checked_out) => checked_out,
                 Err(err) => return Attempt::NotSent(request, err.into()),
             };
-            // `request_timeout` runs from sending: `now` still holds when the connection was at
-            // hand (one clock read fewer on the keep-alive path), not after a wait for one.
-            let sending = now.filter(|_| !waited).unwrap_or_else(Instant::now);
+            // `request_timeout` runs from sending: the reading still holds when the connection
+            // was at hand (one clock read fewer on the keep-alive path), not after a wait for one.
+            let sending = recent.filter(|_| !waited).unwrap_or_else(Instant::now);
             let deadline = sending + timeout;
             let unsent = match conn {
                 // The connection keeps its own deadline timer (cheaper than one per request).
