@@ -46,8 +46,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 scenarios: concurrent streams per client connection (`h2load -m`).
 const H2_STREAMS: usize = 10;
 /// Idle upstream connections kept per backend: fulcrum's default `max_idle_per_backend`, and
-/// nginx's `keepalive` set to match.
-const UPSTREAM_IDLE: usize = 64;
+/// nginx's `keepalive` set to match (HAProxy keeps every idle one by default). It covers the
+/// requests in flight in every scenario (up to 1000), so no closed loop measures closing and
+/// reopening upstream connections instead of proxying.
+const UPSTREAM_IDLE: usize = 1024;
 /// `idle-10k`: client connections held open at once.
 const IDLE_CONNECTIONS: usize = 10_000;
 /// `idle-10k`: the proxies' connection limits (clients, upstream connections and slack), and
@@ -1559,11 +1561,6 @@ fn start_proxy(
         tls: scenario.tls.then_some(&env.tls),
         h2c: scenario.traffic == Traffic::Http2 && !scenario.tls,
         many_idle: scenario.traffic == Traffic::Idle,
-        upstream_idle: if scenario.traffic == Traffic::Http2 {
-            scenario.connections * H2_STREAMS
-        } else {
-            UPSTREAM_IDLE
-        },
     };
     let mut command = match contender {
         Contender::Direct => return Err("direct has no proxy".into()),
@@ -1629,10 +1626,6 @@ struct Front<'a> {
     h2c: bool,
     /// Room and patience for `IDLE_CONNECTIONS` idle keep-alive clients.
     many_idle: bool,
-    /// Idle upstream connections kept per backend by fulcrum and nginx (HAProxy keeps every
-    /// idle one by default). Must cover the requests in flight, or a closed loop closes and
-    /// reopens upstream connections all the time and measures that instead.
-    upstream_idle: usize,
 }
 
 fn fulcrum_config(front: &Front, admin: u16, backends: &[SocketAddr]) -> String {
@@ -1657,14 +1650,9 @@ fn fulcrum_config(front: &Front, admin: u16, backends: &[SocketAddr]) -> String 
          [admin]\nlisten = \"127.0.0.1:{admin}\"\nmetrics = true\n\n\
          [runtime]\nworker_threads = 1\nshutdown_timeout = \"1s\"\n\n\
          [[listeners]]\nname = \"bench\"\nlisten = \"{}\"\nprotocol = \"{protocol}\"\npool = \"app\"\n{listener}\n\
-         [pools.app]\nalgorithm = \"round_robin\"\nbackends = [{}]\nretries = 2\n{}",
+         [pools.app]\nalgorithm = \"round_robin\"\nbackends = [{}]\nretries = 2\n",
         front.addr,
         list.join(", "),
-        if front.upstream_idle == UPSTREAM_IDLE {
-            String::new()
-        } else {
-            format!("max_idle_per_backend = {}\n", front.upstream_idle)
-        }
     )
 }
 
@@ -1684,7 +1672,7 @@ fn nginx_config(
     if let (true, Some(module)) = (tcp, stream_module) {
         let _ = writeln!(config, "load_module {};", module.display());
     }
-    let keepalive = front.upstream_idle;
+    let keepalive = UPSTREAM_IDLE;
     // worker_rlimit_nofile 16384 covers IDLE_CAPACITY as well.
     let worker_connections = if front.many_idle { IDLE_CAPACITY } else { 8192 };
     let _ = write!(

@@ -66,7 +66,7 @@ impl Backend {
         self.retired.store(true, Ordering::Relaxed);
         self.idle.clear();
         // Its series stay in the exporter; make them say it is gone rather than freeze.
-        self.metrics.refresh_gauges(false, 0);
+        self.metrics.refresh_gauges(false, 0, 0);
         tracing::info!(pool = %self.pool, backend = %self.name, in_flight = self.in_flight(), "backend removed; draining");
     }
 

@@ -24,6 +24,10 @@ pub mod names {
     pub const REQUEST_DURATION: &str = "fulcrum_request_duration_seconds";
     /// Failed connects to a backend.
     pub const CONNECT_ERRORS: &str = "fulcrum_upstream_connect_errors_total";
+    /// Counter: TCP connections opened to a backend.
+    pub const UPSTREAM_CONNECTS: &str = "fulcrum_upstream_connections_total";
+    /// Gauge: keep-alive connections to a backend idle in its pool.
+    pub const UPSTREAM_IDLE: &str = "fulcrum_upstream_idle_connections";
     /// Extra attempts on another backend.
     pub const RETRIES: &str = "fulcrum_retries_total";
     /// 1 when a backend receives traffic, else 0.
@@ -99,6 +103,14 @@ fn describe() {
         "Time from receiving a request to the backend's response head."
     );
     describe_counter!(names::CONNECT_ERRORS, "Failed TCP connects to a backend.");
+    describe_counter!(
+        names::UPSTREAM_CONNECTS,
+        "TCP connections opened to a backend (http pools: new keep-alive connections; tcp pools: one per client connection)."
+    );
+    describe_gauge!(
+        names::UPSTREAM_IDLE,
+        "Keep-alive connections to the backend idle in its pool, ready for reuse."
+    );
     describe_counter!(names::RETRIES, "Extra attempts made on another backend.");
     describe_gauge!(
         names::BACKEND_UP,
@@ -165,11 +177,13 @@ pub struct BackendMetrics {
     backend: Arc<str>,
     duration: Histogram,
     connect_errors: Counter,
+    connects: Counter,
     ejections: Counter,
     checks_passed: Counter,
     checks_failed: Counter,
     up: Gauge,
     in_flight: Gauge,
+    idle: Gauge,
     /// `requests_total` handles per listener, added the first time a listener uses this backend.
     requests: ArcSwap<Vec<(Arc<str>, [Counter; 5])>>,
     /// Requests answered since this backend was added.
@@ -187,6 +201,7 @@ impl BackendMetrics {
             backend: Arc::clone(backend),
             duration: metrics::histogram!(names::REQUEST_DURATION, &labels),
             connect_errors: metrics::counter!(names::CONNECT_ERRORS, &labels),
+            connects: metrics::counter!(names::UPSTREAM_CONNECTS, &labels),
             ejections: metrics::counter!(names::EJECTIONS, &labels),
             checks_passed: metrics::counter!(
                 names::HEALTH_CHECKS,
@@ -206,6 +221,7 @@ impl BackendMetrics {
             ),
             up: metrics::gauge!(names::BACKEND_UP, &labels),
             in_flight: metrics::gauge!(names::BACKEND_IN_FLIGHT, &labels),
+            idle: metrics::gauge!(names::UPSTREAM_IDLE, &labels),
             requests: ArcSwap::from_pointee(Vec::new()),
             requests_total: AtomicU64::new(0),
             window: Window::new(),
@@ -267,6 +283,11 @@ impl BackendMetrics {
         self.connect_errors.increment(1);
     }
 
+    /// A new connection to the backend.
+    pub fn connected(&self) {
+        self.connects.increment(1);
+    }
+
     /// A passive ejection.
     pub fn ejected(&self) {
         self.ejections.increment(1);
@@ -282,9 +303,10 @@ impl BackendMetrics {
     }
 
     /// Mirrors live state into the gauges (called when `/metrics` is scraped).
-    pub fn refresh_gauges(&self, up: bool, in_flight: usize) {
+    pub fn refresh_gauges(&self, up: bool, in_flight: usize, idle: usize) {
         self.up.set(if up { 1.0 } else { 0.0 });
         self.in_flight.set(in_flight as f64);
+        self.idle.set(idle as f64);
     }
 }
 

@@ -35,6 +35,9 @@ const CUT_OFF_GRACE: std::time::Duration = std::time::Duration::from_millis(500)
 /// How often metric histograms are drained when nobody scrapes.
 const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How often idle upstream connections are checked against their pool's `idle_timeout`.
+const IDLE_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -176,6 +179,21 @@ impl Server {
                     tokio::select! {
                         () = stop.cancelled() => return,
                         _ = ticker.tick() => exporter.run_upkeep(),
+                    }
+                }
+            });
+        }
+        {
+            // Bursts leave idle connections behind; close the ones no request came back for.
+            let stop = stop.clone();
+            let state = Arc::clone(&state);
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(IDLE_SWEEP_INTERVAL);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        now = ticker.tick() => state.load().reap_idle(now),
                     }
                 }
             });

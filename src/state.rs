@@ -135,6 +135,20 @@ impl Snapshot {
     pub fn pools(&self) -> &[Arc<Pool>] {
         &self.pools
     }
+
+    /// Closes every backend's upstream connections that have been idle for their pool's
+    /// `idle_timeout` at `now`.
+    pub fn reap_idle(&self, now: tokio::time::Instant) {
+        for pool in &self.pools {
+            for endpoint in pool.endpoints.iter() {
+                let backend = &endpoint.backend;
+                let closed = backend.idle.reap(now);
+                if closed > 0 {
+                    tracing::debug!(pool = %pool.name, backend = %backend.name, closed, still_idle = backend.idle.len(), "closed idle upstream connections");
+                }
+            }
+        }
+    }
 }
 
 /// The connector for a pool's settings. If the CA file broke since validation, TLS is kept

@@ -454,6 +454,21 @@ async fn metrics_count_every_request_per_backend() {
                 0.0,
                 "{address}"
             );
+            assert_eq!(
+                backend.connection_count(),
+                1,
+                "{address}: one connection, reused"
+            );
+            assert_eq!(
+                metrics.expect("fulcrum_upstream_connections_total", &series, &text),
+                1.0,
+                "{address}"
+            );
+            assert_eq!(
+                metrics.expect("fulcrum_upstream_idle_connections", &series, &text),
+                1.0,
+                "{address}: back in the pool once its response ended"
+            );
         }
         assert_eq!(metrics.types["fulcrum_requests_total"], "counter");
         assert_eq!(
@@ -675,6 +690,10 @@ async fn status_reports_traffic_and_health() {
             assert_eq!(backend["weight"], 1);
             assert_eq!(backend["effective_weight"], 1.0);
             assert_eq!(backend["in_flight"], 0);
+            assert_eq!(
+                backend["idle_connections"], 1,
+                "{up}: its one connection, idle"
+            );
             assert_eq!(backend["requests"], 10, "{up}");
             assert_eq!(backend["last_error"], Value::Null);
             let minute = &backend["last_minute"];
@@ -693,6 +712,7 @@ async fn status_reports_traffic_and_health() {
         assert_eq!(down["state"], "unhealthy");
         assert_eq!(down["requests"], 0);
         assert_eq!(down["in_flight"], 0);
+        assert_eq!(down["idle_connections"], 0);
         assert_eq!(down["last_minute"]["requests"], 0);
         assert_eq!(down["last_minute"]["error_rate"], 0.0);
 

@@ -1169,6 +1169,15 @@ async fn tcp_connections_are_counted_in_the_metrics() {
                 2.0,
                 "{context}"
             );
+            assert_eq!(
+                metric_sum(
+                    &metrics,
+                    "fulcrum_upstream_connections_total",
+                    &[&format!("backend=\"{}\"", backend.addr)]
+                ),
+                4.0,
+                "one upstream connection per client connection\n{context}"
+            );
         }
         shutdown.cancel();
         within(Duration::from_secs(5), "shutdown", task)

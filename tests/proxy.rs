@@ -861,6 +861,54 @@ async fn keep_alive_connection_is_reused_upstream() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_upstream_connections_is_reused_then_closed_once_idle() {
+    bounded(async {
+        const BURST: usize = 8;
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .pool("idle_timeout", "\"2s\"")
+            .start()
+            .await;
+        let mut clients = Vec::new();
+        for _ in 0..BURST {
+            clients.push(lb.client().await);
+        }
+        for round in 0..2 {
+            // Each takes 300 ms at the backend, so all of them overlap.
+            let answers = futures_util::future::join_all(
+                clients.iter_mut().map(|client| client.get("/slow/300")),
+            )
+            .await;
+            for answer in answers {
+                assert_eq!(answer.expect("burst request").status, StatusCode::OK);
+            }
+            assert_eq!(
+                backend.connection_count(),
+                BURST,
+                "round {round}: one upstream connection per concurrent request, kept for the next burst"
+            );
+        }
+        // Steady traffic reuses the connection that went idle last; the rest stay untouched
+        // and are closed once idle for 2 s.
+        let steady = Instant::now();
+        while steady.elapsed() < Duration::from_millis(3500) {
+            let answer = clients[0].get("/").await.expect("steady request");
+            assert_eq!(answer.status, StatusCode::OK);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(backend.connection_count(), BURST, "no connection opened");
+        assert_eq!(
+            backend.open_connections(),
+            1,
+            "only the connection in use is left open"
+        );
+        lb.stop().await;
+    })
+    .await;
+}
+
 /// A backend on 127.0.0.1:0 that answers every request head on every connection with `reply`.
 async fn scripted_backend(reply: &'static [u8]) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -148,9 +148,11 @@ impl AdminState {
         for pool in self.state.load().pools() {
             for endpoint in pool.endpoints.iter() {
                 let backend = &endpoint.backend;
-                backend
-                    .metrics
-                    .refresh_gauges(backend.health.is_available(), backend.in_flight());
+                backend.metrics.refresh_gauges(
+                    backend.health.is_available(),
+                    backend.in_flight(),
+                    backend.idle.len(),
+                );
             }
         }
         Some(exporter.render())

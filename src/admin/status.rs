@@ -88,6 +88,8 @@ pub struct BackendStatus {
     /// `healthy`, `unhealthy`, `ejected` or `draining` (removed by a reload, finishing requests).
     state: &'static str,
     in_flight: usize,
+    /// Keep-alive connections to it idle in the pool.
+    idle_connections: usize,
     /// Requests answered since the backend was added.
     requests: u64,
     last_error: Option<String>,
@@ -175,6 +177,7 @@ fn backend_status(
         effective_weight,
         state: state.unwrap_or_else(|| backend.health.status().as_str()),
         in_flight: backend.in_flight(),
+        idle_connections: backend.idle.len(),
         requests: backend.metrics.requests_total.load(Ordering::Relaxed),
         last_error: backend.health.last_error(),
         last_minute: backend.metrics.window.summary(),

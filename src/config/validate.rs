@@ -33,7 +33,7 @@ pub(crate) mod defaults {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
     pub const RETRIES: u32 = 2;
-    pub const MAX_IDLE_PER_BACKEND: usize = 64;
+    pub const MAX_IDLE_PER_BACKEND: usize = 1024;
     pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
     pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

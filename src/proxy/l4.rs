@@ -174,6 +174,7 @@ async fn connect(
         let in_flight = backend.start_request();
         match client::connect_tcp(backend.address, pool.settings.connect_timeout).await {
             Ok(stream) => {
+                backend.metrics.connected();
                 backend.health.record_success();
                 return Some((stream, in_flight));
             }

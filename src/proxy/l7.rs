@@ -1045,6 +1045,7 @@ async fn checkout(
     // Boxed: the connect path (TCP, TLS, HTTP/2 handshakes) is large and rare on keep-alive
     // traffic; inline, it would swell every request's future, which is moved on each request.
     let conn = Box::pin(client::connect(backend.address, backend.host(), connector)).await?;
+    backend.metrics.connected();
     backend.idle.share(&conn);
     Ok((conn, true))
 }

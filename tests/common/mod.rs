@@ -246,6 +246,11 @@ impl TestBackend {
         self.state.connections.load(Ordering::SeqCst)
     }
 
+    /// TCP connections open now (their peer has not closed them).
+    pub fn open_connections(&self) -> usize {
+        self.connections.len()
+    }
+
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.state.requests).clone()
