@@ -31,6 +31,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
+use super::headers::content_length;
 use super::idle::Activity;
 
 /// `FramingCheck::first_bad` value meaning "no request was flagged".
@@ -436,7 +437,7 @@ impl Facts {
             return false;
         }
         if name.eq_ignore_ascii_case(b"content-length") {
-            match (parse_decimal(trim(value)), self.content_length) {
+            match (content_length(trim(value)), self.content_length) {
                 (Some(length), None) => self.content_length = Some(length),
                 (Some(length), Some(previous)) if length == previous => {}
                 _ => self.bad_content_length = true,
@@ -477,17 +478,6 @@ fn trim(value: &[u8]) -> &[u8] {
         .rposition(|b| !is_ows(b))
         .map_or(start, |i| i + 1);
     value.get(start..end).unwrap_or_default()
-}
-
-/// Parses a `Content-Length` value: one or more ASCII digits fitting in a `u64`.
-fn parse_decimal(value: &[u8]) -> Option<u64> {
-    if value.is_empty() {
-        return None;
-    }
-    value.iter().try_fold(0u64, |acc, &b| {
-        let digit = char::from(b).to_digit(10)?;
-        acc.checked_mul(10)?.checked_add(u64::from(digit))
-    })
 }
 
 /// Per-connection verdict shared by [`ScannedIo`] (writer) and the request handler.

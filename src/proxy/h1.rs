@@ -30,7 +30,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::client::TlsStream;
 
 use super::body::UpstreamBody;
-use super::headers::Forwarding;
+use super::headers::{Forwarding, content_length};
 use super::rewind::Rewind;
 
 /// Largest response head (status line and fields) accepted from a backend.
@@ -463,7 +463,8 @@ fn read_fields(fields: &[httparse::Header<'_>], headers: &mut HeaderMap) -> Resu
         }
         if raw.eq_ignore_ascii_case(b"content-length") {
             for item in field.value.split(|&b| b == b',') {
-                let length = parse_length(item.trim_ascii())?;
+                let length = content_length(item.trim_ascii())
+                    .ok_or(Error::Malformed("invalid Content-Length"))?;
                 if facts.length.is_some_and(|known| known != length) {
                     return Err(Error::Malformed("conflicting Content-Length values"));
                 }
@@ -491,15 +492,6 @@ fn read_fields(fields: &[httparse::Header<'_>], headers: &mut HeaderMap) -> Resu
         headers.append(name, value);
     }
     Ok(facts)
-}
-
-fn parse_length(digits: &[u8]) -> Result<u64, Error> {
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(Error::Malformed("invalid Content-Length"));
-    }
-    Ok(digits
-        .iter()
-        .fold(0, |total, digit| total * 10 + u64::from(digit - b'0')))
 }
 
 /// How a request body goes on the wire.
