@@ -5,8 +5,8 @@
 //! hyper-util's legacy `Client` because the proxy needs three things that client cannot give: a request
 //! handed back intact when a connect fails (so it can go to a *different* backend), idle
 //! connections owned by the backend (so a removed backend's connections close with it and a kept
-//! backend's survive a reload), and no per-request URI-keyed lookup under one client-wide lock (each backend's idle
-//! stack has its own).
+//! backend's survive a reload), and no per-request URI-keyed lookup under one client-wide lock
+//! (each backend's idle stack has its own).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -290,7 +290,11 @@ impl IdleConnections {
                 conn,
                 since: Instant::now(),
             });
+            return;
         }
+        // Full: the connection is closed, once the lock is released.
+        drop(stack);
+        drop(conn);
     }
 
     /// Closes the connections that have been idle for `idle_timeout` at `now`; returns how
