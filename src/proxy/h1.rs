@@ -171,6 +171,15 @@ impl Connection {
         })
     }
 
+    /// Gives the read buffer (8 KiB or more once used) back to the allocator, for a connection
+    /// that has been idle for a while; its next exchange allocates a new one. Whether there
+    /// was one to give back.
+    pub fn shed_buffer(&mut self) -> bool {
+        let had = self.buf.capacity() > 0;
+        self.buf = BytesMut::new();
+        had
+    }
+
     /// Whether an idle connection can no longer carry a request: the backend closed it, reset
     /// it, or sent bytes nobody asked for. Costs no system call while the socket has no news.
     pub fn is_closed(&mut self) -> bool {
@@ -1198,6 +1207,8 @@ mod tests {
         assert_eq!(data, b"hello");
         let mut conn = response.body_mut().take_idle().expect("reusable");
         assert!(!conn.is_closed());
+        assert!(conn.shed_buffer(), "the read buffer is given back");
+        assert!(!conn.shed_buffer(), "once");
         let mut response = send(conn, request(Method::POST, "/b"))
             .await
             .expect("second");
