@@ -6,10 +6,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -18,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use metrics::Counter;
 use pin_project_lite::pin_project;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -416,10 +417,11 @@ fn watch(
 }
 
 /// How a client connection starts, or goes on after being parked.
+#[derive(Debug)]
 enum Start {
     /// HTTP/1 bytes (the start of a request).
     Http1(Bytes),
-    /// HTTP/2's connection preface, whole.
+    /// HTTP/2's connection preface, whole, and whatever came with it.
     Http2(Bytes),
     /// The client closed the connection.
     Closed,
@@ -428,22 +430,41 @@ enum Start {
 /// The client's connection preface in HTTP/2 (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Waits for a client's next bytes, holding no buffer meanwhile beyond a few bytes of its
-/// own. With `sniff`, reads on until HTTP/2's preface is whole or ruled out.
+/// Bytes the first read of a connection (or of a parked one waking up) asks for: a whole
+/// typical request head, so hyper finds it complete without a read of its own.
+const START_READ: usize = 4096;
+
+/// Waits for a client's next bytes and reads what has arrived, holding no buffer while it
+/// waits (a buffer is taken for each read attempt and dropped again if nothing came). With
+/// `sniff`, reads on until HTTP/2's preface is whole or ruled out.
 async fn read_start<T: AsyncRead + Unpin>(io: &mut T, sniff: bool) -> std::io::Result<Start> {
-    let mut buf = [0u8; H2_PREFACE.len()];
-    let mut filled = 0;
+    let mut start = BytesMut::new();
     loop {
-        let read = io.read(&mut buf[filled..]).await?;
-        if read == 0 && filled == 0 {
+        let read = std::future::poll_fn(|cx| {
+            if !start.is_empty() {
+                // Part of a preface came; the rest is a few bytes away.
+                start.reserve(H2_PREFACE.len());
+                return tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut start);
+            }
+            let mut fresh = BytesMut::with_capacity(START_READ);
+            let read = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut *io),
+                cx,
+                &mut fresh
+            ))?;
+            start = fresh;
+            Poll::Ready(Ok(read))
+        })
+        .await?;
+        if start.is_empty() {
             return Ok(Start::Closed);
         }
-        filled += read;
-        if read == 0 || !sniff || buf[..filled] != H2_PREFACE[..filled] {
-            return Ok(Start::Http1(Bytes::copy_from_slice(&buf[..filled])));
+        let seen = start.len().min(H2_PREFACE.len());
+        if read == 0 || !sniff || start[..seen] != H2_PREFACE[..seen] {
+            return Ok(Start::Http1(start.freeze()));
         }
-        if filled == H2_PREFACE.len() {
-            return Ok(Start::Http2(Bytes::copy_from_slice(&buf[..filled])));
+        if seen == H2_PREFACE.len() {
+            return Ok(Start::Http2(start.freeze()));
         }
     }
 }
@@ -1052,8 +1073,68 @@ async fn checkout(
 
 #[cfg(test)]
 mod tests {
-    use super::header_value_of;
+    use super::{H2_PREFACE, Start, header_value_of, read_start};
     use std::net::SocketAddr;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected pair on loopback: (the proxy's end, the client's end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (server, client)
+    }
+
+    #[tokio::test]
+    async fn the_first_read_takes_a_whole_request_head() {
+        let (mut server, mut client) = pair().await;
+        let head = format!(
+            "GET / HTTP/1.1\r\nhost: app.test\r\ncookie: {}\r\n\r\n",
+            "c".repeat(2000)
+        );
+        client.write_all(head.as_bytes()).await.expect("write");
+        match read_start(&mut server, true).await.expect("read") {
+            Start::Http1(first) => assert_eq!(first, head.as_bytes(), "all of it, in one read"),
+            other => panic!("expected HTTP/1, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_preface_split_across_writes_is_http2() {
+        let (mut server, mut client) = pair().await;
+        let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+        tokio::spawn(async move {
+            client.write_all(&H2_PREFACE[..10]).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            client.write_all(&H2_PREFACE[10..]).await.expect("write");
+            client.write_all(&settings).await.expect("write");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        match read_start(&mut server, true).await.expect("read") {
+            Start::Http2(first) => assert!(first.starts_with(H2_PREFACE), "{first:?}"),
+            other => panic!("expected HTTP/2, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_before_a_byte_is_closed_and_a_parked_one_needs_no_sniffing() {
+        let (mut server, client) = pair().await;
+        drop(client);
+        assert!(matches!(
+            read_start(&mut server, true).await.expect("read"),
+            Start::Closed
+        ));
+        let (mut server, mut client) = pair().await;
+        client.write_all(&H2_PREFACE[..3]).await.expect("write");
+        match read_start(&mut server, false).await.expect("read") {
+            Start::Http1(first) => assert_eq!(first, &H2_PREFACE[..3]),
+            other => panic!("a waking connection is HTTP/1 already, got {other:?}"),
+        }
+    }
 
     #[test]
     fn client_ip_renders_like_display() {
