@@ -219,11 +219,7 @@ impl Forwarding<'_> {
     /// Writes the fields as HTTP/1.1 field lines; `host` is the request's `Host` value.
     pub fn write(&self, host: Option<&HeaderValue>, out: &mut Vec<u8>) {
         out.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(chain) = &self.forwarded_for {
-            out.extend_from_slice(chain.as_bytes());
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(self.client.ip.as_bytes());
+        push_extended(out, self.forwarded_for.as_ref(), &self.client.ip);
         out.extend_from_slice(b"\r\nx-forwarded-proto: ");
         out.extend_from_slice(self.client.proto.as_bytes());
         if let Some(host) = host {
@@ -231,11 +227,7 @@ impl Forwarding<'_> {
             out.extend_from_slice(host.as_bytes());
         }
         out.extend_from_slice(b"\r\nvia: ");
-        if let Some(list) = &self.via {
-            out.extend_from_slice(list.as_bytes());
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(via(self.version).as_bytes());
+        push_extended(out, self.via.as_ref(), &via(self.version));
         out.extend_from_slice(b"\r\n");
     }
 
@@ -254,15 +246,22 @@ impl Forwarding<'_> {
     }
 }
 
+/// Writes `list` with `item` appended (RFC 9110 §5.6.1), or `item` alone, to `out`.
+fn push_extended(out: &mut Vec<u8>, list: Option<&HeaderValue>, item: &HeaderValue) {
+    if let Some(list) = list {
+        out.extend_from_slice(list.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(item.as_bytes());
+}
+
 /// `list` with `item` appended, or `item` alone.
 fn extended(list: Option<&HeaderValue>, item: &HeaderValue) -> HeaderValue {
     let Some(list) = list else {
         return item.clone();
     };
     let mut joined = Vec::with_capacity(list.len() + 2 + item.len());
-    joined.extend_from_slice(list.as_bytes());
-    joined.extend_from_slice(b", ");
-    joined.extend_from_slice(item.as_bytes());
+    push_extended(&mut joined, Some(list), item);
     HeaderValue::from_bytes(&joined).unwrap_or_else(|_| item.clone())
 }
 
