@@ -375,8 +375,6 @@ mod tests {
     /// An HTTP/1.1 connection that has carried one exchange (so it holds a read buffer), with
     /// the backend's end of it.
     async fn exchanged(listener: &TcpListener) -> (Box<h1::Connection>, TcpStream) {
-        use crate::proxy::headers::{self, ClientInfo};
-        use http::{HeaderMap, HeaderValue, Version};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (conn, mut backend) = connection_pair(listener).await;
         let reply = tokio::spawn(async move {
@@ -390,13 +388,7 @@ mod tests {
                 .expect("reply");
             backend
         });
-        let client = ClientInfo {
-            ip: HeaderValue::from_static("203.0.113.7"),
-            proto: HeaderValue::from_static("http"),
-        };
-        let mut uri = http::Uri::from_static("/");
-        let forwarding =
-            headers::prepare_request(&mut uri, Version::HTTP_11, &mut HeaderMap::new(), &client);
+        let forwarding = crate::proxy::headers::test_forwarding();
         let request = Request::get("/")
             .header("host", "app.test")
             .body(UpstreamBody::Empty)

@@ -1087,7 +1087,7 @@ impl http_body::Body for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::headers::{self, ClientInfo};
+    use crate::proxy::headers::test_forwarding as forwarding;
     use http_body_util::BodyExt;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1126,17 +1126,6 @@ mod tests {
             }
         });
         (addr, heads)
-    }
-
-    static CLIENT: ClientInfo = ClientInfo {
-        ip: HeaderValue::from_static("203.0.113.7"),
-        proto: HeaderValue::from_static("http"),
-    };
-
-    /// The fields the proxy adds for a client at 203.0.113.7 that sent none of its own.
-    fn forwarding() -> Forwarding<'static> {
-        let mut uri = http::Uri::from_static("/");
-        headers::prepare_request(&mut uri, Version::HTTP_11, &mut HeaderMap::new(), &CLIENT)
     }
 
     /// A request head as sent for a client request with `lines` (`host: app.test`).

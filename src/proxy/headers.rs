@@ -283,16 +283,28 @@ pub fn content_length(digits: &[u8]) -> Option<u64> {
     })
 }
 
+/// A client at 203.0.113.7 over plain HTTP, for tests.
+#[cfg(test)]
+pub(crate) static TEST_CLIENT: ClientInfo = ClientInfo {
+    ip: HeaderValue::from_static("203.0.113.7"),
+    proto: HeaderValue::from_static("http"),
+};
+
+/// The fields the proxy adds for [`TEST_CLIENT`] when it sent none of its own, for tests.
+#[cfg(test)]
+pub(crate) fn test_forwarding() -> Forwarding<'static> {
+    let mut uri = Uri::from_static("/");
+    prepare_request(
+        &mut uri,
+        Version::HTTP_11,
+        &mut HeaderMap::new(),
+        &TEST_CLIENT,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn client() -> ClientInfo {
-        ClientInfo {
-            ip: HeaderValue::from_static("203.0.113.7"),
-            proto: HeaderValue::from_static("http"),
-        }
-    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -354,10 +366,10 @@ mod tests {
 
     #[test]
     fn forwarding_fields_are_written_and_host_kept() {
-        let client = client();
+        let client = &TEST_CLIENT;
         let mut uri = Uri::from_static("/a?b=1");
         let mut map = headers(&[("host", "shop.example"), ("accept", "*/*")]);
-        let forwarding = prepare_request(&mut uri, Version::HTTP_11, &mut map, &client);
+        let forwarding = prepare_request(&mut uri, Version::HTTP_11, &mut map, client);
         assert_eq!(map.len(), 2, "nothing inserted: {map:?}");
         assert_eq!(map["host"], "shop.example");
         assert_eq!(uri, "/a?b=1");
@@ -374,7 +386,7 @@ mod tests {
 
     #[test]
     fn forwarding_fields_from_the_client_are_extended_or_replaced() {
-        let client = client();
+        let client = &TEST_CLIENT;
         let mut uri = Uri::from_static("/");
         let mut map = headers(&[
             ("host", "shop.example"),
@@ -384,7 +396,7 @@ mod tests {
             ("x-forwarded-host", "spoofed.example"),
             ("via", "1.0 edge"),
         ]);
-        let forwarding = prepare_request(&mut uri, Version::HTTP_11, &mut map, &client);
+        let forwarding = prepare_request(&mut uri, Version::HTTP_11, &mut map, client);
         assert_eq!(map.len(), 1, "only Host is left: {map:?}");
         assert_eq!(
             written(&forwarding, Some("shop.example")),
@@ -407,24 +419,24 @@ mod tests {
 
     #[test]
     fn a_field_named_in_connection_is_gone_before_forwarding() {
-        let client = client();
+        let client = &TEST_CLIENT;
         let mut uri = Uri::from_static("/");
         let mut map = headers(&[
             ("host", "shop.example"),
             ("connection", "x-forwarded-for"),
             ("x-forwarded-for", "198.51.100.1"),
         ]);
-        let forwarding = prepare_request(&mut uri, Version::HTTP_11, &mut map, &client);
+        let forwarding = prepare_request(&mut uri, Version::HTTP_11, &mut map, client);
         assert!(written(&forwarding, None).starts_with("x-forwarded-for: 203.0.113.7\r\n"));
         assert_eq!(map.len(), 1, "{map:?}");
     }
 
     #[test]
     fn http2_authority_becomes_host_and_origin_form() {
-        let client = client();
+        let client = &TEST_CLIENT;
         let mut uri = Uri::from_static("http://api.example:8080/v1/items?x=1");
         let mut map = HeaderMap::new();
-        let forwarding = prepare_request(&mut uri, Version::HTTP_2, &mut map, &client);
+        let forwarding = prepare_request(&mut uri, Version::HTTP_2, &mut map, client);
         assert_eq!(map["host"], "api.example:8080");
         assert_eq!(uri, "/v1/items?x=1");
         forwarding.apply(&mut map);
