@@ -172,32 +172,13 @@ impl Server {
         ));
         if let Some(exporter) = exporter {
             // Histograms accumulate samples until drained; drain them even if nobody scrapes.
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut ticker = tokio::time::interval(UPKEEP_INTERVAL);
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        _ = ticker.tick() => exporter.run_upkeep(),
-                    }
-                }
-            });
+            every(UPKEEP_INTERVAL, &stop, move |_| exporter.run_upkeep());
         }
-        {
-            // Bursts leave idle connections behind; close the ones no request came back for.
-            let stop = stop.clone();
-            let state = Arc::clone(&state);
-            tokio::spawn(async move {
-                let mut ticker = tokio::time::interval(IDLE_SWEEP_INTERVAL);
-                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        now = ticker.tick() => state.load().reap_idle(now),
-                    }
-                }
-            });
-        }
+        // Bursts leave idle connections behind; close the ones no request came back for.
+        let sweep = Arc::clone(&state);
+        every(IDLE_SWEEP_INTERVAL, &stop, move |now| {
+            sweep.load().reap_idle(now)
+        });
         let mut runtime = Runtime {
             config,
             state,
@@ -254,6 +235,26 @@ impl Server {
         }
         runtime.shutdown().await;
     }
+}
+
+/// Runs `tick` every `period` (a late tick delays the next rather than bunching up) until
+/// `stop` is cancelled.
+fn every(
+    period: std::time::Duration,
+    stop: &CancellationToken,
+    mut tick: impl FnMut(tokio::time::Instant) + Send + 'static,
+) {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                now = ticker.tick() => tick(now),
+            }
+        }
+    });
 }
 
 async fn bind(name: &str, address: SocketAddr) -> Result<TcpListener, ServerError> {
