@@ -5,12 +5,13 @@
 //! connections carry over. Per-snapshot facts such as the configured weight live in [`Endpoint`].
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::health::Health;
+use crate::limit::Waiters;
 use crate::metrics::BackendMetrics;
 use crate::proxy::client::IdleConnections;
 
@@ -25,6 +26,9 @@ pub struct Backend {
     pub address: SocketAddr,
     /// Requests whose response body has not ended yet; only [`InFlight`] guards change it.
     in_flight: AtomicUsize,
+    /// Requests of this backend's pool waiting for room under `max_connections`; shared by
+    /// every backend of the pool, and woken when one of them finishes a request.
+    pub(crate) queue: Arc<Waiters>,
     /// Smooth weighted round-robin's running weight (see `balance::round_robin`).
     pub(crate) rr_weight: AtomicI64,
     /// Keep-alive connections ready for the next request.
@@ -39,9 +43,9 @@ pub struct Backend {
 
 impl Backend {
     /// A backend with no traffic yet, keeping up to `max_idle` idle connections for
-    /// `idle_timeout`, with the given starting `health`.
+    /// `idle_timeout`, with the given starting `health`; `queue` is its pool's.
     pub fn new(
-        pool: Arc<str>,
+        (pool, queue): (Arc<str>, Arc<Waiters>),
         name: Arc<str>,
         address: SocketAddr,
         (max_idle, idle_timeout): (usize, Duration),
@@ -53,6 +57,7 @@ impl Backend {
             name,
             address,
             in_flight: AtomicUsize::new(0),
+            queue,
             rr_weight: AtomicI64::new(0),
             idle: IdleConnections::new(max_idle, idle_timeout),
             health,
@@ -96,6 +101,18 @@ impl Backend {
             backend: Arc::clone(self),
         }
     }
+
+    /// Like [`Backend::start_request`], if fewer than `max` requests are in flight.
+    pub fn try_start_request(self: &Arc<Self>, max: NonZeroUsize) -> Option<InFlight> {
+        self.in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max.get()).then_some(n + 1)
+            })
+            .ok()?;
+        Some(InFlight {
+            backend: Arc::clone(self),
+        })
+    }
 }
 
 /// Holds one unit of a backend's in-flight count; dropping it gives the unit back.
@@ -115,7 +132,10 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // `SeqCst` pairs with the queue's registration: either a waiter registered before this
+        // and is woken, or it registers after and finds the room.
+        self.backend.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.backend.queue.released();
     }
 }
 
@@ -138,7 +158,7 @@ pub(crate) fn test_endpoints(weights: &[u32]) -> Vec<Endpoint> {
             let address = SocketAddr::from(([192, 0, 2, 1], 1000 + i as u16));
             Endpoint {
                 backend: Arc::new(Backend::new(
-                    Arc::from("test"),
+                    (Arc::from("test"), Arc::default()),
                     Arc::from(address.to_string()),
                     address,
                     (0, Duration::from_secs(1)),

@@ -13,6 +13,7 @@
 //! - [`proxy`]: the HTTP data path (hyper's server towards clients, parked on quiet keep-alive
 //!   connections; HTTP/1.1 to backends driven in the request's own task), upstream connections,
 //!   header rules, error → status mapping.
+//! - [`limit`]: connection limits (listeners' and backends' `max_connections`) and their waiters.
 //! - [`listener`]: binding and the accept loop; [`admin`]: the operator endpoints (health,
 //!   reload, status, Prometheus metrics, dashboard); [`metrics`]: metric handles and windows.
 //! - [`tls`]: TLS termination: certificate loading, SNI selection, ALPN.
@@ -26,6 +27,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod health;
+pub mod limit;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;

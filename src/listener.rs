@@ -12,6 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::limit::ConnectionLimit;
+
 /// Back-off after the first failed accept; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -33,13 +35,14 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts connections on `listener` until `shutdown` fires, handing each to `serve` on a task
-/// registered with `tracker` (so a drain can wait for it). Returns the socket, so a reload can
-/// hand it to a new loop without re-binding; dropping it closes it.
+/// registered with `tracker` (so a drain can wait for it). At `limit`'s cap it stops accepting
+/// until a connection closes, so new clients wait in the kernel's accept backlog. Returns the
+/// socket, so a reload can hand it to a new loop without re-binding; dropping it closes it.
 pub async fn accept_loop<F, Fut>(
     name: Arc<str>,
     listener: TcpListener,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    (shutdown, tracker): (CancellationToken, TaskTracker),
+    limit: Arc<ConnectionLimit>,
     serve: F,
 ) -> TcpListener
 where
@@ -48,6 +51,14 @@ where
 {
     let mut backoff = MIN_BACKOFF;
     loop {
+        let room = tokio::select! {
+            () = shutdown.cancelled() => break,
+            room = limit.acquire() => room,
+        };
+        let (open, saturated) = room;
+        if saturated {
+            tracing::warn!(listener = %name, max_connections = limit.max().map_or(0, |max| max.get()), "listener reached max_connections; new connections wait in the accept backlog");
+        }
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -58,7 +69,11 @@ where
                 if let Err(err) = stream.set_nodelay(true) {
                     tracing::debug!(listener = %name, error = %err, "could not set TCP_NODELAY");
                 }
-                tracker.spawn(serve(stream, peer, shutdown.clone()));
+                let connection = serve(stream, peer, shutdown.clone());
+                tracker.spawn(async move {
+                    connection.await;
+                    drop(open);
+                });
             }
             Err(err) => {
                 tracing::warn!(listener = %name, error = %err, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");

@@ -44,6 +44,8 @@ pub mod names {
     pub const CONNECTIONS_PARKED: &str = "fulcrum_connections_parked";
     /// Client connections accepted.
     pub const CONNECTIONS: &str = "fulcrum_connections_total";
+    /// Times a listener reached its `max_connections` and stopped accepting.
+    pub const LISTENER_SATURATED: &str = "fulcrum_listener_saturated_total";
     /// Client connections closed by a timeout, by kind (`header_read`, `idle`).
     pub const CLIENT_TIMEOUTS: &str = "fulcrum_client_timeouts_total";
     /// Bytes read from (`in`) and written to (`out`) clients.
@@ -54,6 +56,10 @@ pub mod names {
     pub const LAST_RELOAD_SUCCESS: &str = "fulcrum_config_last_reload_success_timestamp_seconds";
     /// Requests answered 503 because no backend was available.
     pub const NO_BACKEND: &str = "fulcrum_no_backend_total";
+    /// Gauge: requests waiting in a pool's queue for a backend below `max_connections`.
+    pub const QUEUE_LENGTH: &str = "fulcrum_queue_length";
+    /// Requests that waited in a pool's queue, by outcome.
+    pub const QUEUED: &str = "fulcrum_queued_total";
     /// Requests sent to all backends because none was healthy (fail-open).
     pub const FAIL_OPEN: &str = "fulcrum_fail_open_total";
     /// Backend health transitions.
@@ -131,6 +137,18 @@ fn describe() {
         "Idle HTTP/1 client connections parked now (hyper's buffers released)."
     );
     describe_counter!(names::CONNECTIONS, "Client connections accepted.");
+    describe_gauge!(
+        names::QUEUE_LENGTH,
+        "Requests waiting in the pool's queue because every backend is at max_connections."
+    );
+    describe_counter!(
+        names::QUEUED,
+        "Requests that found every backend at max_connections, by outcome (served: got a backend within queue_timeout; timeout, full: answered 503)."
+    );
+    describe_counter!(
+        names::LISTENER_SATURATED,
+        "Times the listener reached its max_connections and stopped accepting until a connection closed (counted once per episode)."
+    );
     describe_counter!(
         names::CLIENT_TIMEOUTS,
         "Client connections closed because a request head was incomplete for header_read_timeout (kind=header_read) or nothing moved for idle_timeout (kind=idle)."
@@ -319,6 +337,37 @@ pub struct PoolMetrics {
     pub no_backend: Counter,
     /// Requests sent while failing open.
     pub fail_open: Counter,
+    /// Requests waiting for room under `max_connections` now.
+    queue_length: Gauge,
+    /// Requests that waited, by [`QueueOutcome`].
+    queue_outcomes: [Counter; 3],
+}
+
+/// How a request's turn in a pool's queue ended.
+#[derive(Debug, Clone, Copy)]
+pub enum QueueOutcome {
+    /// A backend had room within `queue_timeout`.
+    Served,
+    /// None had within `queue_timeout`: 503.
+    Timeout,
+    /// The queue was full (`max_queue`): 503 without waiting.
+    Full,
+}
+
+impl QueueOutcome {
+    const ALL: [QueueOutcome; 3] = [
+        QueueOutcome::Served,
+        QueueOutcome::Timeout,
+        QueueOutcome::Full,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            QueueOutcome::Served => "served",
+            QueueOutcome::Timeout => "timeout",
+            QueueOutcome::Full => "full",
+        }
+    }
 }
 
 impl PoolMetrics {
@@ -329,7 +378,26 @@ impl PoolMetrics {
             retries: metrics::counter!(names::RETRIES, &labels),
             no_backend: metrics::counter!(names::NO_BACKEND, &labels),
             fail_open: metrics::counter!(names::FAIL_OPEN, &labels),
+            queue_length: metrics::gauge!(names::QUEUE_LENGTH, &labels),
+            queue_outcomes: QueueOutcome::ALL.map(|outcome| {
+                metrics::counter!(
+                    names::QUEUED,
+                    "pool" => pool.to_owned(),
+                    "outcome" => outcome.as_str()
+                )
+            }),
         }
+    }
+
+    /// Counts a request in the queue-length gauge until the guard drops.
+    pub fn queued(&self) -> QueuedGuard {
+        self.queue_length.increment(1.0);
+        QueuedGuard(self.queue_length.clone())
+    }
+
+    /// Counts how a request's wait in the queue ended.
+    pub fn queue_outcome(&self, outcome: QueueOutcome) {
+        self.queue_outcomes[outcome as usize].increment(1);
     }
 
     /// A request answered by fulcrum itself with no backend to blame.
@@ -353,6 +421,8 @@ impl PoolMetrics {
 pub struct ListenerMetrics {
     /// Client connections accepted.
     pub connections: Counter,
+    /// Episodes of waiting at the listener's `max_connections`.
+    pub saturations: Counter,
     /// Open client connections (for the status API).
     pub active: AtomicU64,
     active_gauge: Gauge,
@@ -374,6 +444,10 @@ impl ListenerMetrics {
         let listener = ("listener", name.to_owned());
         Self {
             connections: metrics::counter!(names::CONNECTIONS, std::slice::from_ref(&listener)),
+            saturations: metrics::counter!(
+                names::LISTENER_SATURATED,
+                std::slice::from_ref(&listener)
+            ),
             active: AtomicU64::new(0),
             active_gauge: metrics::gauge!(
                 names::CONNECTIONS_ACTIVE,
@@ -419,6 +493,16 @@ impl ListenerMetrics {
 pub struct ParkedGuard(Gauge);
 
 impl Drop for ParkedGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Holds one request in a pool's queue-length gauge.
+#[derive(Debug)]
+pub struct QueuedGuard(Gauge);
+
+impl Drop for QueuedGuard {
     fn drop(&mut self) {
         self.0.decrement(1.0);
     }

@@ -22,6 +22,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::admin::{self, AdminState, ListenerView};
 use crate::config::{self, Config, ListenerConfig, Protocol};
 use crate::health::checker::Supervisor;
+use crate::limit::ConnectionLimit;
 use crate::listener::{self, Drain};
 use crate::metrics::ListenerMetrics;
 use crate::proxy::l4;
@@ -297,6 +298,8 @@ struct RunningListener {
     /// The accept loop; hands the socket back when stopped.
     accept: JoinHandle<TcpListener>,
     handler: Handler,
+    /// The cap on open client connections; a reload may change it.
+    limit: Arc<ConnectionLimit>,
 }
 
 /// What serves a listener's connections.
@@ -354,13 +357,23 @@ impl Runtime {
                 self.drain(),
             ))),
         };
+        let limit = ConnectionLimit::new(
+            config.max_connections,
+            handler.metrics().saturations.clone(),
+        );
         let accept = match &handler {
-            Handler::Http(http) => {
-                self.spawn_accept(name, socket, &stop, Arc::clone(http), HttpListener::serve)
-            }
-            Handler::Tcp(tcp) => {
-                self.spawn_accept(name, socket, &stop, Arc::clone(tcp), l4::TcpListener::serve)
-            }
+            Handler::Http(http) => self.spawn_accept(
+                (name, socket),
+                (&stop, &limit),
+                Arc::clone(http),
+                HttpListener::serve,
+            ),
+            Handler::Tcp(tcp) => self.spawn_accept(
+                (name, socket),
+                (&stop, &limit),
+                Arc::clone(tcp),
+                l4::TcpListener::serve,
+            ),
         };
         self.listeners.push(RunningListener {
             config,
@@ -368,15 +381,15 @@ impl Runtime {
             stop,
             accept,
             handler,
+            limit,
         });
     }
 
     /// Runs the accept loop of `socket`, handing each connection to `serve` on `handler`.
     fn spawn_accept<H, Fut>(
         &self,
-        name: Arc<str>,
-        socket: TcpListener,
-        stop: &CancellationToken,
+        (name, socket): (Arc<str>, TcpListener),
+        (stop, limit): (&CancellationToken, &Arc<ConnectionLimit>),
         handler: Arc<H>,
         serve: fn(Arc<H>, TcpStream, SocketAddr, CancellationToken) -> Fut,
     ) -> JoinHandle<TcpListener>
@@ -387,8 +400,8 @@ impl Runtime {
         tokio::spawn(listener::accept_loop(
             name,
             socket,
-            stop.clone(),
-            self.connections.clone(),
+            (stop.clone(), self.connections.clone()),
+            Arc::clone(limit),
             move |stream, peer, shutdown| serve(Arc::clone(&handler), stream, peer, shutdown),
         ))
     }
@@ -409,8 +422,8 @@ impl Runtime {
         let accept = tokio::spawn(listener::accept_loop(
             Arc::from("admin"),
             socket,
-            stop.clone(),
-            self.connections.clone(),
+            (stop.clone(), self.connections.clone()),
+            ConnectionLimit::new(None, metrics::Counter::noop()),
             move |stream, peer, shutdown| admin::serve(Arc::clone(&state), stream, peer, shutdown),
         ));
         let listen = self
@@ -534,6 +547,10 @@ impl Runtime {
         let previous = self.state.load_full();
         let snapshot = Arc::new(Snapshot::build(Arc::clone(&config), Some(&previous)));
         self.state.store(Arc::clone(&snapshot));
+        for pool in snapshot.pools() {
+            // Queued requests look again: limits, backends or their health may have changed.
+            pool.queue.recheck();
+        }
         let mut retired = Vec::new();
         for pool in previous.pools() {
             for endpoint in pool.endpoints.iter() {
@@ -574,6 +591,7 @@ impl Runtime {
                             tracing::error!(listener = %new.name, error = %err, "TLS reload failed; keeping the current certificates");
                         }
                     }
+                    running.limit.set(new.max_connections);
                     running.config = new.clone();
                     kept.push(running);
                 }
@@ -679,6 +697,7 @@ impl Runtime {
                 address: running.local,
                 protocol: running.config.protocol.as_str(),
                 pool: Arc::clone(&running.config.pool),
+                max_connections: running.config.max_connections,
                 metrics: Arc::clone(running.handler.metrics()),
             })
             .collect();

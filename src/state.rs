@@ -1,20 +1,23 @@
 //! The immutable runtime snapshot: every pool with its backends and balancer, and which pool
 //! serves which listener. A reload builds a new one off the hot path and swaps it in whole.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::time::Instant;
 
-use crate::backend::{Backend, Endpoint};
+use crate::backend::{Backend, Endpoint, InFlight};
 use crate::balance::{Balancer, Tried};
 use crate::config::{
-    Algorithm, Config, HealthCheckConfig, PassiveConfig, PoolConfig, ProxyProtocol,
+    Algorithm, Config, HealthCheckConfig, PassiveConfig, PoolConfig, ProxyProtocol, QueueConfig,
     UpstreamTlsConfig,
 };
 use crate::health::{self, Health, Status, WEIGHT_SCALE};
-use crate::metrics::PoolMetrics;
+use crate::limit::Waiters;
+use crate::metrics::{PoolMetrics, QueueOutcome};
 use crate::proxy::client::Connector;
 
 /// The current snapshot, swapped atomically on reload.
@@ -57,6 +60,9 @@ pub struct Pool {
     upstream: (bool, Option<UpstreamTlsConfig>),
     /// Set while the pool serves fail-open, so the switch is logged once.
     failing_open: AtomicBool,
+    /// Requests waiting for room under `max_connections`, and that cap; the same for every
+    /// snapshot of the pool (its backends hold the waiters too).
+    pub queue: Arc<PoolQueue>,
     /// Retry, no-backend and fail-open counters.
     pub metrics: PoolMetrics,
 }
@@ -77,6 +83,73 @@ pub struct PoolSettings {
     /// HTTP: idle upstream connections older than this are not reused. TCP: proxied
     /// connections idle this long are closed.
     pub idle_timeout: Duration,
+    /// The per-backend cap and the queue in front of it.
+    pub queue: QueueConfig,
+}
+
+/// What every snapshot of a pool shares about its queue.
+#[derive(Debug, Default)]
+pub struct PoolQueue {
+    /// Requests waiting for room; woken as backends finish requests.
+    waiters: Arc<Waiters>,
+    /// The per-backend cap (0: none), live, so requests queued under an older snapshot see a
+    /// reload's new cap.
+    max_connections: AtomicUsize,
+}
+
+impl PoolQueue {
+    /// The per-backend cap, if there is one.
+    pub fn max_connections(&self) -> Option<NonZeroUsize> {
+        NonZeroUsize::new(self.max_connections.load(Ordering::Relaxed))
+    }
+
+    /// Requests waiting now.
+    pub fn waiting(&self) -> usize {
+        self.waiters.waiting()
+    }
+
+    /// Wakes every waiting request to look again.
+    pub fn recheck(&self) {
+        self.waiters.recheck();
+    }
+}
+
+/// Why a request found no room under its pool's `max_connections`.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The queue already held `max_queue` requests.
+    #[error(
+        "every backend of pool {pool} is at max_connections and {max_queue} requests are already queued"
+    )]
+    Full {
+        /// The pool.
+        pool: Arc<str>,
+        /// Its `max_queue`.
+        max_queue: usize,
+    },
+    /// No room came free within `queue_timeout`.
+    #[error(
+        "every backend of pool {pool} stayed at max_connections for the queue_timeout of {timeout:?}"
+    )]
+    Timeout {
+        /// The pool.
+        pool: Arc<str>,
+        /// Its `queue_timeout`.
+        timeout: Duration,
+    },
+}
+
+/// A request's next attempt: the backend and its unit of in-flight count.
+pub type Attempt<'a> = (&'a Arc<Backend>, InFlight);
+
+/// What a look for a backend with room found.
+enum Claim {
+    /// A backend, its unit already counted.
+    Taken(usize, InFlight),
+    /// Backends to try exist, but every one is at `max_connections`.
+    Full,
+    /// Nothing to try: none healthy, or all tried.
+    Nothing,
 }
 
 impl Snapshot {
@@ -193,6 +266,12 @@ fn connector(config: &PoolConfig) -> Connector {
 impl Pool {
     fn build(config: &PoolConfig, previous: Option<&Arc<Pool>>, reloading: bool) -> Pool {
         let upstream = (config.http2, config.upstream_tls.clone());
+        let queue: Arc<PoolQueue> =
+            previous.map_or_else(Arc::default, |pool| Arc::clone(&pool.queue));
+        queue.max_connections.store(
+            config.queue.max_connections.map_or(0, NonZeroUsize::get),
+            Ordering::Relaxed,
+        );
         // Idle connections of kept backends speak the old protocol if that changed.
         if let Some(pool) = previous.filter(|pool| pool.upstream != upstream) {
             for endpoint in pool.endpoints.iter() {
@@ -214,7 +293,7 @@ impl Pool {
                     // backends are new, so none is favoured.
                     let health = Health::new(config.health_check.is_some(), reloading);
                     Arc::new(Backend::new(
-                        Arc::clone(&config.name),
+                        (Arc::clone(&config.name), Arc::clone(&queue.waiters)),
                         Arc::clone(&backend.name),
                         backend.address,
                         (config.max_idle_per_backend, config.idle_timeout),
@@ -240,6 +319,7 @@ impl Pool {
                 slow_start: config.slow_start,
                 fail_open: config.fail_open,
                 idle_timeout: config.idle_timeout,
+                queue: config.queue,
             },
             proxy_protocol: config.proxy_protocol,
             access_log: false,
@@ -248,32 +328,137 @@ impl Pool {
             passive: config.passive.clone(),
             health_check: config.health_check.clone().map(Arc::new),
             failing_open: AtomicBool::new(false),
+            queue,
             metrics: PoolMetrics::new(&config.name),
         }
     }
 
-    /// The backend for a request's next attempt, within the pool's retry budget: picked as by
-    /// [`Pool::pick`], added to `tried`, and counted as a retry unless it is the first.
-    pub fn next_attempt(&self, tried: &mut Tried) -> Option<&Arc<Backend>> {
+    /// The backend for a request's next attempt, within the pool's retry budget, with its unit
+    /// of in-flight count: picked as by [`Pool::pick`], added to `tried`, and counted as a
+    /// retry unless it is the first. `Ok(None)` when nothing is left to try.
+    ///
+    /// With `max_connections`, only backends below it are picked; when every one is at it the
+    /// request waits in the pool's queue (at most `max_queue` of them, each for at most
+    /// `queue_timeout`) and takes the first room any backend gives back.
+    pub async fn next_attempt(&self, tried: &mut Tried) -> Result<Option<Attempt<'_>>, QueueError> {
         if tried.len() > self.settings.retries as usize {
-            return None;
+            return Ok(None);
         }
-        let index = self.pick(tried)?;
+        let Some(max) = self.queue.max_connections() else {
+            let Some(index) = self.pick(tried) else {
+                return Ok(None);
+            };
+            let in_flight = self.endpoints[index].backend.start_request();
+            return Ok(Some(self.attempt(index, in_flight, tried)));
+        };
+        let (index, in_flight) = match self.claim(tried, max) {
+            Claim::Taken(index, in_flight) => (index, in_flight),
+            Claim::Nothing => return Ok(None),
+            Claim::Full => match self.wait_in_queue(tried).await? {
+                Some(taken) => taken,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(self.attempt(index, in_flight, tried)))
+    }
+
+    /// Records the attempt on the backend at `index` in `tried` (and as a retry if it is one).
+    fn attempt(&self, index: usize, in_flight: InFlight, tried: &mut Tried) -> Attempt<'_> {
         if !tried.is_empty() {
             self.metrics.retries.increment(1);
         }
         tried.push(index);
-        self.endpoints.get(index).map(|endpoint| &endpoint.backend)
+        (&self.endpoints[index].backend, in_flight)
+    }
+
+    /// A backend below `max` with its unit counted, if there is one.
+    fn claim(&self, tried: &Tried, max: NonZeroUsize) -> Claim {
+        // A pick sees a backend with room that a racing request may fill first; look again a
+        // few times before calling the pool full.
+        for _ in 0..4 {
+            let Some(index) = self.pick_below(tried, Some(max)) else {
+                break;
+            };
+            if let Some(in_flight) = self.endpoints[index].backend.try_start_request(max) {
+                return Claim::Taken(index, in_flight);
+            }
+        }
+        let untried = |(index, _): &(usize, &Endpoint)| !tried.contains(*index);
+        let available = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(untried)
+            .any(|(_, endpoint)| endpoint.backend.health.is_available());
+        let failing_open = self.settings.fail_open && !self.any_available();
+        if available || (failing_open && self.endpoints.iter().enumerate().any(|e| untried(&e))) {
+            Claim::Full
+        } else {
+            Claim::Nothing
+        }
+    }
+
+    /// Waits in the queue for a backend below the cap, which a reload may change meanwhile.
+    /// `Ok(None)`: while waiting, every backend left to try went down.
+    async fn wait_in_queue(&self, tried: &Tried) -> Result<Option<(usize, InFlight)>, QueueError> {
+        let settings = self.settings.queue;
+        if self.queue.waiting() >= settings.max_queue {
+            self.metrics.queue_outcome(QueueOutcome::Full);
+            return Err(QueueError::Full {
+                pool: Arc::clone(&self.name),
+                max_queue: settings.max_queue,
+            });
+        }
+        let _queued = self.metrics.queued();
+        let deadline = Instant::now() + settings.timeout;
+        let found =
+            self.queue
+                .waiters
+                .wait_for(
+                    || {
+                        let Some(max) = self.queue.max_connections() else {
+                            // The cap is gone: any backend will do.
+                            return Some(self.pick(tried).map(|index| {
+                                (index, self.endpoints[index].backend.start_request())
+                            }));
+                        };
+                        match self.claim(tried, max) {
+                            Claim::Taken(index, in_flight) => Some(Some((index, in_flight))),
+                            Claim::Nothing => Some(None),
+                            Claim::Full => None,
+                        }
+                    },
+                    Some(deadline),
+                )
+                .await;
+        match found {
+            Some(found) => {
+                self.metrics.queue_outcome(QueueOutcome::Served);
+                Ok(found)
+            }
+            None => {
+                self.metrics.queue_outcome(QueueOutcome::Timeout);
+                Err(QueueError::Timeout {
+                    pool: Arc::clone(&self.name),
+                    timeout: settings.timeout,
+                })
+            }
+        }
     }
 
     /// Picks a healthy backend not in `tried`, at its effective (slow-start) weight. With no
     /// healthy backend at all and `fail_open`, picks among all of them instead.
     pub fn pick(&self, tried: &Tried) -> Option<usize> {
+        self.pick_below(tried, None)
+    }
+
+    /// [`Pool::pick`] among the backends with fewer than `room` requests in flight, when given.
+    fn pick_below(&self, tried: &Tried, room: Option<NonZeroUsize>) -> Option<usize> {
         let slow_start = self.settings.slow_start;
+        let has_room = |backend: &Backend| room.is_none_or(|max| backend.in_flight() < max.get());
         let healthy = self.balancer.pick(&self.endpoints, tried, |_, endpoint| {
             let health = &endpoint.backend.health;
-            health
-                .is_available()
+            (health.is_available() && has_room(&endpoint.backend))
                 .then(|| health.effective_weight(endpoint.weight.get(), slow_start))
         });
         if healthy.is_some() || !self.settings.fail_open {
@@ -292,7 +477,7 @@ impl Pool {
         }
         self.metrics.fail_open.increment(1);
         self.balancer.pick(&self.endpoints, tried, |_, endpoint| {
-            Some(u64::from(endpoint.weight.get()) * WEIGHT_SCALE)
+            has_room(&endpoint.backend).then(|| u64::from(endpoint.weight.get()) * WEIGHT_SCALE)
         })
     }
 
@@ -324,17 +509,12 @@ impl Pool {
             return;
         };
         backend.metrics.ejected();
-        health::log_transition(
-            &self.name,
-            &backend.name,
-            &transition,
-            backend.health.last_error().as_deref(),
-        );
+        health::log_transition(backend, &transition, backend.health.last_error().as_deref());
         let backend = Arc::clone(backend);
         tokio::spawn(async move {
             tokio::time::sleep_until(until).await;
             if let Some(transition) = backend.health.end_ejection() {
-                health::log_transition(&backend.pool, &backend.name, &transition, None);
+                health::log_transition(&backend, &transition, None);
             }
         });
     }
@@ -355,5 +535,123 @@ impl Pool {
             .iter()
             .filter(|endpoint| endpoint.backend.health.status() == Status::Ejected)
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn snapshot(pool_extra: &str) -> Arc<Snapshot> {
+        let source = format!(
+            "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\n\
+             [pools.app]\nbackends = [\"127.0.0.1:3001\", \"127.0.0.1:3002\"]\n{pool_extra}\n"
+        );
+        let config = Config::parse("t.toml", &source).expect("valid");
+        Arc::new(Snapshot::build(Arc::new(config), None))
+    }
+
+    fn pool(snapshot: &Snapshot) -> &Arc<Pool> {
+        snapshot.pool("app").expect("pool app")
+    }
+
+    /// Runs one request's first attempt on a task of its own; yields the in-flight guard.
+    fn attempt(
+        snapshot: &Arc<Snapshot>,
+    ) -> tokio::task::JoinHandle<Result<Option<InFlight>, QueueError>> {
+        let snapshot = Arc::clone(snapshot);
+        tokio::spawn(async move {
+            let mut tried = Tried::default();
+            let attempt = pool(&snapshot).next_attempt(&mut tried).await?;
+            Ok(attempt.map(|(_, in_flight)| in_flight))
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_requests_take_units_as_they_are_given_back_or_time_out() {
+        let snapshot = snapshot("max_connections = 1\nqueue_timeout = \"2s\"");
+        let first = attempt(&snapshot).await.expect("task").expect("room");
+        let second = attempt(&snapshot).await.expect("task").expect("room");
+        let (first, second) = (first.expect("a backend"), second.expect("a backend"));
+        assert!(!Arc::ptr_eq(first.backend(), second.backend()), "one each");
+
+        let queued = attempt(&snapshot);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!queued.is_finished());
+        assert_eq!(pool(&snapshot).queue.waiting(), 1);
+        let freed = Arc::clone(second.backend());
+        drop(second);
+        let third = queued
+            .await
+            .expect("task")
+            .expect("room")
+            .expect("a backend");
+        assert!(Arc::ptr_eq(third.backend(), &freed), "the unit given back");
+
+        let started = Instant::now();
+        let timed_out = attempt(&snapshot).await.expect("task");
+        assert!(
+            matches!(timed_out, Err(QueueError::Timeout { .. })),
+            "{timed_out:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(pool(&snapshot).queue.waiting(), 0);
+        drop((first, third));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_backend_up_a_capped_pool_answers_at_once_instead_of_queueing() {
+        // Active checks: backends start down until their first check passes.
+        let snapshot = snapshot("max_connections = 1\n[pools.app.health_check]\nkind = \"tcp\"");
+        let started = Instant::now();
+        let result = attempt(&snapshot).await.expect("task");
+        assert!(matches!(result, Ok(None)), "{result:?}");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_queue_zero_turns_requests_away_without_waiting() {
+        let snapshot = snapshot("max_connections = 1\nmax_queue = 0");
+        let held: Vec<_> = [attempt(&snapshot), attempt(&snapshot)]
+            .into_iter()
+            .collect();
+        let mut guards = Vec::new();
+        for task in held {
+            guards.push(task.await.expect("task").expect("room"));
+        }
+        let result = attempt(&snapshot).await.expect("task");
+        assert!(
+            matches!(result, Err(QueueError::Full { max_queue: 0, .. })),
+            "{result:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_that_raises_the_cap_lets_queued_requests_in_at_once() {
+        let old = snapshot("max_connections = 1");
+        let held = [attempt(&old), attempt(&old)];
+        let mut guards = Vec::new();
+        for task in held {
+            guards.push(task.await.expect("task").expect("room"));
+        }
+        let queued = attempt(&old);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!queued.is_finished());
+        let config = Config::parse(
+            "t.toml",
+            "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\n\
+             [pools.app]\nbackends = [\"127.0.0.1:3001\", \"127.0.0.1:3002\"]\nmax_connections = 2\n",
+        )
+        .expect("valid");
+        let new = Snapshot::build(Arc::new(config), Some(&old));
+        pool(&new).queue.recheck();
+        let let_in = queued.await.expect("task").expect("room");
+        assert!(
+            let_in.is_some(),
+            "the request queued under the old snapshot got room"
+        );
+        assert_eq!(guards.len(), 2);
     }
 }

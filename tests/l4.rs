@@ -1909,3 +1909,57 @@ async fn redis_benchmark_through_the_balancer() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Connection limits
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_at_max_connections_queues_new_connections_then_closes_them_at_the_timeout() {
+    bounded(async {
+        let a = Backend::spawn("a", Mode::NamedEcho).await;
+        let mut lb = Balancer::start(&tcp_config(
+            &[a.addr],
+            "",
+            "max_connections = 1\nqueue_timeout = \"400ms\"",
+        ))
+        .await;
+        let (mut first, name) = named_connect(&lb).await;
+        assert_eq!(name, "a");
+
+        // The second connection waits in the queue: no backend connection, no bytes.
+        let mut second = lb.connect().await;
+        let mut byte = [0u8; 1];
+        let early = tokio::time::timeout(Duration::from_millis(150), second.read(&mut byte)).await;
+        assert!(early.is_err(), "the queued connection got {early:?}");
+        assert_eq!(a.accepted(), 1, "the backend saw only the first connection");
+
+        // The first one ends: the queued one gets the backend.
+        assert_eq!(exchange(&mut first, b"one").await, b"one");
+        assert_eq!(read_line(&mut second).await, "a");
+        assert_eq!(a.accepted(), 2);
+
+        // A third waits behind the second and is closed at the queue timeout.
+        let mut third = lb.connect().await;
+        let waited = Instant::now();
+        let result = within(
+            Duration::from_secs(3),
+            "the queued connection to be closed",
+            third.read(&mut byte),
+        )
+        .await;
+        assert!(
+            matches!(result, Ok(0)) || result.is_err(),
+            "expected the connection closed, got {result:?}"
+        );
+        assert!(
+            waited.elapsed() >= Duration::from_millis(300),
+            "closed after {:?}, before the queue timeout",
+            waited.elapsed()
+        );
+        assert_eq!(a.accepted(), 2, "the timed-out connection never reached it");
+        assert_eq!(exchange(&mut second, b"two").await, b"two");
+        lb.stop().await;
+    })
+    .await;
+}

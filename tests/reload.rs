@@ -478,11 +478,15 @@ async fn removed_backend_finishes_its_in_flight_request_and_gets_no_new_ones() {
             .retain(|(address, _)| *address != victim.addr());
         write_in_place(&path, &cfg.text());
         let (_, line) = fulcrum.wait_reloaded(mark).await;
-        let count_at_reload = victim.request_count();
         assert!(
             line.contains(&format!("-{} (draining)", victim.addr())),
             "{line}"
         );
+        // A request already routed under the old config when the reload landed may still be
+        // on its way there (on a busy machine, a thread preempted between pick and send);
+        // give those a moment, then nothing more may arrive.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let count_at_reload = victim.request_count();
         let survivor_at_reload = survivor.request_count();
 
         let response = within(Duration::from_secs(5), "the slow response", slow)
@@ -502,6 +506,55 @@ async fn removed_backend_finishes_its_in_flight_request_and_gets_no_new_ones() {
             "requests reached the removed backend after the reload was logged"
         );
         assert!(survivor.request_count() > survivor_at_reload);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raising_max_connections_lets_a_queued_request_through_at_once() {
+    bounded(async {
+        let a = TestBackend::spawn("a").await;
+        let dir = TempDir::new("cap");
+        let path = dir.join("fulcrum.toml");
+        let mut cfg = Cfg::new(&[a.addr()]);
+        cfg.pool_keys.push("max_connections = 1".to_owned());
+        cfg.pool_keys.push("queue_timeout = \"10s\"".to_owned());
+        write_in_place(&path, &cfg.text());
+        let fulcrum = Fulcrum::start(&path).await;
+
+        let web = fulcrum.web;
+        let get = |path: &'static str| {
+            tokio::spawn(async move {
+                let mut client = TestClient::connect(web).await;
+                client.get(path).await
+            })
+        };
+        // The gated response holds the backend's only unit; the next request queues.
+        let holding = get("/gated");
+        common::wait_until(Duration::from_secs(5), "the gated request", || {
+            a.request_count() == 1
+        })
+        .await;
+        let queued = get("/");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(a.request_count(), 1, "the second request must be queued");
+
+        let mark = fulcrum.mark();
+        cfg.pool_keys[0] = "max_connections = 2".to_owned();
+        write_in_place(&path, &cfg.text());
+        let (_, line) = fulcrum.wait_reloaded(mark).await;
+        assert!(line.contains("max_connections 1→2"), "{line}");
+        let response = within(Duration::from_secs(5), "the queued response", queued)
+            .await
+            .expect("request task")
+            .expect("the queued request failed");
+        assert_eq!(response.status, StatusCode::OK);
+        a.open_gate();
+        let response = within(Duration::from_secs(5), "the gated response", holding)
+            .await
+            .expect("request task")
+            .expect("the gated request failed");
+        assert_eq!(response.text(), "firstrest");
     })
     .await;
 }

@@ -21,6 +21,8 @@ pub struct ListenerView {
     pub protocol: &'static str,
     /// Pool it routes to.
     pub pool: Arc<str>,
+    /// Its cap on open connections.
+    pub max_connections: Option<std::num::NonZeroUsize>,
     /// Its counters.
     pub metrics: Arc<ListenerMetrics>,
 }
@@ -65,6 +67,8 @@ pub struct ListenerStatus {
     protocol: &'static str,
     pool: String,
     connections_active: u64,
+    /// The cap on open connections (`null`: none).
+    max_connections: Option<std::num::NonZeroUsize>,
 }
 
 /// One pool.
@@ -74,6 +78,10 @@ pub struct PoolStatus {
     algorithm: &'static str,
     fail_open: bool,
     active_checks: bool,
+    /// The per-backend cap on requests (http) or connections (tcp) in flight (`null`: none).
+    max_connections: Option<std::num::NonZeroUsize>,
+    /// Requests waiting for a backend below that cap now.
+    queued: usize,
     backends: Vec<BackendStatus>,
 }
 
@@ -138,6 +146,8 @@ impl Status {
                     algorithm: pool.algorithm.as_str(),
                     fail_open: pool.settings.fail_open,
                     active_checks: pool.health_check.is_some(),
+                    max_connections: pool.settings.queue.max_connections,
+                    queued: pool.queue.waiting(),
                     backends,
                 }
             })
@@ -150,6 +160,7 @@ impl Status {
                 protocol: listener.protocol,
                 pool: listener.pool.to_string(),
                 connections_active: listener.metrics.active.load(Ordering::Relaxed),
+                max_connections: listener.max_connections,
             })
             .collect();
         Status {

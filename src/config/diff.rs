@@ -148,6 +148,24 @@ fn pool_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<String> {
         old.fail_open.to_string(),
         new.fail_open.to_string(),
     );
+    setting(
+        "max_connections",
+        old.queue.max_connections != new.queue.max_connections,
+        count_or_none(old.queue.max_connections),
+        count_or_none(new.queue.max_connections),
+    );
+    setting(
+        "max_queue",
+        old.queue.max_queue != new.queue.max_queue,
+        old.queue.max_queue.to_string(),
+        new.queue.max_queue.to_string(),
+    );
+    setting(
+        "queue_timeout",
+        old.queue.timeout != new.queue.timeout,
+        format!("{:?}", old.queue.timeout),
+        format!("{:?}", new.queue.timeout),
+    );
     if old.health_check != new.health_check {
         changes.push("health_check changed".to_owned());
     }
@@ -159,6 +177,11 @@ fn pool_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<String> {
         changes.push("upstream keep-alive settings changed (apply to new backends)".to_owned());
     }
     changes
+}
+
+/// A cap as written in the config, `none` when there is none.
+fn count_or_none(count: Option<std::num::NonZeroUsize>) -> String {
+    count.map_or_else(|| "none".to_owned(), |count| count.to_string())
 }
 
 fn listener_changes(old: &ListenerConfig, new: &ListenerConfig) -> Vec<String> {
@@ -174,6 +197,13 @@ fn listener_changes(old: &ListenerConfig, new: &ListenerConfig) -> Vec<String> {
     }
     if old.limits != new.limits {
         changes.push("client limits changed".to_owned());
+    }
+    if old.max_connections != new.max_connections {
+        changes.push(format!(
+            "max_connections {}→{}",
+            count_or_none(old.max_connections),
+            count_or_none(new.max_connections)
+        ));
     }
     changes
 }

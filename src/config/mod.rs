@@ -11,7 +11,7 @@ mod raw;
 mod validate;
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,6 +96,8 @@ pub struct ListenerConfig {
     /// TCP listeners: read a PROXY protocol header (v1 or v2) first and use the client address
     /// it carries.
     pub accept_proxy_protocol: bool,
+    /// Most client connections open at once (`None`: no cap); the accept loop waits at it.
+    pub max_connections: Option<NonZeroUsize>,
     /// HTTP listeners: terminate TLS with these settings.
     pub tls: Option<crate::tls::TlsSettings>,
 }
@@ -151,6 +153,9 @@ pub struct PoolConfig {
     pub retries: u32,
     /// Idle upstream connections kept per backend.
     pub max_idle_per_backend: usize,
+    /// Most requests (http) or connections (tcp) in flight to one backend (`None`: no cap),
+    /// and the queue that waits for room when every backend is at it.
+    pub queue: QueueConfig,
     /// HTTP pools: idle upstream connections older than this are not reused. TCP pools: a
     /// proxied connection with no bytes either way for this long is closed.
     pub idle_timeout: Duration,
@@ -214,6 +219,17 @@ pub enum CheckKind {
     },
     /// Passes when a TCP connect succeeds.
     Tcp,
+}
+
+/// A pool's per-backend cap and the queue in front of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Most requests (http) or connections (tcp) in flight to one backend; `None`: no cap.
+    pub max_connections: Option<NonZeroUsize>,
+    /// Most requests waiting for room at once; more are answered 503 at once.
+    pub max_queue: usize,
+    /// How long a request waits for room before it is answered 503.
+    pub timeout: Duration,
 }
 
 /// Passive ejection settings of one pool.

@@ -78,6 +78,8 @@ pub struct RawListener {
     pub max_header_bytes: Option<Spanned<i64>>,
     /// TCP listeners: expect a PROXY protocol header from a front balancer.
     pub proxy_protocol: Option<Spanned<bool>>,
+    /// Most client connections open at once; more wait in the accept backlog.
+    pub max_connections: Option<Spanned<i64>>,
     /// `[listeners.tls]`: terminate TLS on this listener.
     pub tls: Option<Spanned<RawTls>>,
 }
@@ -142,6 +144,12 @@ pub struct RawPool {
     pub retries: Option<Spanned<i64>>,
     /// Idle upstream connections kept per backend.
     pub max_idle_per_backend: Option<Spanned<i64>>,
+    /// Most requests (http) or connections (tcp) in flight to one backend at once.
+    pub max_connections: Option<Spanned<i64>>,
+    /// Most requests waiting for a backend under its `max_connections`.
+    pub max_queue: Option<Spanned<i64>>,
+    /// How long a request may wait in the queue.
+    pub queue_timeout: Option<Spanned<String>>,
     /// An idle upstream connection older than this is closed instead of reused.
     pub idle_timeout: Option<Spanned<String>>,
     /// A backend coming back ramps its weight up over this long.

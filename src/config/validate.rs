@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +17,8 @@ use super::raw::{
 };
 use super::{
     AdminConfig, Algorithm, BackendConfig, CheckKind, ClientLimits, Config, HealthCheckConfig,
-    ListenerConfig, PassiveConfig, PoolConfig, Protocol, ProxyProtocol, RuntimeConfig, StatusSet,
-    UpstreamTlsConfig,
+    ListenerConfig, PassiveConfig, PoolConfig, Protocol, ProxyProtocol, QueueConfig, RuntimeConfig,
+    StatusSet, UpstreamTlsConfig,
 };
 use crate::tls::{CertificateFiles, MinVersion, TlsError, TlsSettings};
 
@@ -34,6 +34,8 @@ pub(crate) mod defaults {
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
     pub const RETRIES: u32 = 2;
     pub const MAX_IDLE_PER_BACKEND: usize = 1024;
+    pub const MAX_QUEUE: usize = 1024;
+    pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
     pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
     pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,6 +56,8 @@ const MAX_HEADER_BYTES: i64 = 1024 * 1024;
 const MAX_RETRIES: i64 = 16;
 const MAX_WORKER_THREADS: i64 = 1024;
 const MAX_WEIGHT: i64 = 10_000;
+/// Bound on the `max_connections` and `max_queue` settings.
+const MAX_CONNECTIONS: i64 = 10_000_000;
 
 pub(super) fn parse(file: &str, source: &str) -> Result<Config, ConfigError> {
     let locator = Locator::new(file, source);
@@ -298,11 +302,16 @@ impl Checker<'_> {
                 )
                 .and_then(|n| usize::try_from(n).ok()),
         };
+        let max_connections = self.optional_count(
+            raw.max_connections.as_ref(),
+            &format!("{key}.max_connections"),
+        );
         let name = raw.name.get_ref();
         if name.is_empty() {
             self.report(&raw.name, &format!("{key}.name"), "must not be empty");
         }
         Some(ListenerConfig {
+            max_connections: max_connections?,
             name: Arc::from(name.as_str()),
             listen: listen?,
             protocol,
@@ -533,6 +542,7 @@ impl Checker<'_> {
                 .int_in(n, &format!("{key}.max_idle_per_backend"), 0, 65_536)
                 .and_then(|n| usize::try_from(n).ok()),
         };
+        let queue = self.queue(&key, raw);
         let idle_timeout = self.duration(
             raw.idle_timeout.as_ref(),
             &format!("{key}.idle_timeout"),
@@ -578,11 +588,63 @@ impl Checker<'_> {
             request_timeout: request_timeout?,
             retries: retries?,
             max_idle_per_backend: max_idle_per_backend?,
+            queue: queue?,
             idle_timeout: idle_timeout?,
             slow_start: slow_start?,
             fail_open: raw.fail_open.unwrap_or(false),
             health_check: health_check?,
             passive: passive?,
+        })
+    }
+
+    /// A positive count up to [`MAX_CONNECTIONS`], or `None` inside when absent.
+    fn optional_count(
+        &mut self,
+        raw: Option<&Spanned<i64>>,
+        key: &str,
+    ) -> Option<Option<NonZeroUsize>> {
+        match raw {
+            None => Some(None),
+            Some(n) => self
+                .int_in(n, key, 1, MAX_CONNECTIONS)
+                .map(|n| usize::try_from(n).ok().and_then(NonZeroUsize::new)),
+        }
+    }
+
+    /// A pool's `max_connections` and the queue settings, which need it.
+    fn queue(&mut self, key: &str, raw: &RawPool) -> Option<QueueConfig> {
+        let max_connections = self.optional_count(
+            raw.max_connections.as_ref(),
+            &format!("{key}.max_connections"),
+        );
+        if raw.max_connections.is_none() {
+            self.reject_keys(
+                key,
+                "pools without max_connections (nothing is queued)",
+                &[
+                    ("max_queue", raw.max_queue.as_ref().map(Spanned::span)),
+                    (
+                        "queue_timeout",
+                        raw.queue_timeout.as_ref().map(Spanned::span),
+                    ),
+                ],
+            );
+        }
+        let max_queue = match &raw.max_queue {
+            None => Some(defaults::MAX_QUEUE),
+            Some(n) => self
+                .int_in(n, &format!("{key}.max_queue"), 0, MAX_CONNECTIONS)
+                .and_then(|n| usize::try_from(n).ok()),
+        };
+        let timeout = self.duration(
+            raw.queue_timeout.as_ref(),
+            &format!("{key}.queue_timeout"),
+            defaults::QUEUE_TIMEOUT,
+        );
+        Some(QueueConfig {
+            max_connections: max_connections?,
+            max_queue: max_queue?,
+            timeout: timeout?,
         })
     }
 

@@ -103,8 +103,7 @@ pub async fn run(
         backend.metrics.health_check(result.is_ok());
         if let Some(transition) = backend.health.record_probe(result, &check) {
             super::log_transition(
-                &backend.pool,
-                &backend.name,
+                &backend,
                 &transition,
                 backend.health.last_error().as_deref(),
             );

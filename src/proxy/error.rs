@@ -25,6 +25,9 @@ pub enum ProxyError {
         /// Seconds after which a retry may find a backend again (`Retry-After`).
         retry_after: u64,
     },
+    /// Every backend with room was taken, and the request found no room in time.
+    #[error(transparent)]
+    Queue(#[from] crate::state::QueueError),
     /// Every attempt to connect failed (after retries on other backends).
     #[error(transparent)]
     Connect(#[from] ConnectError),
@@ -55,7 +58,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoBackend { .. } | ProxyError::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Protocol(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -79,6 +82,10 @@ impl ProxyError {
                 "{} {reason}: no healthy backend in pool {pool}\n",
                 status.as_u16()
             ),
+            ProxyError::Queue(_) => format!(
+                "{} {reason}: every backend is busy; try again shortly\n",
+                status.as_u16()
+            ),
             _ => format!("{} {reason}\n", status.as_u16()),
         };
         let mut response = Response::new(ProxyBody::local(Bytes::from(body)));
@@ -91,8 +98,14 @@ impl ProxyError {
         if self.is_client_error() {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let ProxyError::NoBackend { retry_after, .. } = self {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        match self {
+            ProxyError::NoBackend { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            ProxyError::Queue(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         response
     }
@@ -123,6 +136,13 @@ mod tests {
                 502,
             ),
             (ProxyError::Timeout(Duration::from_secs(1)), 504),
+            (
+                ProxyError::Queue(crate::state::QueueError::Timeout {
+                    pool: "p".into(),
+                    timeout: Duration::from_secs(1),
+                }),
+                503,
+            ),
         ];
         for (error, status) in cases {
             assert_eq!(error.status().as_u16(), status, "{error}");

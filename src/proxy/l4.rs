@@ -170,8 +170,16 @@ async fn connect(
 ) -> Option<(TcpStream, InFlight)> {
     let mut tried = Tried::default();
     let mut last: Option<(Arc<Backend>, ConnectError)> = None;
-    while let Some(backend) = pool.next_attempt(&mut tried) {
-        let in_flight = backend.start_request();
+    loop {
+        let (backend, in_flight) = match pool.next_attempt(&mut tried).await {
+            Ok(Some(attempt)) => attempt,
+            Ok(None) => break,
+            Err(err) => {
+                pool.metrics.record_unrouted(listener, &pool.name, 503);
+                tracing::warn!(pool = %pool.name, client = %client, error = %err, "closing client connection");
+                return None;
+            }
+        };
         match client::connect_tcp(backend.address, pool.settings.connect_timeout).await {
             Ok(stream) => {
                 backend.metrics.connected();

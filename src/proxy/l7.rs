@@ -760,12 +760,19 @@ fn forward(
         let mut tried = Tried::default();
         let mut last_error = None;
         let mut last_backend: Option<&Arc<Backend>> = None;
-        while let Some(backend) = pool.next_attempt(&mut tried) {
+        loop {
+            let (backend, in_flight) = match pool.next_attempt(&mut tried).await {
+                Ok(Some(attempt)) => attempt,
+                Ok(None) => break,
+                Err(err) => {
+                    pool.metrics.record_unrouted(listener, &pool.name, 503);
+                    return Err(err.into());
+                }
+            };
             last_backend = Some(backend);
             if pool.access_log {
                 *served_by = Some(Arc::clone(&backend.name));
             }
-            let in_flight = backend.start_request();
             // The request's arrival is a fresh enough clock reading for its first attempt only.
             let now = (tried.len() == 1).then_some(started);
             match send(backend, request, forwarding, pool, now).await {

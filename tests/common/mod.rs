@@ -484,9 +484,10 @@ pub async fn closed_port() -> SocketAddr {
 // ---------------------------------------------------------------------------------------------
 
 /// Builds the config of a [`TestBalancer`]: one listener `web` on `127.0.0.1:0` forwarding to
-/// one pool `app`.
+/// one pool `app` (or the name given to [`BalancerBuilder::pool_name`]).
 #[derive(Debug, Clone)]
 pub struct BalancerBuilder {
+    pool_name: &'static str,
     backends: Vec<(SocketAddr, u32)>,
     algorithm: &'static str,
     listener_settings: Vec<String>,
@@ -517,6 +518,13 @@ impl BalancerBuilder {
         self
     }
 
+    /// Names the pool (default `app`): metrics are process-wide, so tests that read a pool's
+    /// series give it a name of their own.
+    pub fn pool_name(mut self, name: &'static str) -> Self {
+        self.pool_name = name;
+        self
+    }
+
     /// Sets a key of `[pools.app]`; `value` is TOML (`"\"300ms\""`, `"2"`).
     pub fn pool(mut self, key: &str, value: &str) -> Self {
         self.pool_settings.push(format!("{key} = {value}"));
@@ -532,12 +540,13 @@ impl BalancerBuilder {
             .collect();
         format!(
             "[runtime]\nshutdown_timeout = \"2s\"\n\n\
-             [[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n{}\n\n\
-             [pools.app]\nalgorithm = \"{}\"\nbackends = [{}]\n{}\n",
+             [[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"{pool}\"\n{}\n\n\
+             [pools.{pool}]\nalgorithm = \"{}\"\nbackends = [{}]\n{}\n",
             self.listener_settings.join("\n"),
             self.algorithm,
             backends.join(", "),
             self.pool_settings.join("\n"),
+            pool = self.pool_name,
         )
     }
 
@@ -576,6 +585,7 @@ impl TestBalancer {
     /// A builder with no backends, round-robin, default settings.
     pub fn builder() -> BalancerBuilder {
         BalancerBuilder {
+            pool_name: "app",
             backends: Vec::new(),
             algorithm: "round_robin",
             listener_settings: Vec::new(),

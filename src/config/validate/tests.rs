@@ -300,3 +300,57 @@ fn upstream_tls_and_http2_are_http_pool_keys() {
     );
     assert_one_error(&source, 22, 6, "pools.app.tls.ca", "cannot read");
 }
+
+#[test]
+fn connection_limits_parse_with_defaults_and_need_a_cap_for_the_queue() {
+    let source = VALID.replace(
+        "retries = 1",
+        "retries = 1\nmax_connections = 50\nmax_queue = 10\nqueue_timeout = \"2s\"",
+    );
+    let source = source.replace(
+        "protocol = \"http\"",
+        "protocol = \"http\"\nmax_connections = 10000",
+    );
+    let config = Config::parse(FILE, &source).expect("valid");
+    assert_eq!(
+        config.listeners[0].max_connections.map(|n| n.get()),
+        Some(10_000)
+    );
+    let queue = config.pools[0].queue;
+    assert_eq!(queue.max_connections.map(|n| n.get()), Some(50));
+    assert_eq!(
+        (queue.max_queue, queue.timeout),
+        (10, Duration::from_secs(2))
+    );
+
+    let config = Config::parse(FILE, VALID).expect("valid");
+    assert_eq!(config.listeners[0].max_connections, None);
+    let queue = config.pools[0].queue;
+    assert_eq!(queue.max_connections, None);
+    assert_eq!(
+        (queue.max_queue, queue.timeout),
+        (1024, Duration::from_secs(5))
+    );
+
+    let source = VALID.replace("retries = 1", "retries = 1\nqueue_timeout = \"2s\"");
+    assert_one_error(
+        &source,
+        21,
+        17,
+        "pools.app.queue_timeout",
+        "does not apply to pools without max_connections",
+    );
+    let source = VALID.replace("retries = 1", "retries = 1\nmax_connections = 0");
+    assert_one_error(&source, 21, 19, "pools.app.max_connections", "out of range");
+    let source = VALID.replace(
+        "protocol = \"http\"",
+        "protocol = \"http\"\nmax_connections = -1",
+    );
+    assert_one_error(
+        &source,
+        13,
+        19,
+        "listeners[0].max_connections",
+        "out of range",
+    );
+}
