@@ -654,4 +654,48 @@ mod tests {
         );
         assert_eq!(guards.len(), 2);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_contention_the_cap_holds_and_every_queued_request_is_served() {
+        let snapshot = snapshot("max_connections = 3\nqueue_timeout = \"30s\"");
+        let peak = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let snapshot = Arc::clone(&snapshot);
+                let peak = Arc::clone(&peak);
+                tokio::spawn(async move {
+                    for round in 0..20 {
+                        let mut tried = Tried::default();
+                        let (backend, in_flight) = pool(&snapshot)
+                            .next_attempt(&mut tried)
+                            .await
+                            .expect("room within the timeout")
+                            .expect("a backend");
+                        peak.fetch_max(backend.in_flight(), Ordering::SeqCst);
+                        if (i + round) % 4 == 0 {
+                            tokio::time::sleep(Duration::from_micros(100)).await;
+                        } else {
+                            tokio::task::yield_now().await;
+                        }
+                        drop(in_flight);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("every request finishes")
+                .expect("task");
+        }
+        assert!(
+            peak.load(Ordering::SeqCst) <= 3,
+            "peak {}",
+            peak.load(Ordering::SeqCst)
+        );
+        assert_eq!(pool(&snapshot).queue.waiting(), 0);
+        for endpoint in pool(&snapshot).endpoints.iter() {
+            assert_eq!(endpoint.backend.in_flight(), 0);
+        }
+    }
 }
