@@ -26,6 +26,9 @@ pub struct Backend {
     pub address: SocketAddr,
     /// Requests whose response body has not ended yet; only [`InFlight`] guards change it.
     in_flight: AtomicUsize,
+    /// Its cap on requests in flight (0: none): its own `max_connections` or its pool's, as
+    /// the latest snapshot says (shared by every snapshot that has this backend).
+    max_in_flight: AtomicUsize,
     /// Requests of this backend's pool waiting for room under `max_connections`; shared by
     /// every backend of the pool, and woken when one of them finishes a request.
     pub(crate) queue: Arc<Waiters>,
@@ -57,6 +60,7 @@ impl Backend {
             name,
             address,
             in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
             queue,
             rr_weight: AtomicI64::new(0),
             idle: IdleConnections::new(max_idle, idle_timeout),
@@ -102,11 +106,29 @@ impl Backend {
         }
     }
 
-    /// Like [`Backend::start_request`], if fewer than `max` requests are in flight.
-    pub fn try_start_request(self: &Arc<Self>, max: NonZeroUsize) -> Option<InFlight> {
+    /// Its cap on requests in flight, if it has one.
+    pub fn max_connections(&self) -> Option<NonZeroUsize> {
+        NonZeroUsize::new(self.max_in_flight.load(Ordering::Relaxed))
+    }
+
+    /// Sets its cap (a snapshot build does, from the config).
+    pub(crate) fn set_max_connections(&self, max: Option<NonZeroUsize>) {
+        self.max_in_flight
+            .store(max.map_or(0, NonZeroUsize::get), Ordering::Relaxed);
+    }
+
+    /// Whether it is below its cap (or has none).
+    pub fn has_room(&self) -> bool {
+        self.max_connections()
+            .is_none_or(|max| self.in_flight() < max.get())
+    }
+
+    /// Like [`Backend::start_request`], if it is below its cap.
+    pub fn try_start_request(self: &Arc<Self>) -> Option<InFlight> {
+        let max = self.max_in_flight.load(Ordering::Relaxed);
         self.in_flight
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < max.get()).then_some(n + 1)
+                (max == 0 || n < max).then_some(n + 1)
             })
             .ok()?;
         Some(InFlight {

@@ -1,9 +1,8 @@
 //! The immutable runtime snapshot: every pool with its backends and balancer, and which pool
 //! serves which listener. A reload builds a new one off the hot path and swaps it in whole.
 
-use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -92,15 +91,15 @@ pub struct PoolSettings {
 pub struct PoolQueue {
     /// Requests waiting for room; woken as backends finish requests.
     waiters: Arc<Waiters>,
-    /// The per-backend cap (0: none), live, so requests queued under an older snapshot see a
-    /// reload's new cap.
-    max_connections: AtomicUsize,
+    /// Whether any backend has a cap; live, like the caps themselves (kept on the backends),
+    /// so requests queued under an older snapshot see a reload's new caps.
+    capped: AtomicBool,
 }
 
 impl PoolQueue {
-    /// The per-backend cap, if there is one.
-    pub fn max_connections(&self) -> Option<NonZeroUsize> {
-        NonZeroUsize::new(self.max_connections.load(Ordering::Relaxed))
+    /// Whether any backend of the pool has a cap.
+    pub fn capped(&self) -> bool {
+        self.capped.load(Ordering::Relaxed)
     }
 
     /// Requests waiting now.
@@ -268,8 +267,9 @@ impl Pool {
         let upstream = (config.http2, config.upstream_tls.clone());
         let queue: Arc<PoolQueue> =
             previous.map_or_else(Arc::default, |pool| Arc::clone(&pool.queue));
-        queue.max_connections.store(
-            config.queue.max_connections.map_or(0, NonZeroUsize::get),
+        queue.capped.store(
+            config.queue.max_connections.is_some()
+                || config.backends.iter().any(|b| b.max_connections.is_some()),
             Ordering::Relaxed,
         );
         // Idle connections of kept backends speak the old protocol if that changed.
@@ -300,6 +300,8 @@ impl Pool {
                         health,
                     ))
                 });
+                backend_state
+                    .set_max_connections(backend.max_connections.or(config.queue.max_connections));
                 Endpoint {
                     backend: backend_state,
                     weight: backend.weight,
@@ -337,21 +339,21 @@ impl Pool {
     /// of in-flight count: picked as by [`Pool::pick`], added to `tried`, and counted as a
     /// retry unless it is the first. `Ok(None)` when nothing is left to try.
     ///
-    /// With `max_connections`, only backends below it are picked; when every one is at it the
-    /// request waits in the pool's queue (at most `max_queue` of them, each for at most
+    /// With `max_connections`, only backends below their cap are picked; when every one is at
+    /// it the request waits in the pool's queue (at most `max_queue` of them, each for at most
     /// `queue_timeout`) and takes the first room any backend gives back.
     pub async fn next_attempt(&self, tried: &mut Tried) -> Result<Option<Attempt<'_>>, QueueError> {
         if tried.len() > self.settings.retries as usize {
             return Ok(None);
         }
-        let Some(max) = self.queue.max_connections() else {
+        if !self.queue.capped() {
             let Some(index) = self.pick(tried) else {
                 return Ok(None);
             };
             let in_flight = self.endpoints[index].backend.start_request();
             return Ok(Some(self.attempt(index, in_flight, tried)));
-        };
-        let (index, in_flight) = match self.claim(tried, max) {
+        }
+        let (index, in_flight) = match self.claim(tried) {
             Claim::Taken(index, in_flight) => (index, in_flight),
             Claim::Nothing => return Ok(None),
             Claim::Full => match self.wait_in_queue(tried).await? {
@@ -371,15 +373,15 @@ impl Pool {
         (&self.endpoints[index].backend, in_flight)
     }
 
-    /// A backend below `max` with its unit counted, if there is one.
-    fn claim(&self, tried: &Tried, max: NonZeroUsize) -> Claim {
+    /// A backend below its cap with its unit counted, if there is one.
+    fn claim(&self, tried: &Tried) -> Claim {
         // A pick sees a backend with room that a racing request may fill first; look again a
         // few times before calling the pool full.
         for _ in 0..4 {
-            let Some(index) = self.pick_below(tried, Some(max)) else {
+            let Some(index) = self.pick_below(tried, true) else {
                 break;
             };
-            if let Some(in_flight) = self.endpoints[index].backend.try_start_request(max) {
+            if let Some(in_flight) = self.endpoints[index].backend.try_start_request() {
                 return Claim::Taken(index, in_flight);
             }
         }
@@ -398,7 +400,7 @@ impl Pool {
         }
     }
 
-    /// Waits in the queue for a backend below the cap, which a reload may change meanwhile.
+    /// Waits in the queue for a backend below its cap, which a reload may change meanwhile.
     /// `Ok(None)`: while waiting, every backend left to try went down.
     async fn wait_in_queue(&self, tried: &Tried) -> Result<Option<(usize, InFlight)>, QueueError> {
         let settings = self.settings.queue;
@@ -411,26 +413,18 @@ impl Pool {
         }
         let _queued = self.metrics.queued();
         let deadline = Instant::now() + settings.timeout;
-        let found =
-            self.queue
-                .waiters
-                .wait_for(
-                    || {
-                        let Some(max) = self.queue.max_connections() else {
-                            // The cap is gone: any backend will do.
-                            return Some(self.pick(tried).map(|index| {
-                                (index, self.endpoints[index].backend.start_request())
-                            }));
-                        };
-                        match self.claim(tried, max) {
-                            Claim::Taken(index, in_flight) => Some(Some((index, in_flight))),
-                            Claim::Nothing => Some(None),
-                            Claim::Full => None,
-                        }
-                    },
-                    Some(deadline),
-                )
-                .await;
+        let found = self
+            .queue
+            .waiters
+            .wait_for(
+                || match self.claim(tried) {
+                    Claim::Taken(index, in_flight) => Some(Some((index, in_flight))),
+                    Claim::Nothing => Some(None),
+                    Claim::Full => None,
+                },
+                Some(deadline),
+            )
+            .await;
         match found {
             Some(found) => {
                 self.metrics.queue_outcome(QueueOutcome::Served);
@@ -449,13 +443,13 @@ impl Pool {
     /// Picks a healthy backend not in `tried`, at its effective (slow-start) weight. With no
     /// healthy backend at all and `fail_open`, picks among all of them instead.
     pub fn pick(&self, tried: &Tried) -> Option<usize> {
-        self.pick_below(tried, None)
+        self.pick_below(tried, false)
     }
 
-    /// [`Pool::pick`] among the backends with fewer than `room` requests in flight, when given.
-    fn pick_below(&self, tried: &Tried, room: Option<NonZeroUsize>) -> Option<usize> {
+    /// [`Pool::pick`], among the backends below their cap only if `capped`.
+    fn pick_below(&self, tried: &Tried, capped: bool) -> Option<usize> {
         let slow_start = self.settings.slow_start;
-        let has_room = |backend: &Backend| room.is_none_or(|max| backend.in_flight() < max.get());
+        let has_room = |backend: &Backend| !capped || backend.has_room();
         let healthy = self.balancer.pick(&self.endpoints, tried, |_, endpoint| {
             let health = &endpoint.backend.health;
             (health.is_available() && has_room(&endpoint.backend))
@@ -540,6 +534,7 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
     use super::*;
@@ -653,6 +648,37 @@ mod tests {
             "the request queued under the old snapshot got room"
         );
         assert_eq!(guards.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backends_own_cap_overrides_the_pools() {
+        let source = "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\n\
+             [pools.app]\nmax_connections = 3\nbackends = [\"127.0.0.1:3001\", \
+             { address = \"127.0.0.1:3002\", max_connections = 1 }]\n";
+        let config = Config::parse("t.toml", source).expect("valid");
+        let snapshot = Arc::new(Snapshot::build(Arc::new(config), None));
+        let mut guards = Vec::new();
+        for _ in 0..4 {
+            guards.push(
+                attempt(&snapshot)
+                    .await
+                    .expect("task")
+                    .expect("room")
+                    .expect("a backend"),
+            );
+        }
+        let on = |port: u16| {
+            guards
+                .iter()
+                .filter(|guard| guard.backend().address.port() == port)
+                .count()
+        };
+        assert_eq!((on(3001), on(3002)), (3, 1));
+        let queued = attempt(&snapshot);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!queued.is_finished(), "both backends are at their caps");
+        drop(guards);
+        assert!(queued.await.expect("task").expect("room").is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,6 +96,8 @@ pub struct BackendStatus {
     /// `healthy`, `unhealthy`, `ejected` or `draining` (removed by a reload, finishing requests).
     state: &'static str,
     in_flight: usize,
+    /// Its cap on `in_flight` (`null`: none).
+    max_connections: Option<std::num::NonZeroUsize>,
     /// Keep-alive connections to it idle in the pool.
     idle_connections: usize,
     /// Requests answered since the backend was added.
@@ -188,6 +190,7 @@ fn backend_status(
         effective_weight,
         state: state.unwrap_or_else(|| backend.health.status().as_str()),
         in_flight: backend.in_flight(),
+        max_connections: backend.max_connections(),
         idle_connections: backend.idle.len(),
         requests: backend.metrics.requests_total.load(Ordering::Relaxed),
         last_error: backend.health.last_error(),

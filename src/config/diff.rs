@@ -94,11 +94,22 @@ fn pool_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<String> {
     for backend in &new.backends {
         match old.backends.iter().find(|b| b.address == backend.address) {
             None => changes.push(format!("+{} (weight {})", backend.name, backend.weight)),
-            Some(previous) if previous.weight != backend.weight => changes.push(format!(
-                "{} weight {}→{}",
-                backend.name, previous.weight, backend.weight
-            )),
-            Some(_) => {}
+            Some(previous) => {
+                if previous.weight != backend.weight {
+                    changes.push(format!(
+                        "{} weight {}→{}",
+                        backend.name, previous.weight, backend.weight
+                    ));
+                }
+                if previous.max_connections != backend.max_connections {
+                    changes.push(format!(
+                        "{} max_connections {}→{}",
+                        backend.name,
+                        count_or_none(previous.max_connections),
+                        count_or_none(backend.max_connections)
+                    ));
+                }
+            }
         }
     }
     for backend in &old.backends {

@@ -224,7 +224,8 @@ pub enum CheckKind {
 /// A pool's per-backend cap and the queue in front of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueConfig {
-    /// Most requests (http) or connections (tcp) in flight to one backend; `None`: no cap.
+    /// Most requests (http) or connections (tcp) in flight to one backend, unless the backend
+    /// sets its own; `None`: no cap.
     pub max_connections: Option<NonZeroUsize>,
     /// Most requests waiting for room at once; more are answered 503 at once.
     pub max_queue: usize,
@@ -267,6 +268,8 @@ pub struct BackendConfig {
     pub address: SocketAddr,
     /// Relative weight, at least 1.
     pub weight: NonZeroU32,
+    /// Its own cap on requests (tcp: connections) in flight, instead of the pool's.
+    pub max_connections: Option<NonZeroUsize>,
 }
 
 impl Config {

@@ -242,13 +242,15 @@ pub enum RawAlgorithm {
     LeastConnections,
 }
 
-/// A backend: `"host:port"` or `{ address = "host:port", weight = N }`.
+/// A backend: `"host:port"` or `{ address = "host:port", weight = N, max_connections = N }`.
 #[derive(Debug)]
 pub struct RawBackend {
     /// `host:port` as written.
     pub address: Spanned<String>,
     /// Relative weight; defaults to 1.
     pub weight: Option<Spanned<i64>>,
+    /// This backend's cap on requests in flight; defaults to the pool's.
+    pub max_connections: Option<Spanned<i64>>,
 }
 
 /// The table form of a backend, with unknown keys rejected.
@@ -257,6 +259,7 @@ pub struct RawBackend {
 struct RawBackendTable {
     address: Spanned<String>,
     weight: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
 }
 
 impl<'de> Deserialize<'de> for RawBackend {
@@ -267,7 +270,9 @@ impl<'de> Deserialize<'de> for RawBackend {
             type Value = RawBackend;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(r#""host:port" or a table { address = "host:port", weight = N }"#)
+                f.write_str(
+                    r#""host:port" or a table { address = "host:port", weight = N, max_connections = N }"#,
+                )
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawBackend, E> {
@@ -276,6 +281,7 @@ impl<'de> Deserialize<'de> for RawBackend {
                 Ok(RawBackend {
                     address: Spanned::new(0..0, v.to_owned()),
                     weight: None,
+                    max_connections: None,
                 })
             }
 
@@ -285,6 +291,7 @@ impl<'de> Deserialize<'de> for RawBackend {
                 Ok(RawBackend {
                     address: table.address,
                     weight: table.weight,
+                    max_connections: table.max_connections,
                 })
             }
         }

@@ -617,7 +617,12 @@ impl Checker<'_> {
             raw.max_connections.as_ref(),
             &format!("{key}.max_connections"),
         );
-        if raw.max_connections.is_none() {
+        let backend_caps = raw
+            .backends
+            .get_ref()
+            .iter()
+            .any(|backend| backend.get_ref().max_connections.is_some());
+        if raw.max_connections.is_none() && !backend_caps {
             self.reject_keys(
                 key,
                 "pools without max_connections (nothing is queued)",
@@ -899,7 +904,7 @@ impl Checker<'_> {
             } else {
                 backend.address.clone()
             };
-            let address_key = if backend.weight.is_some() || !backend.address.span().is_empty() {
+            let address_key = if !backend.address.span().is_empty() {
                 format!("{key}.address")
             } else {
                 key.clone()
@@ -912,7 +917,13 @@ impl Checker<'_> {
                     .and_then(|w| u32::try_from(w).ok())
                     .and_then(NonZeroU32::new),
             };
-            let (Some(address), Some(weight)) = (address, weight) else {
+            let max_connections = self.optional_count(
+                backend.max_connections.as_ref(),
+                &format!("{key}.max_connections"),
+            );
+            let (Some(address), Some(weight), Some(max_connections)) =
+                (address, weight, max_connections)
+            else {
                 ok = false;
                 continue;
             };
@@ -929,6 +940,7 @@ impl Checker<'_> {
                 name: Arc::from(backend.address.get_ref().as_str()),
                 address,
                 weight,
+                max_connections,
             });
         }
         ok.then_some(backends)

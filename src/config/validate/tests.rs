@@ -354,3 +354,33 @@ fn connection_limits_parse_with_defaults_and_need_a_cap_for_the_queue() {
         "out of range",
     );
 }
+
+#[test]
+fn a_backend_may_set_its_own_cap_which_also_allows_the_queue_keys() {
+    let source = VALID.replace(
+        "{ address = \"127.0.0.1:3002\", weight = 3 }",
+        "{ address = \"127.0.0.1:3002\", weight = 3, max_connections = 8 }",
+    );
+    let source = source.replace("retries = 1", "retries = 1\nqueue_timeout = \"1s\"");
+    let config = Config::parse(FILE, &source).expect("valid");
+    let pool = &config.pools[0];
+    assert_eq!(pool.backends[0].max_connections, None);
+    assert_eq!(pool.backends[1].max_connections.map(|n| n.get()), Some(8));
+    assert_eq!(pool.queue.max_connections, None);
+    assert_eq!(pool.queue.timeout, Duration::from_secs(1));
+
+    let old = Config::parse(FILE, VALID).expect("valid");
+    assert_eq!(
+        crate::config::diff(&old, &config),
+        ["pool app: 127.0.0.1:3002 max_connections none→8, queue_timeout 5s→1s"]
+    );
+
+    let source = VALID.replace("weight = 3 }", "weight = 3, max_connections = 0 }");
+    assert_one_error(
+        &source,
+        17,
+        91,
+        "pools.app.backends[1].max_connections",
+        "out of range",
+    );
+}
