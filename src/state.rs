@@ -469,10 +469,14 @@ impl Pool {
         if !self.failing_open.swap(true, Ordering::Relaxed) {
             tracing::warn!(pool = %self.name, "no healthy backend: failing open to all backends");
         }
-        self.metrics.fail_open.increment(1);
-        self.balancer.pick(&self.endpoints, tried, |_, endpoint| {
+        let picked = self.balancer.pick(&self.endpoints, tried, |_, endpoint| {
             has_room(&endpoint.backend).then(|| u64::from(endpoint.weight.get()) * WEIGHT_SCALE)
-        })
+        });
+        if picked.is_some() {
+            // Counted per pick made, not per look: a queued request looks again and again.
+            self.metrics.fail_open.increment(1);
+        }
+        picked
     }
 
     /// Whether any backend is healthy; clears the fail-open flag when one is.
