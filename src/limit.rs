@@ -1,6 +1,6 @@
 //! Connection limits: a listener's `max_connections` (its accept loop waits, so new clients
 //! wait in the kernel's accept backlog) and a backend's `max_connections` (requests wait in
-//! their pool's queue, see `state::Pool::claim`).
+//! their pool's queue, see `state::Pool::next_attempt`).
 //!
 //! Both rest on [`Waiters`]: whoever gives a unit of capacity back calls
 //! [`Waiters::released`], which costs one atomic load while nobody waits, and wakes one waiter
