@@ -385,15 +385,16 @@ impl Pool {
                 return Claim::Taken(index, in_flight);
             }
         }
-        let untried = |(index, _): &(usize, &Endpoint)| !tried.contains(*index);
-        let available = self
+        // Full if a backend left to try could take the request once it has room: a healthy
+        // one, or any one while the pool fails open.
+        let failing_open = self.settings.fail_open && !self.any_available();
+        let waiting_for_room = self
             .endpoints
             .iter()
             .enumerate()
-            .filter(untried)
-            .any(|(_, endpoint)| endpoint.backend.health.is_available());
-        let failing_open = self.settings.fail_open && !self.any_available();
-        if available || (failing_open && self.endpoints.iter().enumerate().any(|e| untried(&e))) {
+            .filter(|(index, _)| !tried.contains(*index))
+            .any(|(_, endpoint)| failing_open || endpoint.backend.health.is_available());
+        if waiting_for_room {
             Claim::Full
         } else {
             Claim::Nothing
