@@ -18,17 +18,6 @@ use crate::limit::ConnectionLimit;
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// What long-lived work (upgraded tunnels, TCP streams) needs to take part in a drain: the
-/// tracker a shutdown waits on, and a token cancelled when the drain deadline passes, which ends
-/// whatever is still running.
-#[derive(Debug, Clone)]
-pub struct Drain {
-    /// Tasks registered here are waited for by the drain.
-    pub tracker: TaskTracker,
-    /// Cancelled when the drain gives up waiting.
-    pub deadline: CancellationToken,
-}
-
 /// Binds a TCP listener on `address`.
 pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await

@@ -23,7 +23,7 @@ use crate::admin::{self, AdminState, ListenerView};
 use crate::config::{self, Config, ListenerConfig, Protocol};
 use crate::health::checker::Supervisor;
 use crate::limit::ConnectionLimit;
-use crate::listener::{self, Drain};
+use crate::listener;
 use crate::metrics::ListenerMetrics;
 use crate::proxy::l4;
 use crate::proxy::l7::HttpListener;
@@ -342,7 +342,7 @@ impl Runtime {
                 Arc::clone(&self.state),
                 config.limits.clone(),
                 config.tls.as_ref(),
-                self.drain(),
+                self.deadline.clone(),
             ) {
                 Ok(http) => Handler::Http(Arc::new(http)),
                 Err(err) => {
@@ -354,7 +354,7 @@ impl Runtime {
                 Arc::clone(&name),
                 Arc::clone(&self.state),
                 config.accept_proxy_protocol,
-                self.drain(),
+                self.deadline.clone(),
             ))),
         };
         let limit = ConnectionLimit::new(
@@ -404,13 +404,6 @@ impl Runtime {
             Arc::clone(limit),
             move |stream, peer, shutdown| serve(Arc::clone(&handler), stream, peer, shutdown),
         ))
-    }
-
-    fn drain(&self) -> Drain {
-        Drain {
-            tracker: self.connections.clone(),
-            deadline: self.deadline.clone(),
-        }
     }
 
     fn start_admin(&mut self, socket: TcpListener) {

@@ -1261,6 +1261,63 @@ async fn open_websocket_counts_as_in_flight_for_least_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_counts_against_the_listeners_max_connections() {
+    bounded(async {
+        let (backend, _task) = dual_backend("a").await;
+        let dir = TempDir::new("ws-cap");
+        let text = config_text_with("max_connections = 1", None, &[backend], "round_robin");
+        let mut lb = TlsBalancer::start(&dir.config_file(), &text).await;
+        let (mut ws, _) = within(
+            Duration::from_secs(5),
+            "the WebSocket handshake",
+            tokio_tungstenite::connect_async(format!("ws://{}/ws", lb.address)),
+        )
+        .await
+        .expect("WebSocket handshake through fulcrum");
+        assert_eq!(
+            next_message(&mut ws, "the greeting").await,
+            Message::text("welcome")
+        );
+
+        // The tunnel is the listener's one connection: the next client waits in the backlog.
+        let mut waiting = common::raw_connect(lb.address).await;
+        waiting
+            .write_all(b"GET /plain HTTP/1.1\r\nHost: fulcrum.test\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write a request");
+        let mut buffer = [0u8; 256];
+        let early =
+            tokio::time::timeout(Duration::from_millis(300), waiting.read(&mut buffer)).await;
+        assert!(
+            early.is_err(),
+            "served while the tunnel was open: {early:?}"
+        );
+        ws.send(Message::text("still here")).await.expect("send");
+        assert_eq!(
+            next_message(&mut ws, "the echo").await,
+            Message::text("still here")
+        );
+
+        // The tunnel closes: the waiting client is accepted and answered.
+        ws.close(None).await.expect("send Close");
+        let _ = expect_end(&mut ws).await;
+        drop(ws);
+        let mut response = Vec::new();
+        within(
+            Duration::from_secs(5),
+            "the waiting client's response",
+            waiting.read_to_end(&mut response),
+        )
+        .await
+        .expect("read the response");
+        let response = String::from_utf8_lossy(&response);
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_over_the_tls_listener() {
     bounded(async {
         let (backend, _task) = ws_echo_backend().await;

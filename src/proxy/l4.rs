@@ -19,7 +19,6 @@ use super::idle::ActivityIo;
 use super::proxy_protocol;
 use crate::backend::{Backend, InFlight};
 use crate::balance::Tried;
-use crate::listener::Drain;
 use crate::metrics::ListenerMetrics;
 use crate::state::{Pool, SharedState};
 
@@ -35,8 +34,8 @@ const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct TcpListener {
     name: Arc<str>,
     state: SharedState,
-    /// Open streams are drained on shutdown and cut when the drain deadline passes.
-    drain: Drain,
+    /// Cancelled when a drain stops waiting: cuts the streams still open.
+    drain_deadline: CancellationToken,
     accept_proxy_protocol: bool,
     /// Connection and byte counters.
     pub metrics: Arc<ListenerMetrics>,
@@ -49,13 +48,13 @@ impl TcpListener {
         name: Arc<str>,
         state: SharedState,
         accept_proxy_protocol: bool,
-        drain: Drain,
+        drain_deadline: CancellationToken,
     ) -> Self {
         Self {
             metrics: Arc::new(ListenerMetrics::new(&name)),
             name,
             state,
-            drain,
+            drain_deadline,
             accept_proxy_protocol,
         }
     }
@@ -118,7 +117,7 @@ impl TcpListener {
         let outcome = tokio::select! {
             result = copy => result.map(Some),
             () = activity.idle_for(pool.settings.idle_timeout) => Ok(None),
-            () = self.drain.deadline.cancelled() => Ok(None),
+            () = self.drain_deadline.cancelled() => Ok(None),
         };
         match outcome {
             Ok(Some((sent, received))) => tracing::debug!(

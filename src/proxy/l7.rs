@@ -37,7 +37,6 @@ use super::rewind::Rewind;
 use crate::backend::{Backend, InFlight};
 use crate::balance::Tried;
 use crate::config::ClientLimits;
-use crate::listener::Drain;
 use crate::metrics::ListenerMetrics;
 use crate::state::{Pool, SharedState};
 use crate::tls::{self, TlsError, TlsSettings};
@@ -49,8 +48,8 @@ const STALE_CONNECTION_ATTEMPTS: usize = 3;
 pub struct HttpListener {
     name: Arc<str>,
     state: SharedState,
-    /// Upgraded tunnels outlive their HTTP connection; the drain still waits for them.
-    drain: Drain,
+    /// Cancelled when a drain stops waiting: ends upgraded tunnels still open.
+    drain_deadline: CancellationToken,
     /// Connection and byte counters.
     pub metrics: Arc<ListenerMetrics>,
     /// Client limits and the server builder made from them; a reload may replace both, and
@@ -108,13 +107,13 @@ impl HttpListener {
         state: SharedState,
         limits: ClientLimits,
         tls: Option<&TlsSettings>,
-        drain: Drain,
+        drain_deadline: CancellationToken,
     ) -> Result<Self, TlsError> {
         Ok(Self {
             metrics: Arc::new(ListenerMetrics::new(&name)),
             name,
             state,
-            drain,
+            drain_deadline,
             settings: ArcSwap::from_pointee(HttpSettings::new(limits, tls)?),
         })
     }
@@ -205,7 +204,6 @@ impl HttpListener {
                 proto: HeaderValue::from_static(scheme),
             },
             framing,
-            idle_timeout: settings.limits.idle_timeout,
             upgrade: Arc::clone(&upgrade),
         });
         let mut service = {
@@ -276,10 +274,20 @@ impl HttpListener {
             io = parts.io.into_inner().0;
             io.rewind(parts.read_buf);
             service = parts.service;
-            if let Some(tunnel) = upgrade.take() {
-                // A 101 went out: the client side of the connection now belongs to the tunnel.
-                let _ = tunnel.send(Box::new(io));
-                return;
+            if let Some((upstream, in_flight)) = upgrade.take() {
+                // A 101 went out: the connection is a tunnel now, run by this task, so it
+                // still counts as the listener's open connection. Boxed: only upgraded
+                // connections need its state.
+                drop(close);
+                let deadline = &self.drain_deadline;
+                return Box::pin(run_tunnel(
+                    io,
+                    upstream,
+                    in_flight,
+                    limits.idle_timeout,
+                    deadline,
+                ))
+                .await;
             }
             if !parking {
                 // The client is done, or the listener drains: close our side as hyper would,
@@ -469,26 +477,18 @@ async fn read_start<T: AsyncRead + Unpin>(io: &mut T, sniff: bool) -> std::io::R
     }
 }
 
-/// The client side of a connection that switched protocols, handed to its tunnel (the bytes
-/// hyper had read past the request are rewound in front of it).
-pub type ClientIo = Box<dyn ClientStream>;
-
-/// A client connection's transport, whatever it is under (TCP, TLS).
-pub trait ClientStream: AsyncRead + AsyncWrite + Send + Unpin {}
-
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> ClientStream for T {}
-
-/// Where a tunnel waits for the client side of its connection: set when a 101 is forwarded,
-/// taken by the connection task once hyper has sent it.
+/// Where the backend's side of an upgrade waits for the client's: set when a 101 is
+/// forwarded, taken by the connection task once hyper has sent it, which then runs the tunnel.
+/// If the connection ends first, the backend's side is dropped with the slot.
 #[derive(Default)]
-struct UpgradeSlot(Mutex<Option<oneshot::Sender<ClientIo>>>);
+struct UpgradeSlot(Mutex<Option<(h1::Upgraded, InFlight)>>);
 
 impl UpgradeSlot {
-    fn set(&self, tunnel: oneshot::Sender<ClientIo>) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(tunnel);
+    fn set(&self, upstream: h1::Upgraded, in_flight: InFlight) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((upstream, in_flight));
     }
 
-    fn take(&self) -> Option<oneshot::Sender<ClientIo>> {
+    fn take(&self) -> Option<(h1::Upgraded, InFlight)> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 }
@@ -554,9 +554,7 @@ struct Connection {
     listener: Arc<HttpListener>,
     client: ClientInfo,
     framing: Arc<FramingCheck>,
-    /// Upgraded (WebSocket) tunnels close after this long without traffic.
-    idle_timeout: Duration,
-    /// Where a tunnel gets the client side of the connection after a 101.
+    /// Where a 101's backend connection waits for this connection's task.
     upgrade: Arc<UpgradeSlot>,
 }
 
@@ -629,11 +627,7 @@ impl Connection {
         *request.uri_mut() = uri;
         let tunnel = upgrade.map(|protocol| {
             headers::keep_upgrade(request.headers_mut(), protocol);
-            Tunnel {
-                client: Arc::clone(&self.upgrade),
-                idle_timeout: self.idle_timeout,
-                drain: self.listener.drain.clone(),
-            }
+            Tunnel(Arc::clone(&self.upgrade))
         });
         let access = pool
             .access_log
@@ -860,56 +854,29 @@ fn forward(
     }
 }
 
-/// The client side of an upgrade (WebSocket and the like) waiting for the backend's 101.
-struct Tunnel {
-    /// Where the connection task puts the client's connection once the 101 is sent.
-    client: Arc<UpgradeSlot>,
-    idle_timeout: Duration,
-    drain: Drain,
-}
+/// An upgrade request (WebSocket and the like) waiting for the backend's 101.
+struct Tunnel(Arc<UpgradeSlot>);
 
 impl Tunnel {
-    /// Asks for the client's side of the connection and runs the tunnel on a task of its own.
+    /// Hands the backend's side of the upgraded connection to the client connection's task,
+    /// which runs the tunnel once hyper has sent the 101.
     fn start(self, upstream: h1::Upgraded, in_flight: InFlight) {
-        let (client, connection) = oneshot::channel();
-        self.client.set(client);
-        // Only the client connection keeps the slot: if it ends without handing itself over,
-        // the sender goes with it and the tunnel ends.
-        let Tunnel {
-            idle_timeout,
-            drain,
-            ..
-        } = self;
-        let tracker = drain.tracker.clone();
-        tracker.spawn(run_tunnel(
-            connection,
-            upstream,
-            in_flight,
-            idle_timeout,
-            drain.deadline,
-        ));
+        self.0.set(upstream, in_flight);
     }
 }
 
 /// Copies bytes both ways between the upgraded connections until either side closes, nothing
 /// moves for `idle_timeout`, or the drain `deadline` passes. The request stays in flight
-/// (least-connections counts it) for the tunnel's whole life.
-async fn run_tunnel(
-    client: oneshot::Receiver<ClientIo>,
+/// (least-connections and the backend's `max_connections` count it) for the tunnel's whole
+/// life, as the client connection counts for its listener.
+async fn run_tunnel<T: AsyncRead + AsyncWrite + Unpin>(
+    client: T,
     mut upstream: h1::Upgraded,
     in_flight: InFlight,
     idle_timeout: Duration,
-    deadline: CancellationToken,
+    deadline: &CancellationToken,
 ) {
     let backend = Arc::clone(in_flight.backend());
-    let client = tokio::select! {
-        client = client => client,
-        () = deadline.cancelled() => return,
-    };
-    let Ok(client) = client else {
-        tracing::debug!(backend = %backend.name, "client connection closed before the upgrade");
-        return;
-    };
     let (mut client, activity) = ActivityIo::new(client, Counter::noop(), Counter::noop());
     tokio::select! {
         result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
