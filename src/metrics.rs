@@ -390,9 +390,8 @@ impl PoolMetrics {
     }
 
     /// Counts a request in the queue-length gauge until the guard drops.
-    pub fn queued(&self) -> QueuedGuard {
-        self.queue_length.increment(1.0);
-        QueuedGuard(self.queue_length.clone())
+    pub fn queued(&self) -> GaugeGuard {
+        GaugeGuard::hold(&self.queue_length)
     }
 
     /// Counts how a request's wait in the queue ended.
@@ -482,27 +481,23 @@ impl ListenerMetrics {
     }
 
     /// Counts a connection as parked until the guard drops.
-    pub fn parked(&self) -> ParkedGuard {
-        self.parked.increment(1.0);
-        ParkedGuard(self.parked.clone())
+    pub fn parked(&self) -> GaugeGuard {
+        GaugeGuard::hold(&self.parked)
     }
 }
 
-/// Holds one connection in the parked gauge.
+/// Holds one unit of a gauge (a parked connection, a queued request) until it drops.
 #[derive(Debug)]
-pub struct ParkedGuard(Gauge);
+pub struct GaugeGuard(Gauge);
 
-impl Drop for ParkedGuard {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
+impl GaugeGuard {
+    fn hold(gauge: &Gauge) -> Self {
+        gauge.increment(1.0);
+        GaugeGuard(gauge.clone())
     }
 }
 
-/// Holds one request in a pool's queue-length gauge.
-#[derive(Debug)]
-pub struct QueuedGuard(Gauge);
-
-impl Drop for QueuedGuard {
+impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.decrement(1.0);
     }
