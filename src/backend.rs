@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::health::Health;
-use crate::limit::Waiters;
+use crate::limit::{self, Waiters};
 use crate::metrics::BackendMetrics;
 use crate::proxy::client::IdleConnections;
 
@@ -125,14 +125,10 @@ impl Backend {
 
     /// Like [`Backend::start_request`], if it is below its cap.
     pub fn try_start_request(self: &Arc<Self>) -> Option<InFlight> {
-        let max = self.max_in_flight.load(Ordering::Relaxed);
-        self.in_flight
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (max == 0 || n < max).then_some(n + 1)
-            })
-            .ok()?;
-        Some(InFlight {
-            backend: Arc::clone(self),
+        limit::take_unit(&self.in_flight, self.max_in_flight.load(Ordering::Relaxed)).then(|| {
+            InFlight {
+                backend: Arc::clone(self),
+            }
         })
     }
 }
@@ -154,10 +150,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        // `SeqCst` pairs with the queue's registration: either a waiter registered before this
-        // and is woken, or it registers after and finds the room.
-        self.backend.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.backend.queue.released();
+        self.backend.queue.give_back(&self.backend.in_flight);
     }
 }
 

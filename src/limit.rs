@@ -2,10 +2,10 @@
 //! wait in the kernel's accept backlog) and a backend's `max_connections` (requests wait in
 //! their pool's queue, see `state::Pool::next_attempt`).
 //!
-//! Both rest on [`Waiters`]: whoever gives a unit of capacity back calls
-//! [`Waiters::released`], which costs one atomic load while nobody waits, and wakes one waiter
-//! otherwise. A waiter registers before it looks for room, so a unit given back between its
-//! look and its sleep still wakes it.
+//! Both count units in an atomic, taken with [`take_unit`] and given back with
+//! [`Waiters::give_back`], which costs one atomic load more while nobody waits and wakes one
+//! waiter otherwise. A waiter registers before it looks for room, so a unit given back between
+//! its look and its sleep still wakes it.
 
 use std::num::NonZeroUsize;
 use std::pin::pin;
@@ -25,9 +25,21 @@ pub struct Waiters {
     notify: Notify,
 }
 
+/// Adds one unit to `count` if it is below `max` (0: no cap); whether it did.
+pub fn take_unit(count: &AtomicUsize, max: usize) -> bool {
+    count
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (max == 0 || n < max).then_some(n + 1)
+        })
+        .is_ok()
+}
+
 impl Waiters {
-    /// Called after a unit of capacity was given back: wakes one waiter, if there is one.
-    pub fn released(&self) {
+    /// Gives one unit of `count` back and wakes one waiter, if there is one. `SeqCst` pairs
+    /// with the registration in [`Waiters::wait_for`]: either a waiter registered before this
+    /// and is woken, or it registers after and finds the room.
+    pub fn give_back(&self, count: &AtomicUsize) {
+        count.fetch_sub(1, Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.notify.notify_one();
         }
@@ -123,13 +135,8 @@ impl ConnectionLimit {
 
     /// Counts a connection until the returned guard drops, if the cap leaves room.
     pub fn try_open(self: &Arc<Self>) -> Option<OpenConnection> {
-        let max = self.max.load(Ordering::SeqCst);
-        self.open
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| {
-                (max == 0 || open < max).then_some(open + 1)
-            })
-            .ok()?;
-        Some(OpenConnection(Arc::clone(self)))
+        take_unit(&self.open, self.max.load(Ordering::SeqCst))
+            .then(|| OpenConnection(Arc::clone(self)))
     }
 
     /// A unit of room, waiting for a connection to close while the cap is reached. Returns
@@ -162,8 +169,7 @@ pub struct OpenConnection(Arc<ConnectionLimit>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::SeqCst);
-        self.0.waiters.released();
+        self.0.waiters.give_back(&self.0.open);
     }
 }
 
