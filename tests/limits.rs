@@ -7,11 +7,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{
-    TestBackend, TestBalancer, TestClient, TestResponse, admin_get, bounded, raw_connect,
-    wait_until, within,
+    TestBackend, TestBalancer, TestClient, TestResponse, admin_get, backlogged_request,
+    backlogged_response, bounded, wait_until, within,
 };
 use http::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 /// A `GET path` on a connection of its own, running on its own task.
@@ -245,15 +244,7 @@ async fn a_listener_at_max_connections_accepts_the_next_client_when_one_closes()
         );
 
         // The second client's connect succeeds (the kernel's backlog), but nothing serves it.
-        let mut second = raw_connect(lb.addr()).await;
-        second
-            .write_all(b"GET / HTTP/1.1\r\nHost: fulcrum.test\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write a request");
-        let mut buffer = [0u8; 1024];
-        let early =
-            tokio::time::timeout(Duration::from_millis(300), second.read(&mut buffer)).await;
-        assert!(early.is_err(), "the second client was served: {early:?}");
+        let second = backlogged_request(lb.addr(), "/").await;
         assert_eq!(backend.request_count(), 1);
         let document = status(admin).await;
         assert_eq!(document["listeners"][0]["max_connections"], 1);
@@ -270,15 +261,7 @@ async fn a_listener_at_max_connections_accepts_the_next_client_when_one_closes()
 
         // The first client leaves: the second is accepted and answered.
         drop(first);
-        let mut response = Vec::new();
-        within(
-            Duration::from_secs(5),
-            "the second client's response",
-            second.read_to_end(&mut response),
-        )
-        .await
-        .expect("read the response");
-        let response = String::from_utf8_lossy(&response);
+        let response = backlogged_response(second).await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         assert_eq!(backend.request_count(), 2);
         lb.stop().await;

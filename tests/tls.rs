@@ -1280,18 +1280,7 @@ async fn an_open_websocket_counts_against_the_listeners_max_connections() {
         );
 
         // The tunnel is the listener's one connection: the next client waits in the backlog.
-        let mut waiting = common::raw_connect(lb.address).await;
-        waiting
-            .write_all(b"GET /plain HTTP/1.1\r\nHost: fulcrum.test\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write a request");
-        let mut buffer = [0u8; 256];
-        let early =
-            tokio::time::timeout(Duration::from_millis(300), waiting.read(&mut buffer)).await;
-        assert!(
-            early.is_err(),
-            "served while the tunnel was open: {early:?}"
-        );
+        let waiting = common::backlogged_request(lb.address, "/plain").await;
         ws.send(Message::text("still here")).await.expect("send");
         assert_eq!(
             next_message(&mut ws, "the echo").await,
@@ -1302,15 +1291,7 @@ async fn an_open_websocket_counts_against_the_listeners_max_connections() {
         ws.close(None).await.expect("send Close");
         let _ = expect_end(&mut ws).await;
         drop(ws);
-        let mut response = Vec::new();
-        within(
-            Duration::from_secs(5),
-            "the waiting client's response",
-            waiting.read_to_end(&mut response),
-        )
-        .await
-        .expect("read the response");
-        let response = String::from_utf8_lossy(&response);
+        let response = common::backlogged_response(waiting).await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         lb.stop().await;
     })

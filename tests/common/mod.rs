@@ -788,6 +788,39 @@ pub async fn raw_exchange(address: SocketAddr, bytes: &[u8], limit: Duration) ->
     String::from_utf8_lossy(&received).into_owned()
 }
 
+/// A client left in a listener's accept backlog: it connects (the kernel accepts), sends
+/// `GET path` with `Connection: close`, and this asserts nothing answers for 300 ms. Read
+/// its answer later with [`backlogged_response`].
+pub async fn backlogged_request(address: SocketAddr, path: &str) -> TcpStream {
+    let mut stream = connect_tcp(address).await;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {TEST_HOST}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write a request");
+    let mut buffer = [0u8; 1024];
+    let early = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buffer)).await;
+    assert!(
+        early.is_err(),
+        "the backlogged client was served: {early:?}"
+    );
+    stream
+}
+
+/// The whole response to a [`backlogged_request`] once the listener takes it (bounded), as
+/// lossy text.
+pub async fn backlogged_response(mut stream: TcpStream) -> String {
+    let mut response = Vec::new();
+    within(
+        Duration::from_secs(5),
+        "the backlogged client's response",
+        stream.read_to_end(&mut response),
+    )
+    .await
+    .expect("read the response");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
 /// The status code of the first status line in a raw response, if any.
 pub fn raw_status(response: &str) -> Option<u16> {
     let line = response.lines().next()?;
