@@ -1015,6 +1015,28 @@ where
 
 type ClientWs = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
+/// Opens `ws://address/ws` through fulcrum (bounded) and reads the backend's greeting
+/// (`welcome`); returns the stream and the 101.
+async fn open_websocket(
+    address: SocketAddr,
+) -> (
+    ClientWs,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
+    let (mut ws, response) = within(
+        Duration::from_secs(5),
+        "the WebSocket handshake",
+        tokio_tungstenite::connect_async(format!("ws://{address}/ws")),
+    )
+    .await
+    .expect("WebSocket handshake through fulcrum");
+    assert_eq!(
+        next_message(&mut ws, "the greeting").await,
+        Message::text("welcome")
+    );
+    (ws, response)
+}
+
 async fn next_message<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, what: &str) -> Message
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -1204,13 +1226,7 @@ async fn open_websocket_counts_as_in_flight_for_least_connections() {
         let text = config_text(None, &[a, b], "least_connections");
         let mut lb = TlsBalancer::start(&dir.config_file(), &text).await;
 
-        let (mut ws, response) = within(
-            Duration::from_secs(5),
-            "the WebSocket handshake",
-            tokio_tungstenite::connect_async(format!("ws://{}/ws", lb.address)),
-        )
-        .await
-        .expect("WebSocket handshake through fulcrum");
+        let (mut ws, response) = open_websocket(lb.address).await;
         let holder = response
             .headers()
             .get("x-served-by")
@@ -1218,10 +1234,6 @@ async fn open_websocket_counts_as_in_flight_for_least_connections() {
             .expect("the 101 names its backend")
             .to_owned();
         let other = if holder == "a" { "b" } else { "a" };
-        assert_eq!(
-            next_message(&mut ws, "the greeting").await,
-            Message::text("welcome")
-        );
 
         // While the tunnel is open, every plain request goes to the other backend.
         for i in 0..8 {
@@ -1267,17 +1279,7 @@ async fn an_open_websocket_counts_against_the_listeners_max_connections() {
         let dir = TempDir::new("ws-cap");
         let text = config_text_with("max_connections = 1", None, &[backend], "round_robin");
         let mut lb = TlsBalancer::start(&dir.config_file(), &text).await;
-        let (mut ws, _) = within(
-            Duration::from_secs(5),
-            "the WebSocket handshake",
-            tokio_tungstenite::connect_async(format!("ws://{}/ws", lb.address)),
-        )
-        .await
-        .expect("WebSocket handshake through fulcrum");
-        assert_eq!(
-            next_message(&mut ws, "the greeting").await,
-            Message::text("welcome")
-        );
+        let (mut ws, _) = open_websocket(lb.address).await;
 
         // The tunnel is the listener's one connection: the next client waits in the backlog.
         let waiting = common::backlogged_request(lb.address, "/plain").await;
@@ -1377,17 +1379,7 @@ async fn idle_websocket_tunnel_is_closed_after_the_idle_timeout() {
         let dir = TempDir::new("ws-idle");
         let text = config_text_with("idle_timeout = \"600ms\"", None, &[backend], "round_robin");
         let mut lb = TlsBalancer::start(&dir.config_file(), &text).await;
-        let (mut ws, _) = within(
-            Duration::from_secs(5),
-            "the WebSocket handshake",
-            tokio_tungstenite::connect_async(format!("ws://{}/ws", lb.address)),
-        )
-        .await
-        .expect("WebSocket handshake");
-        assert_eq!(
-            next_message(&mut ws, "the greeting").await,
-            Message::text("welcome")
-        );
+        let (mut ws, _) = open_websocket(lb.address).await;
 
         // Traffic keeps the tunnel open well past the idle timeout.
         for i in 0..8 {
@@ -1490,17 +1482,7 @@ async fn websocket_tunnel_is_drained_then_closed_on_shutdown() {
         // config_text sets shutdown_timeout = "2s".
         let text = config_text(None, &[backend], "round_robin");
         let mut lb = TlsBalancer::start(&dir.config_file(), &text).await;
-        let (mut ws, _) = within(
-            Duration::from_secs(5),
-            "the WebSocket handshake",
-            tokio_tungstenite::connect_async(format!("ws://{}/ws", lb.address)),
-        )
-        .await
-        .expect("WebSocket handshake");
-        assert_eq!(
-            next_message(&mut ws, "the greeting").await,
-            Message::text("welcome")
-        );
+        let (mut ws, _) = open_websocket(lb.address).await;
 
         let started = Instant::now();
         let stopping = tokio::spawn(async move {
