@@ -59,9 +59,12 @@ pub struct Pool {
     upstream: (bool, Option<UpstreamTlsConfig>),
     /// Set while the pool serves fail-open, so the switch is logged once.
     failing_open: AtomicBool,
-    /// Requests waiting for room under `max_connections`, and that cap; the same for every
-    /// snapshot of the pool (its backends hold the waiters too).
-    pub queue: Arc<PoolQueue>,
+    /// Requests waiting for room under `max_connections`; the same for every snapshot of the
+    /// pool (its backends hold it too, to wake them). The caps live on the backends, so
+    /// requests queued under an older snapshot see a reload's new caps.
+    pub queue: Arc<Waiters>,
+    /// Whether any backend has a cap: without one a request takes no compare-and-swap.
+    capped: bool,
     /// Retry, no-backend and fail-open counters.
     pub metrics: PoolMetrics,
 }
@@ -84,33 +87,6 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// The per-backend cap and the queue in front of it.
     pub queue: QueueConfig,
-}
-
-/// What every snapshot of a pool shares about its queue.
-#[derive(Debug, Default)]
-pub struct PoolQueue {
-    /// Requests waiting for room; woken as backends finish requests.
-    waiters: Arc<Waiters>,
-    /// Whether any backend has a cap; live, like the caps themselves (kept on the backends),
-    /// so requests queued under an older snapshot see a reload's new caps.
-    capped: AtomicBool,
-}
-
-impl PoolQueue {
-    /// Whether any backend of the pool has a cap.
-    pub fn capped(&self) -> bool {
-        self.capped.load(Ordering::Relaxed)
-    }
-
-    /// Requests waiting now.
-    pub fn waiting(&self) -> usize {
-        self.waiters.waiting()
-    }
-
-    /// Wakes every waiting request to look again.
-    pub fn recheck(&self) {
-        self.waiters.recheck();
-    }
 }
 
 /// Why a request found no room under its pool's `max_connections`.
@@ -265,13 +241,8 @@ fn connector(config: &PoolConfig) -> Connector {
 impl Pool {
     fn build(config: &PoolConfig, previous: Option<&Arc<Pool>>, reloading: bool) -> Pool {
         let upstream = (config.http2, config.upstream_tls.clone());
-        let queue: Arc<PoolQueue> =
+        let queue: Arc<Waiters> =
             previous.map_or_else(Arc::default, |pool| Arc::clone(&pool.queue));
-        queue.capped.store(
-            config.queue.max_connections.is_some()
-                || config.backends.iter().any(|b| b.max_connections.is_some()),
-            Ordering::Relaxed,
-        );
         // Idle connections of kept backends speak the old protocol if that changed.
         if let Some(pool) = previous.filter(|pool| pool.upstream != upstream) {
             for endpoint in pool.endpoints.iter() {
@@ -293,7 +264,7 @@ impl Pool {
                     // backends are new, so none is favoured.
                     let health = Health::new(config.health_check.is_some(), reloading);
                     Arc::new(Backend::new(
-                        (Arc::clone(&config.name), Arc::clone(&queue.waiters)),
+                        (Arc::clone(&config.name), Arc::clone(&queue)),
                         Arc::clone(&backend.name),
                         backend.address,
                         (config.max_idle_per_backend, config.idle_timeout),
@@ -331,6 +302,8 @@ impl Pool {
             health_check: config.health_check.clone().map(Arc::new),
             failing_open: AtomicBool::new(false),
             queue,
+            capped: config.queue.max_connections.is_some()
+                || config.backends.iter().any(|b| b.max_connections.is_some()),
             metrics: PoolMetrics::new(&config.name),
         }
     }
@@ -346,7 +319,7 @@ impl Pool {
         if tried.len() > self.settings.retries as usize {
             return Ok(None);
         }
-        if !self.queue.capped() {
+        if !self.capped {
             let Some(index) = self.pick(tried) else {
                 return Ok(None);
             };
@@ -416,7 +389,6 @@ impl Pool {
         let deadline = Instant::now() + settings.timeout;
         let found = self
             .queue
-            .waiters
             .wait_for(
                 || match self.claim(tried) {
                     Claim::Taken(index, in_flight) => Some(Some((index, in_flight))),
