@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use fulcrum::Config;
 use fulcrum::balance::Tried;
-use fulcrum::proxy::headers::{ClientInfo, prepare_request, prepare_response};
-use fulcrum::state::{Pool, Snapshot};
+use fulcrum::http::headers::{ClientInfo, prepare_request, prepare_response};
+use fulcrum::pool::Pool;
+use fulcrum::snapshot::Snapshot;
 use http::{HeaderMap, HeaderValue, Uri, Version};
 
 /// Pool sizes the balancer is measured at.

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::health::Health;
+use crate::health::{Health, Status, Transition};
 use crate::limit::{self, Waiters};
 use crate::metrics::BackendMetrics;
-use crate::proxy::client::IdleConnections;
+use crate::upstream::IdleConnections;
 
 /// One backend server and everything known about it at run time.
 #[derive(Debug)]
@@ -130,6 +130,25 @@ impl Backend {
                 backend: Arc::clone(self),
             }
         })
+    }
+    /// Acts on a change of its health: logs it with the reason (and `last_error` when it went
+    /// down) and, when it came up, wakes its pool's queue, which may now find room on it.
+    pub fn transitioned(&self, transition: &Transition, last_error: Option<&str>) {
+        let (pool, name) = (&*self.pool, &*self.name);
+        let last_error = last_error.unwrap_or("-");
+        match transition.to {
+            Status::Healthy => {
+                tracing::info!(
+                    pool, backend = name, from = %transition.from, to = %transition.to,
+                    reason = %transition.reason, "backend is up"
+                );
+                self.queue.recheck();
+            }
+            Status::Unhealthy | Status::Ejected => tracing::warn!(
+                pool, backend = name, from = %transition.from, to = %transition.to,
+                reason = %transition.reason, last_error, "backend is down"
+            ),
+        }
     }
 }
 

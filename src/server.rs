@@ -28,7 +28,7 @@ use crate::metrics::ListenerMetrics;
 use crate::proxy::l4;
 use crate::proxy::l7::HttpListener;
 use crate::reload::{self, ReloadHandle, ReloadOutcome, ReloadRequest, Trigger};
-use crate::state::{SharedState, Snapshot};
+use crate::snapshot::{SharedState, Snapshot};
 
 /// How long to wait for cut-off tunnels and TCP streams to close after the drain deadline.
 const CUT_OFF_GRACE: std::time::Duration = std::time::Duration::from_millis(500);

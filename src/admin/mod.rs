@@ -32,7 +32,7 @@ pub use status::{ListenerView, ReloadStatus, Status};
 
 use crate::backend::Backend;
 use crate::reload::{ReloadHandle, ReloadOutcome};
-use crate::state::SharedState;
+use crate::snapshot::SharedState;
 
 /// The dashboard page, embedded at build time.
 const DASHBOARD: &str = include_str!("dashboard.html");

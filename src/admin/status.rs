@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::metrics::{ListenerMetrics, WindowSummary};
-use crate::state::Snapshot;
+use crate::snapshot::Snapshot;
 
 /// A running listener as the status API shows it.
 #[derive(Debug, Clone)]

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::Backend;
 use crate::config::{CheckKind, HealthCheckConfig};
-use crate::state::Snapshot;
+use crate::snapshot::Snapshot;
 
 /// Runs one probe against `address`: `Ok` when it passes, else a short description of why not.
 pub async fn probe(address: SocketAddr, check: &HealthCheckConfig) -> Result<(), String> {
@@ -102,11 +102,7 @@ pub async fn run(
         tracing::trace!(pool = %backend.pool, backend = %backend.name, passed = result.is_ok(), "health check");
         backend.metrics.health_check(result.is_ok());
         if let Some(transition) = backend.health.record_probe(result, &check) {
-            super::log_transition(
-                &backend,
-                &transition,
-                backend.health.last_error().as_deref(),
-            );
+            backend.transitioned(&transition, backend.health.last_error().as_deref());
         }
     }
 }

@@ -201,30 +201,6 @@ impl Health {
     }
 }
 
-/// Logs a status change of `backend` with the reason and the last error. A backend that
-/// comes up also wakes its pool's queue, which may now find room on it.
-pub fn log_transition(
-    backend: &crate::backend::Backend,
-    transition: &Transition,
-    last_error: Option<&str>,
-) {
-    let (pool, name) = (&*backend.pool, &*backend.name);
-    let last_error = last_error.unwrap_or("-");
-    match transition.to {
-        Status::Healthy => {
-            tracing::info!(
-                pool, backend = name, from = %transition.from, to = %transition.to,
-                reason = %transition.reason, "backend is up"
-            );
-            backend.queue.recheck();
-        }
-        Status::Unhealthy | Status::Ejected => tracing::warn!(
-            pool, backend = name, from = %transition.from, to = %transition.to,
-            reason = %transition.reason, last_error, "backend is down"
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,20 +13,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use super::h1;
 use crate::backend::InFlight;
+use crate::upstream::{ResponseBody, h1};
 
 /// What may go wrong while a response body streams.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A backend's response body, by the protocol it arrives in.
-#[derive(Debug)]
-pub enum Upstream {
-    /// Read by the request's task from its HTTP/1.1 connection.
-    Http1(h1::Body),
-    /// From hyper's HTTP/2 client.
-    Http2(Incoming),
-}
 
 pin_project! {
     /// Body of every response fulcrum sends to a client.
@@ -56,9 +47,9 @@ pin_project! {
 
 impl ProxyBody {
     /// A body streamed from a backend; `in_flight` is released when it ends.
-    pub fn upstream(body: Upstream, in_flight: InFlight) -> Self {
+    pub fn upstream(body: ResponseBody, in_flight: InFlight) -> Self {
         match body {
-            Upstream::Http1(mut body) => {
+            ResponseBody::Http1(mut body) => {
                 let mut in_flight = Some(in_flight);
                 if body.is_end_stream() {
                     // Nothing will poll an empty body; the exchange is already complete.
@@ -66,7 +57,7 @@ impl ProxyBody {
                 }
                 ProxyBody::Http1 { body, in_flight }
             }
-            Upstream::Http2(body) => {
+            ResponseBody::Http2(body) => {
                 let in_flight = (!body.is_end_stream()).then_some(in_flight);
                 ProxyBody::Http2 { body, in_flight }
             }
@@ -145,49 +136,6 @@ impl Body for ProxyBody {
             ProxyBody::Local { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-        }
-    }
-}
-
-pin_project! {
-    /// Body of every request fulcrum sends to a backend: the client's body streamed through,
-    /// or nothing (a bodiless request replayed on another backend).
-    #[project = UpstreamBodyProj]
-    #[allow(missing_docs)] // pin-project-lite cannot carry docs on pinned fields
-    pub enum UpstreamBody {
-        Client {
-            #[pin]
-            body: Incoming,
-        },
-        Empty,
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.project() {
-            UpstreamBodyProj::Client { body } => body.poll_frame(cx),
-            UpstreamBodyProj::Empty => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Client { body } => body.is_end_stream(),
-            UpstreamBody::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Client { body } => body.size_hint(),
-            UpstreamBody::Empty => SizeHint::with_exact(0),
         }
     }
 }

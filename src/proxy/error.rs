@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::ProxyBody;
-use super::client::ConnectError;
+use crate::upstream::ConnectError;
 
 /// Why a request could not be proxied.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +27,7 @@ pub enum ProxyError {
     },
     /// Every backend with room was taken, and the request found no room in time.
     #[error(transparent)]
-    Queue(#[from] crate::state::QueueError),
+    Queue(#[from] crate::pool::QueueError),
     /// Every attempt to connect failed (after retries on other backends).
     #[error(transparent)]
     Connect(#[from] ConnectError),
@@ -47,7 +47,7 @@ pub enum ProxyError {
 pub enum UpstreamError {
     /// Over HTTP/1.1.
     #[error(transparent)]
-    Http1(#[from] super::h1::Error),
+    Http1(#[from] crate::upstream::h1::Error),
     /// Over HTTP/2 (hyper's client).
     #[error(transparent)]
     Http2(#[from] hyper::Error),
@@ -137,7 +137,7 @@ mod tests {
             ),
             (ProxyError::Timeout(Duration::from_secs(1)), 504),
             (
-                ProxyError::Queue(crate::state::QueueError::Timeout {
+                ProxyError::Queue(crate::pool::QueueError::Timeout {
                     pool: "p".into(),
                     timeout: Duration::from_secs(1),
                 }),

@@ -31,8 +31,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::headers::content_length;
 use super::idle::Activity;
+use crate::http::wire::{content_length, hex_digit};
 
 /// `FramingCheck::first_bad` value meaning "no request was flagged".
 const NO_BAD_REQUEST: u32 = u32::MAX;
@@ -361,11 +361,6 @@ impl Chunk {
     }
 }
 
-/// Value of an ASCII hex digit.
-fn hex_digit(byte: u8) -> Option<u64> {
-    char::from(byte).to_digit(16).map(u64::from)
-}
-
 /// Finds the end of the request head at the start of `bytes` (request line, fields, empty
 /// line) and judges its framing per RFC 9112 §6, in one pass over its lines; `None` while the
 /// head is incomplete.
@@ -577,7 +572,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ScannedIo<T> {
     }
 }
 
-delegate_async_write!(ScannedIo, inner);
+crate::io::delegate_async_write!(ScannedIo, inner);
 
 #[cfg(test)]
 mod tests {

@@ -14,13 +14,14 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{self, ConnectError};
 use super::idle::ActivityIo;
 use super::proxy_protocol;
 use crate::backend::{Backend, InFlight};
 use crate::balance::Tried;
 use crate::metrics::ListenerMetrics;
-use crate::state::{Pool, SharedState};
+use crate::pool::Pool;
+use crate::snapshot::SharedState;
+use crate::upstream::{self, ConnectError};
 
 /// Size of each direction's copy buffer. Measured against 8 KiB (tokio's default) and 256 KiB
 /// on loopback bulk transfers: 64 KiB reached the same throughput as 256 KiB at a quarter of the
@@ -179,7 +180,7 @@ async fn connect(
                 return None;
             }
         };
-        match client::connect_tcp(backend.address, pool.settings.connect_timeout).await {
+        match upstream::connect::connect_tcp(backend.address, pool.settings.connect_timeout).await {
             Ok(stream) => {
                 backend.metrics.connected();
                 backend.health.record_success();

@@ -26,20 +26,21 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::body::{ProxyBody, Upstream, UpstreamBody};
-use super::client::{self, Conn};
+use super::body::ProxyBody;
 use super::error::{ProxyError, UpstreamError};
 use super::framing::{FramingCheck, ScannedIo};
-use super::h1;
-use super::headers::{self, ClientInfo, Forwarding};
+
 use super::idle::{self, Activity, ActivityIo, Close, Exchange};
-use super::rewind::Rewind;
 use crate::backend::{Backend, InFlight};
 use crate::balance::Tried;
 use crate::config::ClientLimits;
+use crate::http::headers::{self, ClientInfo, Forwarding};
+use crate::io::rewind::Rewind;
 use crate::metrics::ListenerMetrics;
-use crate::state::{Pool, SharedState};
+use crate::pool::Pool;
+use crate::snapshot::SharedState;
 use crate::tls::{self, TlsError, TlsSettings};
+use crate::upstream::{self, Conn, RequestBody, ResponseBody, h1};
 
 /// How often a reused connection that turns out closed is replaced before giving up on it.
 const STALE_CONNECTION_ATTEMPTS: usize = 3;
@@ -404,7 +405,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for KeepOpen<T> {
 }
 
 // Shutting down only flushes (see above).
-delegate_async_write!(KeepOpen, 0, poll_flush);
+crate::io::delegate_async_write!(KeepOpen, 0, poll_flush);
 
 /// Starts a watchdog on a client connection; it says on the returned channel why and when the
 /// connection should close or park, and ends then.
@@ -581,7 +582,7 @@ impl Connection {
                     let mut served_by = None;
                     let outcome = forward(
                         &pool,
-                        request.map(|body| UpstreamBody::Client { body }),
+                        request.map(|body| RequestBody::Client { body }),
                         &forwarding,
                         (&self.listener.name, started),
                         tunnel,
@@ -743,7 +744,7 @@ impl Connection {
 )]
 fn forward(
     pool: &Pool,
-    mut request: Request<UpstreamBody>,
+    mut request: Request<RequestBody>,
     forwarding: &Forwarding<'_>,
     (listener, started): (&Arc<str>, Instant),
     mut tunnel: Option<Tunnel>,
@@ -785,8 +786,8 @@ fn forward(
                         let (parts, body) = response.into_parts();
                         // The connection now belongs to the tunnel, never to the idle pool.
                         let upstream = match body {
-                            Upstream::Http1(body) => body.into_upgraded(),
-                            Upstream::Http2(_) => None,
+                            ResponseBody::Http1(body) => body.into_upgraded(),
+                            ResponseBody::Http2(_) => None,
                         };
                         let Some(upstream) = upstream else {
                             return Err(ProxyError::Protocol(
@@ -903,7 +904,7 @@ struct Replay {
 }
 
 impl Replay {
-    fn of(request: &Request<UpstreamBody>, pool: &Pool) -> Option<Box<Replay>> {
+    fn of(request: &Request<RequestBody>, pool: &Pool) -> Option<Box<Replay>> {
         use http::Method;
         // Only worth a copy of the head when there is another backend to replay on.
         let replayable = pool.settings.retries > 0
@@ -922,8 +923,8 @@ impl Replay {
         })
     }
 
-    fn request(&self) -> Request<UpstreamBody> {
-        let mut request = Request::new(UpstreamBody::Empty);
+    fn request(&self) -> Request<RequestBody> {
+        let mut request = Request::new(RequestBody::Empty);
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = self.headers.clone();
@@ -934,9 +935,9 @@ impl Replay {
 /// The outcome of one attempt on one backend.
 enum Attempt {
     /// The backend answered; an HTTP/1.1 body brings its connection along for reuse.
-    Response(Response<Upstream>),
+    Response(Response<ResponseBody>),
     /// Nothing reached the backend; the request is handed back for another backend.
-    NotSent(Request<UpstreamBody>, ProxyError),
+    NotSent(Request<RequestBody>, ProxyError),
     /// The request was (possibly partly) sent and then failed; it cannot be replayed.
     Failed(ProxyError),
 }
@@ -950,7 +951,7 @@ enum Attempt {
 )]
 fn send(
     backend: &Arc<Backend>,
-    mut request: Request<UpstreamBody>,
+    mut request: Request<RequestBody>,
     forwarding: &Forwarding<'_>,
     pool: &Pool,
     now: Option<Instant>,
@@ -974,7 +975,7 @@ fn send(
             let unsent = match conn {
                 // The connection keeps its own deadline timer (cheaper than one per request).
                 Conn::Http1(conn) => match conn.send(request, forwarding, deadline).await {
-                    Ok(response) => return Attempt::Response(response.map(Upstream::Http1)),
+                    Ok(response) => return Attempt::Response(response.map(ResponseBody::Http1)),
                     Err(h1::SendError::NotSent(unsent, err)) => (*unsent, UpstreamError::from(err)),
                     Err(h1::SendError::Failed(h1::Error::TimedOut)) => {
                         return Attempt::Failed(ProxyError::Timeout(timeout));
@@ -991,7 +992,7 @@ fn send(
                         Ok(Ok(mut response)) => {
                             // The client gets the proxy's Date, as from HTTP/1.1 backends.
                             response.headers_mut().remove(http::header::DATE);
-                            return Attempt::Response(response.map(Upstream::Http2));
+                            return Attempt::Response(response.map(ResponseBody::Http2));
                         }
                         Ok(Err(mut err)) => match err.take_message() {
                             Some(unsent) => (unsent, UpstreamError::from(err.into_error())),
@@ -1020,10 +1021,10 @@ fn send(
 /// `now`, when given, is a clock reading taken just before.
 async fn checkout(
     backend: &Backend,
-    connector: &client::Connector,
+    connector: &upstream::Connector,
     fresh: bool,
     now: Option<Instant>,
-) -> Result<(Conn, bool), client::ConnectError> {
+) -> Result<(Conn, bool), upstream::ConnectError> {
     if !fresh {
         let now = now.unwrap_or_else(Instant::now);
         while let Some(conn) = backend.idle.take(now) {
@@ -1039,7 +1040,12 @@ async fn checkout(
     }
     // Boxed: the connect path (TCP, TLS, HTTP/2 handshakes) is large and rare on keep-alive
     // traffic; inline, it would swell every request's future, which is moved on each request.
-    let conn = Box::pin(client::connect(backend.address, backend.host(), connector)).await?;
+    let conn = Box::pin(upstream::connect(
+        backend.address,
+        backend.host(),
+        connector,
+    ))
+    .await?;
     backend.metrics.connected();
     backend.idle.share(&conn);
     Ok((conn, true))

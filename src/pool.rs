@@ -1,36 +1,22 @@
-//! The immutable runtime snapshot: every pool with its backends and balancer, and which pool
-//! serves which listener. A reload builds a new one off the hot path and swaps it in whole.
+//! A pool's policy for each request: which backend to try next within the retry budget, the
+//! queue in front of `max_connections`, fail-open, and passive ejection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
 use crate::backend::{Backend, Endpoint, InFlight};
 use crate::balance::{Balancer, Tried};
 use crate::config::{
-    Algorithm, Config, HealthCheckConfig, PassiveConfig, PoolConfig, ProxyProtocol, QueueConfig,
+    Algorithm, HealthCheckConfig, PassiveConfig, PoolConfig, ProxyProtocol, QueueConfig,
     UpstreamTlsConfig,
 };
-use crate::health::{self, Health, Status, WEIGHT_SCALE};
+use crate::health::{Health, Status, WEIGHT_SCALE};
 use crate::limit::Waiters;
 use crate::metrics::{PoolMetrics, QueueOutcome};
-use crate::proxy::client::Connector;
-
-/// The current snapshot, swapped atomically on reload.
-pub type SharedState = Arc<ArcSwap<Snapshot>>;
-
-/// Everything the hot path reads, frozen for one config generation.
-#[derive(Debug)]
-pub struct Snapshot {
-    /// The config this snapshot was built from.
-    pub config: Arc<Config>,
-    pools: Vec<Arc<Pool>>,
-    /// Listener name → pool, in config order.
-    routes: Vec<(Arc<str>, Arc<Pool>)>,
-}
+use crate::upstream::Connector;
 
 /// A pool of backends as one snapshot sees it.
 #[derive(Debug)]
@@ -127,119 +113,12 @@ enum Claim {
     Nothing,
 }
 
-impl Snapshot {
-    /// Builds the snapshot for `config`, reusing the live state of every backend that
-    /// `previous` already had (same pool name, same address).
-    pub fn build(config: Arc<Config>, previous: Option<&Snapshot>) -> Snapshot {
-        let pools: Vec<Arc<Pool>> = config
-            .pools
-            .iter()
-            .map(|pool| {
-                let previous_pool = previous.and_then(|p| p.pool(&pool.name));
-                let mut built = Pool::build(pool, previous_pool, previous.is_some());
-                built.access_log = config.access_log;
-                Arc::new(built)
-            })
-            .collect();
-        let routes = config
-            .listeners
-            .iter()
-            .filter_map(|listener| {
-                let pool = pools.iter().find(|pool| pool.name == listener.pool)?;
-                Some((Arc::clone(&listener.name), Arc::clone(pool)))
-            })
-            .collect();
-        Snapshot {
-            config,
-            pools,
-            routes,
-        }
-    }
-
-    /// The pool serving the listener called `listener`.
-    pub fn pool_for(&self, listener: &str) -> Option<&Arc<Pool>> {
-        self.routes
-            .iter()
-            .find(|(name, _)| &**name == listener)
-            .map(|(_, pool)| pool)
-    }
-
-    /// The pool called `name`.
-    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
-        self.pools.iter().find(|pool| &*pool.name == name)
-    }
-
-    /// Whether this snapshot still routes to `backend` (the same live state, not just the same
-    /// address).
-    pub fn contains_backend(&self, backend: &Arc<Backend>) -> bool {
-        self.pool(&backend.pool).is_some_and(|pool| {
-            pool.endpoints
-                .iter()
-                .any(|endpoint| Arc::ptr_eq(&endpoint.backend, backend))
-        })
-    }
-
-    /// All pools in config order.
-    pub fn pools(&self) -> &[Arc<Pool>] {
-        &self.pools
-    }
-
-    /// Closes every backend's upstream connections that have been idle for their pool's
-    /// `idle_timeout` at `now`, and frees the read buffers of those idle for a second.
-    pub fn reap_idle(&self, now: tokio::time::Instant) {
-        for pool in &self.pools {
-            for endpoint in pool.endpoints.iter() {
-                let backend = &endpoint.backend;
-                let (closed, buffers_freed) = backend.idle.reap(now);
-                if closed + buffers_freed > 0 {
-                    tracing::debug!(pool = %pool.name, backend = %backend.name, closed, buffers_freed, still_idle = backend.idle.len(), "idle upstream connections swept");
-                }
-            }
-        }
-    }
-}
-
-/// The connector for a pool's settings. If the CA file broke since validation, TLS is kept
-/// with no trusted roots, so connections fail verification rather than skip it.
-fn connector(config: &PoolConfig) -> Connector {
-    let tls = config.upstream_tls.as_ref().map(|upstream| {
-        if upstream.insecure_skip_verify {
-            tracing::warn!(pool = %config.name, "insecure_skip_verify: backend certificates are not verified");
-        }
-        let client = crate::tls::client_config(upstream, config.http2).unwrap_or_else(|err| {
-            tracing::error!(pool = %config.name, error = %err, "upstream TLS setup failed; connections will fail verification");
-            Arc::new(
-                rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .map(|builder| {
-                    builder
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth()
-                })
-                .unwrap_or_else(|_| {
-                    rustls::ClientConfig::builder()
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth()
-                }),
-            )
-        });
-        let server_name = upstream
-            .server_name
-            .as_ref()
-            .and_then(|name| rustls_pki_types::ServerName::try_from(name.clone()).ok());
-        (tokio_rustls::TlsConnector::from(client), server_name)
-    });
-    Connector {
-        timeout: config.connect_timeout,
-        http2: config.http2,
-        tls,
-    }
-}
-
 impl Pool {
-    fn build(config: &PoolConfig, previous: Option<&Arc<Pool>>, reloading: bool) -> Pool {
+    pub(crate) fn build(
+        config: &PoolConfig,
+        previous: Option<&Arc<Pool>>,
+        reloading: bool,
+    ) -> Pool {
         let upstream = (config.http2, config.upstream_tls.clone());
         let queue: Arc<Waiters> =
             previous.map_or_else(Arc::default, |pool| Arc::clone(&pool.queue));
@@ -296,7 +175,7 @@ impl Pool {
             },
             proxy_protocol: config.proxy_protocol,
             access_log: false,
-            connector: connector(config),
+            connector: Connector::for_pool(config),
             upstream,
             passive: config.passive.clone(),
             health_check: config.health_check.clone().map(Arc::new),
@@ -480,12 +359,12 @@ impl Pool {
             return;
         };
         backend.metrics.ejected();
-        health::log_transition(backend, &transition, backend.health.last_error().as_deref());
+        backend.transitioned(&transition, backend.health.last_error().as_deref());
         let backend = Arc::clone(backend);
         tokio::spawn(async move {
             tokio::time::sleep_until(until).await;
             if let Some(transition) = backend.health.end_ejection() {
-                health::log_transition(&backend, &transition, None);
+                backend.transitioned(&transition, None);
             }
         });
     }
@@ -515,6 +394,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::config::Config;
+    use crate::snapshot::Snapshot;
 
     fn snapshot(pool_extra: &str) -> Arc<Snapshot> {
         let source = format!(

@@ -29,9 +29,10 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::client::TlsStream;
 
-use super::body::UpstreamBody;
-use super::headers::{Forwarding, content_length};
-use super::rewind::Rewind;
+use super::request_body::RequestBody;
+use crate::http::headers::Forwarding;
+use crate::http::wire::{self, content_length};
+use crate::io::rewind::Rewind;
 
 /// Largest response head (status line and fields) accepted from a backend.
 const MAX_HEAD: usize = 64 * 1024;
@@ -72,7 +73,7 @@ pub enum Error {
 pub enum SendError {
     /// Nothing of the request reached the backend in a usable form (the head could not be
     /// written): the request comes back whole for another connection or backend.
-    NotSent(Box<Request<UpstreamBody>>, Error),
+    NotSent(Box<Request<RequestBody>>, Error),
     /// The request was sent, at least in part; it cannot be sent again.
     Failed(Error),
 }
@@ -211,7 +212,7 @@ impl Connection {
     )]
     pub fn send(
         mut self: Box<Self>,
-        request: Request<UpstreamBody>,
+        request: Request<RequestBody>,
         forwarding: &Forwarding<'_>,
         deadline: Instant,
     ) -> impl Future<Output = Result<Response<Body>, SendError>> {
@@ -526,7 +527,7 @@ fn expects_body(method: &Method) -> bool {
 /// The head was prepared by the proxy (hop-by-hop fields such as `Transfer-Encoding` are
 /// gone), so the framing fields written here are the only ones.
 fn encode_head(
-    request: &Request<UpstreamBody>,
+    request: &Request<RequestBody>,
     forwarding: &Forwarding<'_>,
     out: &mut Vec<u8>,
 ) -> Framing {
@@ -637,7 +638,7 @@ fn poll_read_into(
 
 /// Streams a request body to the backend in its framing.
 struct BodyWriter {
-    body: UpstreamBody,
+    body: RequestBody,
     framing: Framing,
     /// Encoded bytes waiting for the socket: chunk prefix, data, suffix.
     pending: [Bytes; 3],
@@ -650,7 +651,7 @@ struct BodyWriter {
 }
 
 impl BodyWriter {
-    fn new(body: UpstreamBody, framing: Framing) -> Self {
+    fn new(body: RequestBody, framing: Framing) -> Self {
         let empty = framing == Framing::Empty;
         Self {
             body,
@@ -1018,26 +1019,9 @@ impl Body {
     }
 }
 
-/// The size on a chunk-size line (`1a;ext=1\r\n`); extensions are ignored.
+/// The size on a chunk-size line, as [`wire::chunk_size`] reads it.
 fn parse_chunk_size(line: &[u8]) -> Result<u64, Error> {
-    let malformed = || Error::Malformed("invalid chunk size line");
-    let line = line.strip_suffix(b"\r\n").ok_or_else(malformed)?;
-    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
-    let digits = digits.trim_ascii_end();
-    if digits.is_empty() || digits.len() > 15 {
-        return Err(malformed());
-    }
-    let mut size = 0u64;
-    for &digit in digits {
-        let value = match digit {
-            b'0'..=b'9' => digit - b'0',
-            b'a'..=b'f' => digit - b'a' + 10,
-            b'A'..=b'F' => digit - b'A' + 10,
-            _ => return Err(malformed()),
-        };
-        size = size * 16 + u64::from(value);
-    }
-    Ok(size)
+    wire::chunk_size(line).ok_or(Error::Malformed("invalid chunk size line"))
 }
 
 /// The fields of a trailer section (ending in an empty line).
@@ -1087,7 +1071,7 @@ impl http_body::Body for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::headers::test_forwarding as forwarding;
+    use crate::http::headers::test_forwarding as forwarding;
     use http_body_util::BodyExt;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1142,18 +1126,18 @@ mod tests {
         Connection::new(Stream::Tcp(stream))
     }
 
-    fn request(method: Method, target: &str) -> Request<UpstreamBody> {
+    fn request(method: Method, target: &str) -> Request<RequestBody> {
         Request::builder()
             .method(method)
             .uri(target)
             .header("host", "app.test")
-            .body(UpstreamBody::Empty)
+            .body(RequestBody::Empty)
             .expect("valid request")
     }
 
     async fn send(
         conn: Box<Connection>,
-        request: Request<UpstreamBody>,
+        request: Request<RequestBody>,
     ) -> Result<Response<Body>, Error> {
         let deadline = Instant::now() + Duration::from_secs(5);
         match conn.send(request, &forwarding(), deadline).await {

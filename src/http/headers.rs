@@ -271,18 +271,6 @@ pub fn prepare_response(version: Version, headers: &mut HeaderMap) {
     headers.append(header::VIA, via(version));
 }
 
-/// A `Content-Length` value (RFC 9110 §8.6): one or more ASCII digits fitting in a `u64`;
-/// anything else (a sign, spaces, an empty value, an overflow) is `None`.
-pub fn content_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |total, &byte| {
-        let digit = char::from(byte).to_digit(10)?;
-        total.checked_mul(10)?.checked_add(u64::from(digit))
-    })
-}
-
 /// A client at 203.0.113.7 over plain HTTP, for tests.
 #[cfg(test)]
 pub(crate) static TEST_CLIENT: ClientInfo = ClientInfo {
@@ -466,34 +454,5 @@ mod tests {
         assert!(!map.contains_key("keep-alive"));
         assert_eq!(map["via"], "1.1 fulcrum");
         assert_eq!(map["content-type"], "text/plain");
-    }
-
-    #[test]
-    fn content_length_is_digits_that_fit_in_a_u64() {
-        assert_eq!(content_length(b"0"), Some(0));
-        assert_eq!(content_length(b"65536"), Some(65536));
-        assert_eq!(content_length(b"18446744073709551615"), Some(u64::MAX));
-        assert_eq!(
-            content_length(b"000000000000000000000042"),
-            Some(42),
-            "leading zeros are digits too"
-        );
-        for bad in [
-            &b""[..],
-            b"18446744073709551616",
-            b"+1",
-            b"-1",
-            b" 1",
-            b"1 ",
-            b"0x10",
-            b"1_000",
-        ] {
-            assert_eq!(
-                content_length(bad),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
     }
 }

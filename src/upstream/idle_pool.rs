@@ -1,201 +1,13 @@
-//! Upstream connections: connect with a timeout, and a bounded idle pool per backend.
-//!
-//! HTTP/1.1 connections are [`h1::Connection`]s, driven by the request that uses them; HTTP/2
-//! ones are hyper's, with a driver task. We keep our own per-backend pool instead of
-//! hyper-util's legacy `Client` because the proxy needs three things that client cannot give: a request
-//! handed back intact when a connect fails (so it can go to a *different* backend), idle
-//! connections owned by the backend (so a removed backend's connections close with it and a kept
-//! backend's survive a reload), and no per-request URI-keyed lookup under one client-wide lock
-//! (each backend's idle stack has its own).
+//! The bounded idle pool of keep-alive connections each backend keeps for reuse.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use http::Request;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 
-use super::body::UpstreamBody;
+use super::conn::Conn;
 use super::h1;
-
-/// One connection to a backend.
-#[derive(Debug)]
-pub enum Conn {
-    /// One request at a time, driven by the request's own task; returned to the idle pool
-    /// when its response ends.
-    Http1(Box<h1::Connection>),
-    /// Multiplexed: clones share one connection, which stays in the idle pool while in use.
-    Http2(http2::SendRequest<UpstreamBody>),
-}
-
-/// A request handed back because it was never written.
-pub type Unsent = hyper::client::conn::TrySendError<Request<UpstreamBody>>;
-
-impl Conn {
-    /// Whether the connection can no longer carry a request.
-    pub fn is_closed(&mut self) -> bool {
-        match self {
-            Conn::Http1(conn) => conn.is_closed(),
-            Conn::Http2(sender) => sender.is_closed(),
-        }
-    }
-}
-
-/// How a pool reaches its backends: timeouts, protocol, TLS.
-pub struct Connector {
-    /// TCP (and TLS handshake) timeout.
-    pub timeout: Duration,
-    /// Speak HTTP/2 instead of HTTP/1.1.
-    pub http2: bool,
-    /// TLS to the backend, with the name to use unless each backend's own host is used.
-    pub tls: Option<(TlsConnector, Option<ServerName<'static>>)>,
-}
-
-/// Why a new upstream connection could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The TCP connect failed (refused, unreachable, …).
-    #[error("connect to {address} failed: {source}")]
-    Io {
-        /// The backend address.
-        address: SocketAddr,
-        /// What the OS said.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The TCP connect did not finish in time.
-    #[error("connect to {address} timed out after {timeout:?}")]
-    Timeout {
-        /// The backend address.
-        address: SocketAddr,
-        /// The pool's connect timeout.
-        timeout: Duration,
-    },
-    /// The TLS handshake with the backend failed.
-    #[error("TLS handshake with {address} failed: {source}")]
-    Tls {
-        /// The backend address.
-        address: SocketAddr,
-        /// What went wrong.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The HTTP/2 handshake on a fresh connection failed.
-    #[error("HTTP/2 handshake with {address} failed: {source}")]
-    Handshake {
-        /// The backend address.
-        address: SocketAddr,
-        /// hyper's error.
-        #[source]
-        source: hyper::Error,
-    },
-}
-
-impl ConnectError {
-    /// Whether the failure says nothing is serving at the address (refused, unreachable, timed
-    /// out), as opposed to a server that accepted and then reset the connection.
-    pub fn backend_is_down(&self) -> bool {
-        use std::io::ErrorKind;
-        match self {
-            ConnectError::Timeout { .. } => true,
-            ConnectError::Io { source, .. } => matches!(
-                source.kind(),
-                ErrorKind::ConnectionRefused
-                    | ErrorKind::HostUnreachable
-                    | ErrorKind::NetworkUnreachable
-                    | ErrorKind::AddrNotAvailable
-            ),
-            ConnectError::Handshake { .. } | ConnectError::Tls { .. } => false,
-        }
-    }
-}
-
-/// Opens a TCP connection to `address` within `timeout`, with `TCP_NODELAY`.
-pub async fn connect_tcp(
-    address: SocketAddr,
-    timeout: Duration,
-) -> Result<TcpStream, ConnectError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(source)) => return Err(ConnectError::Io { address, source }),
-        Err(_) => return Err(ConnectError::Timeout { address, timeout }),
-    };
-    if let Err(err) = stream.set_nodelay(true) {
-        tracing::debug!(backend = %address, error = %err, "could not set TCP_NODELAY");
-    }
-    Ok(stream)
-}
-
-impl std::fmt::Debug for Connector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connector")
-            .field("timeout", &self.timeout)
-            .field("http2", &self.http2)
-            .field("tls", &self.tls.is_some())
-            .finish()
-    }
-}
-
-/// Opens a new connection to the backend at `address` (configured as `host`) the way
-/// `connector` says; an HTTP/2 connection gets its driver task.
-pub async fn connect(
-    address: SocketAddr,
-    host: &str,
-    connector: &Connector,
-) -> Result<Conn, ConnectError> {
-    let stream = connect_tcp(address, connector.timeout).await?;
-    let Some((tls, server_name)) = &connector.tls else {
-        if connector.http2 {
-            return handshake_http2(TokioIo::new(stream), address).await;
-        }
-        return Ok(Conn::Http1(h1::Connection::new(h1::Stream::Tcp(stream))));
-    };
-    let name = match server_name {
-        Some(name) => name.clone(),
-        None => {
-            ServerName::try_from(host.to_owned()).unwrap_or_else(|_| ServerName::from(address.ip()))
-        }
-    };
-    let stream = match tokio::time::timeout(connector.timeout, tls.connect(name, stream)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(source)) => return Err(ConnectError::Tls { address, source }),
-        Err(_) => {
-            return Err(ConnectError::Timeout {
-                address,
-                timeout: connector.timeout,
-            });
-        }
-    };
-    if connector.http2 {
-        return handshake_http2(TokioIo::new(stream), address).await;
-    }
-    Ok(Conn::Http1(h1::Connection::new(h1::Stream::Tls(Box::new(
-        stream,
-    )))))
-}
-
-async fn handshake_http2<T>(io: T, address: SocketAddr) -> Result<Conn, ConnectError>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .handshake(io)
-        .await
-        .map_err(|source| ConnectError::Handshake { address, source })?;
-    tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            tracing::debug!(backend = %address, error = %err, "upstream HTTP/2 connection ended");
-        }
-    });
-    Ok(Conn::Http2(sender))
-}
 
 /// How long an idle HTTP/1.1 connection keeps its read buffer (see [`IdleConnections::reap`]).
 pub const SHED_AFTER: Duration = Duration::from_secs(1);
@@ -347,8 +159,11 @@ impl IdleConnections {
 
 #[cfg(test)]
 mod tests {
+    use http::Request;
+    use tokio::net::{TcpListener, TcpStream};
+
     use super::*;
-    use tokio::net::TcpListener;
+    use crate::upstream::RequestBody;
 
     /// A connection accepted by `listener`, with the backend's end of it.
     async fn connection_pair(listener: &TcpListener) -> (Box<h1::Connection>, TcpStream) {
@@ -388,10 +203,10 @@ mod tests {
                 .expect("reply");
             backend
         });
-        let forwarding = crate::proxy::headers::test_forwarding();
+        let forwarding = crate::http::headers::test_forwarding();
         let request = Request::get("/")
             .header("host", "app.test")
-            .body(UpstreamBody::Empty)
+            .body(RequestBody::Empty)
             .expect("request");
         let deadline = Instant::now() + Duration::from_secs(5);
         let Ok(mut response) = conn.send(request, &forwarding, deadline).await else {

@@ -1,0 +1,95 @@
+//! The immutable runtime snapshot: every pool with its backends and balancer, and which pool
+//! serves which listener. A reload builds a new one off the hot path and swaps it in whole.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::pool::Pool;
+
+/// The current snapshot, swapped atomically on reload.
+pub type SharedState = Arc<ArcSwap<Snapshot>>;
+
+/// Everything the hot path reads, frozen for one config generation.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The config this snapshot was built from.
+    pub config: Arc<Config>,
+    pools: Vec<Arc<Pool>>,
+    /// Listener name → pool, in config order.
+    routes: Vec<(Arc<str>, Arc<Pool>)>,
+}
+
+impl Snapshot {
+    /// Builds the snapshot for `config`, reusing the live state of every backend that
+    /// `previous` already had (same pool name, same address).
+    pub fn build(config: Arc<Config>, previous: Option<&Snapshot>) -> Snapshot {
+        let pools: Vec<Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|pool| {
+                let previous_pool = previous.and_then(|p| p.pool(&pool.name));
+                let mut built = Pool::build(pool, previous_pool, previous.is_some());
+                built.access_log = config.access_log;
+                Arc::new(built)
+            })
+            .collect();
+        let routes = config
+            .listeners
+            .iter()
+            .filter_map(|listener| {
+                let pool = pools.iter().find(|pool| pool.name == listener.pool)?;
+                Some((Arc::clone(&listener.name), Arc::clone(pool)))
+            })
+            .collect();
+        Snapshot {
+            config,
+            pools,
+            routes,
+        }
+    }
+
+    /// The pool serving the listener called `listener`.
+    pub fn pool_for(&self, listener: &str) -> Option<&Arc<Pool>> {
+        self.routes
+            .iter()
+            .find(|(name, _)| &**name == listener)
+            .map(|(_, pool)| pool)
+    }
+
+    /// The pool called `name`.
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|pool| &*pool.name == name)
+    }
+
+    /// Whether this snapshot still routes to `backend` (the same live state, not just the same
+    /// address).
+    pub fn contains_backend(&self, backend: &Arc<Backend>) -> bool {
+        self.pool(&backend.pool).is_some_and(|pool| {
+            pool.endpoints
+                .iter()
+                .any(|endpoint| Arc::ptr_eq(&endpoint.backend, backend))
+        })
+    }
+
+    /// All pools in config order.
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
+    }
+
+    /// Closes every backend's upstream connections that have been idle for their pool's
+    /// `idle_timeout` at `now`, and frees the read buffers of those idle for a second.
+    pub fn reap_idle(&self, now: tokio::time::Instant) {
+        for pool in &self.pools {
+            for endpoint in pool.endpoints.iter() {
+                let backend = &endpoint.backend;
+                let (closed, buffers_freed) = backend.idle.reap(now);
+                if closed + buffers_freed > 0 {
+                    tracing::debug!(pool = %pool.name, backend = %backend.name, closed, buffers_freed, still_idle = backend.idle.len(), "idle upstream connections swept");
+                }
+            }
+        }
+    }
+}
