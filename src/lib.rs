@@ -30,7 +30,6 @@ pub mod health;
 pub mod http;
 pub mod io;
 pub mod limit;
-pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

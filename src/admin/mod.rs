@@ -97,7 +97,7 @@ impl AdminState {
                 result: "rejected",
                 at_unix,
                 changes: Vec::new(),
-                error: Some(error.clone()),
+                error: Some(error.to_string()),
             },
             ReloadOutcome::Unchanged | ReloadOutcome::NoFile => return,
         };

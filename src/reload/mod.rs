@@ -1,13 +1,21 @@
 //! Live reconfiguration triggers: the config file changing on disk, SIGHUP (wired in `main`),
 //! and `POST /reload` on the admin listener. All of them send a [`ReloadRequest`] to the one
-//! task that applies reloads (see `server`), so reloads never run concurrently.
+//! task that applies reloads (see `server`), so reloads never run concurrently; that task runs
+//! the [`transaction`].
+
+pub mod transaction;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::config::ConfigError;
+use crate::tls::TlsError;
 
 /// Bursts of file events closer together than this are one change.
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -35,14 +43,15 @@ impl Trigger {
 }
 
 /// The result of one reload attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ReloadOutcome {
     /// The new config is live; one line per change.
     Applied(Vec<String>),
     /// The file content did not change; nothing was done.
     Unchanged,
-    /// The new config was rejected; the old one keeps serving.
-    Rejected(String),
+    /// The new config was rejected; the old one keeps serving. Shared: the outcome goes to
+    /// the requester, the admin API and the log.
+    Rejected(Arc<ReloadError>),
     /// This server was not started from a file, so there is nothing to reload.
     NoFile,
 }
@@ -59,6 +68,61 @@ impl fmt::Display for ReloadOutcome {
             ReloadOutcome::NoFile => f.write_str("no config file to reload"),
         }
     }
+}
+
+/// Why a reload was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The config file could not be read.
+    #[error("{}: cannot read config file: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The new config is invalid (the error names file, line, column and key).
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    /// The parser task died (a bug, not a config problem).
+    #[error("config parser failed: {0}")]
+    Parser(#[source] tokio::task::JoinError),
+    /// A new listener's address could not be bound.
+    #[error("cannot bind listener {listener} on {address}: {source}")]
+    Bind {
+        /// The listener.
+        listener: Arc<str>,
+        /// Its address.
+        address: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The new admin address could not be bound.
+    #[error("cannot bind admin listener on {address}: {source}")]
+    BindAdmin {
+        /// Its address.
+        address: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Some listeners' certificate files could not be loaded; those listeners keep their
+    /// current certificates.
+    #[error("{}", certificate_failures(.0))]
+    Certificates(Vec<(Arc<str>, TlsError)>),
+}
+
+/// `listener NAME: ERROR; keeping the current certificates`, for each failure.
+fn certificate_failures(failures: &[(Arc<str>, TlsError)]) -> String {
+    failures
+        .iter()
+        .map(|(listener, err)| {
+            format!("listener {listener}: {err}; keeping the current certificates")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A request to the reload task, with an optional way to hear back.

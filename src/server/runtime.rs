@@ -1,0 +1,342 @@
+//! A running server's live parts: its listeners and admin listener with their accept loops,
+//! the health checkers and the drain on shutdown. The reload transaction that changes them is
+//! in `reload/transaction.rs`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::accept;
+use crate::admin::{self, AdminState, ListenerView};
+use crate::config::{Config, ListenerConfig, Protocol};
+use crate::health::checker::Supervisor;
+use crate::limit::ConnectionLimit;
+use crate::metrics::ListenerMetrics;
+use crate::proxy::l4;
+use crate::proxy::l7::HttpListener;
+use crate::reload::{self, ReloadHandle, Trigger};
+use crate::snapshot::SharedState;
+
+/// How long to wait for cut-off tunnels and TCP streams to close after the drain deadline.
+const CUT_OFF_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The serving side of a running server: what is live now and how to change it.
+pub(crate) struct Runtime {
+    pub(crate) config: Arc<Config>,
+    pub(crate) state: SharedState,
+    pub(crate) file: Option<PathBuf>,
+    /// Content of the file as last read, so a touch without change does nothing.
+    pub(crate) last_source: Option<String>,
+    pub(crate) listeners: Vec<RunningListener>,
+    pub(crate) admin: Option<RunningAdmin>,
+    pub(crate) checkers: Supervisor,
+    pub(crate) stop: CancellationToken,
+    pub(crate) connections: TaskTracker,
+    /// Cancelled when the drain deadline passes: ends tunnels and TCP streams still open.
+    pub(crate) deadline: CancellationToken,
+    pub(crate) admin_state: Arc<AdminState>,
+    /// Watches TLS certificate files; replaced when a reload changes them.
+    pub(crate) cert_watcher: Option<notify::RecommendedWatcher>,
+    /// For watchers started by reloads.
+    pub(crate) reload_handle: ReloadHandle,
+}
+
+pub(crate) struct RunningListener {
+    pub(crate) config: ListenerConfig,
+    /// The address actually bound.
+    pub(crate) local: SocketAddr,
+    /// Stops the accept loop and drains this listener's connections.
+    pub(crate) stop: CancellationToken,
+    /// The accept loop; hands the socket back when stopped.
+    pub(crate) accept: JoinHandle<TcpListener>,
+    pub(crate) handler: Handler,
+    /// The cap on open client connections; a reload may change it.
+    pub(crate) limit: Arc<ConnectionLimit>,
+}
+
+/// What serves a listener's connections.
+pub(crate) enum Handler {
+    Http(Arc<HttpListener>),
+    Tcp(Arc<l4::TcpListener>),
+}
+
+impl Handler {
+    pub(crate) fn metrics(&self) -> &Arc<ListenerMetrics> {
+        match self {
+            Handler::Http(http) => &http.metrics,
+            Handler::Tcp(tcp) => &tcp.metrics,
+        }
+    }
+}
+
+/// Whether a running listener can keep serving `new` as it is: same name, socket and protocol.
+pub(crate) fn same_role(running: &ListenerConfig, new: &ListenerConfig) -> bool {
+    running.name == new.name
+        && running.listen == new.listen
+        && running.protocol == new.protocol
+        && running.accept_proxy_protocol == new.accept_proxy_protocol
+}
+
+pub(crate) struct RunningAdmin {
+    pub(crate) listen: SocketAddr,
+    pub(crate) stop: CancellationToken,
+    pub(crate) accept: JoinHandle<TcpListener>,
+}
+
+impl Runtime {
+    pub(crate) fn start_listener(&mut self, config: ListenerConfig, socket: TcpListener) {
+        let local = socket.local_addr().unwrap_or(config.listen);
+        let stop = self.stop.child_token();
+        let name = Arc::clone(&config.name);
+        let handler = match config.protocol {
+            Protocol::Http => match HttpListener::new(
+                Arc::clone(&name),
+                Arc::clone(&self.state),
+                config.limits.clone(),
+                config.tls.as_ref(),
+                self.deadline.clone(),
+            ) {
+                Ok(http) => Handler::Http(Arc::new(http)),
+                Err(err) => {
+                    tracing::error!(listener = %name, error = %err, "cannot start listener: TLS setup failed");
+                    return;
+                }
+            },
+            Protocol::Tcp => Handler::Tcp(Arc::new(l4::TcpListener::new(
+                Arc::clone(&name),
+                Arc::clone(&self.state),
+                config.accept_proxy_protocol,
+                self.deadline.clone(),
+            ))),
+        };
+        let limit = ConnectionLimit::new(
+            config.max_connections,
+            handler.metrics().saturations.clone(),
+        );
+        let accept = match &handler {
+            Handler::Http(http) => self.spawn_accept(
+                (name, socket),
+                (&stop, &limit),
+                Arc::clone(http),
+                HttpListener::serve,
+            ),
+            Handler::Tcp(tcp) => self.spawn_accept(
+                (name, socket),
+                (&stop, &limit),
+                Arc::clone(tcp),
+                l4::TcpListener::serve,
+            ),
+        };
+        self.listeners.push(RunningListener {
+            config,
+            local,
+            stop,
+            accept,
+            handler,
+            limit,
+        });
+    }
+
+    /// Runs the accept loop of `socket`, handing each connection to `serve` on `handler`.
+    pub(crate) fn spawn_accept<H, Fut>(
+        &self,
+        (name, socket): (Arc<str>, TcpListener),
+        (stop, limit): (&CancellationToken, &Arc<ConnectionLimit>),
+        handler: Arc<H>,
+        serve: fn(Arc<H>, TcpStream, SocketAddr, CancellationToken) -> Fut,
+    ) -> JoinHandle<TcpListener>
+    where
+        H: Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        tokio::spawn(accept::accept_loop(
+            name,
+            socket,
+            (stop.clone(), self.connections.clone()),
+            Arc::clone(limit),
+            move |stream, peer, shutdown| serve(Arc::clone(&handler), stream, peer, shutdown),
+        ))
+    }
+
+    pub(crate) fn start_admin(&mut self, socket: TcpListener) {
+        let listen = socket
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let stop = self.stop.child_token();
+        let state = Arc::clone(&self.admin_state);
+        let accept = tokio::spawn(accept::accept_loop(
+            Arc::from("admin"),
+            socket,
+            (stop.clone(), self.connections.clone()),
+            ConnectionLimit::new(None, metrics::Counter::noop()),
+            move |stream, peer, shutdown| admin::serve(Arc::clone(&state), stream, peer, shutdown),
+        ));
+        let listen = self
+            .config
+            .admin
+            .as_ref()
+            .map_or(listen, |admin| admin.listen);
+        self.admin = Some(RunningAdmin {
+            listen,
+            stop,
+            accept,
+        });
+    }
+
+    /// Stops removed listeners, starts added ones (reusing the socket of a listener that was
+    /// renamed on the same address) and updates the limits of the rest.
+    pub(crate) async fn apply_listeners(
+        &mut self,
+        config: &Config,
+        fresh: Vec<(Arc<str>, TcpListener)>,
+    ) {
+        let mut reusable = Vec::new();
+        let mut kept = Vec::new();
+        for mut running in std::mem::take(&mut self.listeners) {
+            let wanted = config
+                .listeners
+                .iter()
+                .find(|new| same_role(&running.config, new));
+            match wanted {
+                Some(new) => {
+                    if let Handler::Http(http) = &running.handler {
+                        if let Err(err) = http.update(&new.limits, new.tls.as_ref()) {
+                            tracing::error!(listener = %new.name, error = %err, "TLS reload failed; keeping the current certificates");
+                        }
+                    }
+                    running.limit.set(new.max_connections);
+                    running.config = new.clone();
+                    kept.push(running);
+                }
+                None => {
+                    running.stop.cancel();
+                    let listen = running.config.listen;
+                    match running.accept.await {
+                        Ok(socket) if config.listeners.iter().any(|new| new.listen == listen) => {
+                            reusable.push((listen, socket));
+                        }
+                        Ok(_) => {}
+                        Err(err) => tracing::error!(error = %err, "accept loop panicked"),
+                    }
+                    tracing::info!(listener = %running.config.name, address = %listen, "listener removed; draining its connections");
+                }
+            }
+        }
+        self.listeners = kept;
+        let mut fresh = fresh;
+        for new in &config.listeners {
+            if self.listeners.iter().any(|r| same_role(&r.config, new)) {
+                continue;
+            }
+            let socket = match fresh.iter().position(|(name, _)| *name == new.name) {
+                Some(index) => Some(fresh.swap_remove(index).1),
+                None => reusable
+                    .iter()
+                    .position(|(listen, _)| *listen == new.listen)
+                    .map(|index| reusable.swap_remove(index).1),
+            };
+            if let Some(socket) = socket {
+                let address = socket.local_addr().map_or(new.listen, |a| a);
+                tracing::info!(listener = %new.name, address = %address, pool = %new.pool, "listener added");
+                self.start_listener(new.clone(), socket);
+            }
+        }
+    }
+
+    pub(crate) async fn apply_admin(&mut self, config: &Config, socket: Option<TcpListener>) {
+        let keep = matches!((&config.admin, &self.admin), (Some(new), Some(running)) if new.listen == running.listen);
+        if keep {
+            return;
+        }
+        if let Some(running) = self.admin.take() {
+            running.stop.cancel();
+            if let Err(err) = running.accept.await {
+                tracing::error!(error = %err, "admin accept loop panicked");
+            }
+        }
+        if let Some(socket) = socket {
+            self.start_admin(socket);
+        }
+    }
+
+    /// Watches the certificate files of every TLS listener (replacing the previous watch).
+    pub(crate) fn watch_certificates(&mut self, handle: &ReloadHandle) {
+        let files = tls_files(&self.config);
+        let files: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
+        self.cert_watcher = if files.is_empty() {
+            None
+        } else {
+            reload::watch(&files, handle.clone(), Trigger::Certificates)
+                .map_err(|err| tracing::warn!(error = %err, "certificate changes will not be picked up until a reload"))
+                .ok()
+        };
+    }
+
+    /// Tells the admin API which listeners run now.
+    pub(crate) fn publish_listeners(&self) {
+        let views = self
+            .listeners
+            .iter()
+            .map(|running| ListenerView {
+                name: Arc::clone(&running.config.name),
+                address: running.local,
+                protocol: running.config.protocol.as_str(),
+                pool: Arc::clone(&running.config.pool),
+                max_connections: running.config.max_connections,
+                metrics: Arc::clone(running.handler.metrics()),
+            })
+            .collect();
+        self.admin_state.set_listeners(views);
+    }
+
+    pub(crate) async fn shutdown(self) {
+        let timeout = self.config.runtime.shutdown_timeout;
+        tracing::info!(
+            open_connections = self.connections.len(),
+            timeout_ms = timeout.as_millis() as u64,
+            "shutting down: stopped accepting, draining connections"
+        );
+        self.stop.cancel();
+        let loops = self
+            .listeners
+            .into_iter()
+            .map(|l| l.accept)
+            .chain(self.admin.map(|a| a.accept));
+        for accept in loops {
+            if let Err(err) = accept.await {
+                tracing::error!(error = %err, "accept loop panicked");
+            }
+        }
+        self.connections.close();
+        match tokio::time::timeout(timeout, self.connections.wait()).await {
+            Ok(()) => tracing::info!("drained; all connections closed"),
+            Err(_) => {
+                tracing::warn!(
+                    open_connections = self.connections.len(),
+                    "shutdown timeout reached; closing remaining connections"
+                );
+                // Tunnels and TCP streams end at once on this; HTTP connections end when
+                // their tasks are dropped with the runtime.
+                self.deadline.cancel();
+                let _ = tokio::time::timeout(CUT_OFF_GRACE, self.connections.wait()).await;
+            }
+        }
+    }
+}
+
+/// Every TLS file a config reads.
+pub(crate) fn tls_files(config: &Config) -> Vec<PathBuf> {
+    config
+        .listeners
+        .iter()
+        .filter_map(|listener| listener.tls.as_ref())
+        .flat_map(crate::tls::files)
+        .map(std::path::Path::to_path_buf)
+        .collect()
+}
