@@ -19,6 +19,8 @@ use std::time::Duration;
 pub use diff::diff;
 pub use error::{ConfigError, Problem};
 
+pub use crate::tls::UpstreamTlsConfig;
+
 /// A complete, validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -173,17 +175,6 @@ pub struct PoolConfig {
     pub health_check: Option<HealthCheckConfig>,
     /// Passive ejection from live traffic.
     pub passive: PassiveConfig,
-}
-
-/// TLS from fulcrum to a pool's backends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamTlsConfig {
-    /// SNI and verification name; each backend's configured host when `None`.
-    pub server_name: Option<String>,
-    /// Trusted CA certificates (PEM); the public web roots when `None`.
-    pub ca: Option<std::path::PathBuf>,
-    /// Accept any certificate. For testing only; logged as a warning.
-    pub insecure_skip_verify: bool,
 }
 
 /// Active health checks of one pool.
