@@ -15,12 +15,12 @@ use super::raw::{
     RawAlgorithm, RawBackend, RawCheckKind, RawConfig, RawHealthCheck, RawListener, RawPassive,
     RawPool, RawProtocol, RawProxyVersion, RawTls, RawUpstreamTls,
 };
-use super::{
+use super::types::{
     AdminConfig, Algorithm, BackendConfig, CheckKind, ClientLimits, Config, HealthCheckConfig,
     ListenerConfig, PassiveConfig, PoolConfig, Protocol, ProxyProtocol, QueueConfig, RuntimeConfig,
-    StatusSet, UpstreamTlsConfig,
+    StatusSet,
 };
-use crate::tls::{CertificateFiles, MinVersion, TlsError, TlsSettings};
+use crate::tls::{CertificateFiles, MinVersion, TlsError, TlsSettings, UpstreamTlsConfig};
 
 /// Defaults for every optional key; the README's config reference lists the same values.
 pub(crate) mod defaults {
