@@ -5,6 +5,7 @@
 //! at least one backend, weights are at least 1, every listener names a pool that exists,
 //! addresses are resolved. Errors name the file, line, column and key (see [`ConfigError`]).
 
+mod defaults;
 mod diff;
 mod error;
 mod raw;
