@@ -1,9 +1,9 @@
 //! Configuration: the TOML file, parsed in two layers.
 //!
-//! [`raw`] describes the file (serde, unknown keys rejected); [`validate`] turns it into the
-//! types of [`types`], re-exported here, whose invariants hold by construction: every pool has
-//! at least one backend, weights are at least 1, every listener names a pool that exists,
-//! addresses are resolved. Errors name the file, line, column and key (see [`ConfigError`]).
+//! `raw` describes the file (serde, unknown keys rejected); `validate` turns it into the types
+//! of `types`, re-exported here, whose invariants hold by construction: every pool has at least
+//! one backend, weights are at least 1, every listener names a pool that exists, addresses are
+//! resolved. Errors name the file, line, column and key (see [`ConfigError`]).
 
 mod defaults;
 mod diff;
