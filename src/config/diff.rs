@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Config, ListenerConfig, PoolConfig};
+use super::types::{Config, ListenerConfig, PoolConfig};
 
 /// The changes from `old` to `new`, one line per pool or listener; empty when nothing changed.
 pub fn diff(old: &Config, new: &Config) -> Vec<String> {

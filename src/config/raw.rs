@@ -1,8 +1,8 @@
 //! The config file exactly as written: serde structs that only describe the TOML.
 //!
 //! Every field whose value needs a semantic check keeps its [`Spanned`] position, so the
-//! validation in [`super::validate`] can name the file, line and column of the offending value.
-//! Unknown keys are rejected everywhere (`deny_unknown_fields`).
+//! validation in the sibling `validate` module can name the file, line and column of the
+//! offending value. Unknown keys are rejected everywhere (`deny_unknown_fields`).
 
 use std::collections::BTreeMap;
 use std::fmt;

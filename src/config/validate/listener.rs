@@ -1,0 +1,204 @@
+//! `[[listeners]]` entries, with their `[listeners.tls]` settings.
+
+use std::sync::Arc;
+
+use toml::Spanned;
+
+use super::checker::Checker;
+use crate::config::defaults;
+use crate::config::raw::{RawConfig, RawListener, RawProtocol, RawTls};
+use crate::config::types::{ClientLimits, ListenerConfig, Protocol};
+use crate::tls::{CertificateFiles, MinVersion, TlsError, TlsSettings};
+
+/// hyper's smallest read buffer; a head limit below it cannot be enforced.
+const MIN_HEADER_BYTES: i64 = 8192;
+const MAX_HEADER_BYTES: i64 = 1024 * 1024;
+
+impl Checker<'_> {
+    pub(super) fn listener(
+        &mut self,
+        key: &str,
+        raw: &RawListener,
+        config: &RawConfig,
+    ) -> Option<ListenerConfig> {
+        let listen = self.address(&raw.listen, &format!("{key}.listen"), true);
+        let protocol = protocol(raw);
+        if protocol == Protocol::Tcp {
+            self.reject_keys(
+                key,
+                "tcp listeners",
+                &[
+                    (
+                        "header_read_timeout",
+                        raw.header_read_timeout.as_ref().map(Spanned::span),
+                    ),
+                    ("idle_timeout", raw.idle_timeout.as_ref().map(Spanned::span)),
+                    (
+                        "max_header_bytes",
+                        raw.max_header_bytes.as_ref().map(Spanned::span),
+                    ),
+                    ("tls", raw.tls.as_ref().map(Spanned::span)),
+                ],
+            );
+        } else {
+            self.reject_keys(
+                key,
+                "http listeners",
+                &[(
+                    "proxy_protocol",
+                    raw.proxy_protocol.as_ref().map(Spanned::span),
+                )],
+            );
+        }
+        let tls = match raw.tls.as_ref().filter(|_| protocol == Protocol::Http) {
+            None => Some(None),
+            Some(tls) => self.tls(&format!("{key}.tls"), tls.get_ref()).map(Some),
+        };
+        let pool = raw.pool.get_ref();
+        let pool_exists = config.pools.contains_key(pool.as_str());
+        if !pool_exists {
+            let known: Vec<&str> = config.pools.keys().map(|k| k.get_ref().as_str()).collect();
+            let hint = if known.is_empty() {
+                "no pools are defined".to_owned()
+            } else {
+                format!("defined pools: {}", known.join(", "))
+            };
+            self.report(
+                &raw.pool,
+                &format!("{key}.pool"),
+                format!("pool {pool:?} does not exist ({hint})"),
+            );
+        }
+        let header_read_timeout = self.duration(
+            raw.header_read_timeout.as_ref(),
+            &format!("{key}.header_read_timeout"),
+            defaults::HEADER_READ_TIMEOUT,
+        );
+        let idle_timeout = self.duration(
+            raw.idle_timeout.as_ref(),
+            &format!("{key}.idle_timeout"),
+            defaults::CLIENT_IDLE_TIMEOUT,
+        );
+        let max_header_bytes = match &raw.max_header_bytes {
+            None => Some(defaults::MAX_HEADER_BYTES),
+            Some(bytes) => self
+                .int_in(
+                    bytes,
+                    &format!("{key}.max_header_bytes"),
+                    MIN_HEADER_BYTES,
+                    MAX_HEADER_BYTES,
+                )
+                .and_then(|n| usize::try_from(n).ok()),
+        };
+        let max_connections = self.optional_count(
+            raw.max_connections.as_ref(),
+            &format!("{key}.max_connections"),
+        );
+        let name = raw.name.get_ref();
+        if name.is_empty() {
+            self.report(&raw.name, &format!("{key}.name"), "must not be empty");
+        }
+        Some(ListenerConfig {
+            max_connections: max_connections?,
+            name: Arc::from(name.as_str()),
+            listen: listen?,
+            protocol,
+            accept_proxy_protocol: raw.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref()),
+            tls: tls?,
+            pool: pool_exists.then(|| Arc::from(pool.as_str()))?,
+            limits: ClientLimits {
+                header_read_timeout: header_read_timeout?,
+                idle_timeout: idle_timeout?,
+                max_header_bytes: max_header_bytes?,
+            },
+        })
+    }
+
+    fn tls(&mut self, key: &str, raw: &RawTls) -> Option<TlsSettings> {
+        let base = self.config_dir();
+        if raw.certificates.get_ref().is_empty() {
+            self.report(
+                &raw.certificates,
+                &format!("{key}.certificates"),
+                "at least one certificate is required",
+            );
+        }
+        let mut certificates = Vec::new();
+        let mut ok = true;
+        for (index, entry) in raw.certificates.get_ref().iter().enumerate() {
+            let entry_key = format!("{key}.certificates[{index}]");
+            let files = CertificateFiles {
+                cert: base.join(entry.get_ref().cert.get_ref()),
+                key: base.join(entry.get_ref().key.get_ref()),
+            };
+            if let Err(err) = crate::tls::load_certificate(&files) {
+                let (at, field) = match &err {
+                    TlsError::NoKey(_)
+                    | TlsError::UnsupportedKey { .. }
+                    | TlsError::KeyMismatch { .. } => (&entry.get_ref().key, "key"),
+                    TlsError::Read { path, .. } if *path == files.key => {
+                        (&entry.get_ref().key, "key")
+                    }
+                    _ => (&entry.get_ref().cert, "cert"),
+                };
+                self.report(at, &format!("{entry_key}.{field}"), err.to_string());
+                ok = false;
+            }
+            certificates.push(files);
+        }
+        let min_version = match raw.min_version.as_ref() {
+            None => Some(MinVersion::Tls12),
+            Some(version) => match version.get_ref().as_str() {
+                "1.2" => Some(MinVersion::Tls12),
+                "1.3" => Some(MinVersion::Tls13),
+                other => {
+                    self.report(
+                        version,
+                        &format!("{key}.min_version"),
+                        format!("{other:?} is not a TLS version (\"1.2\" or \"1.3\")"),
+                    );
+                    None
+                }
+            },
+        };
+        let mut alpn = Vec::new();
+        match &raw.alpn {
+            None => alpn.extend(["h2".to_owned(), "http/1.1".to_owned()]),
+            Some(list) => {
+                for (index, protocol) in list.iter().enumerate() {
+                    match protocol.get_ref().as_str() {
+                        "h2" | "http/1.1" => alpn.push(protocol.get_ref().clone()),
+                        other => {
+                            self.report(
+                                protocol,
+                                &format!("{key}.alpn[{index}]"),
+                                format!("{other:?} is not supported (\"h2\" or \"http/1.1\")"),
+                            );
+                            ok = false;
+                        }
+                    }
+                }
+            }
+        }
+        let handshake_timeout = self.duration(
+            raw.handshake_timeout.as_ref(),
+            &format!("{key}.handshake_timeout"),
+            defaults::HANDSHAKE_TIMEOUT,
+        );
+        (ok && !certificates.is_empty()).then_some(())?;
+        Some(TlsSettings {
+            certificates,
+            min_version: min_version?,
+            alpn,
+            handshake_timeout: handshake_timeout?,
+        })
+    }
+}
+
+/// The protocol a listener speaks; HTTP unless it says otherwise.
+pub(super) fn protocol(raw: &RawListener) -> Protocol {
+    match raw.protocol.as_ref().map(|p| *p.get_ref()) {
+        None | Some(RawProtocol::Http) => Protocol::Http,
+        Some(RawProtocol::Tcp) => Protocol::Tcp,
+    }
+}

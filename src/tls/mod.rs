@@ -1,0 +1,12 @@
+//! TLS with rustls: termination on listeners, and TLS from fulcrum to a pool's backends.
+//!
+//! `load` reads PEM files (certificate chains and keys, CA roots); `server` builds a listener's
+//! configuration (SNI, ALPN, minimum version); `client` builds the one towards backends.
+
+mod client;
+mod load;
+mod server;
+
+pub use client::{UpstreamTlsConfig, client_config};
+pub use load::{CertificateFiles, TlsError, load_certificate, load_roots};
+pub use server::{MinVersion, TlsSettings, files, server_config};
