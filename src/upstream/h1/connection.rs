@@ -1,0 +1,181 @@
+//! A backend connection between exchanges: its TCP or TLS transport, its buffers and the
+//! checks the idle pool makes on it.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::client::TlsStream;
+
+/// Read size for heads and small bodies.
+pub(super) const READ_CHUNK: usize = 8 * 1024;
+
+/// The transport under an upstream connection.
+#[derive(Debug)]
+pub enum Stream {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// TLS to the backend.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(io) => Pin::new(io).poll_read(cx, buf),
+            Stream::Tls(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(io) => Pin::new(io).poll_write(cx, buf),
+            Stream::Tls(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Stream::Tls(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(io) => io.is_write_vectored(),
+            Stream::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(io) => Pin::new(io).poll_flush(cx),
+            Stream::Tls(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(io) => Pin::new(io).poll_shutdown(cx),
+            Stream::Tls(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
+
+/// An HTTP/1.1 connection to a backend, between exchanges.
+#[derive(Debug)]
+pub struct Connection {
+    pub(super) io: Stream,
+    /// Bytes read and not yet consumed.
+    pub(super) buf: BytesMut,
+    /// Where request heads are encoded; kept for the next request.
+    pub(super) head: Vec<u8>,
+    /// The response-head deadline: one timer for the connection's life. Moving a registered
+    /// timer later is one atomic update; a new timer per request costs two timer-wheel
+    /// updates (insert, remove). Set by [`Connection::send`] before it is ever polled.
+    pub(super) deadline: Pin<Box<Sleep>>,
+}
+
+impl Connection {
+    /// A connection over `io`, ready for its first request. Called within the runtime (the
+    /// deadline timer belongs to its time driver). Boxed for its whole life: requests,
+    /// responses and the idle pool move it around as one pointer.
+    pub fn new(io: Stream) -> Box<Self> {
+        Box::new(Self {
+            io,
+            buf: BytesMut::new(),
+            head: Vec::new(),
+            deadline: Box::pin(tokio::time::sleep_until(Instant::now())),
+        })
+    }
+
+    /// Gives the read buffer (8 KiB or more once used) back to the allocator, for a connection
+    /// that has been idle for a while; its next exchange allocates a new one. Whether there
+    /// was one to give back.
+    pub fn shed_buffer(&mut self) -> bool {
+        let had = self.buf.capacity() > 0;
+        self.buf = BytesMut::new();
+        had
+    }
+
+    /// Whether an idle connection can no longer carry a request: the backend closed it, reset
+    /// it, or sent bytes nobody asked for. Costs no system call while the socket has no news.
+    pub fn is_closed(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut byte);
+        !matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
+            Poll::Pending
+        )
+    }
+}
+
+/// Reads into `buf`, making room for `want` bytes first; `Ok(0)` at end of stream.
+pub(super) fn poll_read_into(
+    io: &mut Stream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    want: usize,
+) -> Poll<io::Result<usize>> {
+    buf.reserve(want);
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{backend, connect, request, send};
+    use http::Method;
+
+    #[tokio::test]
+    async fn idle_connections_report_closes_and_stray_bytes() {
+        let (addr, _heads) =
+            backend(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"], true).await;
+        let mut response = send(connect(addr).await, request(Method::GET, "/"))
+            .await
+            .expect("response");
+        let mut conn = response.body_mut().take_idle().expect("reusable");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !conn.is_closed() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "close never noticed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let (addr, _heads) = backend(
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 408 Timeout\r\n\r\n"],
+            false,
+        )
+        .await;
+        let mut response = send(connect(addr).await, request(Method::GET, "/"))
+            .await
+            .expect("response");
+        assert!(
+            response.body_mut().take_idle().is_none(),
+            "stray bytes buffered"
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! How an exchange with a backend fails, and whether its request can still go to another
+//! connection or backend.
+
+use std::io;
+
+use http::Request;
+
+use crate::upstream::request_body::RequestBody;
+
+/// Why an exchange with a backend failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading from or writing to the backend failed (reset and the like).
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The backend closed the connection before the response was complete.
+    #[error("backend closed the connection before the response was complete")]
+    Closed,
+    /// The backend sent something that is not a valid HTTP/1.1 response.
+    #[error("invalid response: {0}")]
+    Malformed(&'static str),
+    /// The client's request body failed while it was being forwarded.
+    #[error("request body from the client failed: {0}")]
+    RequestBody(#[source] hyper::Error),
+    /// No response head arrived before the exchange's deadline.
+    #[error("no response head before the deadline")]
+    TimedOut,
+}
+
+/// A failed exchange.
+pub enum SendError {
+    /// Nothing of the request reached the backend in a usable form (the head could not be
+    /// written): the request comes back whole for another connection or backend.
+    NotSent(Box<Request<RequestBody>>, Error),
+    /// The request was sent, at least in part; it cannot be sent again.
+    Failed(Error),
+}

@@ -1,0 +1,354 @@
+//! Heads on the wire: response heads (and trailer sections) parsed from the backend, request
+//! heads encoded for it, and the body framing each declares. The only user of `httparse`.
+
+use std::mem::MaybeUninit;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Version};
+use http_body::Body as _;
+
+use super::error::Error;
+use crate::http::headers::Forwarding;
+use crate::http::wire::content_length;
+use crate::upstream::request_body::RequestBody;
+
+/// Largest response head (status line and fields) accepted from a backend.
+pub(super) const MAX_HEAD: usize = 64 * 1024;
+/// Most fields a response head or trailer section may have.
+const MAX_HEADERS: usize = 100;
+
+/// A parsed response head.
+pub(super) struct Head {
+    /// Bytes the head takes in the buffer.
+    pub(super) len: usize,
+    pub(super) status: StatusCode,
+    pub(super) version: Version,
+    /// What the fields say about framing and the connection.
+    pub(super) fields: Fields,
+    /// The reason phrase, kept only when it is not the standard one.
+    pub(super) reason: Option<hyper::ext::ReasonPhrase>,
+}
+
+/// Parses a response head at the start of `buf` into `headers` (emptied first); `None` while
+/// it is incomplete.
+pub(super) fn parse_head(buf: &[u8], headers: &mut HeaderMap) -> Result<Option<Head>, Error> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    // Uninitialised slots: zeroing a hundred fields per response costs more than parsing.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Error::Malformed("too many header fields"));
+        }
+        Err(_) => return Err(Error::Malformed("unparsable response head")),
+    };
+    let code = response.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| Error::Malformed("invalid status code"))?;
+    let version = match response.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let reason = response
+        .reason
+        .filter(|reason| status.canonical_reason() != Some(*reason))
+        .and_then(|reason| {
+            hyper::ext::ReasonPhrase::try_from(Bytes::copy_from_slice(reason.as_bytes())).ok()
+        });
+    headers.clear();
+    let fields = read_fields(response.headers, headers)?;
+    Ok(Some(Head {
+        len,
+        status,
+        version,
+        fields,
+        reason,
+    }))
+}
+
+/// What a head's fields say about its framing and connection, gathered while copying them.
+#[derive(Debug, Default)]
+pub(super) struct Fields {
+    /// `Connection: close` was sent.
+    close: bool,
+    /// `Connection: keep-alive` was sent.
+    keep_alive: bool,
+    /// `Transfer-Encoding` was sent; `true` when its last coding is chunked.
+    chunked: Option<bool>,
+    /// The `Content-Length`, when sent (every value agreeing).
+    pub(super) length: Option<u64>,
+}
+
+impl Fields {
+    /// Whether the backend lets the connection carry another request (RFC 9112 §9.3).
+    pub(super) fn allow_keep_alive(&self, version: Version) -> bool {
+        !self.close && (version == Version::HTTP_11 || self.keep_alive)
+    }
+
+    /// How a response that has a body delimits it (RFC 9112 §6.3).
+    pub(super) fn body_framing(&self) -> Result<Kind, Error> {
+        match (self.chunked, self.length) {
+            (Some(_), Some(_)) => Err(Error::Malformed(
+                "both Transfer-Encoding and Content-Length",
+            )),
+            (Some(true), None) => Ok(Kind::Chunked(Chunked::Size)),
+            (Some(false), None) => Err(Error::Malformed("transfer coding other than chunked last")),
+            (None, Some(0)) => Ok(Kind::Done),
+            (None, Some(length)) => Ok(Kind::Length(length)),
+            (None, None) => Ok(Kind::Close),
+        }
+    }
+}
+
+/// Where a response body stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// This many bytes are still due.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked(Chunked),
+    /// Everything until the backend closes the connection.
+    Close,
+    /// The body has ended.
+    Done,
+}
+
+/// Where a chunked body stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Chunked {
+    /// A chunk-size line is next.
+    Size,
+    /// This many bytes of chunk data are due.
+    Data(u64),
+    /// The CRLF after chunk data is next.
+    DataEnd,
+    /// The trailer section (possibly empty) is next.
+    Trailers,
+}
+
+/// Copies parsed fields into `headers`, noting the ones that frame the message.
+///
+/// `Date` is left out: the client gets the proxy's own, from hyper's once-a-second cache (as
+/// nginx does), which costs less than carrying the backend's through. So is `Content-Length`,
+/// noted in the facts: `Connection::respond` puts it back unless the body's own length says
+/// the same (hyper writes the field from that).
+fn read_fields(fields: &[httparse::Header<'_>], headers: &mut HeaderMap) -> Result<Fields, Error> {
+    let mut facts = Fields::default();
+    headers.reserve(fields.len());
+    for field in fields {
+        // The fields left out are known by their bytes, before a name or value is built.
+        let raw = field.name.as_bytes();
+        if raw.eq_ignore_ascii_case(b"date") {
+            continue;
+        }
+        if raw.eq_ignore_ascii_case(b"content-length") {
+            for item in field.value.split(|&b| b == b',') {
+                let length = content_length(item.trim_ascii())
+                    .ok_or(Error::Malformed("invalid Content-Length"))?;
+                if facts.length.is_some_and(|known| known != length) {
+                    return Err(Error::Malformed("conflicting Content-Length values"));
+                }
+                facts.length = Some(length);
+            }
+            continue;
+        }
+        let name =
+            HeaderName::from_bytes(raw).map_err(|_| Error::Malformed("invalid header name"))?;
+        let value = HeaderValue::from_bytes(field.value)
+            .map_err(|_| Error::Malformed("invalid header value"))?;
+        if name == header::CONNECTION {
+            for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                facts.close |= token.eq_ignore_ascii_case(b"close");
+                facts.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            let last = field
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .unwrap_or_default();
+            facts.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        }
+        headers.append(name, value);
+    }
+    Ok(facts)
+}
+
+/// The fields of a trailer section (ending in an empty line).
+pub(super) fn parse_trailers(section: &[u8]) -> Result<HeaderMap, Error> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(section, &mut fields) {
+        Ok(httparse::Status::Complete((_, fields))) => {
+            let mut trailers = HeaderMap::new();
+            read_fields(fields, &mut trailers)?;
+            Ok(trailers)
+        }
+        _ => Err(Error::Malformed("invalid trailer section")),
+    }
+}
+
+/// How a request body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding: the length is not known in advance.
+    Chunked,
+}
+
+/// Methods whose requests carry a body by definition: an empty one is sent with
+/// `Content-Length: 0` so the backend does not wait for one.
+fn expects_body(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+}
+
+/// Encodes `request`'s head, with the proxy's `forwarding` fields after its own, into `out`
+/// and says how its body follows.
+///
+/// The head was prepared by the proxy (hop-by-hop fields such as `Transfer-Encoding` are
+/// gone), so the framing fields written here are the only ones.
+pub(super) fn encode_head(
+    request: &Request<RequestBody>,
+    forwarding: &Forwarding<'_>,
+    out: &mut Vec<u8>,
+) -> Framing {
+    let body = request.body();
+    let headers = request.headers();
+    let framing = if body.is_end_stream() {
+        Framing::Empty
+    } else {
+        match body.size_hint().exact() {
+            Some(length) => Framing::Length(length),
+            None => Framing::Chunked,
+        }
+    };
+    out.clear();
+    out.extend_from_slice(request.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut has_length = false;
+    let mut host = None;
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH {
+            has_length = true;
+            if framing == Framing::Chunked {
+                continue;
+            }
+        } else if name == header::HOST {
+            host = Some(value);
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Empty if !has_length && expects_body(request.method()) => {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        Framing::Length(length) if !has_length => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa(length, &mut [0; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Empty | Framing::Length(_) => {}
+    }
+    forwarding.write(host, out);
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// `value` in decimal, written into `digits`.
+fn itoa(mut value: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            return &digits[start..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{backend, connect, read, request, send, sent};
+    use super::*;
+    use crate::http::headers::test_forwarding as forwarding;
+
+    #[tokio::test]
+    async fn connections_the_backend_will_close_are_not_reused() {
+        for reply in [
+            &b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"[..],
+            b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
+        ] {
+            let (addr, _heads) = backend(vec![reply], false).await;
+            let mut response = send(connect(addr).await, request(Method::GET, "/"))
+                .await
+                .expect("response");
+            let _ = read(response.body_mut()).await.expect("body");
+            assert!(response.body_mut().take_idle().is_none(), "{reply:?}");
+        }
+        let (addr, _heads) = backend(
+            vec![b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"],
+            false,
+        )
+        .await;
+        let mut response = send(connect(addr).await, request(Method::GET, "/"))
+            .await
+            .expect("response");
+        assert!(response.body_mut().take_idle().is_some());
+    }
+
+    #[tokio::test]
+    async fn broken_responses_are_errors() {
+        for reply in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"SSH-2.0-OpenSSH\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+        ] {
+            let (addr, _heads) = backend(vec![reply], false).await;
+            let result = send(connect(addr).await, request(Method::GET, "/")).await;
+            assert!(
+                matches!(result, Err(Error::Malformed(_))),
+                "{reply:?}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_heads_say_how_the_body_follows() {
+        let mut out = Vec::new();
+        let framing = encode_head(
+            &request(Method::GET, "http://app.test/x"),
+            &forwarding(),
+            &mut out,
+        );
+        assert_eq!(framing, Framing::Empty);
+        assert_eq!(out, sent("GET /x HTTP/1.1\r\nhost: app.test\r\n"));
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(itoa(u64::MAX, &mut [0; 20]), b"18446744073709551615");
+    }
+}

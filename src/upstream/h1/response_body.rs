@@ -1,0 +1,386 @@
+//! The response body on its way down: read straight from the connection as the client side polls
+//! it, then the connection handed back for reuse or, after a 101, to the upgraded protocol.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::{Frame, SizeHint};
+
+use super::body_writer::Writing;
+use super::connection::{Connection, READ_CHUNK, Stream, poll_read_into};
+use super::error::Error;
+use super::head::{Chunked, Kind, MAX_HEAD, parse_trailers};
+use crate::http::wire;
+use crate::io::rewind::Rewind;
+
+/// Bodies with at least this much left are read into buffers of their own, handed on whole.
+const LARGE_READ: usize = 16 * 1024;
+/// Largest single read of body bytes.
+const MAX_READ: usize = 64 * 1024;
+/// Data already buffered up to this size is copied out, keeping the connection's buffer.
+const COPY_LIMIT: usize = 4 * 1024;
+/// Longest chunk-size line (with extensions) accepted.
+const MAX_CHUNK_LINE: usize = 1024;
+
+/// A response body read from a backend connection.
+pub struct Body {
+    /// The connection, until the body ends or fails.
+    pub(super) conn: Option<Box<Connection>>,
+    pub(super) kind: Kind,
+    /// Whether the backend lets the connection carry another request after this response.
+    pub(super) keep_alive: bool,
+    /// The request body, when it was still being sent as the response began.
+    pub(super) writing: Writing,
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body")
+            .field("kind", &self.kind)
+            .field("keep_alive", &self.keep_alive)
+            .field("writing", &matches!(self.writing, Writing::Body(_)))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The connection of a 101 response: the protocol the two sides switched to runs on it, with
+/// the bytes that arrived after the 101 head read first.
+pub type Upgraded = Rewind<Stream>;
+
+impl Body {
+    /// The connection, when the body has ended and the exchange left it reusable. Called once
+    /// the body is at its end; afterwards the body no longer holds the connection.
+    pub fn take_idle(&mut self) -> Option<Box<Connection>> {
+        let request_sent = matches!(self.writing, Writing::Done { complete: true });
+        if self.kind != Kind::Done || !self.keep_alive || !request_sent {
+            return None;
+        }
+        self.conn.take().filter(|conn| conn.buf.is_empty())
+    }
+
+    /// For a 101 response: the connection, now carrying the upgraded protocol.
+    pub fn into_upgraded(mut self) -> Option<Upgraded> {
+        let mut conn = self.conn.take()?;
+        Some(Rewind::new(conn.buf.split().freeze(), conn.io))
+    }
+
+    /// Drops the connection as soon as the response is complete and the connection cannot
+    /// be reused (a request body still unsent is abandoned with it).
+    pub(super) fn settle(&mut self) {
+        let request_sent = matches!(self.writing, Writing::Done { complete: true });
+        if self.kind == Kind::Done && !(self.keep_alive && request_sent) {
+            self.conn = None;
+            self.writing = Writing::Done { complete: false };
+        }
+    }
+
+    /// Moves the rest of the request body on. A client whose upload fails breaks the
+    /// exchange; a backend that stops reading just gets no more of it.
+    fn poll_writing(&mut self, cx: &mut Context<'_>) -> Result<(), Error> {
+        let (Writing::Body(writer), Some(conn)) = (&mut self.writing, self.conn.as_mut()) else {
+            return Ok(());
+        };
+        match writer.poll_write(&mut conn.io, cx) {
+            Poll::Pending => Ok(()),
+            Poll::Ready(Ok(())) => {
+                self.writing = Writing::Done { complete: true };
+                Ok(())
+            }
+            Poll::Ready(Err(Error::RequestBody(err))) => Err(Error::RequestBody(err)),
+            Poll::Ready(Err(_)) => {
+                self.writing = Writing::Done { complete: false };
+                Ok(())
+            }
+        }
+    }
+
+    /// Marks the body finished.
+    fn end(&mut self) {
+        self.kind = Kind::Done;
+        self.settle();
+    }
+
+    /// Reads more body bytes into the connection's buffer; an end of stream is an error.
+    fn fill(conn: &mut Connection, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if ready!(poll_read_into(&mut conn.io, cx, &mut conn.buf, READ_CHUNK))? == 0 {
+            return Poll::Ready(Err(Error::Closed));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Up to `limit` bytes of body data: from the buffer when it has some, else read, into a
+    /// buffer of their own when plenty is due. `Ok(None)` at end of stream.
+    fn poll_data(
+        conn: &mut Connection,
+        cx: &mut Context<'_>,
+        limit: u64,
+    ) -> Poll<Result<Option<Bytes>, Error>> {
+        if conn.buf.is_empty() {
+            if limit >= LARGE_READ as u64 {
+                let want = usize::try_from(limit).unwrap_or(MAX_READ).min(MAX_READ);
+                let mut own = BytesMut::with_capacity(want);
+                if ready!(tokio_util::io::poll_read_buf(
+                    Pin::new(&mut conn.io),
+                    cx,
+                    &mut own
+                ))? == 0
+                {
+                    return Poll::Ready(Ok(None));
+                }
+                return Poll::Ready(Ok(Some(own.freeze())));
+            }
+            if ready!(poll_read_into(&mut conn.io, cx, &mut conn.buf, READ_CHUNK))? == 0 {
+                return Poll::Ready(Ok(None));
+            }
+        }
+        let take = usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .min(conn.buf.len());
+        let data = if take <= COPY_LIMIT {
+            let data = Bytes::copy_from_slice(&conn.buf[..take]);
+            conn.buf.advance(take);
+            data
+        } else {
+            conn.buf.split_to(take).freeze()
+        };
+        Poll::Ready(Ok(Some(data)))
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.poll_writing(cx)?;
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match self.kind {
+                Kind::Done => return Poll::Ready(None),
+                Kind::Length(remaining) => {
+                    let Some(data) = ready!(Self::poll_data(conn, cx, remaining))? else {
+                        return Poll::Ready(Some(Err(Error::Closed)));
+                    };
+                    let left = remaining - data.len() as u64;
+                    if left == 0 {
+                        self.end();
+                    } else {
+                        self.kind = Kind::Length(left);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Kind::Close => match ready!(Self::poll_data(conn, cx, MAX_READ as u64))? {
+                    Some(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    None => {
+                        self.keep_alive = false;
+                        self.end();
+                        return Poll::Ready(None);
+                    }
+                },
+                Kind::Chunked(Chunked::Data(remaining)) => {
+                    let Some(data) = ready!(Self::poll_data(conn, cx, remaining))? else {
+                        return Poll::Ready(Some(Err(Error::Closed)));
+                    };
+                    let left = remaining - data.len() as u64;
+                    self.kind = Kind::Chunked(if left == 0 {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left)
+                    });
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Kind::Chunked(Chunked::Size) => {
+                    let Some(line_end) = memchr::memchr(b'\n', &conn.buf) else {
+                        if conn.buf.len() > MAX_CHUNK_LINE {
+                            return Poll::Ready(Some(Err(Error::Malformed(
+                                "chunk size line too long",
+                            ))));
+                        }
+                        ready!(Self::fill(conn, cx))?;
+                        continue;
+                    };
+                    let size = parse_chunk_size(&conn.buf[..=line_end])?;
+                    conn.buf.advance(line_end + 1);
+                    self.kind = Kind::Chunked(if size == 0 {
+                        Chunked::Trailers
+                    } else {
+                        Chunked::Data(size)
+                    });
+                }
+                Kind::Chunked(Chunked::DataEnd) => {
+                    if conn.buf.len() < 2 {
+                        ready!(Self::fill(conn, cx))?;
+                        continue;
+                    }
+                    if &conn.buf[..2] != b"\r\n" {
+                        return Poll::Ready(Some(Err(Error::Malformed(
+                            "chunk data not followed by CRLF",
+                        ))));
+                    }
+                    conn.buf.advance(2);
+                    self.kind = Kind::Chunked(Chunked::Size);
+                }
+                Kind::Chunked(Chunked::Trailers) => {
+                    if conn.buf.starts_with(b"\r\n") {
+                        conn.buf.advance(2);
+                        self.end();
+                        return Poll::Ready(None);
+                    }
+                    let Some(end) = memchr::memmem::find(&conn.buf, b"\r\n\r\n") else {
+                        if conn.buf.len() >= MAX_HEAD {
+                            return Poll::Ready(Some(Err(Error::Malformed(
+                                "trailer section too large",
+                            ))));
+                        }
+                        ready!(Self::fill(conn, cx))?;
+                        continue;
+                    };
+                    let trailers = parse_trailers(&conn.buf[..end + 4])?;
+                    conn.buf.advance(end + 4);
+                    self.end();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+            }
+        }
+    }
+}
+
+/// The size on a chunk-size line, as [`wire::chunk_size`] reads it.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, Error> {
+    wire::chunk_size(line).ok_or(Error::Malformed("invalid chunk size line"))
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = self.get_mut();
+        let next = ready!(this.poll_next(cx));
+        if let Some(Err(_)) = &next {
+            this.conn = None;
+            this.kind = Kind::Done;
+            this.keep_alive = false;
+        }
+        Poll::Ready(next)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.kind == Kind::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.kind {
+            Kind::Length(remaining) => SizeHint::with_exact(remaining),
+            Kind::Done => SizeHint::with_exact(0),
+            Kind::Chunked(_) | Kind::Close => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{backend, connect, read, request, send};
+    use super::*;
+    use http::header::{self, HeaderValue};
+    use http::{Method, StatusCode};
+    use http_body::Body as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn chunked_bodies_are_decoded_with_their_trailers() {
+        let (addr, _heads) = backend(
+            vec![
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  5;ext=1\r\nhello\r\nA\r\n, world!!!\r\n0\r\nX-Check: 42\r\n\r\n",
+            ],
+            false,
+        )
+        .await;
+        let mut response = send(connect(addr).await, request(Method::GET, "/"))
+            .await
+            .expect("response");
+        assert_eq!(response.body().size_hint().exact(), None);
+        let (data, trailers) = read(response.body_mut()).await.expect("body");
+        assert_eq!(data, b"hello, world!!!");
+        assert_eq!(trailers.expect("trailers")["x-check"], "42");
+        assert!(response.body_mut().take_idle().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_body_without_length_runs_to_the_close() {
+        let (addr, _heads) = backend(vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the end"], true).await;
+        let mut response = send(connect(addr).await, request(Method::GET, "/"))
+            .await
+            .expect("response");
+        assert_eq!(
+            read(response.body_mut()).await.expect("body").0,
+            b"until the end"
+        );
+        assert!(response.body_mut().take_idle().is_none());
+    }
+
+    #[tokio::test]
+    async fn cut_off_responses_are_errors() {
+        let (addr, _heads) = backend(vec![b"HTTP/1.1 200 OK\r\nContent-Le"], true).await;
+        let result = send(connect(addr).await, request(Method::GET, "/")).await;
+        assert!(matches!(result, Err(Error::Closed)), "{result:?}");
+        for reply in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n",
+        ] {
+            let (addr, _heads) = backend(vec![reply], true).await;
+            let mut response = send(connect(addr).await, request(Method::GET, "/"))
+                .await
+                .expect("head");
+            assert!(read(response.body_mut()).await.is_err(), "{reply:?}");
+            assert!(response.body_mut().take_idle().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_switch_hands_over_the_connection_with_early_bytes() {
+        let (addr, heads) = backend(
+            vec![b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\nearly"],
+            false,
+        )
+        .await;
+        let mut get = request(Method::GET, "/ws");
+        get.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("echo"));
+        let response = send(connect(addr).await, get).await.expect("response");
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let mut upgraded = response.into_body().into_upgraded().expect("upgraded");
+        let mut early = [0u8; 5];
+        upgraded.read_exact(&mut early).await.expect("early bytes");
+        assert_eq!(&early, b"early");
+        upgraded
+            .write_all(b"after")
+            .await
+            .expect("write on the upgraded connection");
+        let head = &heads.await.expect("heads")[0];
+        assert!(
+            memchr::memmem::find(head, b"\r\nupgrade: echo\r\n").is_some(),
+            "{head:?}"
+        );
+    }
+
+    #[test]
+    fn chunk_sizes_parse_strictly() {
+        assert_eq!(parse_chunk_size(b"0\r\n").ok(), Some(0));
+        assert_eq!(parse_chunk_size(b"1aF\r\n").ok(), Some(0x1af));
+        assert_eq!(parse_chunk_size(b"10 ;name=value\r\n").ok(), Some(16));
+        for bad in [
+            &b"\r\n"[..],
+            b"g\r\n",
+            b"10\n",
+            b"-1\r\n",
+            b"1000000000000000\r\n",
+        ] {
+            assert!(parse_chunk_size(bad).is_err(), "{bad:?}");
+        }
+    }
+}
