@@ -1,0 +1,190 @@
+//! Running a scenario: every chosen contender once per round, the starting one rotating, and
+//! one measured run — backends, proxy, warm-up, load, and the CPU time every process spent.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::Result;
+use crate::contenders::{Backend, Contender, start_backend, start_proxy, unsupported};
+use crate::environment::Environment;
+use crate::idle::measure_idle;
+use crate::load::{finish_load, start_load};
+use crate::options::Options;
+use crate::report::{ContenderReport, Run, ScenarioReport};
+use crate::sampling::{own_ticks, peak_rss_kib, raise_open_files_limit, reaped_children_ticks};
+use crate::scenarios::{IDLE_CAPACITY, Scenario, Traffic};
+
+/// Runs `scenario` for `options.rounds` rounds; a skipped scenario or contender is reported
+/// with the reason, a failed run with its error.
+pub fn run_scenario(env: &Environment, options: &Options, scenario: &Scenario) -> ScenarioReport {
+    let unit = match scenario.traffic {
+        Traffic::Tcp => "MiB/s",
+        Traffic::Idle => "conn/s",
+        Traffic::Http | Traffic::Http2 => "req/s",
+    };
+    let skipped = match scenario.traffic {
+        Traffic::Http2 if env.h2load.is_none() => {
+            Some("skipped: h2load not installed (Debian: nghttp2-client)".to_owned())
+        }
+        Traffic::Http if scenario.tls && env.wrk.is_none() => Some(
+            "skipped: needs wrk (the built-in load generator speaks plain HTTP/1.1 only)"
+                .to_owned(),
+        ),
+        Traffic::Idle => match raise_open_files_limit() {
+            Some(limit) if limit >= IDLE_CAPACITY as u64 => None,
+            limit => Some(format!(
+                "skipped: needs an open-files limit of at least {IDLE_CAPACITY} (ulimit -n), have {}",
+                limit.map_or_else(|| "unknown".to_owned(), |limit| limit.to_string())
+            )),
+        },
+        _ => None,
+    };
+    let mut report = ScenarioReport {
+        name: scenario.name,
+        about: scenario.about,
+        unit,
+        skipped,
+        contenders: Vec::new(),
+    };
+    if report.skipped.is_some() {
+        return report;
+    }
+    let chosen: Vec<Contender> = Contender::ALL
+        .into_iter()
+        .filter(|contender| {
+            options
+                .contenders
+                .as_ref()
+                .is_none_or(|names| names.iter().any(|name| name == contender.name()))
+        })
+        .collect();
+    for &contender in &chosen {
+        report.contenders.push(ContenderReport {
+            contender,
+            runs: Vec::new(),
+            failures: Vec::new(),
+            skipped: unsupported(env, scenario, contender).or_else(|| {
+                // Their memory does not change with fulcrum's code; it is a third of the time.
+                let quick_idle = options.quick
+                    && options.contenders.is_none()
+                    && scenario.traffic == Traffic::Idle
+                    && contender != Contender::Fulcrum;
+                quick_idle.then(|| "--quick measures fulcrum only here".to_owned())
+            }),
+        });
+    }
+    let runnable: Vec<usize> = (0..report.contenders.len())
+        .filter(|&i| report.contenders[i].skipped.is_none())
+        .collect();
+    eprintln!("== {}: {}", scenario.name, scenario.about);
+    for round in 0..options.rounds {
+        // Rotate the starting contender each round: A B C, B C A, C A B ...
+        for step in 0..runnable.len() {
+            let index = runnable[(round + step) % runnable.len()];
+            let contender = report.contenders[index].contender;
+            eprintln!(
+                "   round {} / {}: {}",
+                round + 1,
+                options.rounds,
+                contender.name()
+            );
+            match measure(env, options, scenario, contender) {
+                Ok(run) => report.contenders[index].runs.push(run),
+                Err(err) => {
+                    eprintln!("   {} failed: {err}", contender.name());
+                    report.contenders[index].failures.push(err.to_string());
+                }
+            }
+        }
+    }
+    report
+}
+
+/// One measured run of `contender` in `scenario`, from fresh processes.
+fn measure(
+    env: &Environment,
+    options: &Options,
+    scenario: &Scenario,
+    contender: Contender,
+) -> Result<Run> {
+    if scenario.traffic == Traffic::Idle {
+        return measure_idle(env, scenario, contender);
+    }
+    let mut backends = (0..scenario.backends)
+        .map(|_| start_backend(env, scenario))
+        .collect::<Result<Vec<_>>>()?;
+    let addrs: Vec<SocketAddr> = backends.iter().map(|backend| backend.addr).collect();
+    let proxy = match contender {
+        Contender::Direct => None,
+        _ => Some(start_proxy(env, scenario, contender, &addrs)?),
+    };
+    let target = proxy.as_ref().map_or(addrs[0], |proxy| proxy.addr);
+    // HTTP/2 always warms up: its first burst of 640 requests makes the proxies open hundreds
+    // of upstream connections at once, more than the backend's accept queue (128) holds, and
+    // the dropped SYNs come back a second later as latency outliers.
+    let warmup = if scenario.traffic == Traffic::Http2 {
+        options.warmup.max(1)
+    } else {
+        options.warmup
+    };
+    if warmup > 0 && !scenario.kill_one {
+        finish_load(start_load(env, scenario, target, warmup)?, warmup)?;
+    }
+
+    let proxy_pid = proxy.as_ref().map(|proxy| proxy.guard.pid());
+    let backend_ticks = |backends: &[Backend]| -> u64 {
+        backends
+            .iter()
+            .map(|backend| own_ticks(backend.guard.pid()))
+            .sum()
+    };
+    let proxy_before = proxy_pid.map(own_ticks);
+    let backends_before = backend_ticks(&backends);
+    let reaped_before = reaped_children_ticks();
+    let began = Instant::now();
+    let load = start_load(env, scenario, target, options.duration)?;
+    let mut killed_ticks = 0;
+    if scenario.kill_one {
+        std::thread::sleep(Duration::from_secs_f64(options.duration as f64 / 2.0));
+        let victim = &mut backends[1];
+        killed_ticks = own_ticks(victim.guard.pid());
+        victim.guard.kill_now();
+    }
+    let result = finish_load(load, options.duration)?;
+    let wall = began.elapsed().as_secs_f64();
+    let loadgen_ticks = reaped_children_ticks().saturating_sub(reaped_before);
+    let backends_after = backend_ticks(&backends) + killed_ticks;
+    let proxy_ticks = proxy_pid
+        .zip(proxy_before)
+        .map(|(pid, before)| own_ticks(pid).saturating_sub(before));
+    let peak_rss_kib = proxy_pid.and_then(peak_rss_kib);
+    if let Some(proxy) = &proxy {
+        if result.requests == 0 && result.bytes == 0 {
+            let said = std::fs::read_to_string(&proxy.log).unwrap_or_default();
+            return Err(format!("no traffic got through; proxy said: {said}").into());
+        }
+    }
+
+    let ops = if scenario.traffic == Traffic::Tcp {
+        result.bytes as f64 / (1024.0 * 1024.0)
+    } else {
+        result.requests as f64
+    };
+    let seconds = if result.seconds > 0.0 {
+        result.seconds
+    } else {
+        wall
+    };
+    let client = (loadgen_ticks + backends_after.saturating_sub(backends_before)) as f64;
+    Ok(Run {
+        rate: ops / seconds,
+        proxy_cpu_us_per_op: proxy_ticks
+            .filter(|_| ops > 0.0)
+            .map(|ticks| ticks as f64 / env.ticks * 1e6 / ops),
+        proxy_core: proxy_ticks.map(|ticks| ticks as f64 / env.ticks / wall),
+        client_core: client / env.ticks / wall,
+        peak_rss_kib,
+        load: result,
+        idle: None,
+    })
+}
