@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use status::{ListenerView, ReloadStatus, Status};
+pub use status::{ListenerView, ReloadResult, ReloadStatus, Status};
 
 use crate::backend::Backend;
 use crate::reload::{ReloadHandle, ReloadOutcome};
@@ -87,14 +87,14 @@ impl AdminState {
             ReloadOutcome::Applied(changes) => {
                 self.applied_source.store(Arc::new(source));
                 ReloadStatus {
-                    result: "applied",
+                    result: ReloadResult::Applied,
                     at_unix,
                     changes: changes.clone(),
                     error: None,
                 }
             }
             ReloadOutcome::Rejected(error) => ReloadStatus {
-                result: "rejected",
+                result: ReloadResult::Rejected,
                 at_unix,
                 changes: Vec::new(),
                 error: Some(error.clone()),
