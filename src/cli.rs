@@ -1,8 +1,14 @@
-//! Command-line arguments of the `fulcrum` binary.
+//! Command-line arguments of the `fulcrum` binary, and the admin client behind
+//! `--check --diff` (it fetches the running instance's config from its admin listener).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use bytes::Bytes;
 use clap::Parser;
+use http::{Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 /// A layer-4/7 load balancer.
 #[derive(Debug, Parser)]
@@ -19,9 +25,73 @@ pub struct Cli {
     /// With --check: print the changes this file would make to the instance whose admin
     /// listener is at this address, without applying them.
     #[arg(long, value_name = "ADMIN_ADDR", requires = "check")]
-    pub diff: Option<std::net::SocketAddr>,
+    pub diff: Option<SocketAddr>,
 
     /// Log filter, e.g. `info` or `fulcrum=debug`; overrides RUST_LOG.
     #[arg(long)]
     pub log_level: Option<String>,
+}
+
+/// Why the running instance's config could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Could not connect or talk HTTP to the admin listener.
+    #[error("cannot reach the admin listener at {address}: {message}")]
+    Unreachable {
+        /// The admin address asked.
+        address: SocketAddr,
+        /// What went wrong.
+        message: String,
+    },
+    /// The admin listener answered with an error.
+    #[error("the admin listener at {address} answered {status}: {body}")]
+    Status {
+        /// The admin address asked.
+        address: SocketAddr,
+        /// Its status code.
+        status: StatusCode,
+        /// Its body.
+        body: String,
+    },
+}
+
+/// Fetches the config text a running fulcrum has applied, from its admin listener's `/config`.
+pub async fn fetch_config(address: SocketAddr) -> Result<String, FetchError> {
+    use http_body_util::{BodyExt, Empty};
+    let unreachable = |message: String| FetchError::Unreachable { address, message };
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(|err| unreachable(err.to_string()))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|err| unreachable(err.to_string()))?;
+    let driver = tokio::spawn(connection);
+    let request = Request::builder()
+        .uri("/config")
+        .header(header::HOST, address.to_string())
+        .body(Empty::new())
+        .map_err(|err| unreachable(err.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|err| unreachable(err.to_string()))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|err| unreachable(err.to_string()))?
+        .to_bytes();
+    driver.abort();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(FetchError::Status {
+            address,
+            status,
+            body,
+        })
+    }
 }

@@ -180,7 +180,7 @@ fn print_diff(cli: &Cli, admin: std::net::SocketAddr, config: &Config) -> anyhow
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let running = runtime.block_on(fulcrum::admin::fetch_config(admin))?;
+    let running = runtime.block_on(fulcrum::cli::fetch_config(admin))?;
     let running = Config::parse(&format!("running config at {admin}"), &running)
         .context("the running instance's config does not parse here")?;
     let changes = fulcrum::config::diff(&running, config);

@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use status::{ListenerView, ReloadStatus, Status};
+pub use status::{ListenerView, ReloadResult, ReloadStatus, Status};
 
 use crate::backend::Backend;
 use crate::reload::{ReloadHandle, ReloadOutcome};
@@ -87,14 +87,14 @@ impl AdminState {
             ReloadOutcome::Applied(changes) => {
                 self.applied_source.store(Arc::new(source));
                 ReloadStatus {
-                    result: "applied",
+                    result: ReloadResult::Applied,
                     at_unix,
                     changes: changes.clone(),
                     error: None,
                 }
             }
             ReloadOutcome::Rejected(error) => ReloadStatus {
-                result: "rejected",
+                result: ReloadResult::Rejected,
                 at_unix,
                 changes: Vec::new(),
                 error: Some(error.to_string()),
@@ -261,68 +261,4 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-/// Why the running instance's config could not be fetched.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// Could not connect or talk HTTP to the admin listener.
-    #[error("cannot reach the admin listener at {address}: {message}")]
-    Unreachable {
-        /// The admin address asked.
-        address: SocketAddr,
-        /// What went wrong.
-        message: String,
-    },
-    /// The admin listener answered with an error.
-    #[error("the admin listener at {address} answered {status}: {body}")]
-    Status {
-        /// The admin address asked.
-        address: SocketAddr,
-        /// Its status code.
-        status: StatusCode,
-        /// Its body.
-        body: String,
-    },
-}
-
-/// Fetches the config text a running fulcrum has applied, from its admin listener's `/config`.
-pub async fn fetch_config(address: SocketAddr) -> Result<String, FetchError> {
-    use http_body_util::{BodyExt, Empty};
-    let unreachable = |message: String| FetchError::Unreachable { address, message };
-    let stream = TcpStream::connect(address)
-        .await
-        .map_err(|err| unreachable(err.to_string()))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .map_err(|err| unreachable(err.to_string()))?;
-    let driver = tokio::spawn(connection);
-    let request = Request::builder()
-        .uri("/config")
-        .header(header::HOST, address.to_string())
-        .body(Empty::new())
-        .map_err(|err| unreachable(err.to_string()))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|err| unreachable(err.to_string()))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|err| unreachable(err.to_string()))?
-        .to_bytes();
-    driver.abort();
-    let body = String::from_utf8_lossy(&body).into_owned();
-    if status.is_success() {
-        Ok(body)
-    } else {
-        Err(FetchError::Status {
-            address,
-            status,
-            body,
-        })
-    }
 }

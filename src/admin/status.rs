@@ -49,14 +49,24 @@ pub struct Status {
 /// The outcome of the last reload.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReloadStatus {
-    /// `applied` or `rejected`.
-    pub result: &'static str,
+    /// Whether the new config went live.
+    pub result: ReloadResult,
     /// Unix time of the attempt.
     pub at_unix: f64,
     /// The changes applied (empty when rejected).
     pub changes: Vec<String>,
     /// Why it was rejected.
     pub error: Option<String>,
+}
+
+/// How a reload attempt ended, as `/status` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReloadResult {
+    /// The new config is live.
+    Applied,
+    /// The new config was refused; the running one is unchanged.
+    Rejected,
 }
 
 /// One listener.
@@ -206,4 +216,21 @@ pub fn is_ready(snapshot: &Snapshot) -> bool {
         .filter(|pool| pool.health_check.is_some())
         .flat_map(|pool| pool.endpoints.iter())
         .all(|endpoint| endpoint.backend.health.probed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_results_serialise_as_lowercase_words() {
+        assert_eq!(
+            serde_json::to_string(&ReloadResult::Applied).expect("serialises"),
+            "\"applied\""
+        );
+        assert_eq!(
+            serde_json::to_string(&ReloadResult::Rejected).expect("serialises"),
+            "\"rejected\""
+        );
+    }
 }

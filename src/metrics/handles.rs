@@ -1,0 +1,360 @@
+//! Per-listener, per-pool and per-backend metric handles, registered once and cached so the
+//! request path only does relaxed atomic adds; and the guards that hold a gauge unit until drop.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use metrics::{Counter, Gauge, Histogram};
+use tokio::time::Instant;
+
+use super::names;
+use super::window::Window;
+
+/// Status class index of a status code: 0 for 1xx … 4 for 5xx.
+fn class_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// One backend's metric handles and its one-minute window.
+#[derive(Debug)]
+pub struct BackendMetrics {
+    pool: Arc<str>,
+    backend: Arc<str>,
+    duration: Histogram,
+    connect_errors: Counter,
+    connects: Counter,
+    ejections: Counter,
+    checks_passed: Counter,
+    checks_failed: Counter,
+    up: Gauge,
+    in_flight: Gauge,
+    idle: Gauge,
+    /// `requests_total` handles per listener, added the first time a listener uses this backend.
+    requests: ArcSwap<Vec<(Arc<str>, [Counter; 5])>>,
+    /// Requests answered since this backend was added.
+    pub requests_total: AtomicU64,
+    /// Requests, errors and latencies over the last minute.
+    pub window: Window,
+}
+
+impl BackendMetrics {
+    /// Handles for `backend` of `pool`.
+    pub fn new(pool: &Arc<str>, backend: &Arc<str>) -> Self {
+        let labels = [("pool", pool.to_string()), ("backend", backend.to_string())];
+        Self {
+            pool: Arc::clone(pool),
+            backend: Arc::clone(backend),
+            duration: metrics::histogram!(names::REQUEST_DURATION, &labels),
+            connect_errors: metrics::counter!(names::CONNECT_ERRORS, &labels),
+            connects: metrics::counter!(names::UPSTREAM_CONNECTS, &labels),
+            ejections: metrics::counter!(names::EJECTIONS, &labels),
+            checks_passed: metrics::counter!(
+                names::HEALTH_CHECKS,
+                &[
+                    ("pool", pool.to_string()),
+                    ("backend", backend.to_string()),
+                    ("result", "pass".to_owned())
+                ]
+            ),
+            checks_failed: metrics::counter!(
+                names::HEALTH_CHECKS,
+                &[
+                    ("pool", pool.to_string()),
+                    ("backend", backend.to_string()),
+                    ("result", "fail".to_owned())
+                ]
+            ),
+            up: metrics::gauge!(names::BACKEND_UP, &labels),
+            in_flight: metrics::gauge!(names::BACKEND_IN_FLIGHT, &labels),
+            idle: metrics::gauge!(names::UPSTREAM_IDLE, &labels),
+            requests: ArcSwap::from_pointee(Vec::new()),
+            requests_total: AtomicU64::new(0),
+            window: Window::new(),
+        }
+    }
+
+    /// A request received on `listener` at `started`, answered with `status` now.
+    pub fn record_response(&self, listener: &Arc<str>, status: u16, started: Instant) {
+        // One clock reading serves the duration and the window's slot.
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(started);
+        self.duration.record(elapsed.as_secs_f64());
+        self.window.record(Some(elapsed), status >= 500, now);
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
+        self.count_request(listener, status);
+    }
+
+    /// A request that failed on this backend without a response head (answered by fulcrum).
+    pub fn record_failure(&self, listener: &Arc<str>, status: u16) {
+        self.window.record(None, true, Instant::now());
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
+        self.count_request(listener, status);
+    }
+
+    fn count_request(&self, listener: &Arc<str>, status: u16) {
+        let class = class_index(status);
+        let current = self.requests.load();
+        // `Arc<str>` equality checks the pointer first; listener names are shared `Arc`s.
+        match current.iter().find(|(name, _)| name == listener) {
+            Some((_, counters)) => counters[class].increment(1),
+            None => self.requests_counter(listener, class).increment(1),
+        }
+    }
+
+    /// Registers the listener's request counters on its first request through this backend.
+    fn requests_counter(&self, listener: &Arc<str>, class: usize) -> Counter {
+        let counters = CLASSES.map(|code_class| {
+            metrics::counter!(
+                names::REQUESTS,
+                "listener" => listener.to_string(),
+                "pool" => self.pool.to_string(),
+                "backend" => self.backend.to_string(),
+                "code_class" => code_class
+            )
+        });
+        let chosen = counters[class].clone();
+        self.requests.rcu(|list| {
+            let mut list = Vec::clone(list);
+            if !list.iter().any(|(name, _)| name == listener) {
+                list.push((Arc::clone(listener), counters.clone()));
+            }
+            list
+        });
+        chosen
+    }
+
+    /// A failed connect.
+    pub fn connect_error(&self) {
+        self.connect_errors.increment(1);
+    }
+
+    /// A new connection to the backend.
+    pub fn connected(&self) {
+        self.connects.increment(1);
+    }
+
+    /// A passive ejection.
+    pub fn ejected(&self) {
+        self.ejections.increment(1);
+    }
+
+    /// An active check result.
+    pub fn health_check(&self, passed: bool) {
+        if passed {
+            self.checks_passed.increment(1);
+        } else {
+            self.checks_failed.increment(1);
+        }
+    }
+
+    /// Mirrors live state into the gauges (called when `/metrics` is scraped).
+    pub fn refresh_gauges(&self, up: bool, in_flight: usize, idle: usize) {
+        self.up.set(if up { 1.0 } else { 0.0 });
+        self.in_flight.set(in_flight as f64);
+        self.idle.set(idle as f64);
+    }
+}
+
+/// A pool's counters.
+#[derive(Debug)]
+pub struct PoolMetrics {
+    /// Extra attempts on another backend.
+    pub retries: Counter,
+    /// 503s because nothing was available.
+    pub no_backend: Counter,
+    /// Requests sent while failing open.
+    pub fail_open: Counter,
+    /// Requests waiting for room under `max_connections` now.
+    queue_length: Gauge,
+    /// Requests that waited, by [`QueueOutcome`].
+    queue_outcomes: [Counter; 3],
+}
+
+/// How a request's turn in a pool's queue ended.
+#[derive(Debug, Clone, Copy)]
+pub enum QueueOutcome {
+    /// A backend had room within `queue_timeout`.
+    Served,
+    /// None had within `queue_timeout`: 503.
+    Timeout,
+    /// The queue was full (`max_queue`): 503 without waiting.
+    Full,
+}
+
+impl QueueOutcome {
+    const ALL: [QueueOutcome; 3] = [
+        QueueOutcome::Served,
+        QueueOutcome::Timeout,
+        QueueOutcome::Full,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            QueueOutcome::Served => "served",
+            QueueOutcome::Timeout => "timeout",
+            QueueOutcome::Full => "full",
+        }
+    }
+}
+
+impl PoolMetrics {
+    /// Handles for the pool called `pool`.
+    pub fn new(pool: &str) -> Self {
+        let labels = [("pool", pool.to_owned())];
+        Self {
+            retries: metrics::counter!(names::RETRIES, &labels),
+            no_backend: metrics::counter!(names::NO_BACKEND, &labels),
+            fail_open: metrics::counter!(names::FAIL_OPEN, &labels),
+            queue_length: metrics::gauge!(names::QUEUE_LENGTH, &labels),
+            queue_outcomes: QueueOutcome::ALL.map(|outcome| {
+                metrics::counter!(
+                    names::QUEUED,
+                    "pool" => pool.to_owned(),
+                    "outcome" => outcome.as_str()
+                )
+            }),
+        }
+    }
+
+    /// Counts a request in the queue-length gauge until the guard drops.
+    pub fn queued(&self) -> GaugeGuard {
+        GaugeGuard::hold(&self.queue_length)
+    }
+
+    /// Counts how a request's wait in the queue ended.
+    pub fn queue_outcome(&self, outcome: QueueOutcome) {
+        self.queue_outcomes[outcome as usize].increment(1);
+    }
+
+    /// A request answered by fulcrum itself with no backend to blame.
+    pub fn record_unrouted(&self, listener: &str, pool: &str, status: u16) {
+        if status == 503 {
+            self.no_backend.increment(1);
+        }
+        metrics::counter!(
+            names::REQUESTS,
+            "listener" => listener.to_owned(),
+            "pool" => pool.to_owned(),
+            "backend" => "none",
+            "code_class" => CLASSES[class_index(status)]
+        )
+        .increment(1);
+    }
+}
+
+/// A listener's connection and byte counters.
+#[derive(Debug)]
+pub struct ListenerMetrics {
+    /// Client connections accepted.
+    pub connections: Counter,
+    /// Episodes of waiting at the listener's `max_connections`.
+    pub saturations: Counter,
+    /// Open client connections (for the status API).
+    pub active: AtomicU64,
+    active_gauge: Gauge,
+    /// Idle HTTP/1 connections parked now.
+    parked: Gauge,
+    /// Bytes read from clients.
+    pub bytes_in: Counter,
+    /// Bytes written to clients.
+    pub bytes_out: Counter,
+    /// Connections closed for an incomplete request head.
+    pub header_read_timeouts: Counter,
+    /// Connections closed for idling.
+    pub idle_timeouts: Counter,
+}
+
+impl ListenerMetrics {
+    /// Handles for the listener called `name`.
+    pub fn new(name: &str) -> Self {
+        let listener = ("listener", name.to_owned());
+        Self {
+            connections: metrics::counter!(names::CONNECTIONS, std::slice::from_ref(&listener)),
+            saturations: metrics::counter!(
+                names::LISTENER_SATURATED,
+                std::slice::from_ref(&listener)
+            ),
+            active: AtomicU64::new(0),
+            active_gauge: metrics::gauge!(
+                names::CONNECTIONS_ACTIVE,
+                std::slice::from_ref(&listener)
+            ),
+            parked: metrics::gauge!(names::CONNECTIONS_PARKED, std::slice::from_ref(&listener)),
+            bytes_in: metrics::counter!(
+                names::BYTES,
+                &[listener.clone(), ("direction", "in".to_owned())]
+            ),
+            bytes_out: metrics::counter!(
+                names::BYTES,
+                &[listener.clone(), ("direction", "out".to_owned())]
+            ),
+            header_read_timeouts: metrics::counter!(
+                names::CLIENT_TIMEOUTS,
+                &[listener.clone(), ("kind", "header_read".to_owned())]
+            ),
+            idle_timeouts: metrics::counter!(
+                names::CLIENT_TIMEOUTS,
+                &[listener, ("kind", "idle".to_owned())]
+            ),
+        }
+    }
+
+    /// Counts a new connection as open until the guard drops.
+    pub fn connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.increment(1);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.active_gauge.increment(1.0);
+        ConnectionGuard(Arc::clone(self))
+    }
+
+    /// Counts a connection as parked until the guard drops.
+    pub fn parked(&self) -> GaugeGuard {
+        GaugeGuard::hold(&self.parked)
+    }
+}
+
+/// Holds one unit of a gauge (a parked connection, a queued request) until it drops.
+#[derive(Debug)]
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    fn hold(gauge: &Gauge) -> Self {
+        gauge.increment(1.0);
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Holds one open connection in [`ListenerMetrics::active`].
+#[derive(Debug)]
+pub struct ConnectionGuard(Arc<ListenerMetrics>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.active_gauge.decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(class_index(101), 0);
+        assert_eq!(class_index(204), 1);
+        assert_eq!(class_index(404), 3);
+        assert_eq!(class_index(503), 4);
+        assert_eq!(class_index(42), 0);
+        assert_eq!(class_index(700), 4);
+    }
+}

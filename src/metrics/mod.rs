@@ -1,0 +1,154 @@
+//! Metrics: Prometheus series through the `metrics` facade, and a one-minute window per backend
+//! for the status API and dashboard.
+//!
+//! Hot-path cost is kept to a few relaxed atomic adds: every handle is registered once (per
+//! backend, per listener) and cached, and gauges that mirror state the proxy already keeps
+//! (in-flight, up, open connections) are only written when `/metrics` is scraped.
+//! Without an installed exporter (no admin listener, or `admin.metrics = false`) the `metrics`
+//! calls are no-ops.
+
+mod handles;
+pub mod names;
+mod window;
+
+use std::sync::OnceLock;
+
+use metrics::Unit;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub use handles::{
+    BackendMetrics, ConnectionGuard, GaugeGuard, ListenerMetrics, PoolMetrics, QueueOutcome,
+};
+pub use window::{Window, WindowSummary};
+
+/// Histogram buckets for request durations: 0.5 ms to 10 s.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static EXPORTER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same handle).
+/// `None` if another recorder was installed first.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    EXPORTER
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(names::REQUEST_DURATION.to_owned()),
+                    &DURATION_BUCKETS,
+                )
+                .ok()?;
+            let handle = match builder.install_recorder() {
+                Ok(handle) => handle,
+                Err(err) => {
+                    tracing::warn!(error = %err, "metrics recorder not installed");
+                    return None;
+                }
+            };
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        names::REQUESTS,
+        "Requests answered, by listener, pool, backend and status class."
+    );
+    describe_histogram!(
+        names::REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from receiving a request to the backend's response head."
+    );
+    describe_counter!(names::CONNECT_ERRORS, "Failed TCP connects to a backend.");
+    describe_counter!(
+        names::UPSTREAM_CONNECTS,
+        "TCP connections opened to a backend (http pools: new keep-alive connections; tcp pools: one per client connection)."
+    );
+    describe_gauge!(
+        names::UPSTREAM_IDLE,
+        "Keep-alive connections to the backend idle in its pool, ready for reuse."
+    );
+    describe_counter!(names::RETRIES, "Extra attempts made on another backend.");
+    describe_gauge!(
+        names::BACKEND_UP,
+        "1 when the backend receives traffic, 0 when it is down or ejected."
+    );
+    describe_gauge!(
+        names::BACKEND_IN_FLIGHT,
+        "Requests in flight on the backend."
+    );
+    describe_counter!(names::EJECTIONS, "Passive ejections of the backend.");
+    describe_counter!(
+        names::HEALTH_CHECKS,
+        "Active health checks, by result (pass or fail)."
+    );
+    describe_gauge!(names::CONNECTIONS_ACTIVE, "Client connections open now.");
+    describe_gauge!(
+        names::CONNECTIONS_PARKED,
+        "Idle HTTP/1 client connections parked now (hyper's buffers released)."
+    );
+    describe_counter!(names::CONNECTIONS, "Client connections accepted.");
+    describe_gauge!(
+        names::QUEUE_LENGTH,
+        "Requests waiting in the pool's queue because every backend is at max_connections."
+    );
+    describe_counter!(
+        names::QUEUED,
+        "Requests that found every backend at max_connections, by outcome (served: got a backend within queue_timeout; timeout, full: answered 503)."
+    );
+    describe_counter!(
+        names::LISTENER_SATURATED,
+        "Times the listener reached its max_connections and stopped accepting until a connection closed (counted once per episode)."
+    );
+    describe_counter!(
+        names::CLIENT_TIMEOUTS,
+        "Client connections closed because a request head was incomplete for header_read_timeout (kind=header_read) or nothing moved for idle_timeout (kind=idle)."
+    );
+    describe_counter!(
+        names::BYTES,
+        Unit::Bytes,
+        "Bytes exchanged with clients, by direction (in, out)."
+    );
+    describe_counter!(
+        names::RELOADS,
+        "Config reload attempts, by result (success, failure)."
+    );
+    describe_gauge!(
+        names::LAST_RELOAD_SUCCESS,
+        Unit::Seconds,
+        "Unix time of the last successful config load."
+    );
+    describe_counter!(
+        names::NO_BACKEND,
+        "Requests answered 503 because no backend was available."
+    );
+    describe_counter!(
+        names::FAIL_OPEN,
+        "Requests sent to unhealthy backends because none was healthy (fail_open)."
+    );
+    describe_counter!(
+        names::BACKEND_TRANSITIONS,
+        "Backend health state changes, by new state."
+    );
+}
+
+/// Records a reload attempt.
+pub fn record_reload(success: bool) {
+    let result = if success { "success" } else { "failure" };
+    metrics::counter!(names::RELOADS, "result" => result).increment(1);
+    if success {
+        record_config_loaded();
+    }
+}
+
+/// Sets the last-successful-load timestamp to now.
+pub fn record_config_loaded() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!(names::LAST_RELOAD_SUCCESS).set(now);
+}
