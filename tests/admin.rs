@@ -12,9 +12,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{
-    Behaviour, ControlledBackend, TestBackend, TestBalancer, admin_get, bounded, closed_port,
-};
+use common::backend::{Behaviour, TestBackend};
+use common::balancer::{TestBalancer, admin_get};
+use common::bounded;
+use common::controlled::ControlledBackend;
+use common::tcp::closed_port;
 use http::StatusCode;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -352,7 +354,7 @@ async fn metrics_count_client_timeouts_by_kind() {
             .listener("idle_timeout", "\"30s\"")
             .start_with_admin()
             .await;
-        let mut stream = common::raw_connect(balancer.addr()).await;
+        let mut stream = common::tcp::raw_connect(balancer.addr()).await;
         stream
             .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
             .await
@@ -896,7 +898,7 @@ async fn dashboard_renders_every_backend_in_chromium() {
     let a = TestBackend::spawn("a").await;
     let b = TestBackend::with_behaviour("b", Behaviour::Delay(Duration::from_millis(3))).await;
     // Answers 500 to traffic but passes its health checks.
-    let c = ControlledBackend::with_mode("c", common::Mode::Status(500)).await;
+    let c = ControlledBackend::with_mode("c", common::controlled::Mode::Status(500)).await;
     let closed = closed_port().await;
     let (mut balancer, admin) = TestBalancer::builder()
         .backend(a.addr())
@@ -923,10 +925,10 @@ async fn dashboard_renders_every_backend_in_chromium() {
     let traffic = {
         let address = balancer.addr();
         tokio::spawn(async move {
-            let mut client = common::TestClient::connect(address).await;
+            let mut client = common::client::TestClient::connect(address).await;
             loop {
                 if client.get("/").await.is_err() {
-                    client = common::TestClient::connect(address).await;
+                    client = common::client::TestClient::connect(address).await;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }

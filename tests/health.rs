@@ -7,9 +7,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{
-    ControlledBackend, Mode, TestBalancer, TestClient, bounded, full, get, wait_until, within,
-};
+use common::balancer::TestBalancer;
+use common::client::{TestClient, get};
+use common::controlled::{ControlledBackend, Mode};
+use common::{bounded, full, wait_until, within};
 use http::{Request, StatusCode};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -813,7 +814,7 @@ async fn post_with_body_is_not_replayed_after_a_reset() {
         let mut statuses = Vec::new();
         for i in 0..6 {
             let request = Request::post(format!("/post/{i}"))
-                .header(http::header::HOST, common::TEST_HOST)
+                .header(http::header::HOST, common::client::TEST_HOST)
                 .body(full(format!("payload-{i}")))
                 .expect("a valid POST");
             let response = within(Duration::from_secs(5), "a POST", client.fetch(request))

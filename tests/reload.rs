@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{TempDir, TestBackend, TestBody, TestClient, bounded, empty, full, within};
+use common::backend::TestBackend;
+use common::client::TestClient;
+use common::{TempDir, TestBody, bounded, empty, full, within};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
