@@ -57,6 +57,7 @@ async fn chromium(url: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// A number unique in this process, so concurrent Chromium runs get their own profile dir.
 fn fastrand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);

@@ -148,6 +148,7 @@ impl Exposition {
     }
 }
 
+/// Whether `name` is a valid Prometheus metric or label name.
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars

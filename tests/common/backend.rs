@@ -278,6 +278,7 @@ fn numbers_after(path: &str, prefix: &str) -> Option<Vec<u64>> {
         .collect()
 }
 
+/// Records `request`, then answers as the backend's behaviour and the route say.
 async fn handle(
     state: Arc<BackendState>,
     request: Request<Incoming>,

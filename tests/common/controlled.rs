@@ -115,6 +115,7 @@ impl ControlledBackend {
         backend
     }
 
+    /// Starts accepting on `listener` (at spawn and after a restart).
     fn serve(&mut self, listener: TcpListener) {
         let stop = CancellationToken::new();
         let connections = TaskTracker::new();
@@ -235,6 +236,8 @@ impl Drop for ControlledBackend {
     }
 }
 
+/// Accepts connections and serves HTTP/1.1 on each until `stop`; a request in
+/// [`Mode::ResetAfterRead`] kills its own connection.
 async fn controlled_loop(
     listener: TcpListener,
     state: Arc<ControlState>,
@@ -272,6 +275,7 @@ async fn controlled_loop(
     }
 }
 
+/// Answers probes from the health state and every other request as the current [`Mode`] says.
 async fn controlled_handle(
     state: Arc<ControlState>,
     request: Request<Incoming>,

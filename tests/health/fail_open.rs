@@ -28,6 +28,7 @@ async fn pool_with_check(
     lb
 }
 
+/// Asserts the pool answers 503 with `Retry-After` and neither backend saw the requests.
 async fn assert_unavailable(lb: &TestBalancer, a: &ControlledBackend, b: &ControlledBackend) {
     let mut client = lb.client().await;
     for i in 0..5 {

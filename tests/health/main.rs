@@ -131,6 +131,7 @@ fn gaps_between_bursts(times: &[Instant], quiet: Duration) -> Vec<Duration> {
         .collect()
 }
 
+/// Whole milliseconds, for compact assertion messages.
 fn ms(duration: Duration) -> u128 {
     duration.as_millis()
 }

@@ -3,6 +3,8 @@
 
 use super::*;
 
+/// A backend that reads each request and resets, and a good one, behind a balancer with two
+/// retries and no passive ejection.
 async fn reset_pool() -> (ControlledBackend, ControlledBackend, TestBalancer) {
     let reset = ControlledBackend::with_mode("reset", Mode::ResetAfterRead).await;
     let good = ControlledBackend::spawn("good").await;

@@ -143,6 +143,7 @@ impl Drop for Backend {
     }
 }
 
+/// Serves one connection as `mode` says; an error (a reset) just ends it.
 async fn serve(
     mut stream: TcpStream,
     mode: Mode,

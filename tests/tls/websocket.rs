@@ -34,6 +34,7 @@ async fn ws_echo_backend() -> (SocketAddr, JoinHandle<()>) {
     (address, task)
 }
 
+/// Accepts a WebSocket handshake on `stream` and runs [`echo_loop`] on it.
 async fn ws_echo<S>(stream: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -44,6 +45,7 @@ where
     echo_loop(ws).await;
 }
 
+/// Greets with `welcome`, echoes text and binary, and closes on `bye`.
 async fn echo_loop<S>(mut ws: tokio_tungstenite::WebSocketStream<S>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -96,6 +98,7 @@ async fn open_websocket(
     (ws, response)
 }
 
+/// The next message, bounded; a stream end or error while waiting fails the test.
 async fn next_message<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, what: &str) -> Message
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -231,6 +234,7 @@ async fn dual_backend(name: &'static str) -> (SocketAddr, JoinHandle<()>) {
     (address, task)
 }
 
+/// Upgrades `/ws` requests with a WebSocket key; answers everything else with the name.
 async fn dual_handle(
     name: &'static str,
     mut request: Request<Incoming>,

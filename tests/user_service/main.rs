@@ -193,12 +193,14 @@ async fn send(
     tokio::time::timeout(REQUEST_LIMIT, exchange).await?
 }
 
+/// `GET path`, with `token` as bearer authorization if given.
 async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Reply {
     send(addr, Method::GET, path, token, None)
         .await
         .expect("GET")
 }
 
+/// A request with `body` as JSON.
 async fn with_json(
     addr: SocketAddr,
     method: Method,
@@ -210,12 +212,14 @@ async fn with_json(
     send(addr, method, path, token, body).await
 }
 
+/// `POST path` with `body` as JSON.
 async fn post(addr: SocketAddr, path: &str, body: &Value) -> Reply {
     with_json(addr, Method::POST, path, None, body)
         .await
         .expect("POST")
 }
 
+/// Signs `username` up with the test password.
 async fn sign_up(addr: SocketAddr, username: &str) -> Reply {
     let body =
         json!({ "username": username, "password": "correct horse", "display_name": username });
