@@ -5,7 +5,10 @@ mod common;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use common::{TestBackend, TestBalancer, TestClient, bounded};
+use common::backend::TestBackend;
+use common::balancer::TestBalancer;
+use common::bounded;
+use common::client::TestClient;
 use http::StatusCode;
 
 /// Collects everything the tracing subscriber writes.

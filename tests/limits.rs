@@ -6,10 +6,11 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{
-    TestBackend, TestBalancer, TestClient, TestResponse, admin_get, backlogged_request,
-    backlogged_response, bounded, wait_until, within,
-};
+use common::backend::TestBackend;
+use common::balancer::{TestBalancer, admin_get};
+use common::client::{TestClient, TestResponse};
+use common::tcp::{backlogged_request, backlogged_response};
+use common::{bounded, wait_until, within};
 use http::StatusCode;
 use tokio::task::JoinHandle;
 

@@ -1,0 +1,151 @@
+//! Idle HTTP/1 connections are parked (hyper's server stopped, its buffers freed) after about
+//! a second without traffic, and resumed on the client's next bytes: nothing of that may show.
+
+use super::*;
+
+use common::PAST_PARKING;
+
+/// Sends `GET path` on a raw keep-alive connection and reads its small response: a 200.
+async fn raw_get(stream: &mut tokio::net::TcpStream, path: &str) {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut buf = [0u8; 4096];
+    let read = stream.read(&mut buf).await.expect("response");
+    let response = String::from_utf8_lossy(&buf[..read]);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_keep_alive_connection_serves_pipelined_requests() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .start()
+            .await;
+        let mut stream = raw_connect(lb.addr()).await;
+        let mut client = TestClient::connect(lb.addr()).await;
+        for round in 0..2 {
+            let response = client.get(&format!("/round-{round}")).await.expect("request");
+            assert_eq!(response.status, StatusCode::OK);
+            tokio::time::sleep(PAST_PARKING).await;
+        }
+        // Two requests in one write wake a parked connection: the bytes read to wake it
+        // go back in front of hyper, which answers both.
+        raw_get(&mut stream, "/first").await;
+        tokio::time::sleep(PAST_PARKING).await;
+        stream
+            .write_all(
+                b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .expect("pipelined requests");
+        let received = within(RAW_LIMIT, "both responses", read_until_closed(&mut stream)).await;
+        let received = String::from_utf8_lossy(&received);
+        assert_eq!(received.matches("HTTP/1.1 200 OK").count(), 2, "{received}");
+        let paths: Vec<String> = backend.requests().into_iter().map(|r| r.path).collect();
+        assert_eq!(paths[paths.len() - 2..], ["/one", "/two"], "{paths:?}");
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_response_keeps_its_connection_past_the_parking_time() {
+    bounded(async {
+        let backend = TestBackend::with_behaviour("slow", Behaviour::Delay(PAST_PARKING)).await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .pool("request_timeout", "\"10s\"")
+            .start()
+            .await;
+        let mut client = lb.client().await;
+        let response = client.get("/slow").await.expect("slow request");
+        assert_eq!(response.status, StatusCode::OK);
+        // An open exchange is never parked: parking it would have turned keep-alive off.
+        assert_eq!(response.headers.get("connection"), None);
+        let again = client
+            .get("/again")
+            .await
+            .expect("a second request on the same connection");
+        assert_eq!(again.status, StatusCode::OK);
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_is_still_closed_at_its_idle_timeout() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .listener("idle_timeout", "\"2500ms\"")
+            .start()
+            .await;
+        let mut stream = raw_connect(lb.addr()).await;
+        raw_get(&mut stream, "/").await;
+        let answered = Instant::now();
+        let rest = within(
+            Duration::from_secs(6),
+            "the idle close",
+            read_until_closed(&mut stream),
+        )
+        .await;
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+        // Parked one to two seconds after the response, then closed when the rest of the
+        // idle timeout has passed: between 2.5 and 3.5 s after the last byte.
+        let elapsed = answered.elapsed();
+        assert!(elapsed >= Duration::from_millis(2400), "{elapsed:?}");
+        assert!(elapsed <= Duration::from_millis(3900), "{elapsed:?}");
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_empty_line_between_requests_neither_closes_nor_parks_a_busy_server() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .start()
+            .await;
+        let mut stream = raw_connect(lb.addr()).await;
+        raw_get(&mut stream, "/first").await;
+        let mut buf = [0u8; 4096];
+        // An empty line before the next request is to be ignored (RFC 9112 §2.2); old
+        // browsers sent one after a POST body. hyper holds it while a new server would start
+        // busy on it: parking must wait for a request to end, never turn keep-alive off.
+        for _ in 0..2 {
+            tokio::time::sleep(PAST_PARKING).await;
+            stream.write_all(b"\r\n").await.expect("empty line");
+        }
+        tokio::time::sleep(PAST_PARKING).await;
+        stream
+            .write_all(b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("second request");
+        let read = within(RAW_LIMIT, "the second response", stream.read(&mut buf))
+            .await
+            .expect("second response");
+        let second = String::from_utf8_lossy(&buf[..read]).to_ascii_lowercase();
+        assert!(second.starts_with("http/1.1 200"), "{second}");
+        assert!(!second.contains("connection: close"), "{second}");
+        stream
+            .write_all(b"GET /third HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("third request on the same connection");
+        let rest = within(
+            RAW_LIMIT,
+            "the third response",
+            read_until_closed(&mut stream),
+        )
+        .await;
+        assert!(String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 200"));
+        lb.stop().await;
+    })
+    .await;
+}
