@@ -1,4 +1,4 @@
-//! Per-backend live state: in-flight count, balancing weight, pooled upstream connections.
+//! Per-backend live state: health, in-flight count, pooled upstream connections.
 //!
 //! A [`Backend`] outlives config snapshots: a reload that keeps a backend (same pool, same
 //! address) hands the same `Arc<Backend>` to the new snapshot, so its counters and idle
@@ -7,8 +7,7 @@
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::health::{Health, Status, Transition};
 use crate::limit::{self, Waiters};
@@ -32,8 +31,6 @@ pub struct Backend {
     /// Requests of this backend's pool waiting for room under `max_connections`; shared by
     /// every backend of the pool, and woken when one of them finishes a request.
     pub(crate) queue: Arc<Waiters>,
-    /// Smooth weighted round-robin's running weight (see `balance::round_robin`).
-    pub(crate) rr_weight: AtomicI64,
     /// Keep-alive connections ready for the next request.
     pub(crate) idle: IdleConnections,
     /// Up, down or ejected; fed by active checks and live traffic.
@@ -45,13 +42,14 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// A backend with no traffic yet, keeping up to `max_idle` idle connections for
-    /// `idle_timeout`, with the given starting `health`; `queue` is its pool's.
+    /// A backend of `pool` with no traffic yet, keeping its connections between requests in
+    /// `idle`, with the given starting `health`; `queue` is its pool's.
     pub fn new(
-        (pool, queue): (Arc<str>, Arc<Waiters>),
+        pool: Arc<str>,
+        queue: Arc<Waiters>,
         name: Arc<str>,
         address: SocketAddr,
-        (max_idle, idle_timeout): (usize, Duration),
+        idle: IdleConnections,
         health: Health,
     ) -> Self {
         Self {
@@ -62,8 +60,7 @@ impl Backend {
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             queue,
-            rr_weight: AtomicI64::new(0),
-            idle: IdleConnections::new(max_idle, idle_timeout),
+            idle,
             health,
             retired: AtomicBool::new(false),
         }
@@ -192,10 +189,11 @@ pub(crate) fn test_endpoints(weights: &[u32]) -> Vec<Endpoint> {
             let address = SocketAddr::from(([192, 0, 2, 1], 1000 + i as u16));
             Endpoint {
                 backend: Arc::new(Backend::new(
-                    (Arc::from("test"), Arc::default()),
+                    Arc::from("test"),
+                    Arc::default(),
                     Arc::from(address.to_string()),
                     address,
-                    (0, Duration::from_secs(1)),
+                    IdleConnections::new(0, std::time::Duration::from_secs(1)),
                     Health::new(false, false),
                 )),
                 weight: NonZeroU32::new(weight).expect("test weights are non-zero"),

@@ -16,7 +16,7 @@ use crate::config::{
 use crate::health::{Health, Status, WEIGHT_SCALE};
 use crate::limit::Waiters;
 use crate::metrics::{PoolMetrics, QueueOutcome};
-use crate::upstream::Connector;
+use crate::upstream::{Connector, IdleConnections};
 
 /// A pool of backends as one snapshot sees it.
 #[derive(Debug)]
@@ -143,10 +143,11 @@ impl Pool {
                     // backends are new, so none is favoured.
                     let health = Health::new(config.health_check.is_some(), reloading);
                     Arc::new(Backend::new(
-                        (Arc::clone(&config.name), Arc::clone(&queue)),
+                        Arc::clone(&config.name),
+                        Arc::clone(&queue),
                         Arc::clone(&backend.name),
                         backend.address,
-                        (config.max_idle_per_backend, config.idle_timeout),
+                        IdleConnections::new(config.max_idle_per_backend, config.idle_timeout),
                         health,
                     ))
                 });

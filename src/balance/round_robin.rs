@@ -10,7 +10,8 @@
 //! but in nginx's smooth order (not bursty), capped at 128 KiB, and not built at all when the
 //! weights are equal (the usual pool): then slot `s` is simply backend `s % n`.
 //!
-//! The dynamic algorithm ([`smooth`], running weights in per-backend atomics) takes over when
+//! The dynamic algorithm ([`smooth`], running weights in one atomic per backend, owned by the
+//! pool snapshot's [`RoundRobin`] so a reload starts them afresh) takes over when
 //! the schedule does not fit:
 //! - Retries: the schedule hands out first attempts only, and a retry picks among the backends
 //!   not tried yet by their weights.
@@ -28,7 +29,7 @@
 //! running weights stay bounded, so long-run shares stay exact, just not within every cycle.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize};
 
 use crate::backend::Endpoint;
 
@@ -53,6 +54,8 @@ pub struct RoundRobin {
     /// proxy's `WEIGHT_SCALE`), learnt by a full scan. 0 before that and while a backend ramps:
     /// then every pick is dynamic.
     scale: AtomicU64,
+    /// nginx's running weight of each backend (same order as the endpoints), for dynamic picks.
+    running: Box<[AtomicI64]>,
 }
 
 /// One period of the smooth order: which backend each slot picks.
@@ -73,6 +76,7 @@ impl RoundRobin {
             schedule: Schedule::new(&weights),
             next: AtomicUsize::new(0),
             scale: AtomicU64::new(0),
+            running: endpoints.iter().map(|_| AtomicI64::new(0)).collect(),
         }
     }
 
@@ -90,10 +94,10 @@ impl RoundRobin {
             .as_ref()
             .filter(|schedule| !retry && schedule.backends() == endpoints.len())
         else {
-            return smooth(endpoints, weight_of);
+            return smooth(endpoints, &self.running, weight_of);
         };
         let Some(scale) = self.scale(endpoints, &weight_of) else {
-            return smooth(endpoints, weight_of);
+            return smooth(endpoints, &self.running, weight_of);
         };
         let slot = self.next.fetch_add(1, Relaxed);
         let index = schedule.at(slot);
@@ -105,11 +109,11 @@ impl RoundRobin {
             // Ramping: back to dynamic picks until a scan finds every weight nominal again.
             Some(_) => {
                 self.scale.store(0, Relaxed);
-                smooth(endpoints, weight_of)
+                smooth(endpoints, &self.running, weight_of)
             }
             // Excluded: this turn goes to the eligible backends by their weights.
             None => {
-                let picked = smooth(endpoints, weight_of);
+                let picked = smooth(endpoints, &self.running, weight_of);
                 if picked.is_none() {
                     // Nothing was eligible, and the proxy then picks again (fail-open): hand the
                     // slot back, or that second pick would only ever see every other slot. If
@@ -261,34 +265,36 @@ fn gcd_of(mut a: u32, mut b: u32) -> u32 {
     a
 }
 
-/// nginx's dynamic pick over the backends `weight_of` says are eligible, at those weights.
+/// nginx's dynamic pick over the backends `weight_of` says are eligible, at those weights;
+/// `running` holds each backend's running weight.
 fn smooth(
     endpoints: &[Endpoint],
+    running: &[AtomicI64],
     weight_of: impl Fn(usize, &Endpoint) -> Option<u64>,
 ) -> Option<usize> {
     let mut total: i64 = 0;
     let mut best: Option<(usize, i64)> = None;
-    for (index, endpoint) in endpoints.iter().enumerate() {
+    for (index, (endpoint, running)) in endpoints.iter().zip(running).enumerate() {
         let Some(weight) = weight_of(index, endpoint) else {
             continue;
         };
         let weight = i64::try_from(weight).unwrap_or(i64::MAX / 1024);
-        let current = endpoint.backend.rr_weight.fetch_add(weight, Relaxed) + weight;
+        let current = running.fetch_add(weight, Relaxed) + weight;
         total += weight;
         if best.is_none_or(|(_, best_weight)| current > best_weight) {
             best = Some((index, current));
         }
     }
     let (index, _) = best?;
-    endpoints[index].backend.rr_weight.fetch_sub(total, Relaxed);
+    running[index].fetch_sub(total, Relaxed);
     Some(index)
 }
 
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
-    use std::sync::atomic::AtomicUsize;
     use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::atomic::{AtomicI64, AtomicUsize};
     use std::sync::{Arc, Barrier};
 
     use super::{MAX_BUILD_STEPS, MAX_SCHEDULE, Schedule};
@@ -324,8 +330,9 @@ mod tests {
     /// nginx's algorithm run directly, from fresh running weights.
     fn dynamic_sequence(weights: &[u32], picks: usize) -> Vec<usize> {
         let endpoints = test_endpoints(weights);
+        let running: Vec<AtomicI64> = weights.iter().map(|_| AtomicI64::new(0)).collect();
         (0..picks)
-            .map(|_| super::smooth(&endpoints, all).expect("a backend"))
+            .map(|_| super::smooth(&endpoints, &running, all).expect("a backend"))
             .collect()
     }
 

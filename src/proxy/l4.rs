@@ -96,7 +96,8 @@ impl TcpListener {
                 &pool,
                 &mut upstream,
                 &stream,
-                (client, destination),
+                client,
+                destination,
                 &early_data,
             )
             .await
@@ -142,7 +143,8 @@ impl TcpListener {
         pool: &Pool,
         upstream: &mut TcpStream,
         client_stream: &TcpStream,
-        (client, destination): (SocketAddr, Option<SocketAddr>),
+        client: SocketAddr,
+        destination: Option<SocketAddr>,
         early_data: &[u8],
     ) -> std::io::Result<()> {
         if let Some(version) = pool.proxy_protocol {

@@ -30,7 +30,8 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn accept_loop<F, Fut>(
     name: Arc<str>,
     listener: TcpListener,
-    (shutdown, tracker): (CancellationToken, TaskTracker),
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
     limit: Arc<ConnectionLimit>,
     serve: F,
 ) -> TcpListener

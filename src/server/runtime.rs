@@ -121,14 +121,18 @@ impl Runtime {
         );
         let accept = match &handler {
             Handler::Http(http) => self.spawn_accept(
-                (name, socket),
-                (&stop, &limit),
+                name,
+                socket,
+                &stop,
+                &limit,
                 Arc::clone(http),
                 HttpListener::serve,
             ),
             Handler::Tcp(tcp) => self.spawn_accept(
-                (name, socket),
-                (&stop, &limit),
+                name,
+                socket,
+                &stop,
+                &limit,
                 Arc::clone(tcp),
                 l4::TcpListener::serve,
             ),
@@ -146,8 +150,10 @@ impl Runtime {
     /// Runs the accept loop of `socket`, handing each connection to `serve` on `handler`.
     pub(crate) fn spawn_accept<H, Fut>(
         &self,
-        (name, socket): (Arc<str>, TcpListener),
-        (stop, limit): (&CancellationToken, &Arc<ConnectionLimit>),
+        name: Arc<str>,
+        socket: TcpListener,
+        stop: &CancellationToken,
+        limit: &Arc<ConnectionLimit>,
         handler: Arc<H>,
         serve: fn(Arc<H>, TcpStream, SocketAddr, CancellationToken) -> Fut,
     ) -> JoinHandle<TcpListener>
@@ -158,7 +164,8 @@ impl Runtime {
         tokio::spawn(accept::accept_loop(
             name,
             socket,
-            (stop.clone(), self.connections.clone()),
+            stop.clone(),
+            self.connections.clone(),
             Arc::clone(limit),
             move |stream, peer, shutdown| serve(Arc::clone(&handler), stream, peer, shutdown),
         ))
@@ -173,7 +180,8 @@ impl Runtime {
         let accept = tokio::spawn(accept::accept_loop(
             Arc::from("admin"),
             socket,
-            (stop.clone(), self.connections.clone()),
+            stop.clone(),
+            self.connections.clone(),
             ConnectionLimit::new(None, metrics::Counter::noop()),
             move |stream, peer, shutdown| admin::serve(Arc::clone(&state), stream, peer, shutdown),
         ));
