@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::idle::Activity;
+use super::activity::Activity;
 use crate::http::wire::{content_length, hex_digit};
 
 /// `FramingCheck::first_bad` value meaning "no request was flagged".

@@ -30,7 +30,7 @@ use super::body::ProxyBody;
 use super::error::{ProxyError, UpstreamError};
 use super::framing::{FramingCheck, ScannedIo};
 
-use super::idle::{self, Activity, ActivityIo, Close, Exchange};
+use super::activity::{self, Activity, ActivityIo, Close, Exchange};
 use crate::backend::{Backend, InFlight};
 use crate::balance::Tried;
 use crate::config::ClientLimits;
@@ -74,8 +74,8 @@ struct TlsTermination {
 impl HttpSettings {
     fn new(limits: ClientLimits, tls: Option<&TlsSettings>) -> Result<Self, TlsError> {
         let mut http1 = http1::Builder::new();
-        // The header-read timeout is ours (see `idle::watchdog`): hyper's arms a boxed timer for
-        // every request and also runs it while a keep-alive connection waits.
+        // The header-read timeout is ours (see `activity::watchdog`): hyper's arms a boxed timer
+        // for every request and also runs it while a keep-alive connection waits.
         http1
             .header_read_timeout(None)
             .max_buf_size(limits.max_header_bytes)
@@ -415,7 +415,7 @@ fn watch(
     shutdown: &CancellationToken,
 ) -> oneshot::Receiver<Close> {
     let (close, reason) = oneshot::channel();
-    tokio::spawn(idle::watchdog(
+    tokio::spawn(activity::watchdog(
         Arc::clone(activity),
         limits.idle_timeout,
         limits.header_read_timeout,
