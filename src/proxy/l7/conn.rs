@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{ClientBody, Connection};
+use super::handler::{ClientBody, Handler};
 use super::listener::{HttpListener, HttpSettings, TlsTermination};
 use super::tunnel::{UpgradeSlot, run_tunnel};
 use crate::config::ClientLimits;
@@ -95,7 +95,7 @@ impl HttpListener {
             ScannedIo::new(io, settings.limits.max_header_bytes, Arc::clone(&activity));
         let mut io = Rewind::new(Bytes::new(), io);
         let upgrade = Arc::new(UpgradeSlot::default());
-        let connection = Arc::new(Connection {
+        let handler = Arc::new(Handler {
             listener: Arc::clone(self),
             client: ClientInfo {
                 ip: header_value_of(peer),
@@ -111,7 +111,7 @@ impl HttpListener {
                 let exchange = activity.open_exchange();
                 // Not boxed: hyper keeps one slot for it per connection, reused by every
                 // request, and a parked connection drops hyper's state with the slot.
-                Arc::clone(&connection).handle(request, exchange)
+                Arc::clone(&handler).handle(request, exchange)
             })
         };
         let limits = &settings.limits;

@@ -20,6 +20,13 @@ use crate::upstream::{self, Conn, RequestBody, ResponseBody, h1};
 /// How often a reused connection that turns out closed is replaced before giving up on it.
 const STALE_CONNECTION_ATTEMPTS: usize = 3;
 
+/// Where and when a request arrived: the listener labels its metrics, and the arrival time
+/// starts its duration and serves as the first attempt's clock reading.
+pub(super) struct Arrival<'a> {
+    pub(super) listener: &'a Arc<str>,
+    pub(super) started: Instant,
+}
+
 /// Sends `request` to a backend of `pool`.
 ///
 /// A failed connect moves on to a backend not yet tried, up to the pool's retry budget (nothing
@@ -34,7 +41,7 @@ pub(super) fn forward(
     pool: &Pool,
     mut request: Request<RequestBody>,
     forwarding: &Forwarding<'_>,
-    (listener, started): (&Arc<str>, Instant),
+    Arrival { listener, started }: Arrival<'_>,
     mut tunnel: Option<Tunnel>,
     served_by: &mut Option<Arc<str>>,
 ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
@@ -59,7 +66,7 @@ pub(super) fn forward(
             // The request's arrival is a fresh enough clock reading for its first attempt only.
             let now = (tried.len() == 1).then_some(started);
             match send(backend, request, forwarding, pool, now).await {
-                Attempt::Response(response) => {
+                Outcome::Response(response) => {
                     let status = response.status().as_u16();
                     backend.metrics.record_response(listener, status, started);
                     if pool.passive.failure_statuses.contains(status) {
@@ -89,7 +96,7 @@ pub(super) fn forward(
                     let body = ProxyBody::upstream(body, in_flight);
                     return Ok(Response::from_parts(parts, body));
                 }
-                Attempt::NotSent(unsent, err) => {
+                Outcome::NotSent(unsent, err) => {
                     if matches!(err, ProxyError::Connect(_)) {
                         backend.metrics.connect_error();
                     }
@@ -98,7 +105,7 @@ pub(super) fn forward(
                     request = unsent;
                     last_error = Some(err);
                 }
-                Attempt::Failed(err) => {
+                Outcome::Failed(err) => {
                     pool.record_failure(backend, &err);
                     match (&replay, &err) {
                         (Some(replay), ProxyError::Upstream(_)) => {
@@ -180,8 +187,8 @@ impl Replay {
     }
 }
 
-/// The outcome of one attempt on one backend.
-enum Attempt {
+/// The outcome of one attempt on one backend (`pool::Attempt` is the backend to try).
+enum Outcome {
     /// The backend answered; an HTTP/1.1 body brings its connection along for reuse.
     Response(Response<ResponseBody>),
     /// Nothing reached the backend; the request is handed back for another backend.
@@ -203,7 +210,7 @@ fn send(
     forwarding: &Forwarding<'_>,
     pool: &Pool,
     now: Option<Instant>,
-) -> impl Future<Output = Attempt> {
+) -> impl Future<Output = Outcome> {
     async move {
         let timeout = pool.settings.request_timeout;
         let mut stale = 0;
@@ -214,7 +221,7 @@ fn send(
             let recent = now.filter(|_| stale == 0);
             let (conn, waited) = match checkout(backend, &pool.connector, fresh, recent).await {
                 Ok(checked_out) => checked_out,
-                Err(err) => return Attempt::NotSent(request, err.into()),
+                Err(err) => return Outcome::NotSent(request, err.into()),
             };
             // `request_timeout` runs from sending: the reading still holds when the connection
             // was at hand (one clock read fewer on the keep-alive path), not after a wait for one.
@@ -223,29 +230,29 @@ fn send(
             let unsent = match conn {
                 // The connection keeps its own deadline timer (cheaper than one per request).
                 Conn::Http1(conn) => match conn.send(request, forwarding, deadline).await {
-                    Ok(response) => return Attempt::Response(response.map(ResponseBody::Http1)),
+                    Ok(response) => return Outcome::Response(response.map(ResponseBody::Http1)),
                     Err(h1::SendError::NotSent(unsent, err)) => (*unsent, UpstreamError::from(err)),
                     Err(h1::SendError::Failed(h1::Error::TimedOut)) => {
-                        return Attempt::Failed(ProxyError::Timeout(timeout));
+                        return Outcome::Failed(ProxyError::Timeout(timeout));
                     }
                     Err(h1::SendError::Failed(err)) => {
-                        return Attempt::Failed(ProxyError::Upstream(err.into()));
+                        return Outcome::Failed(ProxyError::Upstream(err.into()));
                     }
                 },
                 Conn::Http2(mut sender) => {
                     forwarding.apply(request.headers_mut());
                     let attempt = sender.try_send_request(request);
                     match tokio::time::timeout_at(deadline, attempt).await {
-                        Err(_) => return Attempt::Failed(ProxyError::Timeout(timeout)),
+                        Err(_) => return Outcome::Failed(ProxyError::Timeout(timeout)),
                         Ok(Ok(mut response)) => {
                             // The client gets the proxy's Date, as from HTTP/1.1 backends.
                             response.headers_mut().remove(http::header::DATE);
-                            return Attempt::Response(response.map(ResponseBody::Http2));
+                            return Outcome::Response(response.map(ResponseBody::Http2));
                         }
                         Ok(Err(mut err)) => match err.take_message() {
                             Some(unsent) => (unsent, UpstreamError::from(err.into_error())),
                             None => {
-                                return Attempt::Failed(ProxyError::Upstream(
+                                return Outcome::Failed(ProxyError::Upstream(
                                     err.into_error().into(),
                                 ));
                             }
@@ -256,7 +263,7 @@ fn send(
             // The connection closed before the request was written: use another one.
             let (unsent, err) = unsent;
             if stale >= STALE_CONNECTION_ATTEMPTS {
-                return Attempt::NotSent(unsent, ProxyError::Upstream(err));
+                return Outcome::NotSent(unsent, ProxyError::Upstream(err));
             }
             stale += 1;
             request = unsent;

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-use super::forward::forward;
+use super::forward::{Arrival, forward};
 use super::listener::HttpListener;
 use super::tunnel::{Tunnel, UpgradeSlot};
 use crate::http::headers::{self, ClientInfo, Forwarding};
@@ -54,8 +54,9 @@ impl http_body::Body for ClientBody {
     }
 }
 
-/// One client connection's view: its listener, who the client is, and the framing check.
-pub(super) struct Connection {
+/// The request handler of one client connection: its listener, who the client is, and the
+/// framing check.
+pub(super) struct Handler {
     pub(super) listener: Arc<HttpListener>,
     pub(super) client: ClientInfo,
     pub(super) framing: Arc<FramingCheck>,
@@ -63,7 +64,7 @@ pub(super) struct Connection {
     pub(super) upgrade: Arc<UpgradeSlot>,
 }
 
-impl Connection {
+impl Handler {
     /// Answers one request; `exchange` stays open until hyper drops the response body.
     ///
     /// Written as one `async move` block over its arguments, not an `async fn` with nested
@@ -88,7 +89,10 @@ impl Connection {
                         &pool,
                         request.map(|body| RequestBody::Client { body }),
                         &forwarding,
-                        (&self.listener.name, started),
+                        Arrival {
+                            listener: &self.listener.name,
+                            started,
+                        },
                         tunnel,
                         &mut served_by,
                     )
