@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::idle::ActivityIo;
+use super::activity::ActivityIo;
 use super::proxy_protocol;
 use crate::backend::{Backend, InFlight};
 use crate::balance::Tried;

@@ -4,13 +4,13 @@
 //! [`l7`] is the HTTP proxy (hyper's HTTP/1 or HTTP/2 server per client connection, parked
 //! while quiet); [`l4`] the TCP proxy, with [`proxy_protocol`] headers; [`error`] is the single
 //! failure → status mapping; [`body`] streams responses and releases per-request resources when
-//! they end; `framing` rejects smuggling attempts that hyper would otherwise accept; [`idle`]
-//! times client connections out and parks quiet ones.
+//! they end; `framing` rejects smuggling attempts that hyper would otherwise accept; [`activity`]
+//! watches client connections: idle and request-head timeouts, parking, byte counts.
 
+pub mod activity;
 pub mod body;
 pub mod error;
 mod framing;
-pub mod idle;
 pub mod l4;
 pub mod l7;
 pub mod proxy_protocol;

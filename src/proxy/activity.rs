@@ -1,4 +1,5 @@
-//! Idle detection, the request-head timeout, and byte counting for client connections.
+//! A client connection's activity: idle detection, the request-head timeout, parking, and byte
+//! counting (the upstream idle pool is `upstream::idle_pool`, the timeouts' values `config`).
 //!
 //! The IO wrapper only sets a flag on each read or write (no clock call on the data path); a
 //! ticker clears it every period and reports idleness when it was already clear. A connection is

@@ -1,41 +1,9 @@
-//! Detection of ambiguous HTTP/1.x request framing on a client connection.
-//!
-//! hyper 1.x's HTTP/1 server accepts a request carrying both `Content-Length` and
-//! `Transfer-Encoding`: it drops `Content-Length`, reads the body as chunked and closes
-//! the connection after the response. RFC 9112 §6.1 lets a server reject such a request,
-//! and §6.3 (item 3) says it "might indicate an attempt to perform request smuggling ...
-//! and ought to be handled as an error". Our spec requires a 400 and no forwarding, but
-//! hyper gives the service no way to see the original framing headers.
-//!
-//! So [`ScannedIo`] wraps the client socket and feeds every byte hyper reads into a
-//! [`HeadScanner`], which follows the request stream's message boundaries (RFC 9112 §6,
-//! §7.1) and judges each request head. The first request index (0-based, per connection)
-//! with ambiguous framing is recorded in a shared [`FramingCheck`], which the request
-//! handler consults once per request via [`FramingCheck::next_request_is_bad`].
-//!
-//! Requests with `Upgrade` or method `CONNECT` do not stop the scan. If hyper switches
-//! protocols it dispatches no further requests on the connection, so nothing the scanner
-//! later concludes from the tunnelled bytes is ever consulted; if it does not (the
-//! response was not 101 / 2xx), more HTTP/1 requests follow and must still be checked.
-//! Stopping there would let a client switch the check off with a dummy `Upgrade` field.
-//!
-//! The scanner never blocks or rejects anything itself. Whenever it cannot follow the
-//! stream (unparsable bytes, an oversized head, HTTP/2) it stops looking for good and
-//! leaves the connection to hyper, which rejects garbage on its own.
+//! The head scanner: follows one connection's request stream (heads, `Content-Length` and
+//! chunked bodies) and judges each head's framing per RFC 9112 §6.
 
-use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context, Poll};
-
-use tokio::io::{AsyncRead, ReadBuf};
-
-use super::idle::Activity;
-use crate::http::wire::{content_length, hex_digit};
-
-/// `FramingCheck::first_bad` value meaning "no request was flagged".
-const NO_BAD_REQUEST: u32 = u32::MAX;
+use super::check::NO_BAD_REQUEST;
+use super::chunked::{Chunk, ChunkStep};
+use crate::http::wire::content_length;
 
 /// Incremental scanner of the HTTP/1.x request byte stream of one client connection.
 ///
@@ -76,45 +44,6 @@ enum State {
     /// Stopped looking for good: the stream could not be followed, is not HTTP/1.x, or
     /// a verdict was already given. Never itself a verdict of "bad".
     Passthrough,
-}
-
-/// Position inside a chunked body, mirroring hyper's own decoder (RFC 9112 §7.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Expecting the first hex digit of a chunk-size.
-    Start,
-    /// Reading chunk-size hex digits (value so far).
-    Size(u64),
-    /// Whitespace after the chunk-size, tolerated as hyper does.
-    SizeWs(u64),
-    /// Skipping a chunk extension (`;name=value`) up to the CR.
-    Ext(u64),
-    /// Expecting the LF ending a chunk-size line.
-    SizeLf(u64),
-    /// Skipping chunk data; the count of remaining bytes is never zero.
-    Data(u64),
-    /// Expecting the CR after chunk data.
-    DataCr,
-    /// Expecting the LF after chunk data.
-    DataLf,
-    /// After the last chunk or a trailer field: a trailer line or the final CRLF follows.
-    LineStart,
-    /// Skipping a trailer field line up to its CR (RFC 9112 §7.1.2).
-    Trailer,
-    /// Expecting the LF ending a trailer field line.
-    TrailerLf,
-    /// Expecting the LF of the CRLF that ends the chunked body.
-    EndLf,
-}
-
-/// Outcome of feeding one byte to a [`Chunk`] state.
-enum ChunkStep {
-    /// Still inside the chunked body.
-    Continue(Chunk),
-    /// The chunked body (including trailers) is complete.
-    End,
-    /// The bytes do not follow the chunked syntax.
-    Invalid,
 }
 
 /// What a complete request head says about the message body (RFC 9112 §6.3).
@@ -316,51 +245,6 @@ fn skip(bytes: &mut &[u8], limit: u64) -> u64 {
     n as u64
 }
 
-impl Chunk {
-    /// Consumes one byte of chunked framing (RFC 9112 §7.1); LF alone is not accepted
-    /// as a line ending here, exactly as in hyper's decoder.
-    fn step(self, byte: u8) -> ChunkStep {
-        let next = match (self, byte) {
-            (Self::Start, _) => match hex_digit(byte) {
-                Some(digit) => Self::Size(digit),
-                None => return ChunkStep::Invalid,
-            },
-            (Self::Size(size) | Self::SizeWs(size), b' ' | b'\t') => Self::SizeWs(size),
-            (Self::Size(size) | Self::SizeWs(size), b';') => Self::Ext(size),
-            (Self::Size(size) | Self::SizeWs(size) | Self::Ext(size), b'\r') => Self::SizeLf(size),
-            (Self::Size(size), _) => {
-                match hex_digit(byte).and_then(|d| size.checked_mul(16)?.checked_add(d)) {
-                    Some(size) => Self::Size(size),
-                    None => return ChunkStep::Invalid,
-                }
-            }
-            (Self::Ext(_), b'\n') => return ChunkStep::Invalid,
-            (Self::Ext(size), _) => Self::Ext(size),
-            (Self::SizeLf(0), b'\n') => Self::LineStart,
-            (Self::SizeLf(size), b'\n') => Self::Data(size),
-            (Self::DataCr, b'\r') => Self::DataLf,
-            (Self::DataLf, b'\n') => Self::Start,
-            (Self::LineStart, b'\r') => Self::EndLf,
-            (Self::Trailer, b'\r') => Self::TrailerLf,
-            (Self::LineStart | Self::Trailer, _) => Self::Trailer,
-            (Self::TrailerLf, b'\n') => Self::LineStart,
-            (Self::EndLf, b'\n') => return ChunkStep::End,
-            // `Data` never gets here: `HeadScanner::feed` skips chunk data by length.
-            (
-                Self::SizeWs(_)
-                | Self::SizeLf(_)
-                | Self::Data(_)
-                | Self::DataCr
-                | Self::DataLf
-                | Self::TrailerLf
-                | Self::EndLf,
-                _,
-            ) => return ChunkStep::Invalid,
-        };
-        ChunkStep::Continue(next)
-    }
-}
-
 /// Finds the end of the request head at the start of `bytes` (request line, fields, empty
 /// line) and judges its framing per RFC 9112 §6, in one pass over its lines; `None` while the
 /// head is incomplete.
@@ -475,117 +359,9 @@ fn trim(value: &[u8]) -> &[u8] {
     value.get(start..end).unwrap_or_default()
 }
 
-/// Per-connection verdict shared by [`ScannedIo`] (writer) and the request handler.
-#[derive(Debug)]
-pub(crate) struct FramingCheck {
-    /// Index of the first request with ambiguous framing, or [`NO_BAD_REQUEST`].
-    first_bad: AtomicU32,
-    /// Number of requests the handler has asked about so far.
-    requests: AtomicU32,
-}
-
-impl FramingCheck {
-    /// Creates a check with no request flagged and no request seen by the handler.
-    fn new() -> Self {
-        Self {
-            first_bad: AtomicU32::new(NO_BAD_REQUEST),
-            requests: AtomicU32::new(0),
-        }
-    }
-
-    /// Flags request `index`; only the earliest flagged index is kept.
-    fn mark_bad(&self, index: u32) {
-        self.first_bad.fetch_min(index, Ordering::Release);
-    }
-
-    /// Call exactly once per request, in order: counts it and tells whether it (or an
-    /// earlier request on this connection) had ambiguous framing and must get a 400.
-    pub(crate) fn next_request_is_bad(&self) -> bool {
-        let index = self.requests.fetch_add(1, Ordering::Relaxed);
-        let first_bad = self.first_bad.load(Ordering::Acquire);
-        first_bad != NO_BAD_REQUEST && index >= first_bad
-    }
-}
-
-/// Client connection wrapper that feeds every byte read into a [`HeadScanner`], records its
-/// verdict in a shared [`FramingCheck`] and tells the connection's [`Activity`] when a read
-/// ends inside a request head (for the header-read timeout); writes pass straight through.
-#[derive(Debug)]
-pub(crate) struct ScannedIo<T> {
-    /// The client socket.
-    inner: T,
-    /// Scanner of the bytes read from `inner`.
-    scanner: HeadScanner,
-    /// Where the scanner's verdict goes.
-    check: Arc<FramingCheck>,
-    /// Where an incomplete head is published.
-    activity: Arc<Activity>,
-    /// The last value given to [`Activity::await_head`].
-    published: u32,
-}
-
-impl<T> ScannedIo<T> {
-    /// Wraps a fresh client connection; the returned check is for its request handler.
-    /// `max_head_bytes` should be at least hyper's `max_buf_size` (see [`HeadScanner`]).
-    /// The first request head counts as awaited from now.
-    pub(crate) fn new(
-        inner: T,
-        max_head_bytes: usize,
-        activity: Arc<Activity>,
-    ) -> (Self, Arc<FramingCheck>) {
-        let check = Arc::new(FramingCheck::new());
-        let scanner = HeadScanner::new(max_head_bytes);
-        let published = scanner.awaiting_head();
-        activity.await_head(published);
-        let io = Self {
-            inner,
-            scanner,
-            check: Arc::clone(&check),
-            activity,
-            published,
-        };
-        (io, check)
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for ScannedIo<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
-            let fresh = buf.filled().get(before..).unwrap_or_default();
-            if let Some(index) = this.scanner.feed(fresh) {
-                this.check.mark_bad(index);
-            }
-            let awaiting = this.scanner.awaiting_head();
-            if awaiting != this.published {
-                this.published = awaiting;
-                this.activity.await_head(awaiting);
-            }
-        }
-        result
-    }
-}
-
-crate::io::delegate_async_write!(ScannedIo, inner);
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use std::convert::Infallible;
-
-    use bytes::Bytes;
-    use http_body_util::Empty;
-    use hyper::service::service_fn;
-    use hyper::{Response, StatusCode};
-    use hyper_util::rt::TokioIo;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Head limit used by the table tests.
     const MAX_HEAD: usize = 1024;
@@ -1023,79 +799,5 @@ mod tests {
         let bad = "POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(scanner.feed(bad.as_bytes()), None);
         assert_eq!(scanner.state, State::Passthrough);
-    }
-
-    #[test]
-    fn framing_check_rejects_from_first_bad_index() {
-        let check = FramingCheck::new();
-        check.mark_bad(3);
-        check.mark_bad(2);
-        check.mark_bad(5);
-        let answers: Vec<bool> = (0..5).map(|_| check.next_request_is_bad()).collect();
-        assert_eq!(answers, [false, false, true, true, true]);
-
-        let clean = FramingCheck::new();
-        assert!((0..5).all(|_| !clean.next_request_is_bad()));
-    }
-
-    #[tokio::test]
-    async fn scanned_io_over_duplex() {
-        let (mut client, server) = tokio::io::duplex(16);
-        let (mut io, check) = ScannedIo::new(server, MAX_HEAD, Arc::default());
-        let smuggled =
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n";
-        let request = format!("{GET}{smuggled}");
-        let writer = tokio::spawn(async move {
-            client
-                .write_all(request.as_bytes())
-                .await
-                .expect("write request");
-            let mut reply = [0; 5];
-            client.read_exact(&mut reply).await.expect("read reply");
-            reply
-        });
-        let mut received = Vec::new();
-        let mut buf = [0; 7];
-        while received.len() < GET.len() + smuggled.len() {
-            let n = io.read(&mut buf).await.expect("read");
-            received.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(received, format!("{GET}{smuggled}").as_bytes());
-        assert!(!check.next_request_is_bad());
-        assert!(check.next_request_is_bad());
-        io.write_all(b"reply").await.expect("write reply");
-        io.flush().await.expect("flush");
-        assert_eq!(&writer.await.expect("join"), b"reply");
-    }
-
-    #[tokio::test]
-    async fn hyper_request_handler_sees_flag() {
-        let (mut client, server) = tokio::io::duplex(4096);
-        let (io, check) = ScannedIo::new(server, MAX_HEAD, Arc::default());
-        let service = service_fn(move |_request| {
-            let status = if check.next_request_is_bad() {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::OK
-            };
-            let mut response = Response::new(Empty::<Bytes>::new());
-            *response.status_mut() = status;
-            async move { Ok::<_, Infallible>(response) }
-        });
-        let server = tokio::spawn(
-            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service),
-        );
-        let smuggled = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\
-                        Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
-        let request = format!("{GET}{smuggled}{GET}");
-        client.write_all(request.as_bytes()).await.expect("write");
-        let mut replies = String::new();
-        client.read_to_string(&mut replies).await.expect("read");
-        let statuses: Vec<&str> = replies
-            .lines()
-            .filter(|line| line.starts_with("HTTP/1.1 "))
-            .collect();
-        assert_eq!(statuses, ["HTTP/1.1 200 OK", "HTTP/1.1 400 Bad Request"]);
-        server.await.expect("join").expect("serve");
     }
 }

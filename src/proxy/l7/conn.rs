@@ -1,0 +1,486 @@
+//! One client connection's life: TLS handshake, HTTP/1 or HTTP/2 start, hyper's server, and
+//! for HTTP/1 parking while quiet and handing over to a tunnel after a 101.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::handler::{ClientBody, Handler};
+use super::listener::{HttpListener, HttpSettings, TlsTermination};
+use super::tunnel::{UpgradeSlot, run_tunnel};
+use crate::config::ClientLimits;
+use crate::http::headers::ClientInfo;
+use crate::io::rewind::Rewind;
+use crate::proxy::activity::{self, Activity, ActivityIo, Close};
+use crate::proxy::framing::ScannedIo;
+
+impl HttpListener {
+    /// Serves one accepted client connection until it closes, idles out, or `shutdown` fires
+    /// (then in-flight requests finish and the connection closes gracefully).
+    pub async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+    ) {
+        let settings = self.settings.load_full();
+        let _open = self.metrics.connection();
+        let (io, activity) = ActivityIo::new(
+            stream,
+            self.metrics.bytes_in.clone(),
+            self.metrics.bytes_out.clone(),
+        );
+        let Some(tls) = &settings.tls else {
+            return self
+                .serve_io(io, peer, activity, &settings, "http", shutdown)
+                .await;
+        };
+        self.serve_tls(tls, io, peer, activity, &settings, shutdown)
+            .await;
+    }
+
+    /// Completes the TLS handshake within its timeout, then serves the connection. Boxed, and
+    /// built outside `serve`'s future: its TLS state is a kilobyte, and a plain connection's
+    /// task holds its future's largest state for its whole life.
+    fn serve_tls<'a>(
+        self: &'a Arc<Self>,
+        tls: &'a TlsTermination,
+        io: ActivityIo<TcpStream>,
+        peer: SocketAddr,
+        activity: Arc<Activity>,
+        settings: &'a HttpSettings,
+        shutdown: CancellationToken,
+    ) -> Pin<Box<impl Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)).await {
+                Ok(Ok(io)) => {
+                    self.serve_io(io, peer, activity, settings, "https", shutdown)
+                        .await;
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(listener = %self.name, client = %peer, error = %err, "TLS handshake failed");
+                }
+                Err(_) => {
+                    tracing::debug!(listener = %self.name, client = %peer, "TLS handshake timed out");
+                }
+            }
+        })
+    }
+
+    async fn serve_io<T>(
+        self: &Arc<Self>,
+        io: T,
+        peer: SocketAddr,
+        activity: Arc<Activity>,
+        settings: &HttpSettings,
+        scheme: &'static str,
+        shutdown: CancellationToken,
+    ) where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (io, framing) =
+            ScannedIo::new(io, settings.limits.max_header_bytes, Arc::clone(&activity));
+        let mut io = Rewind::new(Bytes::new(), io);
+        let upgrade = Arc::new(UpgradeSlot::default());
+        let handler = Arc::new(Handler {
+            listener: Arc::clone(self),
+            client: ClientInfo {
+                ip: header_value_of(peer),
+                proto: HeaderValue::from_static(scheme),
+            },
+            framing,
+            upgrade: Arc::clone(&upgrade),
+        });
+        let mut service = {
+            let activity = Arc::clone(&activity);
+            service_fn(move |request| {
+                // Opened as hyper hands the request over, so a park never sees it missing.
+                let exchange = activity.open_exchange();
+                // Not boxed: hyper keeps one slot for it per connection, reused by every
+                // request, and a parked connection drops hyper's state with the slot.
+                Arc::clone(&handler).handle(request, exchange)
+            })
+        };
+        let limits = &settings.limits;
+        let mut close = watch(&activity, limits, &shutdown);
+        let start = tokio::select! {
+            biased;
+            reason = &mut close => return self.closed_waiting(reason, peer),
+            start = read_start(&mut io, true) => start,
+        };
+        match start {
+            Ok(Start::Http2(preface)) => {
+                io.rewind(preface);
+                return self.serve_http2(io, service, settings, peer, close).await;
+            }
+            Ok(Start::Http1(first)) => io.rewind(first),
+            Ok(Start::Closed) | Err(_) => return,
+        }
+        let mut close = Some(close);
+        loop {
+            // hyper's HTTP/1 server runs until the client is done, the connection switches
+            // protocols, or it is parked. Boxed: its state is kilobytes, and a parked
+            // connection should hold none of it.
+            activity.start_serving();
+            let server_io = TokioIo::new(KeepOpen(io));
+            let mut conn = Box::new(settings.http1.serve_connection(server_io, service));
+            let mut parking = false;
+            let result = loop {
+                tokio::select! {
+                    biased;
+                    result = &mut *conn => break result,
+                    reason = next_reason(&mut close) => {
+                        close = None;
+                        match reason {
+                            Ok(Close::Shutdown) | Err(_) => {
+                                // Drain: hyper finishes the exchange in progress, then ends.
+                                Pin::new(&mut *conn).graceful_shutdown();
+                            }
+                            Ok(Close::Park) => {
+                                if !parking && activity.may_park() {
+                                    // Idle: hyper stops at once and hands everything back.
+                                    Pin::new(&mut *conn).graceful_shutdown();
+                                    parking = true;
+                                }
+                                // Watched on either way, should hyper not stop after all.
+                                close = Some(watch(&activity, limits, &shutdown));
+                            }
+                            Ok(reason) => return self.closed_by(reason, peer),
+                        }
+                    }
+                }
+            };
+            if let Err(err) = result {
+                tracing::debug!(listener = %self.name, client = %peer, error = %err, "client connection ended with an error");
+                return;
+            }
+            // hyper flushed everything it had written before ending (its shutdown only flushes).
+            let parts = conn.into_parts();
+            io = parts.io.into_inner().0;
+            io.rewind(parts.read_buf);
+            service = parts.service;
+            if let Some((upstream, in_flight)) = upgrade.take() {
+                // A 101 went out: the connection is a tunnel now, run by this task, so it
+                // still counts as the listener's open connection. Boxed: only upgraded
+                // connections need its state.
+                drop(close);
+                let deadline = &self.drain_deadline;
+                return Box::pin(run_tunnel(
+                    io,
+                    upstream,
+                    in_flight,
+                    limits.idle_timeout,
+                    deadline,
+                ))
+                .await;
+            }
+            if !parking {
+                // The client is done, or the listener drains: close our side as hyper would,
+                // but bounded (a TLS close_notify can wait on a client that stopped reading).
+                let _ = tokio::time::timeout(CLOSE_LIMIT, io.shutdown()).await;
+                return;
+            }
+            // The watchdog kept on while hyper stopped ends with its receiver.
+            drop(close.take());
+            if !io.has_prefix() {
+                // Parked: no watchdog, no hyper state, just the socket and these three waits.
+                let _parked = self.metrics.parked();
+                let woke = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Activity::parked_budget(limits.idle_timeout)) => {
+                        return self.closed_by(Close::Idle, peer);
+                    }
+                    woke = read_start(&mut io, false) => woke,
+                };
+                match woke {
+                    Ok(Start::Http1(first)) => io.rewind(first),
+                    Ok(Start::Http2(_) | Start::Closed) | Err(_) => return,
+                }
+            }
+            close = Some(watch(&activity, limits, &shutdown));
+        }
+    }
+
+    /// Serves a connection that opened with HTTP/2's preface (cleartext prior knowledge, or
+    /// ALPN `h2` over TLS) until it ends or the watchdog closes it. Boxed outside the caller's
+    /// future, so HTTP/1 connections' tasks do not carry this state.
+    fn serve_http2<'a, I, S>(
+        &'a self,
+        io: I,
+        service: S,
+        settings: &'a HttpSettings,
+        peer: SocketAddr,
+        close: oneshot::Receiver<Close>,
+    ) -> Pin<Box<impl Future<Output = ()> + Send + 'a>>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::HttpService<Incoming, ResBody = ClientBody> + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        Box::pin(async move {
+            let mut conn = Box::pin(settings.http2.serve_connection(TokioIo::new(io), service));
+            let result = tokio::select! {
+                biased;
+                result = conn.as_mut() => result,
+                reason = close => match reason {
+                    Ok(Close::Shutdown) | Err(_) => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                    Ok(reason) => return self.closed_by(reason, peer),
+                },
+            };
+            if let Err(err) = result {
+                tracing::debug!(listener = %self.name, client = %peer, error = %err, "client connection ended with an error");
+            }
+        })
+    }
+
+    /// Counts and logs a connection the watchdog closed before its first request.
+    fn closed_waiting(&self, reason: Result<Close, oneshot::error::RecvError>, peer: SocketAddr) {
+        if let Ok(reason) = reason {
+            self.closed_by(reason, peer);
+        }
+    }
+
+    /// Counts and logs a connection closed for `reason`.
+    fn closed_by(&self, reason: Close, peer: SocketAddr) {
+        match reason {
+            Close::Idle => {
+                self.metrics.idle_timeouts.increment(1);
+                tracing::debug!(listener = %self.name, client = %peer, "closing idle connection");
+            }
+            Close::HeadTimeout => {
+                self.metrics.header_read_timeouts.increment(1);
+                tracing::debug!(listener = %self.name, client = %peer, "request head not complete within header_read_timeout; closing");
+            }
+            Close::Shutdown | Close::Park => {}
+        }
+    }
+}
+
+/// The watchdog's next word; never, when no watchdog is on.
+async fn next_reason(
+    close: &mut Option<oneshot::Receiver<Close>>,
+) -> Result<Close, oneshot::error::RecvError> {
+    match close {
+        Some(close) => close.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Longest wait for a finished client connection's write side to close (a TLS close_notify).
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
+/// A client connection as hyper's HTTP/1 server sees it: shutting it down only flushes, so
+/// the socket outlives a server that stops for parking, and hyper still writes out everything
+/// it buffered before it ends. The connection task closes the socket itself.
+struct KeepOpen<T>(T);
+
+impl<T: AsyncRead + Unpin> AsyncRead for KeepOpen<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+// Shutting down only flushes (see above).
+crate::io::delegate_async_write!(KeepOpen, 0, poll_flush);
+
+/// Starts a watchdog on a client connection; it says on the returned channel why and when the
+/// connection should close or park, and ends then.
+fn watch(
+    activity: &Arc<Activity>,
+    limits: &ClientLimits,
+    shutdown: &CancellationToken,
+) -> oneshot::Receiver<Close> {
+    let (close, reason) = oneshot::channel();
+    tokio::spawn(activity::watchdog(
+        Arc::clone(activity),
+        limits.idle_timeout,
+        limits.header_read_timeout,
+        shutdown.clone(),
+        close,
+    ));
+    reason
+}
+
+/// How a client connection starts, or goes on after being parked.
+#[derive(Debug)]
+enum Start {
+    /// HTTP/1 bytes (the start of a request).
+    Http1(Bytes),
+    /// HTTP/2's connection preface, whole, and whatever came with it.
+    Http2(Bytes),
+    /// The client closed the connection.
+    Closed,
+}
+
+/// The client's connection preface in HTTP/2 (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Bytes the first read of a connection (or of a parked one waking up) asks for: a whole
+/// typical request head, so hyper finds it complete without a read of its own.
+const START_READ: usize = 4096;
+
+/// Waits for a client's next bytes and reads what has arrived, holding no buffer while it
+/// waits (a buffer is taken for each read attempt and dropped again if nothing came). With
+/// `sniff`, reads on until HTTP/2's preface is whole or ruled out.
+async fn read_start<T: AsyncRead + Unpin>(io: &mut T, sniff: bool) -> std::io::Result<Start> {
+    let mut start = BytesMut::new();
+    loop {
+        let read = std::future::poll_fn(|cx| {
+            if !start.is_empty() {
+                // Part of a preface came; the rest is a few bytes away.
+                start.reserve(H2_PREFACE.len());
+                return tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut start);
+            }
+            let mut fresh = BytesMut::with_capacity(START_READ);
+            let read = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut *io),
+                cx,
+                &mut fresh
+            ))?;
+            start = fresh;
+            Poll::Ready(Ok(read))
+        })
+        .await?;
+        if start.is_empty() {
+            return Ok(Start::Closed);
+        }
+        let seen = start.len().min(H2_PREFACE.len());
+        if read == 0 || !sniff || start[..seen] != H2_PREFACE[..seen] {
+            return Ok(Start::Http1(start.freeze()));
+        }
+        if seen == H2_PREFACE.len() {
+            return Ok(Start::Http2(start.freeze()));
+        }
+    }
+}
+
+/// The client's IP as a header value, rendered once per connection. IPv4, the common case, is
+/// written digit by digit: the formatting machinery costs more than the rest of accepting.
+fn header_value_of(peer: SocketAddr) -> HeaderValue {
+    let rendered = match peer.ip() {
+        std::net::IpAddr::V4(ip) => {
+            let mut text = [0u8; 15];
+            let mut len = 0;
+            for (i, octet) in ip.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text[len] = b'.';
+                    len += 1;
+                }
+                for divisor in [100, 10, 1] {
+                    if octet >= divisor || divisor == 1 {
+                        text[len] = b'0' + octet / divisor % 10;
+                        len += 1;
+                    }
+                }
+            }
+            HeaderValue::from_bytes(&text[..len])
+        }
+        ip @ std::net::IpAddr::V6(_) => HeaderValue::from_str(&ip.to_string()),
+    };
+    rendered.unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{H2_PREFACE, Start, header_value_of, read_start};
+    use std::net::SocketAddr;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected pair on loopback: (the proxy's end, the client's end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (server, client)
+    }
+
+    #[tokio::test]
+    async fn the_first_read_takes_a_whole_request_head() {
+        let (mut server, mut client) = pair().await;
+        let head = format!(
+            "GET / HTTP/1.1\r\nhost: app.test\r\ncookie: {}\r\n\r\n",
+            "c".repeat(2000)
+        );
+        client.write_all(head.as_bytes()).await.expect("write");
+        match read_start(&mut server, true).await.expect("read") {
+            Start::Http1(first) => assert_eq!(first, head.as_bytes(), "all of it, in one read"),
+            other => panic!("expected HTTP/1, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_preface_split_across_writes_is_http2() {
+        let (mut server, mut client) = pair().await;
+        let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+        tokio::spawn(async move {
+            client.write_all(&H2_PREFACE[..10]).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            client.write_all(&H2_PREFACE[10..]).await.expect("write");
+            client.write_all(&settings).await.expect("write");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        match read_start(&mut server, true).await.expect("read") {
+            Start::Http2(first) => assert!(first.starts_with(H2_PREFACE), "{first:?}"),
+            other => panic!("expected HTTP/2, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_before_a_byte_is_closed_and_a_parked_one_needs_no_sniffing() {
+        let (mut server, client) = pair().await;
+        drop(client);
+        assert!(matches!(
+            read_start(&mut server, true).await.expect("read"),
+            Start::Closed
+        ));
+        let (mut server, mut client) = pair().await;
+        client.write_all(&H2_PREFACE[..3]).await.expect("write");
+        match read_start(&mut server, false).await.expect("read") {
+            Start::Http1(first) => assert_eq!(first, &H2_PREFACE[..3]),
+            other => panic!("a waking connection is HTTP/1 already, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn client_ip_renders_like_display() {
+        for text in [
+            "0.0.0.0:1",
+            "127.0.0.1:80",
+            "10.20.30.40:1",
+            "100.9.99.255:1",
+            "255.255.255.255:1",
+            "1.100.10.0:1",
+            "[::1]:80",
+            "[2001:db8::7]:443",
+            "[::ffff:192.0.2.1]:1",
+        ] {
+            let peer: SocketAddr = text.parse().expect("address");
+            assert_eq!(header_value_of(peer), peer.ip().to_string(), "{text}");
+        }
+    }
+}

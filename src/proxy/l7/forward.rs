@@ -1,0 +1,307 @@
+//! Forwarding one request: attempts on the pool's backends (connect retries, replay of
+//! idempotent requests), each on an idle connection of the backend or a new one.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use tokio::time::Instant;
+
+use super::tunnel::Tunnel;
+use crate::backend::Backend;
+use crate::balance::Tried;
+use crate::http::headers::Forwarding;
+use crate::pool::Pool;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::error::{ProxyError, UpstreamError};
+use crate::upstream::{self, Conn, RequestBody, ResponseBody, h1};
+
+/// How often a reused connection that turns out closed is replaced before giving up on it.
+const STALE_CONNECTION_ATTEMPTS: usize = 3;
+
+/// Where and when a request arrived: the listener labels its metrics, and the arrival time
+/// starts its duration and serves as the first attempt's clock reading.
+pub(super) struct Arrival<'a> {
+    pub(super) listener: &'a Arc<str>,
+    pub(super) started: Instant,
+}
+
+/// Sends `request` to a backend of `pool`.
+///
+/// A failed connect moves on to a backend not yet tried, up to the pool's retry budget (nothing
+/// was sent, so this is safe for every method). A backend that fails *after* the request was
+/// sent but before answering is retried elsewhere only for bodiless GET, HEAD and OPTIONS
+/// requests, whose head is kept for that purpose. Every outcome feeds passive health.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice"
+)]
+pub(super) fn forward(
+    pool: &Pool,
+    mut request: Request<RequestBody>,
+    forwarding: &Forwarding<'_>,
+    Arrival { listener, started }: Arrival<'_>,
+    mut tunnel: Option<Tunnel>,
+    served_by: &mut Option<Arc<str>>,
+) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
+    async move {
+        let replay = Replay::of(&request, pool);
+        let mut tried = Tried::default();
+        let mut last_error = None;
+        let mut last_backend: Option<&Arc<Backend>> = None;
+        loop {
+            let (backend, in_flight) = match pool.next_attempt(&mut tried).await {
+                Ok(Some(attempt)) => attempt,
+                Ok(None) => break,
+                Err(err) => {
+                    pool.metrics.record_unrouted(listener, &pool.name, 503);
+                    return Err(err.into());
+                }
+            };
+            last_backend = Some(backend);
+            if pool.access_log {
+                *served_by = Some(Arc::clone(&backend.name));
+            }
+            // The request's arrival is a fresh enough clock reading for its first attempt only.
+            let now = (tried.len() == 1).then_some(started);
+            match send(backend, request, forwarding, pool, now).await {
+                Outcome::Response(response) => {
+                    let status = response.status().as_u16();
+                    backend.metrics.record_response(listener, status, started);
+                    if pool.passive.failure_statuses.contains(status) {
+                        pool.record_failure(backend, &format_args!("status {status}"));
+                    } else {
+                        backend.health.record_success();
+                    }
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        let Some(tunnel) = tunnel.take() else {
+                            return Err(ProxyError::Protocol("101 without an upgrade request"));
+                        };
+                        let (parts, body) = response.into_parts();
+                        // The connection now belongs to the tunnel, never to the idle pool.
+                        let upstream = match body {
+                            ResponseBody::Http1(body) => body.into_upgraded(),
+                            ResponseBody::Http2(_) => None,
+                        };
+                        let Some(upstream) = upstream else {
+                            return Err(ProxyError::Protocol(
+                                "101 without a connection to upgrade",
+                            ));
+                        };
+                        tunnel.start(upstream, in_flight);
+                        return Ok(Response::from_parts(parts, ProxyBody::local(Bytes::new())));
+                    }
+                    let (parts, body) = response.into_parts();
+                    let body = ProxyBody::upstream(body, in_flight);
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Outcome::NotSent(unsent, err) => {
+                    if matches!(err, ProxyError::Connect(_)) {
+                        backend.metrics.connect_error();
+                    }
+                    pool.record_failure(backend, &err);
+                    tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend connect failed; trying another");
+                    request = unsent;
+                    last_error = Some(err);
+                }
+                Outcome::Failed(err) => {
+                    pool.record_failure(backend, &err);
+                    match (&replay, &err) {
+                        (Some(replay), ProxyError::Upstream(_)) => {
+                            tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend failed before answering; replaying idempotent request elsewhere");
+                            request = replay.request();
+                            last_error = Some(err);
+                        }
+                        _ => {
+                            backend
+                                .metrics
+                                .record_failure(listener, err.status().as_u16());
+                            return Err(err);
+                        }
+                    }
+                }
+            }
+        }
+        // Nothing healthy, or no backend of the pool accepted a connection: the service is
+        // unavailable (503), not broken (502).
+        let all_refused = tried.len() == pool.endpoints.len()
+            && match &last_error {
+                None => true,
+                Some(ProxyError::Connect(err)) => err.backend_is_down(),
+                Some(_) => false,
+            };
+        let err = match last_error {
+            Some(err) if pool.any_available() && !all_refused => err,
+            _ => ProxyError::NoBackend {
+                pool: Arc::clone(&pool.name),
+                retry_after: pool.retry_after(),
+            },
+        };
+        let status = err.status().as_u16();
+        match last_backend {
+            Some(backend) => backend.metrics.record_failure(listener, status),
+            None => pool.metrics.record_unrouted(listener, &pool.name, status),
+        }
+        if status == 503 && last_backend.is_some() {
+            pool.metrics.no_backend.increment(1);
+        }
+        Err(err)
+    }
+}
+
+/// The head of a request that may be replayed on another backend: bodiless GET, HEAD or
+/// OPTIONS (RFC 9110 §9.2.2 idempotent methods whose replay cannot duplicate a body).
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    fn of(request: &Request<RequestBody>, pool: &Pool) -> Option<Box<Replay>> {
+        use http::Method;
+        // Only worth a copy of the head when there is another backend to replay on.
+        let replayable = pool.settings.retries > 0
+            && pool.endpoints.len() > 1
+            && matches!(
+                *request.method(),
+                Method::GET | Method::HEAD | Method::OPTIONS
+            )
+            && http_body::Body::is_end_stream(request.body());
+        replayable.then(|| {
+            Box::new(Replay {
+                method: request.method().clone(),
+                uri: request.uri().clone(),
+                headers: request.headers().clone(),
+            })
+        })
+    }
+
+    fn request(&self) -> Request<RequestBody> {
+        let mut request = Request::new(RequestBody::Empty);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// The outcome of one attempt on one backend (`pool::Attempt` is the backend to try).
+enum Outcome {
+    /// The backend answered; an HTTP/1.1 body brings its connection along for reuse.
+    Response(Response<ResponseBody>),
+    /// Nothing reached the backend; the request is handed back for another backend.
+    NotSent(Request<RequestBody>, ProxyError),
+    /// The request was (possibly partly) sent and then failed; it cannot be replayed.
+    Failed(ProxyError),
+}
+
+/// One attempt on `backend`: reuse an idle connection or open one, then send (with the proxy's
+/// `forwarding` fields) and wait for the response head within the pool's `request_timeout`.
+/// `now`, when given, is a clock reading taken just before the attempt.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice"
+)]
+fn send(
+    backend: &Arc<Backend>,
+    mut request: Request<RequestBody>,
+    forwarding: &Forwarding<'_>,
+    pool: &Pool,
+    now: Option<Instant>,
+) -> impl Future<Output = Outcome> {
+    async move {
+        let timeout = pool.settings.request_timeout;
+        let mut stale = 0;
+        loop {
+            let fresh = stale >= STALE_CONNECTION_ATTEMPTS;
+            // The caller's reading is recent for the first try only: a stale connection's
+            // retry may follow a connect.
+            let recent = now.filter(|_| stale == 0);
+            let (conn, waited) = match checkout(backend, &pool.connector, fresh, recent).await {
+                Ok(checked_out) => checked_out,
+                Err(err) => return Outcome::NotSent(request, err.into()),
+            };
+            // `request_timeout` runs from sending: the reading still holds when the connection
+            // was at hand (one clock read fewer on the keep-alive path), not after a wait for one.
+            let sending = recent.filter(|_| !waited).unwrap_or_else(Instant::now);
+            let deadline = sending + timeout;
+            let unsent = match conn {
+                // The connection keeps its own deadline timer (cheaper than one per request).
+                Conn::Http1(conn) => match conn.send(request, forwarding, deadline).await {
+                    Ok(response) => return Outcome::Response(response.map(ResponseBody::Http1)),
+                    Err(h1::SendError::NotSent(unsent, err)) => (*unsent, UpstreamError::from(err)),
+                    Err(h1::SendError::Failed(h1::Error::TimedOut)) => {
+                        return Outcome::Failed(ProxyError::Timeout(timeout));
+                    }
+                    Err(h1::SendError::Failed(err)) => {
+                        return Outcome::Failed(ProxyError::Upstream(err.into()));
+                    }
+                },
+                Conn::Http2(mut sender) => {
+                    forwarding.apply(request.headers_mut());
+                    let attempt = sender.try_send_request(request);
+                    match tokio::time::timeout_at(deadline, attempt).await {
+                        Err(_) => return Outcome::Failed(ProxyError::Timeout(timeout)),
+                        Ok(Ok(mut response)) => {
+                            // The client gets the proxy's Date, as from HTTP/1.1 backends.
+                            response.headers_mut().remove(http::header::DATE);
+                            return Outcome::Response(response.map(ResponseBody::Http2));
+                        }
+                        Ok(Err(mut err)) => match err.take_message() {
+                            Some(unsent) => (unsent, UpstreamError::from(err.into_error())),
+                            None => {
+                                return Outcome::Failed(ProxyError::Upstream(
+                                    err.into_error().into(),
+                                ));
+                            }
+                        },
+                    }
+                }
+            };
+            // The connection closed before the request was written: use another one.
+            let (unsent, err) = unsent;
+            if stale >= STALE_CONNECTION_ATTEMPTS {
+                return Outcome::NotSent(unsent, ProxyError::Upstream(err));
+            }
+            stale += 1;
+            request = unsent;
+        }
+    }
+}
+
+/// A connection ready to send on: an idle one if any is alive (unless `fresh`), else a new one;
+/// and whether getting it meant waiting (a connect, or an HTTP/2 connection getting ready).
+/// `now`, when given, is a clock reading taken just before.
+async fn checkout(
+    backend: &Backend,
+    connector: &upstream::Connector,
+    fresh: bool,
+    now: Option<Instant>,
+) -> Result<(Conn, bool), upstream::ConnectError> {
+    if !fresh {
+        let now = now.unwrap_or_else(Instant::now);
+        while let Some(conn) = backend.idle.take(now) {
+            match conn {
+                Conn::Http2(mut sender) => {
+                    if sender.ready().await.is_ok() {
+                        return Ok((Conn::Http2(sender), true));
+                    }
+                }
+                http1 @ Conn::Http1(_) => return Ok((http1, false)),
+            }
+        }
+    }
+    // Boxed: the connect path (TCP, TLS, HTTP/2 handshakes) is large and rare on keep-alive
+    // traffic; inline, it would swell every request's future, which is moved on each request.
+    let conn = Box::pin(upstream::connect(
+        backend.address,
+        backend.host(),
+        connector,
+    ))
+    .await?;
+    backend.metrics.connected();
+    backend.idle.share(&conn);
+    Ok((conn, true))
+}

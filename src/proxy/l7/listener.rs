@@ -1,0 +1,103 @@
+//! What an HTTP listener's connections share: its name and routing state, and the client
+//! limits, TLS acceptor and hyper server builders that a reload may replace.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ClientLimits;
+use crate::metrics::ListenerMetrics;
+use crate::snapshot::SharedState;
+use crate::tls::{self, TlsError, TlsSettings};
+
+/// Everything an HTTP listener's connections share.
+pub struct HttpListener {
+    pub(super) name: Arc<str>,
+    pub(super) state: SharedState,
+    /// Cancelled when a drain stops waiting: ends upgraded tunnels still open.
+    pub(super) drain_deadline: CancellationToken,
+    /// Connection and byte counters.
+    pub metrics: Arc<ListenerMetrics>,
+    /// Client limits and the server builder made from them; a reload may replace both, and
+    /// each new connection uses the newest.
+    pub(super) settings: ArcSwap<HttpSettings>,
+}
+
+pub(super) struct HttpSettings {
+    pub(super) limits: ClientLimits,
+    pub(super) http1: http1::Builder,
+    pub(super) http2: http2::Builder<TokioExecutor>,
+    pub(super) tls: Option<TlsTermination>,
+}
+
+/// A listener's TLS acceptor, rebuilt (files re-read) on every reload.
+pub(super) struct TlsTermination {
+    pub(super) acceptor: TlsAcceptor,
+    pub(super) handshake_timeout: Duration,
+}
+
+impl HttpSettings {
+    fn new(limits: ClientLimits, tls: Option<&TlsSettings>) -> Result<Self, TlsError> {
+        let mut http1 = http1::Builder::new();
+        // The header-read timeout is ours (see `activity::watchdog`): hyper's arms a boxed timer
+        // for every request and also runs it while a keep-alive connection waits.
+        http1
+            .header_read_timeout(None)
+            .max_buf_size(limits.max_header_bytes)
+            .keep_alive(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        let tls = match tls {
+            None => None,
+            Some(settings) => Some(TlsTermination {
+                acceptor: TlsAcceptor::from(tls::server_config(settings)?),
+                handshake_timeout: settings.handshake_timeout,
+            }),
+        };
+        Ok(Self {
+            limits,
+            http1,
+            http2,
+            tls,
+        })
+    }
+}
+
+impl HttpListener {
+    /// A listener called `name` routing through `state`, protected by `limits`, terminating
+    /// TLS when `tls` is set (certificate files are read now).
+    pub fn new(
+        name: Arc<str>,
+        state: SharedState,
+        limits: ClientLimits,
+        tls: Option<&TlsSettings>,
+        drain_deadline: CancellationToken,
+    ) -> Result<Self, TlsError> {
+        Ok(Self {
+            metrics: Arc::new(ListenerMetrics::new(&name)),
+            name,
+            state,
+            drain_deadline,
+            settings: ArcSwap::from_pointee(HttpSettings::new(limits, tls)?),
+        })
+    }
+
+    /// Applies new limits and re-reads TLS certificates, for connections accepted from now on.
+    /// On a TLS error the current settings stay and the error is returned.
+    pub fn update(&self, limits: &ClientLimits, tls: Option<&TlsSettings>) -> Result<(), TlsError> {
+        let current = self.settings.load();
+        if current.limits == *limits && tls.is_none() && current.tls.is_none() {
+            return Ok(());
+        }
+        self.settings
+            .store(Arc::new(HttpSettings::new(limits.clone(), tls)?));
+        Ok(())
+    }
+}

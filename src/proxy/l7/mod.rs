@@ -1,0 +1,17 @@
+//! The HTTP (layer 7) proxy: serves one client connection and forwards each request to a
+//! backend of the listener's pool, retrying failed connects on other backends.
+//!
+//! [`listener`] is what a listener's connections share (limits, TLS, hyper's builders, swapped
+//! on reload); [`conn`] is one client connection's life (TLS handshake, HTTP/1 or HTTP/2
+//! start, hyper's server, parking); [`handler`] answers each request (checks, pool, errors →
+//! response); [`forward`] makes the attempts on backends (retries, replay, idle connections);
+//! [`tunnel`] runs an upgraded connection (WebSocket and the like) after a 101.
+
+mod conn;
+mod forward;
+mod handler;
+mod listener;
+mod tunnel;
+
+pub use handler::ClientBody;
+pub use listener::HttpListener;
