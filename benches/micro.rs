@@ -20,10 +20,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use fulcrum::Config;
-use fulcrum::balance::Tried;
-use fulcrum::http::headers::{ClientInfo, prepare_request, prepare_response};
-use fulcrum::pool::Pool;
-use fulcrum::snapshot::Snapshot;
+use fulcrum::bench::{ClientInfo, Pool, Snapshot, Tried, prepare_request, prepare_response};
 use http::{HeaderMap, HeaderValue, Uri, Version};
 
 /// Pool sizes the balancer is measured at.

@@ -26,7 +26,7 @@ pub struct Waiters {
 }
 
 /// Adds one unit to `count` if it is below `max` (0: no cap); whether it did.
-pub fn take_unit(count: &AtomicUsize, max: usize) -> bool {
+pub(crate) fn take_unit(count: &AtomicUsize, max: usize) -> bool {
     count
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
             (max == 0 || n < max).then_some(n + 1)

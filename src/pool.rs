@@ -101,7 +101,7 @@ pub enum QueueError {
 }
 
 /// A request's next attempt: the backend and its unit of in-flight count.
-pub type Attempt<'a> = (&'a Arc<Backend>, InFlight);
+pub(crate) type Attempt<'a> = (&'a Arc<Backend>, InFlight);
 
 /// What a look for a backend with room found.
 enum Claim {

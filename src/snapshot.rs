@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::pool::Pool;
 
 /// The current snapshot, swapped atomically on reload.
-pub type SharedState = Arc<ArcSwap<Snapshot>>;
+pub(crate) type SharedState = Arc<ArcSwap<Snapshot>>;
 
 /// Everything the hot path reads, frozen for one config generation.
 #[derive(Debug)]

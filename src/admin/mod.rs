@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use status::{ListenerView, ReloadResult, ReloadStatus, Status};
+pub(crate) use status::{ListenerView, ReloadResult, ReloadStatus, Status};
 
 use crate::backend::Backend;
 use crate::reload::{ReloadHandle, ReloadOutcome};
@@ -38,7 +38,7 @@ use crate::snapshot::SharedState;
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// What the admin endpoints read and act on.
-pub struct AdminState {
+pub(crate) struct AdminState {
     reload: ReloadHandle,
     /// The live snapshot.
     state: SharedState,
@@ -58,7 +58,7 @@ pub struct AdminState {
 impl AdminState {
     /// Admin state for a server started from `config_file` (whose text is `source`), exporting
     /// metrics through `exporter` when installed.
-    pub fn new(
+    pub(crate) fn new(
         reload: ReloadHandle,
         state: SharedState,
         config_file: Option<PathBuf>,
@@ -79,7 +79,7 @@ impl AdminState {
     }
 
     /// Records a reload attempt; `source` is the file text that was read for it.
-    pub fn record_reload(&self, outcome: &ReloadOutcome, source: Option<String>) {
+    pub(crate) fn record_reload(&self, outcome: &ReloadOutcome, source: Option<String>) {
         let at_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -105,12 +105,12 @@ impl AdminState {
     }
 
     /// Replaces the list of running listeners.
-    pub fn set_listeners(&self, listeners: Vec<ListenerView>) {
+    pub(crate) fn set_listeners(&self, listeners: Vec<ListenerView>) {
         self.listeners.store(Arc::new(listeners));
     }
 
     /// Adds backends removed by a reload, shown as draining while they have requests in flight.
-    pub fn add_draining(&self, backends: Vec<Arc<Backend>>) {
+    pub(crate) fn add_draining(&self, backends: Vec<Arc<Backend>>) {
         self.draining.rcu(|current| {
             current
                 .iter()
@@ -122,7 +122,7 @@ impl AdminState {
     }
 
     /// The `/status` document.
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         let draining: Vec<Arc<Backend>> = self
             .draining
             .load()
@@ -160,7 +160,7 @@ impl AdminState {
 }
 
 /// Serves one admin connection until it closes or `shutdown` fires.
-pub async fn serve(
+pub(crate) async fn serve(
     admin: Arc<AdminState>,
     stream: TcpStream,
     peer: SocketAddr,

@@ -12,7 +12,7 @@ use crate::snapshot::Snapshot;
 
 /// A running listener as the status API shows it.
 #[derive(Debug, Clone)]
-pub struct ListenerView {
+pub(crate) struct ListenerView {
     /// Listener name.
     pub name: Arc<str>,
     /// The bound address.
@@ -29,7 +29,7 @@ pub struct ListenerView {
 
 /// The whole `/status` document.
 #[derive(Debug, Serialize)]
-pub struct Status {
+pub(crate) struct Status {
     /// fulcrum's version.
     pub version: &'static str,
     /// Seconds since start.
@@ -48,7 +48,7 @@ pub struct Status {
 
 /// The outcome of the last reload.
 #[derive(Debug, Clone, Serialize)]
-pub struct ReloadStatus {
+pub(crate) struct ReloadStatus {
     /// Whether the new config went live.
     pub result: ReloadResult,
     /// Unix time of the attempt.
@@ -62,7 +62,7 @@ pub struct ReloadStatus {
 /// How a reload attempt ended, as `/status` spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ReloadResult {
+pub(crate) enum ReloadResult {
     /// The new config is live.
     Applied,
     /// The new config was refused; the running one is unchanged.
@@ -71,7 +71,7 @@ pub enum ReloadResult {
 
 /// One listener.
 #[derive(Debug, Serialize)]
-pub struct ListenerStatus {
+pub(crate) struct ListenerStatus {
     name: String,
     address: String,
     protocol: &'static str,
@@ -83,7 +83,7 @@ pub struct ListenerStatus {
 
 /// One pool.
 #[derive(Debug, Serialize)]
-pub struct PoolStatus {
+pub(crate) struct PoolStatus {
     name: String,
     algorithm: &'static str,
     fail_open: bool,
@@ -97,7 +97,7 @@ pub struct PoolStatus {
 
 /// One backend.
 #[derive(Debug, Serialize)]
-pub struct BackendStatus {
+pub(super) struct BackendStatus {
     name: String,
     address: String,
     weight: u32,
@@ -119,7 +119,7 @@ pub struct BackendStatus {
 
 impl Status {
     /// Builds the document from the live snapshot and the listeners.
-    pub fn collect(
+    pub(crate) fn collect(
         snapshot: &Snapshot,
         listeners: &[ListenerView],
         draining: &[Arc<Backend>],
@@ -209,7 +209,7 @@ fn backend_status(
 }
 
 /// Ready once every backend of a pool with active checks has been probed at least once.
-pub fn is_ready(snapshot: &Snapshot) -> bool {
+pub(super) fn is_ready(snapshot: &Snapshot) -> bool {
     snapshot
         .pools()
         .iter()

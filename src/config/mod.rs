@@ -22,7 +22,7 @@ pub use types::{
     StatusSet,
 };
 
-pub use crate::tls::UpstreamTlsConfig;
+pub(crate) use crate::tls::UpstreamTlsConfig;
 
 impl Config {
     /// Reads, parses and validates the file at `path`.

@@ -14,7 +14,7 @@ use toml::Spanned;
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(super) struct RawConfig {
     /// `[admin]`: the operator-facing HTTP listener.
     pub admin: Option<RawAdmin>,
     /// `[runtime]`: process-level settings.
@@ -32,7 +32,7 @@ pub struct RawConfig {
 /// `[admin]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdmin {
+pub(super) struct RawAdmin {
     /// Socket address of the admin listener.
     pub listen: Spanned<String>,
     /// Whether to record and export Prometheus metrics.
@@ -42,7 +42,7 @@ pub struct RawAdmin {
 /// `[log]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLog {
+pub(super) struct RawLog {
     /// One structured line per request.
     pub access: Option<bool>,
 }
@@ -50,7 +50,7 @@ pub struct RawLog {
 /// `[runtime]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRuntime {
+pub(super) struct RawRuntime {
     /// Tokio worker threads; absent means one per available core.
     pub worker_threads: Option<Spanned<i64>>,
     /// How long a graceful shutdown waits for open connections.
@@ -60,7 +60,7 @@ pub struct RawRuntime {
 /// One `[[listeners]]` entry.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawListener {
+pub(super) struct RawListener {
     /// Unique name, used in logs and metrics.
     pub name: Spanned<String>,
     /// Socket address to bind.
@@ -87,7 +87,7 @@ pub struct RawListener {
 /// `[listeners.tls]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTls {
+pub(super) struct RawTls {
     /// Certificate and key files; the first is the default.
     pub certificates: Spanned<Vec<Spanned<RawCertificate>>>,
     /// `"1.2"` or `"1.3"`.
@@ -101,7 +101,7 @@ pub struct RawTls {
 /// One `{ cert = "…", key = "…" }` entry.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCertificate {
+pub(super) struct RawCertificate {
     /// PEM certificate chain.
     pub cert: Spanned<String>,
     /// PEM private key.
@@ -111,7 +111,7 @@ pub struct RawCertificate {
 /// The protocol a listener speaks.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum RawProtocol {
+pub(super) enum RawProtocol {
     /// HTTP/1.1 and HTTP/2 (prior knowledge).
     Http,
     /// Raw TCP, balanced per connection.
@@ -121,7 +121,7 @@ pub enum RawProtocol {
 /// PROXY protocol versions a TCP pool can send.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum RawProxyVersion {
+pub(super) enum RawProxyVersion {
     /// The text form.
     V1,
     /// The binary form.
@@ -131,7 +131,7 @@ pub enum RawProxyVersion {
 /// One `[pools.NAME]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPool {
+pub(super) struct RawPool {
     /// Balancing algorithm; defaults to round-robin.
     pub algorithm: Option<Spanned<RawAlgorithm>>,
     /// The backends; must not be empty.
@@ -171,7 +171,7 @@ pub struct RawPool {
 /// `[pools.NAME.tls]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawUpstreamTls {
+pub(super) struct RawUpstreamTls {
     /// Name to send as SNI and to verify; default: each backend's host.
     pub server_name: Option<Spanned<String>>,
     /// PEM file of trusted CA certificates; default: the public web roots.
@@ -183,7 +183,7 @@ pub struct RawUpstreamTls {
 /// `[pools.NAME.health_check]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHealthCheck {
+pub(super) struct RawHealthCheck {
     /// `http` or `tcp`.
     pub kind: Option<Spanned<RawCheckKind>>,
     /// Request path of HTTP checks.
@@ -209,7 +209,7 @@ pub struct RawHealthCheck {
 /// The kinds of active check.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum RawCheckKind {
+pub(super) enum RawCheckKind {
     /// An HTTP request whose status must match.
     Http,
     /// A TCP connect.
@@ -219,7 +219,7 @@ pub enum RawCheckKind {
 /// `[pools.NAME.passive]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPassive {
+pub(super) struct RawPassive {
     /// Failures in a row that eject a backend; 0 turns passive ejection off.
     pub consecutive_failures: Option<Spanned<i64>>,
     /// First ejection time; doubles on each repeated ejection.
@@ -235,7 +235,7 @@ pub struct RawPassive {
 /// The balancing algorithms, as spelled in the file.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum RawAlgorithm {
+pub(super) enum RawAlgorithm {
     /// Smooth weighted round-robin.
     RoundRobin,
     /// Weighted least in-flight requests.
@@ -244,7 +244,7 @@ pub enum RawAlgorithm {
 
 /// A backend: `"host:port"` or `{ address = "host:port", weight = N, max_connections = N }`.
 #[derive(Debug)]
-pub struct RawBackend {
+pub(super) struct RawBackend {
     /// `host:port` as written.
     pub address: Spanned<String>,
     /// Relative weight; defaults to 1.

@@ -23,7 +23,7 @@ use crate::config::{CheckKind, HealthCheckConfig};
 use crate::snapshot::Snapshot;
 
 /// Runs one probe against `address`: `Ok` when it passes, else a short description of why not.
-pub async fn probe(address: SocketAddr, check: &HealthCheckConfig) -> Result<(), String> {
+pub(crate) async fn probe(address: SocketAddr, check: &HealthCheckConfig) -> Result<(), String> {
     match tokio::time::timeout(check.timeout, probe_once(address, &check.kind)).await {
         Ok(result) => result,
         Err(_) => Err(format!("check timed out after {:?}", check.timeout)),
@@ -75,7 +75,7 @@ async fn probe_once(address: SocketAddr, kind: &CheckKind) -> Result<(), String>
 
 /// Probes `backend` every `interval` (plus up to `jitter`) until `stop` fires. The first probe
 /// runs at once, so a new backend with active checks is not kept out for a whole interval.
-pub async fn run(
+pub(crate) async fn run(
     backend: Arc<Backend>,
     check: Arc<HealthCheckConfig>,
     stop: CancellationToken,
@@ -118,7 +118,7 @@ fn jitter_delay(rng: &mut fastrand::Rng, max: Duration) -> Duration {
 
 /// Keeps one checker task per backend of the current snapshot.
 #[derive(Debug)]
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     stop: CancellationToken,
     running: HashMap<(Arc<str>, SocketAddr), Checker>,
 }
@@ -132,7 +132,7 @@ struct Checker {
 
 impl Supervisor {
     /// A supervisor whose checkers all stop when `stop` fires.
-    pub fn new(stop: CancellationToken) -> Self {
+    pub(crate) fn new(stop: CancellationToken) -> Self {
         Self {
             stop,
             running: HashMap::new(),
@@ -140,7 +140,7 @@ impl Supervisor {
     }
 
     /// Starts, restarts and stops checkers so that they match `snapshot`.
-    pub fn sync(&mut self, snapshot: &Snapshot) {
+    pub(crate) fn sync(&mut self, snapshot: &Snapshot) {
         let mut wanted = HashMap::new();
         for pool in snapshot.pools() {
             let Some(check) = &pool.health_check else {
@@ -183,16 +183,6 @@ impl Supervisor {
                 },
             );
         }
-    }
-
-    /// Number of running checkers.
-    pub fn len(&self) -> usize {
-        self.running.len()
-    }
-
-    /// Whether no checker runs.
-    pub fn is_empty(&self) -> bool {
-        self.running.is_empty()
     }
 }
 

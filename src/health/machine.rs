@@ -49,7 +49,7 @@ impl fmt::Display for Status {
 
 /// Rise and fall thresholds of active checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Thresholds {
+pub(crate) struct Thresholds {
     /// Consecutive successes that bring a down backend up.
     pub healthy: u32,
     /// Consecutive failures that take an up backend down.
@@ -58,7 +58,7 @@ pub struct Thresholds {
 
 /// How long passive ejections last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EjectionTimes {
+pub(crate) struct EjectionTimes {
     /// First ejection; each repeated one doubles it.
     pub base: Duration,
     /// Cap on the doubling. A backend that stays in for this long starts again from `base`.
@@ -102,7 +102,7 @@ pub struct Transition {
 
 /// One backend's health bookkeeping.
 #[derive(Debug, Clone)]
-pub struct Machine {
+pub(crate) struct Machine {
     up: bool,
     /// Set until the first probe result: one pass is enough to bring a new backend up.
     first_probe_pending: bool,
@@ -117,7 +117,7 @@ pub struct Machine {
 
 impl Machine {
     /// A new backend: up at once when its pool has no active check, else down until one passes.
-    pub fn new(active_checks: bool) -> Self {
+    pub(crate) fn new(active_checks: bool) -> Self {
         Self {
             up: !active_checks,
             first_probe_pending: active_checks,
@@ -130,7 +130,7 @@ impl Machine {
     }
 
     /// The effective status.
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         if !self.up {
             Status::Unhealthy
         } else if self.ejected_until.is_some() {
@@ -141,12 +141,12 @@ impl Machine {
     }
 
     /// When the running ejection ends, if one runs.
-    pub fn ejected_until(&self) -> Option<Instant> {
+    pub(crate) fn ejected_until(&self) -> Option<Instant> {
         self.ejected_until
     }
 
     /// Feeds one active probe result.
-    pub fn probe(&mut self, passed: bool, thresholds: Thresholds) -> Option<Transition> {
+    pub(crate) fn probe(&mut self, passed: bool, thresholds: Thresholds) -> Option<Transition> {
         let from = self.status();
         let reason = if passed {
             self.failures = 0;
@@ -174,7 +174,11 @@ impl Machine {
 
     /// Ejects the backend after failing live traffic; returns the transition and when the
     /// ejection ends. Does nothing if it is already out (down or ejected).
-    pub fn eject(&mut self, now: Instant, times: EjectionTimes) -> Option<(Transition, Instant)> {
+    pub(crate) fn eject(
+        &mut self,
+        now: Instant,
+        times: EjectionTimes,
+    ) -> Option<(Transition, Instant)> {
         let from = self.status();
         if from != Status::Healthy {
             return None;
@@ -195,7 +199,7 @@ impl Machine {
     }
 
     /// Ends the running ejection if its time is over at `now`.
-    pub fn end_ejection(&mut self, now: Instant) -> Option<Transition> {
+    pub(crate) fn end_ejection(&mut self, now: Instant) -> Option<Transition> {
         let until = self.ejected_until?;
         if now < until {
             return None;

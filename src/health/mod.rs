@@ -5,8 +5,8 @@
 //! Active checks and passive signals (failed live requests) feed the same machine, which lives in
 //! the backend's live state, so it survives config reloads.
 
-pub mod checker;
-pub mod machine;
+pub(crate) mod checker;
+pub(crate) mod machine;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use machine::{EjectionTimes, Machine, Reason, Status, Thresholds, Transition};
+pub(crate) use machine::{EjectionTimes, Machine, Reason, Status, Thresholds, Transition};
 
 use crate::config::{HealthCheckConfig, PassiveConfig};
 
@@ -22,7 +22,7 @@ use crate::config::{HealthCheckConfig, PassiveConfig};
 const NOT_RAMPING: u64 = u64::MAX;
 
 /// Weights are scaled by this so slow start can ramp a weight-1 backend smoothly.
-pub const WEIGHT_SCALE: u64 = 1000;
+pub(crate) const WEIGHT_SCALE: u64 = 1000;
 
 /// One backend's health as every part of the proxy sees it.
 #[derive(Debug)]

@@ -26,11 +26,11 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// `X-Forwarded-For`: the chain of client addresses (de-facto standard, see RFC 7239 §1).
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`: the scheme the client used.
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`: the `Host` the client asked for.
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Whether `name` is one of [`HOP_BY_HOP`]; the length filter settles most names at once.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -38,7 +38,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Removes every hop-by-hop field, including the ones `Connection` lists.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names is far cheaper than nine hashed
     // removals.
     if headers.keys().any(is_hop_by_hop) {
@@ -98,7 +98,7 @@ impl Names {
 
 /// The protocol an HTTP/1.1 request asks to switch to (RFC 9110 §7.8): its `Upgrade` value,
 /// when `Connection` also lists `upgrade`.
-pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+pub(crate) fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -110,13 +110,13 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// Puts back the two hop-by-hop fields an upgrade needs on the next hop.
-pub fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+pub(crate) fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, protocol);
 }
 
 /// The `Via` value this proxy adds for a message of `version` (RFC 9110 §7.6.3).
-pub fn via(version: Version) -> HeaderValue {
+pub(crate) fn via(version: Version) -> HeaderValue {
     HeaderValue::from_static(match version {
         Version::HTTP_09 => "0.9 fulcrum",
         Version::HTTP_10 => "1.0 fulcrum",

@@ -3,7 +3,7 @@
 
 /// A `Content-Length` value (RFC 9110 §8.6): one or more ASCII digits fitting in a `u64`;
 /// anything else (a sign, spaces, an empty value, an overflow) is `None`.
-pub fn content_length(digits: &[u8]) -> Option<u64> {
+pub(crate) fn content_length(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
         return None;
     }
@@ -14,13 +14,13 @@ pub fn content_length(digits: &[u8]) -> Option<u64> {
 }
 
 /// Value of an ASCII hex digit.
-pub fn hex_digit(byte: u8) -> Option<u64> {
+pub(crate) fn hex_digit(byte: u8) -> Option<u64> {
     char::from(byte).to_digit(16).map(u64::from)
 }
 
 /// The size on a chunk-size line (`1a;ext=1\r\n`, RFC 9112 §7.1); extensions are ignored.
 /// At most 15 hex digits, so the size always fits in a `u64` with room to add to it.
-pub fn chunk_size(line: &[u8]) -> Option<u64> {
+pub(crate) fn chunk_size(line: &[u8]) -> Option<u64> {
     let line = line.strip_suffix(b"\r\n")?;
     let digits = line.split(|&b| b == b';').next().unwrap_or_default();
     let digits = digits.trim_ascii_end();

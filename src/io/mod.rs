@@ -51,4 +51,4 @@ macro_rules! delegate_async_write {
 
 pub(crate) use delegate_async_write;
 
-pub mod rewind;
+pub(crate) mod rewind;

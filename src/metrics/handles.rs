@@ -247,7 +247,7 @@ impl PoolMetrics {
 
 /// A listener's connection and byte counters.
 #[derive(Debug)]
-pub struct ListenerMetrics {
+pub(crate) struct ListenerMetrics {
     /// Client connections accepted.
     pub connections: Counter,
     /// Episodes of waiting at the listener's `max_connections`.
@@ -269,7 +269,7 @@ pub struct ListenerMetrics {
 
 impl ListenerMetrics {
     /// Handles for the listener called `name`.
-    pub fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let listener = ("listener", name.to_owned());
         Self {
             connections: metrics::counter!(names::CONNECTIONS, std::slice::from_ref(&listener)),
@@ -303,7 +303,7 @@ impl ListenerMetrics {
     }
 
     /// Counts a new connection as open until the guard drops.
-    pub fn connection(self: &Arc<Self>) -> ConnectionGuard {
+    pub(crate) fn connection(self: &Arc<Self>) -> ConnectionGuard {
         self.connections.increment(1);
         self.active.fetch_add(1, Ordering::Relaxed);
         self.active_gauge.increment(1.0);
@@ -311,7 +311,7 @@ impl ListenerMetrics {
     }
 
     /// Counts a connection as parked until the guard drops.
-    pub fn parked(&self) -> GaugeGuard {
+    pub(crate) fn parked(&self) -> GaugeGuard {
         GaugeGuard::hold(&self.parked)
     }
 }
@@ -335,7 +335,7 @@ impl Drop for GaugeGuard {
 
 /// Holds one open connection in [`ListenerMetrics::active`].
 #[derive(Debug)]
-pub struct ConnectionGuard(Arc<ListenerMetrics>);
+pub(crate) struct ConnectionGuard(Arc<ListenerMetrics>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {

@@ -8,7 +8,7 @@
 //! calls are no-ops.
 
 mod handles;
-pub mod names;
+pub(crate) mod names;
 mod window;
 
 use std::sync::OnceLock;
@@ -16,10 +16,8 @@ use std::sync::OnceLock;
 use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub use handles::{
-    BackendMetrics, ConnectionGuard, GaugeGuard, ListenerMetrics, PoolMetrics, QueueOutcome,
-};
-pub use window::{Window, WindowSummary};
+pub(crate) use handles::{BackendMetrics, ListenerMetrics, PoolMetrics, QueueOutcome};
+pub(crate) use window::WindowSummary;
 
 /// Histogram buckets for request durations: 0.5 ms to 10 s.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -30,7 +28,7 @@ static EXPORTER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder (once; later calls return the same handle).
 /// `None` if another recorder was installed first.
-pub fn install() -> Option<&'static PrometheusHandle> {
+pub(crate) fn install() -> Option<&'static PrometheusHandle> {
     EXPORTER
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
@@ -137,7 +135,7 @@ fn describe() {
 }
 
 /// Records a reload attempt.
-pub fn record_reload(success: bool) {
+pub(crate) fn record_reload(success: bool) {
     let result = if success { "success" } else { "failure" };
     metrics::counter!(names::RELOADS, "result" => result).increment(1);
     if success {
@@ -146,7 +144,7 @@ pub fn record_reload(success: bool) {
 }
 
 /// Sets the last-successful-load timestamp to now.
-pub fn record_config_loaded() {
+pub(crate) fn record_config_loaded() {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());

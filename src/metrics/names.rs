@@ -2,48 +2,48 @@
 //! series and the exporter that describes them.
 
 /// Requests answered, by final status class.
-pub const REQUESTS: &str = "fulcrum_requests_total";
+pub(crate) const REQUESTS: &str = "fulcrum_requests_total";
 /// Time from receiving a request to the backend's response head.
-pub const REQUEST_DURATION: &str = "fulcrum_request_duration_seconds";
+pub(crate) const REQUEST_DURATION: &str = "fulcrum_request_duration_seconds";
 /// Failed connects to a backend.
-pub const CONNECT_ERRORS: &str = "fulcrum_upstream_connect_errors_total";
+pub(crate) const CONNECT_ERRORS: &str = "fulcrum_upstream_connect_errors_total";
 /// Counter: TCP connections opened to a backend.
-pub const UPSTREAM_CONNECTS: &str = "fulcrum_upstream_connections_total";
+pub(crate) const UPSTREAM_CONNECTS: &str = "fulcrum_upstream_connections_total";
 /// Gauge: keep-alive connections to a backend idle in its pool.
-pub const UPSTREAM_IDLE: &str = "fulcrum_upstream_idle_connections";
+pub(crate) const UPSTREAM_IDLE: &str = "fulcrum_upstream_idle_connections";
 /// Extra attempts on another backend.
-pub const RETRIES: &str = "fulcrum_retries_total";
+pub(crate) const RETRIES: &str = "fulcrum_retries_total";
 /// 1 when a backend receives traffic, else 0.
-pub const BACKEND_UP: &str = "fulcrum_backend_up";
+pub(crate) const BACKEND_UP: &str = "fulcrum_backend_up";
 /// Requests in flight on a backend.
-pub const BACKEND_IN_FLIGHT: &str = "fulcrum_backend_in_flight";
+pub(crate) const BACKEND_IN_FLIGHT: &str = "fulcrum_backend_in_flight";
 /// Passive ejections of a backend.
-pub const EJECTIONS: &str = "fulcrum_backend_ejections_total";
+pub(crate) const EJECTIONS: &str = "fulcrum_backend_ejections_total";
 /// Active health checks, by result.
-pub const HEALTH_CHECKS: &str = "fulcrum_health_checks_total";
+pub(crate) const HEALTH_CHECKS: &str = "fulcrum_health_checks_total";
 /// Client connections open now.
-pub const CONNECTIONS_ACTIVE: &str = "fulcrum_connections_active";
+pub(crate) const CONNECTIONS_ACTIVE: &str = "fulcrum_connections_active";
 /// Idle HTTP/1 client connections parked now (hyper's buffers released).
-pub const CONNECTIONS_PARKED: &str = "fulcrum_connections_parked";
+pub(crate) const CONNECTIONS_PARKED: &str = "fulcrum_connections_parked";
 /// Client connections accepted.
-pub const CONNECTIONS: &str = "fulcrum_connections_total";
+pub(crate) const CONNECTIONS: &str = "fulcrum_connections_total";
 /// Times a listener reached its `max_connections` and stopped accepting.
-pub const LISTENER_SATURATED: &str = "fulcrum_listener_saturated_total";
+pub(crate) const LISTENER_SATURATED: &str = "fulcrum_listener_saturated_total";
 /// Client connections closed by a timeout, by kind (`header_read`, `idle`).
-pub const CLIENT_TIMEOUTS: &str = "fulcrum_client_timeouts_total";
+pub(crate) const CLIENT_TIMEOUTS: &str = "fulcrum_client_timeouts_total";
 /// Bytes read from (`in`) and written to (`out`) clients.
-pub const BYTES: &str = "fulcrum_bytes_total";
+pub(crate) const BYTES: &str = "fulcrum_bytes_total";
 /// Config reloads, by result.
-pub const RELOADS: &str = "fulcrum_config_reloads_total";
+pub(crate) const RELOADS: &str = "fulcrum_config_reloads_total";
 /// Unix time of the last successful reload (or of start-up).
-pub const LAST_RELOAD_SUCCESS: &str = "fulcrum_config_last_reload_success_timestamp_seconds";
+pub(crate) const LAST_RELOAD_SUCCESS: &str = "fulcrum_config_last_reload_success_timestamp_seconds";
 /// Requests answered 503 because no backend was available.
-pub const NO_BACKEND: &str = "fulcrum_no_backend_total";
+pub(crate) const NO_BACKEND: &str = "fulcrum_no_backend_total";
 /// Gauge: requests waiting in a pool's queue for a backend below `max_connections`.
-pub const QUEUE_LENGTH: &str = "fulcrum_queue_length";
+pub(crate) const QUEUE_LENGTH: &str = "fulcrum_queue_length";
 /// Requests that waited in a pool's queue, by outcome.
-pub const QUEUED: &str = "fulcrum_queued_total";
+pub(crate) const QUEUED: &str = "fulcrum_queued_total";
 /// Requests sent to all backends because none was healthy (fail-open).
-pub const FAIL_OPEN: &str = "fulcrum_fail_open_total";
+pub(crate) const FAIL_OPEN: &str = "fulcrum_fail_open_total";
 /// Backend health transitions.
-pub const BACKEND_TRANSITIONS: &str = "fulcrum_backend_transitions_total";
+pub(crate) const BACKEND_TRANSITIONS: &str = "fulcrum_backend_transitions_total";

@@ -35,11 +35,11 @@ use tokio_util::sync::CancellationToken;
 
 /// How long an HTTP/1 connection is quiet, with no exchange open, before it is parked; it is
 /// parked between one and two of these after its last byte.
-pub const PARK_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// Per-connection state shared by the IO wrappers, the request handler and the watchdog.
 #[derive(Debug, Default)]
-pub struct Activity {
+pub(crate) struct Activity {
     /// Something moved since the last idle tick.
     moved: AtomicBool,
     /// The request head being waited for (see [`Activity::await_head`]), 0 for none.
@@ -61,7 +61,7 @@ pub struct Activity {
 /// Holds one exchange open on a connection (see [`Activity::open_exchange`]); a connection is
 /// never parked while one is.
 #[derive(Debug)]
-pub struct Exchange(Arc<Activity>);
+pub(crate) struct Exchange(Arc<Activity>);
 
 impl Drop for Exchange {
     fn drop(&mut self) {
@@ -72,7 +72,7 @@ impl Drop for Exchange {
 
 /// Why the [`watchdog`] ends a client connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Close {
+pub(crate) enum Close {
     /// No byte moved either way for the idle timeout.
     Idle,
     /// A request head was not complete within the header-read timeout.
@@ -94,7 +94,7 @@ impl Activity {
 
     /// Publishes which request head is incomplete: `head` identifies it (any value but 0, a new
     /// value for each head) and 0 means none is. Called only when the value changes.
-    pub fn await_head(&self, head: u32) {
+    pub(crate) fn await_head(&self, head: u32) {
         let previous = self.head.swap(head, Ordering::Relaxed);
         if previous == 0 && head != 0 {
             self.head_started.notify_one();
@@ -102,21 +102,21 @@ impl Activity {
     }
 
     /// Opens an exchange, held until the guard drops.
-    pub fn open_exchange(self: &Arc<Self>) -> Exchange {
+    pub(crate) fn open_exchange(self: &Arc<Self>) -> Exchange {
         self.exchanges.fetch_add(1, Ordering::Relaxed);
         Exchange(Arc::clone(self))
     }
 
     /// A new HTTP/1 server starts on the connection: from now on the watchdog may end with
     /// [`Close::Park`], but not before this server's first exchange ends.
-    pub fn start_serving(&self) {
+    pub(crate) fn start_serving(&self) {
         self.parkable.store(true, Ordering::Relaxed);
         self.served.store(false, Ordering::Relaxed);
     }
 
     /// Whether parking now is safe: hyper's server is idle between requests. Checked by the
     /// watchdog and again, authoritatively, by the connection task, whose task also runs hyper.
-    pub fn may_park(&self) -> bool {
+    pub(crate) fn may_park(&self) -> bool {
         self.parkable.load(Ordering::Relaxed)
             && self.served.load(Ordering::Relaxed)
             && self.exchanges.load(Ordering::Relaxed) == 0
@@ -134,12 +134,12 @@ impl Activity {
 
     /// How long a connection parked for an `idle` timeout may then wait for its next bytes:
     /// it was parked after one quiet tick, so its idle timeout has that much left.
-    pub fn parked_budget(idle: Duration) -> Duration {
+    pub(crate) fn parked_budget(idle: Duration) -> Duration {
         idle.saturating_sub(tick_for(idle))
     }
 
     /// Resolves once a whole `period` passes without any read or write.
-    pub async fn idle_for(&self, period: Duration) {
+    pub(crate) async fn idle_for(&self, period: Duration) {
         let mut ticker = idle_ticker(period);
         loop {
             ticker.tick().await;
@@ -159,7 +159,7 @@ impl Activity {
     /// close comes between `idle` and one tick later. At the first quiet tick of a parkable
     /// connection with nothing open this resolves to [`Close::Park`]; a parked connection keeps
     /// its own time ([`Activity::parked_budget`]) until it wakes and watches anew.
-    pub async fn expired(&self, idle: Duration, head_timeout: Duration) -> Close {
+    pub(crate) async fn expired(&self, idle: Duration, head_timeout: Duration) -> Close {
         let tick = tick_for(idle);
         let idle_ticks = u32::try_from(idle.as_nanos().div_ceil(tick.as_nanos().max(1)))
             .unwrap_or(u32::MAX)
@@ -219,7 +219,7 @@ fn idle_ticker(period: Duration) -> tokio::time::Interval {
 /// Watches one client connection on its own task, so the connection's task never polls a timer
 /// per request: sends the reason to close on `close`, or ends quietly when the connection is gone
 /// (the receiver dropped).
-pub async fn watchdog(
+pub(crate) async fn watchdog(
     activity: Arc<Activity>,
     idle: Duration,
     head_timeout: Duration,
@@ -250,7 +250,7 @@ pin_project! {
 impl<T> ActivityIo<T> {
     /// Wraps `inner`, counting bytes read into `bytes_in` and written into `bytes_out`; the
     /// returned [`Activity`] is shared with the idle ticker.
-    pub fn new(inner: T, bytes_in: Counter, bytes_out: Counter) -> (Self, Arc<Activity>) {
+    pub(crate) fn new(inner: T, bytes_in: Counter, bytes_out: Counter) -> (Self, Arc<Activity>) {
         let activity = Arc::new(Activity::default());
         let io = Self {
             inner,

@@ -17,7 +17,7 @@ use crate::backend::InFlight;
 use crate::upstream::{ResponseBody, h1};
 
 /// What may go wrong while a response body streams.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
     /// Body of every response fulcrum sends to a client.
@@ -47,7 +47,7 @@ pin_project! {
 
 impl ProxyBody {
     /// A body streamed from a backend; `in_flight` is released when it ends.
-    pub fn upstream(body: ResponseBody, in_flight: InFlight) -> Self {
+    pub(crate) fn upstream(body: ResponseBody, in_flight: InFlight) -> Self {
         match body {
             ResponseBody::Http1(mut body) => {
                 let mut in_flight = Some(in_flight);
@@ -65,7 +65,7 @@ impl ProxyBody {
     }
 
     /// A complete body generated locally.
-    pub fn local(data: Bytes) -> Self {
+    pub(crate) fn local(data: Bytes) -> Self {
         ProxyBody::Local {
             data: (!data.is_empty()).then_some(data),
         }

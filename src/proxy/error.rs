@@ -13,7 +13,7 @@ use crate::upstream::ConnectError;
 
 /// Why a request could not be proxied.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// The client sent something we refuse to forward (ambiguous framing and the like).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -44,7 +44,7 @@ pub enum ProxyError {
 
 /// A failed exchange with a backend, by protocol.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// Over HTTP/1.1.
     #[error(transparent)]
     Http1(#[from] crate::upstream::h1::Error),
@@ -55,7 +55,7 @@ pub enum UpstreamError {
 
 impl ProxyError {
     /// The status code the client gets.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoBackend { .. } | ProxyError::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -67,13 +67,13 @@ impl ProxyError {
     }
 
     /// Whether the failure was the client's rather than a backend's.
-    pub fn is_client_error(&self) -> bool {
+    pub(crate) fn is_client_error(&self) -> bool {
         matches!(self, ProxyError::BadRequest(_))
     }
 
     /// A short plain-text response for the client. Bad requests also close the connection,
     /// since a request with ambiguous framing leaves the byte stream untrustworthy.
-    pub fn to_response(&self) -> Response<ProxyBody> {
+    pub(crate) fn to_response(&self) -> Response<ProxyBody> {
         let status = self.status();
         let reason = status.canonical_reason().unwrap_or("error");
         let body = match self {

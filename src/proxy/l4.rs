@@ -32,7 +32,7 @@ const COPY_BUFFER: usize = 64 * 1024;
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything a TCP listener's connections share.
-pub struct TcpListener {
+pub(crate) struct TcpListener {
     name: Arc<str>,
     state: SharedState,
     /// Cancelled when a drain stops waiting: cuts the streams still open.
@@ -45,7 +45,7 @@ pub struct TcpListener {
 impl TcpListener {
     /// A listener called `name` routing through `state`; with `accept_proxy_protocol`, each
     /// connection starts with a PROXY header naming the real client.
-    pub fn new(
+    pub(crate) fn new(
         name: Arc<str>,
         state: SharedState,
         accept_proxy_protocol: bool,
@@ -62,7 +62,7 @@ impl TcpListener {
 
     /// Proxies one client connection. Shutdown does not cut it: open TCP connections are drained
     /// until they end or the shutdown timeout passes.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self: Arc<Self>,
         mut stream: TcpStream,
         peer: SocketAddr,

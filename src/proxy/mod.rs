@@ -7,10 +7,10 @@
 //! they end; `framing` rejects smuggling attempts that hyper would otherwise accept; [`activity`]
 //! watches client connections: idle and request-head timeouts, parking, byte counts.
 
-pub mod activity;
-pub mod body;
-pub mod error;
+pub(crate) mod activity;
+pub(crate) mod body;
+pub(crate) mod error;
 mod framing;
-pub mod l4;
-pub mod l7;
-pub mod proxy_protocol;
+pub(crate) mod l4;
+pub(crate) mod l7;
+pub(crate) mod proxy_protocol;

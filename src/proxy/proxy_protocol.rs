@@ -18,7 +18,7 @@ const MAX_HEADER: usize = 1024;
 
 /// Why an incoming PROXY header was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyHeaderError {
+pub(crate) enum ProxyHeaderError {
     /// The client closed or failed before sending a whole header.
     #[error("reading the PROXY header failed: {0}")]
     Io(#[from] std::io::Error),
@@ -32,7 +32,7 @@ pub enum ProxyHeaderError {
 
 /// The header announcing a connection from `client` to `server` (spec §2.1 for v1, §2.2 for v2).
 /// Mixed address families are first mapped to IPv6, as the spec asks of proxies.
-pub fn encode(version: ProxyProtocol, client: SocketAddr, server: SocketAddr) -> Vec<u8> {
+pub(crate) fn encode(version: ProxyProtocol, client: SocketAddr, server: SocketAddr) -> Vec<u8> {
     let (client, server) = same_family(client, server);
     match version {
         ProxyProtocol::V1 => {
@@ -71,12 +71,12 @@ fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
 }
 
 /// The two ends a PROXY header announces: the original client and the address it connected to.
-pub type Endpoints = (SocketAddr, SocketAddr);
+pub(crate) type Endpoints = (SocketAddr, SocketAddr);
 
 /// Reads a v1 or v2 header from the start of `stream` within `timeout`. Returns the endpoints it
 /// announces (`None` for `UNKNOWN`/`LOCAL`) and any bytes read past the header, which belong to
 /// the proxied stream.
-pub async fn read(
+pub(crate) async fn read(
     stream: &mut (impl AsyncRead + Unpin),
     timeout: Duration,
 ) -> Result<(Option<Endpoints>, Vec<u8>), ProxyHeaderError> {

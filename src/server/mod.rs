@@ -59,6 +59,7 @@ pub enum ServerError {
 }
 
 /// A bound, not yet running, load balancer.
+#[derive(Debug)]
 pub struct Server {
     config: Arc<Config>,
     state: SharedState,

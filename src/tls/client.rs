@@ -20,7 +20,7 @@ pub struct UpstreamTlsConfig {
 }
 
 /// (or the public web roots), ALPN for the protocol spoken.
-pub fn client_config(
+pub(crate) fn client_config(
     upstream: &UpstreamTlsConfig,
     http2: bool,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {

@@ -70,7 +70,7 @@ pub(super) struct LoadedCertificate {
 }
 
 /// Loads and checks one certificate chain and key.
-pub fn load_certificate(files: &CertificateFiles) -> Result<(), TlsError> {
+pub(crate) fn load_certificate(files: &CertificateFiles) -> Result<(), TlsError> {
     certificate(files).map(drop)
 }
 
@@ -162,7 +162,7 @@ fn certificate_names(leaf: &CertificateDer<'_>, path: &Path) -> Vec<String> {
 }
 
 /// Reads trusted CA certificates from a PEM file.
-pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+pub(crate) fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
     let pem = std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.to_owned(),
         source,

@@ -7,6 +7,6 @@ mod client;
 mod load;
 mod server;
 
-pub use client::{UpstreamTlsConfig, client_config};
-pub use load::{CertificateFiles, TlsError, load_certificate, load_roots};
-pub use server::{MinVersion, TlsSettings, files, server_config};
+pub(crate) use client::{UpstreamTlsConfig, client_config};
+pub(crate) use load::{CertificateFiles, TlsError, load_certificate, load_roots};
+pub(crate) use server::{MinVersion, TlsSettings, files, server_config};

@@ -64,7 +64,7 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// Builds the rustls server configuration for `settings`, reading every file now.
-pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub(crate) fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut loaded = Vec::with_capacity(settings.certificates.len());
     for files in &settings.certificates {
         loaded.push(load::certificate(files)?);
@@ -108,7 +108,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>
 }
 
 /// Every file a listener's TLS settings read, for watching.
-pub fn files(settings: &TlsSettings) -> impl Iterator<Item = &Path> {
+pub(crate) fn files(settings: &TlsSettings) -> impl Iterator<Item = &Path> {
     settings
         .certificates
         .iter()

@@ -1,6 +1,5 @@
 //! One connection to a backend, and the response body it yields, by protocol.
 
-use http::Request;
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 
@@ -17,9 +16,6 @@ pub enum Conn {
     Http2(http2::SendRequest<RequestBody>),
 }
 
-/// A request handed back because it was never written.
-pub type Unsent = hyper::client::conn::TrySendError<Request<RequestBody>>;
-
 impl Conn {
     /// Whether the connection can no longer carry a request.
     pub fn is_closed(&mut self) -> bool {
@@ -32,7 +28,7 @@ impl Conn {
 
 /// A backend's response body, by the protocol it arrives in.
 #[derive(Debug)]
-pub enum ResponseBody {
+pub(crate) enum ResponseBody {
     /// Read by the request's task from its HTTP/1.1 connection.
     Http1(h1::Body),
     /// From hyper's HTTP/2 client.

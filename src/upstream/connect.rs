@@ -27,7 +27,7 @@ pub struct Connector {
 
 /// Why a new upstream connection could not be made.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// The TCP connect failed (refused, unreachable, …).
     #[error("connect to {address} failed: {source}")]
     Io {
@@ -68,7 +68,7 @@ pub enum ConnectError {
 impl ConnectError {
     /// Whether the failure says nothing is serving at the address (refused, unreachable, timed
     /// out), as opposed to a server that accepted and then reset the connection.
-    pub fn backend_is_down(&self) -> bool {
+    pub(crate) fn backend_is_down(&self) -> bool {
         use std::io::ErrorKind;
         match self {
             ConnectError::Timeout { .. } => true,
@@ -85,7 +85,7 @@ impl ConnectError {
 }
 
 /// Opens a TCP connection to `address` within `timeout`, with `TCP_NODELAY`.
-pub async fn connect_tcp(
+pub(crate) async fn connect_tcp(
     address: SocketAddr,
     timeout: Duration,
 ) -> Result<TcpStream, ConnectError> {
@@ -153,7 +153,7 @@ impl std::fmt::Debug for Connector {
 
 /// Opens a new connection to the backend at `address` (configured as `host`) the way
 /// `connector` says; an HTTP/2 connection gets its driver task.
-pub async fn connect(
+pub(crate) async fn connect(
     address: SocketAddr,
     host: &str,
     connector: &Connector,

@@ -10,7 +10,7 @@ use super::conn::Conn;
 use super::h1;
 
 /// How long an idle HTTP/1.1 connection keeps its read buffer (see [`IdleConnections::reap`]).
-pub const SHED_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const SHED_AFTER: Duration = Duration::from_secs(1);
 
 /// Idle keep-alive connections to one backend, ready for reuse.
 ///

@@ -13,13 +13,13 @@
 //! [`idle_pool`] keeps them between requests, [`h1`] speaks HTTP/1.1, [`request_body`] is what
 //! goes up.
 
-pub mod conn;
-pub mod connect;
-pub mod h1;
-pub mod idle_pool;
-pub mod request_body;
+pub(crate) mod conn;
+pub(crate) mod connect;
+pub(crate) mod h1;
+pub(crate) mod idle_pool;
+pub(crate) mod request_body;
 
-pub use conn::{Conn, ResponseBody, Unsent};
-pub use connect::{ConnectError, Connector, connect};
-pub use idle_pool::IdleConnections;
-pub use request_body::RequestBody;
+pub(crate) use conn::{Conn, ResponseBody};
+pub(crate) use connect::{ConnectError, Connector, connect};
+pub(crate) use idle_pool::IdleConnections;
+pub(crate) use request_body::RequestBody;

@@ -11,6 +11,7 @@ use pin_project_lite::pin_project;
 pin_project! {
     /// Body of every request fulcrum sends to a backend: the client's body streamed through,
     /// or nothing (a bodiless request replayed on another backend).
+    #[derive(Debug)]
     #[project = RequestBodyProj]
     #[allow(missing_docs)] // pin-project-lite cannot carry docs on pinned fields
     pub enum RequestBody {

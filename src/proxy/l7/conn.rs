@@ -30,7 +30,7 @@ use crate::proxy::framing::ScannedIo;
 impl HttpListener {
     /// Serves one accepted client connection until it closes, idles out, or `shutdown` fires
     /// (then in-flight requests finish and the connection closes gracefully).
-    pub async fn serve(
+    pub(crate) async fn serve(
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,

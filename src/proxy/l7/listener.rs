@@ -16,7 +16,7 @@ use crate::snapshot::SharedState;
 use crate::tls::{self, TlsError, TlsSettings};
 
 /// Everything an HTTP listener's connections share.
-pub struct HttpListener {
+pub(crate) struct HttpListener {
     pub(super) name: Arc<str>,
     pub(super) state: SharedState,
     /// Cancelled when a drain stops waiting: ends upgraded tunnels still open.
@@ -73,7 +73,7 @@ impl HttpSettings {
 impl HttpListener {
     /// A listener called `name` routing through `state`, protected by `limits`, terminating
     /// TLS when `tls` is set (certificate files are read now).
-    pub fn new(
+    pub(crate) fn new(
         name: Arc<str>,
         state: SharedState,
         limits: ClientLimits,
@@ -91,7 +91,11 @@ impl HttpListener {
 
     /// Applies new limits and re-reads TLS certificates, for connections accepted from now on.
     /// On a TLS error the current settings stay and the error is returned.
-    pub fn update(&self, limits: &ClientLimits, tls: Option<&TlsSettings>) -> Result<(), TlsError> {
+    pub(crate) fn update(
+        &self,
+        limits: &ClientLimits,
+        tls: Option<&TlsSettings>,
+    ) -> Result<(), TlsError> {
         let current = self.settings.load();
         if current.limits == *limits && tls.is_none() && current.tls.is_none() {
             return Ok(());

@@ -13,5 +13,4 @@ mod handler;
 mod listener;
 mod tunnel;
 
-pub use handler::ClientBody;
-pub use listener::HttpListener;
+pub(crate) use listener::HttpListener;

@@ -28,6 +28,7 @@ pub enum Error {
 }
 
 /// A failed exchange.
+#[derive(Debug)]
 pub enum SendError {
     /// Nothing of the request reached the backend in a usable form (the head could not be
     /// written): the request comes back whole for another connection or backend.

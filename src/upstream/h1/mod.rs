@@ -25,9 +25,9 @@ mod error;
 mod head;
 mod response_body;
 
-pub use self::connection::{Connection, Stream};
-pub use self::error::{Error, SendError};
-pub use self::response_body::{Body, Upgraded};
+pub(crate) use self::connection::{Connection, Stream};
+pub(crate) use self::error::{Error, SendError};
+pub(crate) use self::response_body::{Body, Upgraded};
 
 use std::io;
 use std::pin::Pin;

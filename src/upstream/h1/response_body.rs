@@ -46,7 +46,7 @@ impl std::fmt::Debug for Body {
 
 /// The connection of a 101 response: the protocol the two sides switched to runs on it, with
 /// the bytes that arrived after the 101 head read first.
-pub type Upgraded = Rewind<Stream>;
+pub(crate) type Upgraded = Rewind<Stream>;
 
 impl Body {
     /// The connection, when the body has ended and the exchange left it reusable. Called once
