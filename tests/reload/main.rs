@@ -1,4 +1,4 @@
-//! Live reconfiguration of the real `fulcrum` binary (issue #4): the binary runs as a child
+//! Live reconfiguration of the real `fulcrum` binary: the binary runs as a child
 //! process on a config file in a temp dir, in front of in-process backends, while a bounded
 //! client load runs through every change.
 //!
