@@ -19,6 +19,8 @@
 //!   front of `max_connections`, fail-open, passive ejection.
 //! - `backend`: per-backend live state (health, in-flight, idle connections) that outlives
 //!   snapshots, and what a health transition does (log, wake the queue).
+//! - `route/`: a listener's router: which route (host, path, methods, headers) a request takes,
+//!   and its action (pool, weighted split, redirect, fixed response).
 //! - `balance/`: one file per algorithm; each owns its running state.
 //! - `health/`: the pure state `machine`, the shared `Health` the hot path reads, and the
 //!   `checker` tasks.
@@ -54,6 +56,7 @@ mod metrics;
 mod pool;
 mod proxy;
 pub mod reload;
+mod route;
 pub mod server;
 mod snapshot;
 mod tls;

@@ -71,6 +71,9 @@ fn main() -> ExitCode {
             };
         }
         print_summary(&cli, &config);
+        for warning in &config.warnings {
+            eprintln!("warning: {warning}");
+        }
         return ExitCode::SUCCESS;
     }
     match run(config, cli.config.clone(), source) {
@@ -96,6 +99,9 @@ fn init_tracing(level: Option<&str>) {
 
 fn run(config: Config, path: std::path::PathBuf, source: String) -> anyhow::Result<()> {
     raise_open_files_limit();
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "config warning");
+    }
     // One worker thread: a current-thread runtime does the same work without the cross-thread
     // hand-offs of the work-stealing scheduler (measured: less CPU per request).
     let mut runtime = match config.runtime.worker_threads {
@@ -200,9 +206,15 @@ fn print_summary(cli: &Cli, config: &Config) {
     println!("{}: ok", cli.config.display());
     for listener in &config.listeners {
         println!(
-            "  listener {} on {} -> pool {}",
-            listener.name, listener.listen, listener.pool
+            "  listener {} on {} -> {}",
+            listener.name,
+            listener.listen,
+            listener.serves()
         );
+        for route in &listener.routes {
+            let pools: Vec<&str> = route.action.pools().iter().map(|pool| &***pool).collect();
+            println!("    route {} -> {}", route.name, pools.join(", "));
+        }
     }
     for pool in &config.pools {
         println!(

@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::pool::Pool;
+use crate::route::Router;
 
 /// The current snapshot, swapped atomically on reload.
 pub(crate) type SharedState = Arc<ArcSwap<Snapshot>>;
@@ -18,8 +19,8 @@ pub struct Snapshot {
     /// The config this snapshot was built from.
     pub config: Arc<Config>,
     pools: Vec<Arc<Pool>>,
-    /// Listener name → pool, in config order.
-    routes: Vec<(Arc<str>, Arc<Pool>)>,
+    /// Listener name → its router (routes and fallback pool), in config order.
+    routers: Vec<(Arc<str>, Router)>,
 }
 
 impl Snapshot {
@@ -36,27 +37,34 @@ impl Snapshot {
                 Arc::new(built)
             })
             .collect();
-        let routes = config
+        let pool_of = |name: &str| pools.iter().find(|pool| &*pool.name == name).cloned();
+        let routers = config
             .listeners
             .iter()
-            .filter_map(|listener| {
-                let pool = pools.iter().find(|pool| pool.name == listener.pool)?;
-                Some((Arc::clone(&listener.name), Arc::clone(pool)))
+            .map(|listener| {
+                let fallback = listener.pool.as_deref().and_then(pool_of);
+                let router = Router::build(&listener.routes, fallback, pool_of);
+                (Arc::clone(&listener.name), router)
             })
             .collect();
         Snapshot {
             config,
             pools,
-            routes,
+            routers,
         }
     }
 
-    /// The pool serving the listener called `listener`.
-    pub fn pool_for(&self, listener: &str) -> Option<&Arc<Pool>> {
-        self.routes
+    /// The router of the listener called `listener`.
+    pub(crate) fn router_for(&self, listener: &str) -> Option<&Router> {
+        self.routers
             .iter()
             .find(|(name, _)| &**name == listener)
-            .map(|(_, pool)| pool)
+            .map(|(_, router)| router)
+    }
+
+    /// The pool serving the listener called `listener` (with routes: its fallback).
+    pub fn pool_for(&self, listener: &str) -> Option<&Arc<Pool>> {
+        self.router_for(listener).and_then(Router::fallback)
     }
 
     /// The pool called `name`.

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use crate::backend::Backend;
+use crate::config::{RouteAction, RouteConfig};
 use crate::metrics::{ListenerMetrics, WindowSummary};
 use crate::snapshot::Snapshot;
 
@@ -19,8 +20,10 @@ pub(crate) struct ListenerView {
     pub address: SocketAddr,
     /// Protocol label.
     pub protocol: &'static str,
-    /// Pool it routes to.
-    pub pool: Arc<str>,
+    /// Its pool (with routes: the fallback).
+    pub pool: Option<Arc<str>>,
+    /// Its routes, in order.
+    pub routes: Vec<RouteConfig>,
     /// Its cap on open connections.
     pub max_connections: Option<std::num::NonZeroUsize>,
     /// Its counters.
@@ -75,10 +78,44 @@ pub(crate) struct ListenerStatus {
     name: String,
     address: String,
     protocol: &'static str,
-    pool: String,
+    /// Its pool (with routes: the fallback; `null`: none).
+    pool: Option<String>,
+    /// Its routes in the order they are tried.
+    routes: Vec<RouteStatus>,
     connections_active: u64,
     /// The cap on open connections (`null`: none).
     max_connections: Option<std::num::NonZeroUsize>,
+}
+
+/// One route of a listener.
+#[derive(Debug, Serialize)]
+pub(crate) struct RouteStatus {
+    name: String,
+    /// `pool`, `split`, `redirect` or `respond`.
+    action: &'static str,
+    /// The pools it forwards to.
+    pools: Vec<String>,
+}
+
+impl RouteStatus {
+    fn of(route: &RouteConfig) -> Self {
+        let action = match route.action {
+            RouteAction::Pool(_) => "pool",
+            RouteAction::Split(_) => "split",
+            RouteAction::Redirect { .. } => "redirect",
+            RouteAction::Respond { .. } => "respond",
+        };
+        RouteStatus {
+            name: route.name.to_string(),
+            action,
+            pools: route
+                .action
+                .pools()
+                .iter()
+                .map(|pool| pool.to_string())
+                .collect(),
+        }
+    }
 }
 
 /// One pool.
@@ -170,7 +207,8 @@ impl Status {
                 name: listener.name.to_string(),
                 address: listener.address.to_string(),
                 protocol: listener.protocol,
-                pool: listener.pool.to_string(),
+                pool: listener.pool.as_deref().map(str::to_owned),
+                routes: listener.routes.iter().map(RouteStatus::of).collect(),
                 connections_active: listener.metrics.active.load(Ordering::Relaxed),
                 max_connections: listener.max_connections,
             })

@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicUsize;
 use crate::backend::Endpoint;
 use crate::config::Algorithm;
 
-pub(crate) use round_robin::RoundRobin;
+pub(crate) use round_robin::{Rotation, RoundRobin};
 
 /// The backends a request has already tried; they are never picked again for that request.
 ///

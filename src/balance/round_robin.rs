@@ -237,6 +237,29 @@ impl Schedule {
     }
 }
 
+/// Turns in smooth weighted order over a fixed set of weights, for anything that is not a
+/// pool's backends (a route's `split` across pools): one `fetch_add` per turn.
+#[derive(Debug)]
+pub(crate) struct Rotation {
+    schedule: Schedule,
+    next: AtomicUsize,
+}
+
+impl Rotation {
+    /// The rotation for `weights`, or `None` if its period is longer than [`MAX_SCHEDULE`].
+    pub(crate) fn new(weights: &[u32]) -> Option<Self> {
+        Some(Rotation {
+            schedule: Schedule::new(weights)?,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The index whose turn it is.
+    pub(crate) fn next(&self) -> usize {
+        self.schedule.at(self.next.fetch_add(1, Relaxed))
+    }
+}
+
 /// Backends of one weight while building a schedule.
 struct Group {
     weight: i64,

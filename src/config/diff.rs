@@ -6,7 +6,9 @@
 
 use std::fmt::Write as _;
 
-use super::types::{Config, ListenerConfig, PoolConfig};
+use std::sync::Arc;
+
+use super::types::{Config, ListenerConfig, PoolConfig, RouteConfig};
 
 /// The changes from `old` to `new`, one line per pool or listener; empty when nothing changed.
 pub fn diff(old: &Config, new: &Config) -> Vec<String> {
@@ -36,7 +38,9 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
         match old.listeners.iter().find(|l| l.name == listener.name) {
             None => lines.push(format!(
                 "listener {}: added {} -> {}",
-                listener.name, listener.listen, listener.pool
+                listener.name,
+                listener.listen,
+                listener.serves()
             )),
             Some(previous) => {
                 let changes = listener_changes(previous, listener);
@@ -204,8 +208,10 @@ fn listener_changes(old: &ListenerConfig, new: &ListenerConfig) -> Vec<String> {
         changes.push(format!("protocol {:?} → {:?}", old.protocol, new.protocol));
     }
     if old.pool != new.pool {
-        changes.push(format!("pool {} → {}", old.pool, new.pool));
+        let name = |pool: &Option<Arc<str>>| pool.as_deref().unwrap_or("none").to_owned();
+        changes.push(format!("pool {} → {}", name(&old.pool), name(&new.pool)));
     }
+    changes.extend(route_changes(&old.routes, &new.routes));
     if old.limits != new.limits {
         changes.push("client limits changed".to_owned());
     }
@@ -215,6 +221,35 @@ fn listener_changes(old: &ListenerConfig, new: &ListenerConfig) -> Vec<String> {
             count_or_none(old.max_connections),
             count_or_none(new.max_connections)
         ));
+    }
+    changes
+}
+
+/// Routes added, removed and changed, by name.
+fn route_changes(old: &[RouteConfig], new: &[RouteConfig]) -> Vec<String> {
+    let mut changes = Vec::new();
+    for route in new {
+        match old.iter().find(|previous| previous.name == route.name) {
+            None => changes.push(format!("route {} added", route.name)),
+            Some(previous) if previous != route => {
+                changes.push(format!("route {} changed", route.name));
+            }
+            Some(_) => {}
+        }
+    }
+    for route in old {
+        if !new.iter().any(|next| next.name == route.name) {
+            changes.push(format!("route {} removed", route.name));
+        }
+    }
+    let order = |routes: &[RouteConfig]| {
+        routes
+            .iter()
+            .map(|r| Arc::clone(&r.name))
+            .collect::<Vec<_>>()
+    };
+    if changes.is_empty() && order(old) != order(new) {
+        changes.push("routes reordered".to_owned());
     }
     changes
 }

@@ -17,9 +17,9 @@ use std::path::Path;
 pub use diff::diff;
 pub use error::{ConfigError, Problem};
 pub use types::{
-    AdminConfig, Algorithm, BackendConfig, CheckKind, ClientLimits, Config, HealthCheckConfig,
-    ListenerConfig, PassiveConfig, PoolConfig, Protocol, ProxyProtocol, QueueConfig, RuntimeConfig,
-    StatusSet,
+    AdminConfig, Algorithm, BackendConfig, CheckKind, ClientLimits, Config, HeaderMatch,
+    HealthCheckConfig, HostMatch, ListenerConfig, PassiveConfig, PathMatch, PoolConfig, Protocol,
+    ProxyProtocol, QueueConfig, RouteAction, RouteConfig, RuntimeConfig, StatusSet,
 };
 
 pub(crate) use crate::tls::UpstreamTlsConfig;

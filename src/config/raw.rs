@@ -68,8 +68,9 @@ pub(super) struct RawListener {
     /// Protocol spoken by clients; defaults to HTTP.
     #[serde(default)]
     pub protocol: Option<Spanned<RawProtocol>>,
-    /// The pool that serves this listener.
-    pub pool: Spanned<String>,
+    /// The pool that serves this listener: with `routes`, the fallback for requests no route
+    /// matches (optional then).
+    pub pool: Option<Spanned<String>>,
     /// Time a client has to send a complete request head.
     pub header_read_timeout: Option<Spanned<String>>,
     /// A connection with no bytes either way for this long is closed.
@@ -82,6 +83,79 @@ pub(super) struct RawListener {
     pub max_connections: Option<Spanned<i64>>,
     /// `[listeners.tls]`: terminate TLS on this listener.
     pub tls: Option<Spanned<RawTls>>,
+    /// `[[listeners.routes]]`: tried in file order, the first match wins.
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+/// One `[[listeners.routes]]` entry: what it matches and what it does.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    /// Shown in logs and `/status`; `route-N` when absent.
+    pub name: Option<Spanned<String>>,
+    /// One host or a list: exact, or a leading `*.` wildcard label.
+    pub host: Option<Spanned<OneOrMany>>,
+    /// The whole path, exactly.
+    pub path: Option<Spanned<String>>,
+    /// A path prefix matched on whole segments.
+    pub path_prefix: Option<Spanned<String>>,
+    /// Methods the route takes.
+    pub methods: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Header name → exact value, or `"*"` for present.
+    pub headers: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    /// Forward to this pool.
+    pub pool: Option<Spanned<String>>,
+    /// Forward to these pools by weight.
+    pub split: Option<Spanned<Vec<Spanned<RawSplit>>>>,
+    /// Answer with a redirect.
+    pub redirect: Option<Spanned<RawRedirect>>,
+    /// Answer with a fixed response.
+    pub respond: Option<Spanned<RawRespond>>,
+    /// Remove the matched `path_prefix` before forwarding.
+    pub strip_prefix: Option<Spanned<bool>>,
+    /// Headers set on the request before forwarding (replacing any the client sent).
+    pub set_request_headers: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum OneOrMany {
+    /// One value.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+/// One `{ pool, weight }` of a `split`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSplit {
+    /// The pool.
+    pub pool: Spanned<String>,
+    /// Its share, relative to the others'.
+    pub weight: Spanned<i64>,
+}
+
+/// `redirect = { to, status }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRedirect {
+    /// The target, with `{host}`, `{path}`, `{query}` placeholders.
+    pub to: Spanned<String>,
+    /// 301, 302, 303, 307 or 308.
+    pub status: Option<Spanned<i64>>,
+}
+
+/// `respond = { status, body }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRespond {
+    /// The status code.
+    pub status: Spanned<i64>,
+    /// The body (text).
+    pub body: Option<String>,
 }
 
 /// `[listeners.tls]`.

@@ -6,6 +6,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::error::Problem;
 use crate::tls::{TlsSettings, UpstreamTlsConfig};
 
 /// A complete, validated configuration.
@@ -21,6 +22,9 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Pools in file order; names are unique.
     pub pools: Vec<PoolConfig>,
+    /// Things that are valid but probably not meant (a route no request can reach), for
+    /// `--check` and the log.
+    pub warnings: Vec<Problem>,
 }
 
 /// `[admin]`.
@@ -78,8 +82,11 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     /// Protocol spoken by clients.
     pub protocol: Protocol,
-    /// Name of the pool serving this listener; guaranteed to exist in [`Config::pools`].
-    pub pool: Arc<str>,
+    /// Name of the pool serving this listener (with routes: requests no route matches);
+    /// guaranteed to exist in [`Config::pools`]. Only a listener with routes may have none.
+    pub pool: Option<Arc<str>>,
+    /// HTTP listeners: routes tried in file order before `pool`.
+    pub routes: Vec<RouteConfig>,
     /// Limits that protect the listener from slow or oversized clients.
     pub limits: ClientLimits,
     /// TCP listeners: read a PROXY protocol header (v1 or v2) first and use the client address
@@ -89,6 +96,112 @@ pub struct ListenerConfig {
     pub max_connections: Option<NonZeroUsize>,
     /// HTTP listeners: terminate TLS with these settings.
     pub tls: Option<TlsSettings>,
+}
+
+impl ListenerConfig {
+    /// What serves it, for logs: `POOL`, `N routes, fallback POOL` or `N routes`.
+    pub fn serves(&self) -> String {
+        match (&self.pool, self.routes.len()) {
+            (Some(pool), 0) => pool.to_string(),
+            (Some(pool), routes) => format!("{routes} routes, fallback {pool}"),
+            (None, routes) => format!("{routes} routes"),
+        }
+    }
+}
+
+/// One `[[listeners.routes]]` entry: every condition must hold for it to match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// `name`, or `route-N` (N counted from 1 in the listener).
+    pub name: Arc<str>,
+    /// Lower-case host names; empty: any host.
+    pub hosts: Vec<HostMatch>,
+    /// The path condition, if any.
+    pub path: Option<PathMatch>,
+    /// Methods it takes; empty: any.
+    pub methods: Vec<http::Method>,
+    /// Header conditions.
+    pub headers: Vec<(http::HeaderName, HeaderMatch)>,
+    /// What a matching request gets.
+    pub action: RouteAction,
+    /// Remove the `path_prefix` before forwarding (only with one).
+    pub strip_prefix: bool,
+    /// Set on the request before forwarding.
+    pub set_request_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+/// A route's host condition (the request's port is ignored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// This host exactly.
+    Exact(Arc<str>),
+    /// `*.SUFFIX`: SUFFIX with exactly one label in front.
+    Wildcard(Arc<str>),
+}
+
+/// A route's path condition, on whole segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The path is exactly this.
+    Exact(Arc<str>),
+    /// The path is this or continues it with `/` (stored without a trailing `/`, except `/`).
+    Prefix(Arc<str>),
+}
+
+impl PathMatch {
+    /// Whether `path` (without its query) meets the condition.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(exact) => path == &**exact,
+            PathMatch::Prefix(prefix) if &**prefix == "/" => path.starts_with('/'),
+            PathMatch::Prefix(prefix) => path
+                .strip_prefix(&**prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
+        }
+    }
+}
+
+/// A route's condition on one header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderMatch {
+    /// Present with this value.
+    Exact(http::HeaderValue),
+    /// Present with any value (`"*"`).
+    Present,
+}
+
+/// What a route does with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Forward to this pool.
+    Pool(Arc<str>),
+    /// Forward to one of these pools, by weight per request.
+    Split(Vec<(Arc<str>, NonZeroU32)>),
+    /// Answer with a redirect to this template (`{host}`, `{path}`, `{query}`).
+    Redirect {
+        /// The target template.
+        to: Arc<str>,
+        /// A 3xx redirect status.
+        status: http::StatusCode,
+    },
+    /// Answer with this status and body.
+    Respond {
+        /// The status.
+        status: http::StatusCode,
+        /// The body, sent as `text/plain`.
+        body: bytes::Bytes,
+    },
+}
+
+impl RouteAction {
+    /// The pools it forwards to.
+    pub fn pools(&self) -> Vec<&Arc<str>> {
+        match self {
+            RouteAction::Pool(pool) => vec![pool],
+            RouteAction::Split(split) => split.iter().map(|(pool, _)| pool).collect(),
+            RouteAction::Redirect { .. } | RouteAction::Respond { .. } => Vec::new(),
+        }
+    }
 }
 
 /// Protections applied to every client connection of a listener.

@@ -76,6 +76,15 @@ fn is_forwarding(name: &HeaderName) -> bool {
     }
 }
 
+/// Whether a route may not set `name`: hop-by-hop and framing fields, `Host`, and the
+/// forwarding fields fulcrum writes itself.
+pub(crate) fn is_managed(name: &HeaderName) -> bool {
+    is_hop_by_hop(name)
+        || is_forwarding(name)
+        || name == header::HOST
+        || name == header::CONTENT_LENGTH
+}
+
 /// What a request's field names say, from one pass over them.
 #[derive(Default)]
 struct Names {

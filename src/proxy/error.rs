@@ -17,6 +17,9 @@ pub(crate) enum ProxyError {
     /// The client sent something we refuse to forward (ambiguous framing and the like).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// No route of the listener matched and it has no fallback pool.
+    #[error("no route matches the request")]
+    NoRoute,
     /// The listener's pool had no backend left to try: none healthy, or every one refused.
     #[error("no backend available in pool {pool}")]
     NoBackend {
@@ -58,6 +61,7 @@ impl ProxyError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoBackend { .. } | ProxyError::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Protocol(_) => {
                 StatusCode::BAD_GATEWAY
@@ -86,6 +90,9 @@ impl ProxyError {
                 "{} {reason}: every backend is busy; try again shortly\n",
                 status.as_u16()
             ),
+            ProxyError::NoRoute => {
+                format!("{} {reason}: no route for this request\n", status.as_u16())
+            }
             _ => format!("{} {reason}\n", status.as_u16()),
         };
         let mut response = Response::new(ProxyBody::local(Bytes::from(body)));
@@ -121,6 +128,7 @@ mod tests {
         let address = SocketAddr::from(([127, 0, 0, 1], 1));
         let cases = [
             (ProxyError::BadRequest("x"), 400),
+            (ProxyError::NoRoute, 404),
             (
                 ProxyError::NoBackend {
                     pool: "p".into(),

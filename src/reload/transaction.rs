@@ -70,6 +70,9 @@ impl Runtime {
                 return rejected(ReloadError::Parser(err));
             }
         };
+        for warning in &config.warnings {
+            tracing::warn!(%warning, "config warning");
+        }
         let changes = config::diff(&self.config, &config);
 
         // Bind every new address first: if one fails, nothing has changed yet.

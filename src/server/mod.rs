@@ -279,7 +279,7 @@ fn log_startup(
                 config.name,
                 config.protocol.as_str(),
                 address,
-                config.pool
+                config.serves()
             )
         })
         .collect();

@@ -251,7 +251,7 @@ impl Runtime {
             };
             if let Some(socket) = socket {
                 let address = socket.local_addr().map_or(new.listen, |a| a);
-                tracing::info!(listener = %new.name, address = %address, pool = %new.pool, "listener added");
+                tracing::info!(listener = %new.name, address = %address, serves = %new.serves(), "listener added");
                 self.start_listener(new.clone(), socket);
             }
         }
@@ -295,7 +295,8 @@ impl Runtime {
                 name: Arc::clone(&running.config.name),
                 address: running.local,
                 protocol: running.config.protocol.as_str(),
-                pool: Arc::clone(&running.config.pool),
+                pool: running.config.pool.clone(),
+                routes: running.config.routes.clone(),
                 max_connections: running.config.max_connections,
                 metrics: Arc::clone(running.handler.metrics()),
             })

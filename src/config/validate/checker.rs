@@ -19,6 +19,8 @@ pub(super) const MAX_CONNECTIONS: i64 = 10_000_000;
 pub(super) struct Checker<'a> {
     locator: Locator<'a>,
     problems: Vec<Problem>,
+    /// Valid but probably unintended; they do not fail the file.
+    warnings: Vec<Problem>,
 }
 
 impl<'a> Checker<'a> {
@@ -26,6 +28,7 @@ impl<'a> Checker<'a> {
         Self {
             locator,
             problems: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 }
@@ -34,7 +37,12 @@ impl Checker<'_> {
     /// The config when no problem was found, else every problem in file order.
     pub(super) fn finish(mut self, config: Option<Config>) -> Result<Config, ConfigError> {
         match config {
-            Some(config) if self.problems.is_empty() => Ok(config),
+            Some(mut config) if self.problems.is_empty() => {
+                self.warnings
+                    .sort_by_key(|problem| (problem.line, problem.column));
+                config.warnings = self.warnings;
+                Ok(config)
+            }
             _ => {
                 self.problems
                     .sort_by_key(|problem| (problem.line, problem.column));
@@ -52,6 +60,18 @@ impl Checker<'_> {
     ) {
         let problem = self.locator.problem(offset, key, message);
         self.problems.push(problem);
+    }
+
+    /// Records a warning at the position of `at`: the file stays valid.
+    pub(super) fn warn<T>(&mut self, at: &Spanned<T>, key: &str, message: impl Into<String>) {
+        let warning = self.locator.problem(at.span().start, key, message);
+        self.warnings.push(warning);
+    }
+
+    /// `file:line:col` of `at`, for messages that point at a second place.
+    pub(super) fn position<T>(&self, at: &Spanned<T>) -> String {
+        let problem = self.locator.problem(at.span().start, "", "");
+        format!("{}:{}:{}", problem.file, problem.line, problem.column)
     }
 
     /// Records a problem at the position of `at`.

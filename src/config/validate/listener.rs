@@ -54,21 +54,33 @@ impl Checker<'_> {
             None => Some(None),
             Some(tls) => self.tls(&format!("{key}.tls"), tls.get_ref()).map(Some),
         };
-        let pool = raw.pool.get_ref();
-        let pool_exists = config.pools.contains_key(pool.as_str());
-        if !pool_exists {
-            let known: Vec<&str> = config.pools.keys().map(|k| k.get_ref().as_str()).collect();
-            let hint = if known.is_empty() {
-                "no pools are defined".to_owned()
-            } else {
-                format!("defined pools: {}", known.join(", "))
-            };
+        let routes = if raw.routes.is_empty() {
+            Some(Vec::new())
+        } else if protocol == Protocol::Tcp {
+            let first = &raw.routes[0];
             self.report(
-                &raw.pool,
-                &format!("{key}.pool"),
-                format!("pool {pool:?} does not exist ({hint})"),
+                first,
+                &format!("{key}.routes"),
+                "tcp listeners do not route yet; give the listener a pool",
             );
-        }
+            None
+        } else {
+            self.routes(key, &raw.routes, config)
+        };
+        let pool = match &raw.pool {
+            Some(pool) => self
+                .pool_name(pool, &format!("{key}.pool"), config)
+                .map(Some),
+            None if raw.routes.is_empty() => {
+                self.report(
+                    &raw.name,
+                    &format!("{key}.pool"),
+                    "a listener needs a pool, or routes (then pool is the fallback)",
+                );
+                None
+            }
+            None => Some(None),
+        };
         let header_read_timeout = self.duration(
             raw.header_read_timeout.as_ref(),
             &format!("{key}.header_read_timeout"),
@@ -105,7 +117,8 @@ impl Checker<'_> {
             protocol,
             accept_proxy_protocol: raw.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref()),
             tls: tls?,
-            pool: pool_exists.then(|| Arc::from(pool.as_str()))?,
+            pool: pool?,
+            routes: routes?,
             limits: ClientLimits {
                 header_read_timeout: header_read_timeout?,
                 idle_timeout: idle_timeout?,

@@ -7,6 +7,7 @@ mod checker;
 mod health;
 mod listener;
 mod pool;
+mod route;
 
 use std::collections::HashSet;
 
@@ -102,6 +103,7 @@ impl Checker<'_> {
             access_log: raw.log.as_ref().and_then(|log| log.access).unwrap_or(false),
             listeners,
             pools,
+            warnings: Vec::new(),
         })
     }
 
@@ -112,19 +114,39 @@ impl Checker<'_> {
         for (index, listener) in raw.listeners.iter().enumerate() {
             let listener = listener.get_ref();
             let protocol = listener::protocol(listener);
-            let pool = listener.pool.get_ref();
-            match protocols.iter().find(|(name, _)| name == pool) {
-                Some((_, existing)) if *existing != protocol => self.report(
-                    &listener.pool,
-                    &format!("listeners[{index}].pool"),
-                    format!(
-                        "pool {pool:?} already serves {} listeners; a {} listener needs a pool of its own",
-                        existing.as_str(),
-                        protocol.as_str()
+            let routed = listener.routes.iter().enumerate().flat_map(|(route, raw)| {
+                let raw = raw.get_ref();
+                let split = raw
+                    .split
+                    .iter()
+                    .flat_map(|split| split.get_ref().iter().enumerate());
+                raw.pool
+                    .iter()
+                    .map(move |pool| (pool, format!("listeners[{index}].routes[{route}].pool")))
+                    .chain(split.map(move |(entry, split)| {
+                        let key = format!("listeners[{index}].routes[{route}].split[{entry}].pool");
+                        (&split.get_ref().pool, key)
+                    }))
+            });
+            let fallback = listener
+                .pool
+                .iter()
+                .map(|pool| (pool, format!("listeners[{index}].pool")));
+            for (pool_at, key) in fallback.chain(routed) {
+                let pool = pool_at.get_ref();
+                match protocols.iter().find(|(name, _)| name == pool) {
+                    Some((_, existing)) if *existing != protocol => self.report(
+                        pool_at,
+                        &key,
+                        format!(
+                            "pool {pool:?} already serves {} listeners; a {} listener needs a pool of its own",
+                            existing.as_str(),
+                            protocol.as_str()
+                        ),
                     ),
-                ),
-                Some(_) => {}
-                None => protocols.push((pool.clone(), protocol)),
+                    Some(_) => {}
+                    None => protocols.push((pool.clone(), protocol)),
+                }
             }
         }
         protocols
@@ -157,3 +179,6 @@ impl Checker<'_> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod route_tests;

@@ -62,7 +62,7 @@ fn valid_config_parses_with_every_key() {
     assert_eq!(pool.backends[1].weight.get(), 3);
     assert_eq!(pool.connect_timeout, Duration::from_millis(250));
     assert_eq!(pool.retries, 1);
-    assert_eq!(&*config.listeners[0].pool, "app");
+    assert_eq!(config.listeners[0].pool.as_deref(), Some("app"));
 }
 
 #[test]

@@ -22,6 +22,7 @@ use crate::proxy::activity::Exchange;
 use crate::proxy::body::{BodyError, ProxyBody};
 use crate::proxy::error::ProxyError;
 use crate::proxy::framing::FramingCheck;
+use crate::route::{Local, Route, Target};
 use crate::upstream::RequestBody;
 
 pin_project! {
@@ -54,6 +55,47 @@ impl http_body::Body for ClientBody {
     }
 }
 
+/// Where the handler sends a request.
+enum Routed {
+    /// Forward to this pool, through the route of this name (`None`: the listener's pool).
+    Forward(Arc<Pool>, Option<Arc<str>>),
+    /// Answer with this response of a route's own.
+    Local(Response<ProxyBody>),
+}
+
+/// What the access log says of the request itself.
+struct AccessRequest {
+    method: http::Method,
+    path: String,
+    route: Option<Arc<str>>,
+}
+
+/// A route's own response to `request`: a redirect or a fixed body.
+fn local_response(
+    route: &Route,
+    local: Local<'_>,
+    request: &Request<Incoming>,
+) -> Response<ProxyBody> {
+    let (status, body, location) = match local {
+        Local::Redirect { to, status } => {
+            let location = route.location(to, request.uri(), request.headers());
+            (status, Bytes::new(), Some(location))
+        }
+        Local::Respond { status, body } => (status, body.clone(), None),
+    };
+    let mut response = Response::new(ProxyBody::local(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if let Some(location) = location.and_then(|l| http::HeaderValue::try_from(l).ok()) {
+        headers.insert(http::header::LOCATION, location);
+    }
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
 /// The request handler of one client connection: its listener, who the client is, and the
 /// framing check.
 pub(super) struct Handler {
@@ -80,8 +122,9 @@ impl Handler {
         exchange: Exchange,
     ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> {
         async move {
-            let response = match self.check(&request) {
-                Ok(pool) => {
+            let response = match self.check(&mut request) {
+                Ok(Routed::Local(response)) => response,
+                Ok(Routed::Forward(pool, route)) => {
                     let started = Instant::now();
                     let (forwarding, tunnel, access) = self.prepare(&mut request, &pool);
                     let mut served_by = None;
@@ -98,7 +141,12 @@ impl Handler {
                     )
                     .await;
                     if let Some((method, path)) = access {
-                        self.log_access(&outcome, method, path, served_by, started);
+                        let request = AccessRequest {
+                            method,
+                            path,
+                            route,
+                        };
+                        self.log_access(&outcome, request, served_by, started);
                     }
                     self.respond(outcome, &pool)
                 }
@@ -147,8 +195,7 @@ impl Handler {
     fn log_access(
         &self,
         outcome: &Result<Response<ProxyBody>, ProxyError>,
-        method: http::Method,
-        path: String,
+        request: AccessRequest,
         served_by: Option<Arc<str>>,
         started: Instant,
     ) {
@@ -163,8 +210,9 @@ impl Handler {
             target: "fulcrum::access",
             listener = %self.listener.name,
             client = ?self.client.ip,
-            method = %method,
-            path = %path,
+            method = %request.method,
+            path = %request.path,
+            route = request.route.as_deref().unwrap_or("-"),
             status = status.as_u16(),
             backend = served_by.as_deref().unwrap_or("-"),
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -204,8 +252,9 @@ impl Handler {
         }
     }
 
-    /// Rejects requests that must not be forwarded and finds the pool for the rest.
-    fn check(&self, request: &Request<Incoming>) -> Result<Arc<Pool>, ProxyError> {
+    /// Rejects requests that must not be forwarded and routes the rest: to a pool (the route
+    /// rewrites the request for it first), or to a response of the route's own.
+    fn check(&self, request: &mut Request<Incoming>) -> Result<Routed, ProxyError> {
         if self.framing.next_request_is_bad() {
             return Err(ProxyError::BadRequest(
                 "ambiguous message framing (Content-Length with Transfer-Encoding, or conflicting Content-Length)",
@@ -218,13 +267,21 @@ impl Handler {
             return Err(ProxyError::BadRequest("missing Host header"));
         }
         let snapshot = self.listener.state.load();
-        match snapshot.pool_for(&self.listener.name) {
-            Some(pool) => Ok(Arc::clone(pool)),
-            None => Err(ProxyError::NoBackend {
-                pool: Arc::from("(none)"),
-                retry_after: 1,
-            }),
-        }
+        let target = snapshot
+            .router_for(&self.listener.name)
+            .and_then(|router| router.route(request.method(), request.uri(), request.headers()))
+            .ok_or(ProxyError::NoRoute)?;
+        Ok(match target {
+            Target::Forward { pool, route } => {
+                if let Some(route) = route {
+                    route.rewrite(request);
+                }
+                Routed::Forward(Arc::clone(pool), route.map(|route| Arc::clone(&route.name)))
+            }
+            Target::Local { route, response } => {
+                Routed::Local(local_response(route, response, request))
+            }
+        })
     }
 
     fn fail(&self, err: &ProxyError, request: &Request<Incoming>) -> Response<ProxyBody> {
