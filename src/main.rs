@@ -212,8 +212,7 @@ fn print_summary(cli: &Cli, config: &Config) {
             listener.serves()
         );
         for route in &listener.routes {
-            let pools: Vec<&str> = route.action.pools().iter().map(|pool| &***pool).collect();
-            println!("    route {} -> {}", route.name, pools.join(", "));
+            println!("    route {} -> {}", route.name, route.action);
         }
     }
     for pool in &config.pools {

@@ -1,4 +1,4 @@
-//! Every example config shipped in `config/` must parse and validate.
+//! Every example config shipped in `config/` must parse and validate, without warnings.
 
 use std::path::Path;
 
@@ -9,8 +9,14 @@ fn every_file_in_config_dir_is_valid() {
     for entry in std::fs::read_dir(&dir).expect("config/ exists") {
         let path = entry.expect("readable entry").path();
         if path.extension().is_some_and(|ext| ext == "toml") {
-            if let Err(err) = fulcrum::Config::load(&path) {
-                panic!("{} is invalid:\n{err}", path.display());
+            match fulcrum::Config::load(&path) {
+                Err(err) => panic!("{} is invalid:\n{err}", path.display()),
+                Ok(config) => assert!(
+                    config.warnings.is_empty(),
+                    "{} has warnings: {:?}",
+                    path.display(),
+                    config.warnings
+                ),
             }
             checked += 1;
         }

@@ -193,6 +193,24 @@ pub enum RouteAction {
     },
 }
 
+impl std::fmt::Display for RouteAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteAction::Pool(pool) => write!(f, "pool {pool}"),
+            RouteAction::Split(split) => {
+                f.write_str("split")?;
+                for (index, (pool, weight)) in split.iter().enumerate() {
+                    let separator = if index == 0 { " " } else { ", " };
+                    write!(f, "{separator}{pool} ×{weight}")?;
+                }
+                Ok(())
+            }
+            RouteAction::Redirect { to, status } => write!(f, "redirect {} {to}", status.as_u16()),
+            RouteAction::Respond { status, .. } => write!(f, "respond {}", status.as_u16()),
+        }
+    }
+}
+
 impl RouteAction {
     /// The pools it forwards to.
     pub fn pools(&self) -> Vec<&Arc<str>> {

@@ -1,0 +1,211 @@
+//! Routing: one listener, several services, through a real fulcrum server and real backends.
+
+use super::*;
+
+/// `GET path` with `Host: host`, through a fresh client of `balancer`.
+async fn get_from(client: &mut TestClient, host: &str, path: &str) -> common::client::TestResponse {
+    let mut request = get(path);
+    request.headers_mut().insert(
+        http::header::HOST,
+        http::HeaderValue::from_str(host).expect("host"),
+    );
+    client.fetch(request).await.expect("response")
+}
+
+/// A listener routing to `api`, `shop` and `next` backends, with `app` as the fallback.
+async fn routed(
+    app: &TestBackend,
+    api: &TestBackend,
+    shop: &TestBackend,
+    next: &TestBackend,
+    fallback: bool,
+) -> TestBalancer {
+    let pool = if fallback { "pool = \"app\"\n" } else { "" };
+    let config = format!(
+        r#"[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+{pool}
+[[listeners.routes]]
+name = "api"
+host = ["api.example.com", "*.api.example.com"]
+path_prefix = "/v1/"
+strip_prefix = true
+set_request_headers = {{ "x-route" = "api" }}
+pool = "api"
+
+[[listeners.routes]]
+name = "admin-only-post"
+path = "/submit"
+methods = ["POST"]
+pool = "api"
+
+[[listeners.routes]]
+name = "canary"
+headers = {{ "x-canary" = "1" }}
+pool = "next"
+
+[[listeners.routes]]
+name = "shop"
+path_prefix = "/shop"
+split = [{{ pool = "shop", weight = 90 }}, {{ pool = "next", weight = 10 }}]
+
+[[listeners.routes]]
+path_prefix = "/old/"
+strip_prefix = true
+redirect = {{ to = "https://{{host}}/new{{path}}{{query}}", status = 308 }}
+
+[[listeners.routes]]
+path_prefix = "/internal"
+respond = {{ status = 403, body = "not here\n" }}
+
+[pools.app]
+backends = ["{app}"]
+
+[pools.api]
+backends = ["{api}"]
+
+[pools.shop]
+backends = ["{shop}"]
+
+[pools.next]
+backends = ["{next}"]
+"#,
+        app = app.addr(),
+        api = api.addr(),
+        shop = shop.addr(),
+        next = next.addr(),
+    );
+    TestBalancer::from_config("routing.toml", &config, "web").await
+}
+
+#[tokio::test]
+async fn routes_send_each_service_to_its_pool_and_rewrite_as_configured() {
+    bounded(async {
+        let (app, api, shop, next) = (
+            TestBackend::spawn("app").await,
+            TestBackend::spawn("api").await,
+            TestBackend::spawn("shop").await,
+            TestBackend::spawn("next").await,
+        );
+        let mut balancer = routed(&app, &api, &shop, &next, true).await;
+        let mut client = balancer.client().await;
+
+        let response = get_from(&mut client, "api.example.com", "/v1/users?id=7").await;
+        assert_eq!(response.served_by(), Some("api"));
+        let seen = api.last_request().expect("api saw the request");
+        assert_eq!(seen.path, "/users", "strip_prefix");
+        assert_eq!(seen.headers["x-route"], "api", "set_request_headers");
+
+        let response = get_from(&mut client, "eu.api.example.com:8080", "/v1/x").await;
+        assert_eq!(
+            response.served_by(),
+            Some("api"),
+            "wildcard host, port ignored"
+        );
+        let response = get_from(&mut client, "other.example", "/v1/x").await;
+        assert_eq!(
+            response.served_by(),
+            Some("app"),
+            "no host match: the fallback"
+        );
+
+        let post = Request::post("/submit")
+            .header("host", "x")
+            .body(common::empty())
+            .expect("request");
+        assert_eq!(
+            client.fetch(post).await.expect("post").served_by(),
+            Some("api")
+        );
+        let response = get_from(&mut client, "x", "/submit").await;
+        assert_eq!(
+            response.served_by(),
+            Some("app"),
+            "GET is not a routed method"
+        );
+
+        let mut canary = get("/anything");
+        canary
+            .headers_mut()
+            .insert("x-canary", http::HeaderValue::from_static("1"));
+        assert_eq!(
+            client.fetch(canary).await.expect("canary").served_by(),
+            Some("next")
+        );
+
+        let response = get_from(&mut client, "shop.example", "/old/a/b?q=1").await;
+        assert_eq!(response.status, StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(
+            response.headers["location"],
+            "https://shop.example/new/a/b?q=1"
+        );
+
+        let response = get_from(&mut client, "x", "/internal/secrets").await;
+        assert_eq!(response.status, StatusCode::FORBIDDEN);
+        assert_eq!(response.text(), "not here\n");
+        assert_eq!(
+            app.request_count() + api.request_count() + shop.request_count() + next.request_count(),
+            6,
+            "the six forwarded requests only: redirects and fixed responses reach no backend"
+        );
+        balancer.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_split_sends_its_share_to_each_pool() {
+    bounded(async {
+        let (app, api, shop, next) = (
+            TestBackend::spawn("app").await,
+            TestBackend::spawn("api").await,
+            TestBackend::spawn("shop").await,
+            TestBackend::spawn("next").await,
+        );
+        let mut balancer = routed(&app, &api, &shop, &next, true).await;
+        let mut client = balancer.client().await;
+        let total = 2000;
+        let mut canary = 0;
+        for _ in 0..total {
+            let response = get_from(&mut client, "x", "/shop/cart").await;
+            match response.served_by() {
+                Some("next") => canary += 1,
+                Some("shop") => {}
+                other => panic!("split answered by {other:?}"),
+            }
+        }
+        let share = f64::from(canary) * 100.0 / f64::from(total);
+        assert!(
+            (7.0..=13.0).contains(&share),
+            "canary share {share:.1} % of 10 %"
+        );
+        balancer.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn no_route_and_no_fallback_is_404_and_reaches_no_backend() {
+    bounded(async {
+        let (app, api, shop, next) = (
+            TestBackend::spawn("app").await,
+            TestBackend::spawn("api").await,
+            TestBackend::spawn("shop").await,
+            TestBackend::spawn("next").await,
+        );
+        let mut balancer = routed(&app, &api, &shop, &next, false).await;
+        let mut client = balancer.client().await;
+        let response = get_from(&mut client, "x", "/nowhere").await;
+        assert_eq!(response.status, StatusCode::NOT_FOUND);
+        assert_eq!(app.request_count(), 0);
+        let response = get_from(&mut client, "api.example.com", "/v1/ok").await;
+        assert_eq!(
+            response.served_by(),
+            Some("api"),
+            "the connection still serves"
+        );
+        balancer.stop().await;
+    })
+    .await;
+}
