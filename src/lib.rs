@@ -66,11 +66,28 @@ pub use config::Config;
 pub use server::Server;
 
 /// What the micro-benchmarks (`benches/micro.rs`) measure, without widening the API: a pool's
-/// pick and the header rules. Not a stable interface.
+/// pick, the router and the header rules. Not a stable interface.
 #[doc(hidden)]
 pub mod bench {
     pub use crate::balance::Tried;
     pub use crate::http::headers::{ClientInfo, Forwarding, prepare_request, prepare_response};
     pub use crate::pool::Pool;
     pub use crate::snapshot::Snapshot;
+
+    /// Routes a request as the listener `listener` would: whether a route (not the fallback)
+    /// takes it.
+    pub fn route(
+        snapshot: &Snapshot,
+        listener: &str,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> bool {
+        snapshot
+            .router_for(listener)
+            .and_then(|router| router.route(method, uri, headers))
+            .is_some_and(|target| {
+                !matches!(target, crate::route::Target::Forward { route: None, .. })
+            })
+    }
 }
