@@ -43,7 +43,7 @@ impl Snapshot {
             .iter()
             .map(|listener| {
                 let fallback = listener.pool.as_deref().and_then(pool_of);
-                let router = Router::build(&listener.routes, fallback, pool_of);
+                let router = Router::build(&listener.name, &listener.routes, fallback, pool_of);
                 (Arc::clone(&listener.name), router)
             })
             .collect();

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::config::{RouteAction, RouteConfig};
-use crate::metrics::{ListenerMetrics, WindowSummary};
+use crate::metrics::{ListenerMetrics, RouteMetrics, WindowSummary};
 use crate::snapshot::Snapshot;
 
 /// A running listener as the status API shows it.
@@ -95,10 +95,12 @@ pub(crate) struct RouteStatus {
     action: &'static str,
     /// The pools it forwards to.
     pools: Vec<String>,
+    /// The last minute of requests it took (`null` if it does not serve yet, mid-reload).
+    last_minute: Option<WindowSummary>,
 }
 
 impl RouteStatus {
-    fn of(route: &RouteConfig) -> Self {
+    fn of(route: &RouteConfig, metrics: Option<&RouteMetrics>) -> Self {
         let action = match route.action {
             RouteAction::Pool(_) => "pool",
             RouteAction::Split(_) => "split",
@@ -114,6 +116,7 @@ impl RouteStatus {
                 .iter()
                 .map(|pool| pool.to_string())
                 .collect(),
+            last_minute: metrics.map(|metrics| metrics.window.summary()),
         }
     }
 }
@@ -208,7 +211,20 @@ impl Status {
                 address: listener.address.to_string(),
                 protocol: listener.protocol,
                 pool: listener.pool.as_deref().map(str::to_owned),
-                routes: listener.routes.iter().map(RouteStatus::of).collect(),
+                routes: listener
+                    .routes
+                    .iter()
+                    .map(|route| {
+                        let live = snapshot.router_for(&listener.name).and_then(|router| {
+                            router
+                                .routes()
+                                .iter()
+                                .map(|live| &live.metrics)
+                                .find(|metrics| metrics.name == route.name)
+                        });
+                        RouteStatus::of(route, live.map(|metrics| &**metrics))
+                    })
+                    .collect(),
                 connections_active: listener.metrics.active.load(Ordering::Relaxed),
                 max_connections: listener.max_connections,
             })

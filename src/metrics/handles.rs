@@ -245,6 +245,49 @@ impl PoolMetrics {
     }
 }
 
+/// One route's request counters, latency histogram and one-minute window.
+#[derive(Debug)]
+pub(crate) struct RouteMetrics {
+    /// The route's name, for the access log and `/status`.
+    pub name: Arc<str>,
+    duration: Histogram,
+    requests: [Counter; 5],
+    /// Requests, errors and latencies over the last minute.
+    pub window: Window,
+}
+
+impl RouteMetrics {
+    /// Handles for the route `route` of `listener`.
+    pub(crate) fn new(listener: &str, route: &Arc<str>) -> Self {
+        let labels = [
+            ("listener", listener.to_owned()),
+            ("route", route.to_string()),
+        ];
+        RouteMetrics {
+            name: Arc::clone(route),
+            duration: metrics::histogram!(names::ROUTE_DURATION, &labels),
+            requests: CLASSES.map(|class| {
+                metrics::counter!(
+                    names::ROUTE_REQUESTS,
+                    "listener" => listener.to_owned(),
+                    "route" => route.to_string(),
+                    "code_class" => class
+                )
+            }),
+            window: Window::new(),
+        }
+    }
+
+    /// A request the route took at `started`, answered with `status` now.
+    pub(crate) fn record(&self, status: u16, started: Instant) {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(started);
+        self.duration.record(elapsed.as_secs_f64());
+        self.window.record(Some(elapsed), status >= 500, now);
+        self.requests[class_index(status)].increment(1);
+    }
+}
+
 /// A listener's connection and byte counters.
 #[derive(Debug)]
 pub(crate) struct ListenerMetrics {

@@ -16,7 +16,9 @@ use std::sync::OnceLock;
 use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub(crate) use handles::{BackendMetrics, ListenerMetrics, PoolMetrics, QueueOutcome};
+pub(crate) use handles::{
+    BackendMetrics, ListenerMetrics, PoolMetrics, QueueOutcome, RouteMetrics,
+};
 pub(crate) use window::WindowSummary;
 
 /// Histogram buckets for request durations: 0.5 ms to 10 s.
@@ -34,6 +36,11 @@ pub(crate) fn install() -> Option<&'static PrometheusHandle> {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Full(names::REQUEST_DURATION.to_owned()),
+                    &DURATION_BUCKETS,
+                )
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full(names::ROUTE_DURATION.to_owned()),
                     &DURATION_BUCKETS,
                 )
                 .ok()?;
@@ -60,6 +67,15 @@ fn describe() {
         names::REQUEST_DURATION,
         Unit::Seconds,
         "Time from receiving a request to the backend's response head."
+    );
+    describe_counter!(
+        names::ROUTE_REQUESTS,
+        "Requests a route took, by listener, route and status class."
+    );
+    describe_histogram!(
+        names::ROUTE_DURATION,
+        Unit::Seconds,
+        "Time from receiving a request a route took to the response head (forwarded or local)."
     );
     describe_counter!(names::CONNECT_ERRORS, "Failed TCP connects to a backend.");
     describe_counter!(

@@ -5,6 +5,10 @@
 pub(crate) const REQUESTS: &str = "fulcrum_requests_total";
 /// Time from receiving a request to the backend's response head.
 pub(crate) const REQUEST_DURATION: &str = "fulcrum_request_duration_seconds";
+/// Requests a route took, by final status class.
+pub(crate) const ROUTE_REQUESTS: &str = "fulcrum_route_requests_total";
+/// Time from receiving a request a route took to the response head.
+pub(crate) const ROUTE_DURATION: &str = "fulcrum_route_request_duration_seconds";
 /// Failed connects to a backend.
 pub(crate) const CONNECT_ERRORS: &str = "fulcrum_upstream_connect_errors_total";
 /// Counter: TCP connections opened to a backend.

@@ -17,6 +17,7 @@ use action::Action;
 pub(crate) use action::{Local, Target};
 
 use crate::config::{HeaderMatch, HostMatch, PathMatch, RouteConfig};
+use crate::metrics::RouteMetrics;
 use crate::pool::Pool;
 
 /// Longest host name looked up (RFC 1035: 253 characters); longer ones match no host route.
@@ -39,8 +40,8 @@ pub(crate) struct Router {
 /// One route: its conditions and what it does.
 #[derive(Debug)]
 pub(crate) struct Route {
-    /// As configured (`route-N` by default).
-    pub(crate) name: Arc<str>,
+    /// Its name (as configured, `route-N` by default) and request metrics.
+    pub(crate) metrics: Arc<RouteMetrics>,
     path: Option<PathMatch>,
     methods: Box<[Method]>,
     headers: Box<[(http::HeaderName, HeaderMatch)]>,
@@ -52,9 +53,10 @@ pub(crate) struct Route {
 }
 
 impl Router {
-    /// The router for `routes`, with `pool_of` giving each pool a route names (validation
-    /// made sure they exist; a route whose pool is missing anyway is left out).
+    /// The router of listener `listener` for `routes`, with `pool_of` giving each pool a route
+    /// names (validation made sure they exist; a route whose pool is missing anyway is left out).
     pub(crate) fn build(
+        listener: &str,
         routes: &[RouteConfig],
         fallback: Option<Arc<Pool>>,
         pool_of: impl Fn(&str) -> Option<Arc<Pool>>,
@@ -65,7 +67,7 @@ impl Router {
                 let action = Action::build(config, &pool_of)?;
                 Some((
                     Route {
-                        name: Arc::clone(&config.name),
+                        metrics: Arc::new(RouteMetrics::new(listener, &config.name)),
                         path: config.path.clone(),
                         methods: config.methods.clone().into_boxed_slice(),
                         headers: config.headers.clone().into_boxed_slice(),
@@ -121,6 +123,11 @@ impl Router {
     /// The listener's pool (for requests no route takes, and TCP listeners).
     pub(crate) fn fallback(&self) -> Option<&Arc<Pool>> {
         self.fallback.as_ref()
+    }
+
+    /// The routes in file order.
+    pub(crate) fn routes(&self) -> &[Route] {
+        &self.routes
     }
 
     /// Where a request goes: the first route that matches, else the fallback pool; `None`

@@ -209,3 +209,58 @@ async fn no_route_and_no_fallback_is_404_and_reaches_no_backend() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn routes_are_counted_in_metrics_and_shown_in_status() {
+    bounded(async {
+        let api = TestBackend::spawn("api").await;
+        let config = format!(
+            r#"[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "metered"
+listen = "127.0.0.1:0"
+
+[[listeners.routes]]
+name = "api"
+path_prefix = "/api"
+pool = "api"
+
+[[listeners.routes]]
+name = "gone"
+path = "/gone"
+respond = {{ status = 410 }}
+
+[pools.api]
+backends = ["{}"]
+"#,
+            api.addr()
+        );
+        let mut balancer = TestBalancer::from_config("metered.toml", &config, "metered").await;
+        let mut client = balancer.client().await;
+        for _ in 0..3 {
+            assert_eq!(client.get("/api/x").await.expect("api").served_by(), Some("api"));
+        }
+        assert_eq!(client.get("/gone").await.expect("gone").status, StatusCode::GONE);
+        let metrics = common::balancer::admin_get(balancer.admin_addr(), "/metrics").await.text();
+        for line in [
+            "fulcrum_route_requests_total{listener=\"metered\",route=\"api\",code_class=\"2xx\"} 3",
+            "fulcrum_route_requests_total{listener=\"metered\",route=\"gone\",code_class=\"4xx\"} 1",
+            "fulcrum_route_request_duration_seconds_count{listener=\"metered\",route=\"api\"} 3",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
+        }
+        let status = common::balancer::admin_get(balancer.admin_addr(), "/status").await;
+        let status: serde_json::Value = serde_json::from_slice(&status.body).expect("json");
+        let routes = &status["listeners"][0]["routes"];
+        assert_eq!(routes[0]["name"], "api");
+        assert_eq!(routes[0]["action"], "pool");
+        assert_eq!(routes[0]["pools"][0], "api");
+        assert_eq!(routes[0]["last_minute"]["requests"], 3);
+        assert_eq!(routes[1]["action"], "respond");
+        assert_eq!(status["listeners"][0]["pool"], serde_json::Value::Null);
+        balancer.stop().await;
+    })
+    .await;
+}

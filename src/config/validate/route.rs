@@ -39,6 +39,26 @@ impl Checker<'_> {
         if failed {
             return None;
         }
+        for (index, route) in valid.iter().enumerate() {
+            if valid[..index]
+                .iter()
+                .any(|earlier| earlier.name == route.name)
+            {
+                let at = routes[index].get_ref().name.as_ref();
+                let message = format!("duplicate route name {:?}", route.name);
+                match at {
+                    Some(name) => {
+                        self.report(name, &format!("{key}.routes[{index}].name"), message)
+                    }
+                    None => self.report(
+                        &routes[index],
+                        &format!("{key}.routes[{index}].name"),
+                        message,
+                    ),
+                }
+                return None;
+            }
+        }
         self.warn_shadowed(key, routes, &valid);
         Some(valid)
     }

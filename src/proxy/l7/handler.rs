@@ -17,6 +17,7 @@ use super::forward::{Arrival, forward};
 use super::listener::HttpListener;
 use super::tunnel::{Tunnel, UpgradeSlot};
 use crate::http::headers::{self, ClientInfo, Forwarding};
+use crate::metrics::RouteMetrics;
 use crate::pool::Pool;
 use crate::proxy::activity::Exchange;
 use crate::proxy::body::{BodyError, ProxyBody};
@@ -57,10 +58,18 @@ impl http_body::Body for ClientBody {
 
 /// Where the handler sends a request.
 enum Routed {
-    /// Forward to this pool, through the route of this name (`None`: the listener's pool).
-    Forward(Arc<Pool>, Option<Arc<str>>),
-    /// Answer with this response of a route's own.
-    Local(Response<ProxyBody>),
+    /// Forward to this pool, through the route with these metrics (`None`: the listener's
+    /// pool).
+    Forward(Arc<Pool>, Option<Arc<RouteMetrics>>),
+    /// Answer with this response of the route's own.
+    Local(Response<ProxyBody>, Arc<RouteMetrics>),
+}
+
+/// The status the client gets for `outcome`.
+fn status_of(outcome: &Result<Response<ProxyBody>, ProxyError>) -> StatusCode {
+    outcome
+        .as_ref()
+        .map_or_else(|err| err.status(), |response| response.status())
 }
 
 /// What the access log says of the request itself.
@@ -122,10 +131,13 @@ impl Handler {
         exchange: Exchange,
     ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> {
         async move {
+            let started = Instant::now();
             let response = match self.check(&mut request) {
-                Ok(Routed::Local(response)) => response,
+                Ok(Routed::Local(response, route)) => {
+                    route.record(response.status().as_u16(), started);
+                    response
+                }
                 Ok(Routed::Forward(pool, route)) => {
-                    let started = Instant::now();
                     let (forwarding, tunnel, access) = self.prepare(&mut request, &pool);
                     let mut served_by = None;
                     let outcome = forward(
@@ -140,11 +152,14 @@ impl Handler {
                         &mut served_by,
                     )
                     .await;
+                    if let Some(route) = &route {
+                        route.record(status_of(&outcome).as_u16(), started);
+                    }
                     if let Some((method, path)) = access {
                         let request = AccessRequest {
                             method,
                             path,
-                            route,
+                            route: route.map(|route| Arc::clone(&route.name)),
                         };
                         self.log_access(&outcome, request, served_by, started);
                     }
@@ -199,9 +214,7 @@ impl Handler {
         served_by: Option<Arc<str>>,
         started: Instant,
     ) {
-        let status = outcome
-            .as_ref()
-            .map_or_else(|err| err.status(), |response| response.status());
+        let status = status_of(outcome);
         let bytes = outcome
             .as_ref()
             .ok()
@@ -276,11 +289,15 @@ impl Handler {
                 if let Some(route) = route {
                     route.rewrite(request);
                 }
-                Routed::Forward(Arc::clone(pool), route.map(|route| Arc::clone(&route.name)))
+                Routed::Forward(
+                    Arc::clone(pool),
+                    route.map(|route| Arc::clone(&route.metrics)),
+                )
             }
-            Target::Local { route, response } => {
-                Routed::Local(local_response(route, response, request))
-            }
+            Target::Local { route, response } => Routed::Local(
+                local_response(route, response, request),
+                Arc::clone(&route.metrics),
+            ),
         })
     }
 
