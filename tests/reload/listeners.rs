@@ -1,5 +1,5 @@
-//! Listeners added and removed by a reload, and a reload refused whole when a listener cannot
-//! be bound.
+//! Listeners added and removed by a reload, a reload refused whole when a listener cannot be
+//! bound, and a route added under load.
 
 use super::*;
 
@@ -126,6 +126,48 @@ async fn unbindable_listener_rejects_the_whole_reload() {
 
         let report = load.finish().await;
         assert_no_failures(&report);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_added_under_load_takes_traffic_with_zero_client_failures() {
+    bounded(async {
+        let a = TestBackend::spawn("a").await;
+        let next = TestBackend::spawn("next").await;
+        let dir = TempDir::new("route");
+        let path = dir.join("fulcrum.toml");
+        let mut cfg = Cfg::new(&[a.addr()]);
+        cfg.tail = format!("\n[pools.next]\nbackends = [\"{}\"]\n", next.addr());
+        write_in_place(&path, &cfg.text());
+        let fulcrum = Fulcrum::start(&path).await;
+
+        let load = Load::start(fulcrum.web, 4).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mark = fulcrum.mark();
+        cfg.tail.push_str(
+            "\n[[listeners.routes]]\nname = \"everything\"\npath_prefix = \"/\"\npool = \"next\"\n",
+        );
+        write_in_place(&path, &cfg.text());
+        let (_, line) = fulcrum.wait_reloaded(mark).await;
+        assert!(line.contains("route everything added"), "{line}");
+        wait_for_traffic(&next, 0, Duration::from_secs(1)).await;
+        // A request routed just before the swap may still be on its way to `a`.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = a.request_count();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let report = load.finish().await;
+
+        assert_no_failures(&report);
+        assert!(
+            report.served("a") > 0 && report.served("next") > 0,
+            "{report:?}"
+        );
+        assert_eq!(
+            a.request_count(),
+            before,
+            "the route takes every request once applied"
+        );
     })
     .await;
 }
