@@ -96,6 +96,8 @@ pub(super) struct RawRoute {
     pub name: Option<Spanned<String>>,
     /// One host or a list: exact, or a leading `*.` wildcard label.
     pub host: Option<Spanned<OneOrMany>>,
+    /// tcp listeners: TLS server names (ClientHello SNI), like `host`.
+    pub sni: Option<Spanned<OneOrMany>>,
     /// The whole path, exactly.
     pub path: Option<Spanned<String>>,
     /// A path prefix matched on whole segments.

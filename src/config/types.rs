@@ -114,7 +114,7 @@ impl ListenerConfig {
 pub struct RouteConfig {
     /// `name`, or `route-N` (N counted from 1 in the listener).
     pub name: Arc<str>,
-    /// Lower-case host names; empty: any host.
+    /// Lower-case host names (tcp listeners: TLS server names); empty: any host.
     pub hosts: Vec<HostMatch>,
     /// The path condition, if any.
     pub path: Option<PathMatch>,

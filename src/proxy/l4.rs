@@ -16,10 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::activity::ActivityIo;
 use super::proxy_protocol;
+use super::sni::{self, Hello};
 use crate::backend::{Backend, InFlight};
 use crate::balance::Tried;
 use crate::metrics::ListenerMetrics;
 use crate::pool::Pool;
+use crate::route::Router;
 use crate::snapshot::SharedState;
 use crate::upstream::{self, ConnectError};
 
@@ -30,6 +32,9 @@ const COPY_BUFFER: usize = 64 * 1024;
 
 /// How long a client may take to send its PROXY protocol header.
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a client of a listener with SNI routes may take to send its TLS ClientHello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything a TCP listener's connections share.
 pub(crate) struct TcpListener {
@@ -84,7 +89,8 @@ impl TcpListener {
         // Behind another balancer, pass on the connection it saw, not the hop to us.
         let client = announced.map_or(peer, |(source, _)| source);
         let destination = announced.map(|(_, destination)| destination);
-        let Some(pool) = self.state.load().pool_for(&self.name).cloned() else {
+        let mut early_data = early_data;
+        let Some(pool) = self.pool_for(&mut stream, &mut early_data, peer).await else {
             return;
         };
         let Some((mut upstream, in_flight)) = connect(&pool, &self.name, client).await else {
@@ -135,6 +141,43 @@ impl TcpListener {
         }
         backend.metrics.record_response(&self.name, 200, started);
         drop(in_flight);
+    }
+
+    /// The pool for this connection: by the server name of its TLS ClientHello when the listener
+    /// has SNI routes (the hello's bytes join `early_data`, to be passed on), else the
+    /// listener's pool. `None`: no pool, or the client left before saying which server.
+    async fn pool_for(
+        &self,
+        stream: &mut TcpStream,
+        early_data: &mut Vec<u8>,
+        peer: SocketAddr,
+    ) -> Option<Arc<Pool>> {
+        let routed = self
+            .state
+            .load()
+            .router_for(&self.name)
+            .is_some_and(Router::has_routes);
+        if !routed {
+            return self.state.load().pool_for(&self.name).cloned();
+        }
+        let server_name = match sni::read_server_name(stream, early_data, HELLO_TIMEOUT).await {
+            Hello::Name(name) => Some(name),
+            Hello::NoName => None,
+            Hello::Gone => {
+                tracing::debug!(listener = %self.name, client = %peer, "client left before its TLS ClientHello was complete");
+                return None;
+            }
+        };
+        let pool = self
+            .state
+            .load()
+            .router_for(&self.name)
+            .and_then(|router| router.route_sni(server_name.as_deref()))
+            .cloned();
+        if pool.is_none() {
+            tracing::info!(listener = %self.name, client = %peer, server_name = server_name.as_deref().unwrap_or("-"), "connection closed: no route for its server name and no fallback pool");
+        }
+        pool
     }
 
     /// Sends the PROXY header the pool asks for, then any bytes read past an incoming header.

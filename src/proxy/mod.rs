@@ -14,3 +14,4 @@ mod framing;
 pub(crate) mod l4;
 pub(crate) mod l7;
 pub(crate) mod proxy_protocol;
+pub(crate) mod sni;

@@ -125,6 +125,26 @@ impl Router {
         self.fallback.as_ref()
     }
 
+    /// The pool for a passed-through TLS connection asking for `server_name`: the first route
+    /// whose `sni` names it, else the fallback pool.
+    pub(crate) fn route_sni(&self, server_name: Option<&str>) -> Option<&Arc<Pool>> {
+        let routed = server_name.and_then(|name| {
+            self.candidates(Some(name))
+                .iter()
+                .map(|&index| &self.routes[index as usize].action)
+                .find_map(|action| match action {
+                    Action::Pool(pool) => Some(pool),
+                    _ => None,
+                })
+        });
+        routed.or(self.fallback.as_ref())
+    }
+
+    /// Whether the listener has routes.
+    pub(crate) fn has_routes(&self) -> bool {
+        !self.routes.is_empty()
+    }
+
     /// The routes in file order.
     pub(crate) fn routes(&self) -> &[Route] {
         &self.routes

@@ -10,6 +10,7 @@
 mod common;
 
 mod certificates;
+mod passthrough;
 mod termination;
 mod websocket;
 

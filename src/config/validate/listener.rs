@@ -56,16 +56,8 @@ impl Checker<'_> {
         };
         let routes = if raw.routes.is_empty() {
             Some(Vec::new())
-        } else if protocol == Protocol::Tcp {
-            let first = &raw.routes[0];
-            self.report(
-                first,
-                &format!("{key}.routes"),
-                "tcp listeners do not route yet; give the listener a pool",
-            );
-            None
         } else {
-            self.routes(key, &raw.routes, config)
+            self.routes(key, &raw.routes, config, protocol)
         };
         let pool = match &raw.pool {
             Some(pool) => self

@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::checker::Checker;
 use crate::config::raw::{OneOrMany, RawConfig, RawRoute};
-use crate::config::types::{HeaderMatch, HostMatch, PathMatch, RouteAction, RouteConfig};
+use crate::config::types::{HeaderMatch, HostMatch, PathMatch, Protocol, RouteAction, RouteConfig};
 
 /// Most entries in one `split`.
 const MAX_SPLIT: usize = 16;
@@ -26,12 +26,17 @@ impl Checker<'_> {
         key: &str,
         routes: &[Spanned<RawRoute>],
         config: &RawConfig,
+        protocol: Protocol,
     ) -> Option<Vec<RouteConfig>> {
         let mut valid = Vec::with_capacity(routes.len());
         let mut failed = false;
         for (index, raw) in routes.iter().enumerate() {
             let route_key = format!("{key}.routes[{index}]");
-            match self.route(&route_key, index, raw.get_ref(), config) {
+            let route = match protocol {
+                Protocol::Http => self.route(&route_key, index, raw.get_ref(), config),
+                Protocol::Tcp => self.sni_route(&route_key, index, raw.get_ref(), config),
+            };
+            match route {
                 Some(route) => valid.push(route),
                 None => failed = true,
             }
@@ -63,6 +68,74 @@ impl Checker<'_> {
         Some(valid)
     }
 
+    /// A tcp listener's route: TLS server names (`sni`) to a pool, nothing else.
+    fn sni_route(
+        &mut self,
+        key: &str,
+        index: usize,
+        raw: &RawRoute,
+        config: &RawConfig,
+    ) -> Option<RouteConfig> {
+        self.reject_keys(
+            key,
+            "routes of tcp listeners (they route by sni to a pool)",
+            &[
+                ("host", raw.host.as_ref().map(Spanned::span)),
+                ("path", raw.path.as_ref().map(Spanned::span)),
+                ("path_prefix", raw.path_prefix.as_ref().map(Spanned::span)),
+                ("methods", raw.methods.as_ref().map(Spanned::span)),
+                ("split", raw.split.as_ref().map(Spanned::span)),
+                ("redirect", raw.redirect.as_ref().map(Spanned::span)),
+                ("respond", raw.respond.as_ref().map(Spanned::span)),
+                ("strip_prefix", raw.strip_prefix.as_ref().map(Spanned::span)),
+            ],
+        );
+        if raw.headers.is_some() || raw.set_request_headers.is_some() {
+            self.report_at(
+                self.route_offset(raw),
+                key,
+                "headers and set_request_headers do not apply to routes of tcp listeners",
+            );
+            return None;
+        }
+        let Some(sni) = &raw.sni else {
+            self.report_at(
+                self.route_offset(raw),
+                key,
+                "a route of a tcp listener needs sni",
+            );
+            return None;
+        };
+        let hosts = self.hosts(&format!("{key}.sni"), sni);
+        let Some(pool) = &raw.pool else {
+            self.report(sni, key, "a route of a tcp listener needs a pool");
+            return None;
+        };
+        let pool = self.pool_name(pool, &format!("{key}.pool"), config);
+        let name = self.route_name(key, index, raw);
+        Some(RouteConfig {
+            name: name?,
+            hosts: hosts?,
+            path: None,
+            methods: Vec::new(),
+            headers: Vec::new(),
+            action: RouteAction::Pool(pool?),
+            strip_prefix: false,
+            set_request_headers: Vec::new(),
+        })
+    }
+
+    fn route_name(&mut self, key: &str, index: usize, raw: &RawRoute) -> Option<Arc<str>> {
+        match &raw.name {
+            Some(name) if name.get_ref().is_empty() => {
+                self.report(name, &format!("{key}.name"), "must not be empty");
+                None
+            }
+            Some(name) => Some(Arc::from(name.get_ref().as_str())),
+            None => Some(Arc::from(format!("route-{}", index + 1))),
+        }
+    }
+
     fn route(
         &mut self,
         key: &str,
@@ -70,14 +143,15 @@ impl Checker<'_> {
         raw: &RawRoute,
         config: &RawConfig,
     ) -> Option<RouteConfig> {
-        let name = match &raw.name {
-            Some(name) if name.get_ref().is_empty() => {
-                self.report(name, &format!("{key}.name"), "must not be empty");
-                None
-            }
-            Some(name) => Some(Arc::from(name.get_ref().as_str())),
-            None => Some(Arc::from(format!("route-{}", index + 1))),
-        };
+        if let Some(sni) = &raw.sni {
+            self.report(
+                sni,
+                &format!("{key}.sni"),
+                "applies to tcp listeners (TLS passthrough); http routes match host",
+            );
+            return None;
+        }
+        let name = self.route_name(key, index, raw);
         let hosts = match &raw.host {
             None => Some(Vec::new()),
             Some(host) => self.hosts(&format!("{key}.host"), host),
@@ -452,6 +526,7 @@ impl Checker<'_> {
         [
             raw.name.as_ref().map(|s| s.span().start),
             raw.host.as_ref().map(|s| s.span().start),
+            raw.sni.as_ref().map(|s| s.span().start),
             raw.path.as_ref().map(|s| s.span().start),
             raw.path_prefix.as_ref().map(|s| s.span().start),
             raw.methods.as_ref().map(|s| s.span().start),

@@ -185,3 +185,43 @@ pool = "app"
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].starts_with("routes.toml:10:1: listeners[0].routes[1]: route \"users\" can never match: route \"route-1\" (routes.toml:6:1)"), "{warnings:?}");
 }
+
+#[test]
+fn tcp_listeners_route_by_sni_to_a_pool_only() {
+    let tcp = |route: &str| {
+        format!(
+            "[[listeners]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"app\"\n\
+             [[listeners.routes]]\n{route}\n[pools.app]\nbackends = [\"127.0.0.1:3001\"]\n"
+        )
+    };
+    let config = Config::parse(
+        FILE,
+        &tcp("sni = [\"db.example.com\", \"*.internal\"]\npool = \"app\""),
+    )
+    .expect("an sni route");
+    assert_eq!(
+        config.listeners[0].routes[0].hosts,
+        vec![
+            HostMatch::Exact("db.example.com".into()),
+            HostMatch::Wildcard("internal".into())
+        ]
+    );
+    let errors = problems(&tcp(
+        "path_prefix = \"/a\"\nsni = \"a.example\"\npool = \"app\"",
+    ));
+    assert!(
+        errors[0].contains(
+            "listeners[0].routes[0].path_prefix: does not apply to routes of tcp listeners"
+        ),
+        "{errors:?}"
+    );
+    let errors = problems(&tcp("pool = \"app\""));
+    assert!(errors[0].contains("needs sni"), "{errors:?}");
+    let errors = problems(&with_routes(
+        "\n[[listeners.routes]]\nsni = \"a.example\"\npool = \"app\"\n",
+    ));
+    assert!(
+        errors[0].contains("listeners[0].routes[0].sni: applies to tcp listeners"),
+        "{errors:?}"
+    );
+}
