@@ -18,8 +18,9 @@ pub use diff::diff;
 pub use error::{ConfigError, Problem};
 pub use types::{
     AdminConfig, Algorithm, BackendConfig, CheckKind, ClientLimits, Config, HeaderMatch,
-    HealthCheckConfig, HostMatch, ListenerConfig, PassiveConfig, PathMatch, PoolConfig, Protocol,
-    ProxyProtocol, QueueConfig, RouteAction, RouteConfig, RuntimeConfig, StatusSet,
+    HealthCheckConfig, HostMatch, ListenerConfig, MirrorConfig, PassiveConfig, PathMatch,
+    PoolConfig, Protocol, ProxyProtocol, QueueConfig, RouteAction, RouteConfig, RuntimeConfig,
+    StatusSet,
 };
 
 pub(crate) use crate::tls::UpstreamTlsConfig;

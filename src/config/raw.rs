@@ -118,6 +118,22 @@ pub(super) struct RawRoute {
     pub strip_prefix: Option<Spanned<bool>>,
     /// Headers set on the request before forwarding (replacing any the client sent).
     pub set_request_headers: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    /// Send a copy of some requests to another pool, response discarded.
+    pub mirror: Option<Spanned<RawMirror>>,
+}
+
+/// `mirror = { pool, percent, max_in_flight, max_body }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMirror {
+    /// The pool that gets the copies.
+    pub pool: Spanned<String>,
+    /// Share of the route's requests copied, 1–100.
+    pub percent: Option<Spanned<i64>>,
+    /// Most copies in flight at once; more are dropped.
+    pub max_in_flight: Option<Spanned<i64>>,
+    /// Largest request body copied, in bytes; larger requests are not mirrored.
+    pub max_body: Option<Spanned<i64>>,
 }
 
 /// A string or a list of strings.

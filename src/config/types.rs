@@ -128,6 +128,21 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     /// Set on the request before forwarding.
     pub set_request_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Copies of some requests for another pool.
+    pub mirror: Option<MirrorConfig>,
+}
+
+/// A route's `mirror`: copies of its requests, sent to `pool` and their responses discarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorConfig {
+    /// The pool that gets the copies.
+    pub pool: Arc<str>,
+    /// Share of the route's requests copied, 1–100, spread evenly.
+    pub percent: u8,
+    /// Most copies in flight at once; a request past it is not copied (and counted).
+    pub max_in_flight: usize,
+    /// Largest request body copied; a larger one is not mirrored (and counted).
+    pub max_body: usize,
 }
 
 /// A route's host condition (the request's port is ignored).

@@ -288,6 +288,42 @@ impl RouteMetrics {
     }
 }
 
+/// What became of one request's copy for a route's mirror.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum MirrorOutcome {
+    /// The mirror pool answered (whatever the status).
+    Sent,
+    /// No answer from the mirror pool (no backend, a connect or exchange failure).
+    Failed,
+    /// `max_in_flight` copies were already out: not copied.
+    Busy,
+    /// The body was larger than `max_body`, or never completed: not sent.
+    Body,
+}
+
+/// A route mirror's counters, one per outcome.
+#[derive(Debug)]
+pub(crate) struct MirrorMetrics([Counter; 4]);
+
+impl MirrorMetrics {
+    /// Counters for the mirror of `route` on `listener`.
+    pub(crate) fn new(listener: &str, route: &str) -> Self {
+        MirrorMetrics(["sent", "failed", "busy", "body"].map(|outcome| {
+            metrics::counter!(
+                names::MIRRORED,
+                "listener" => listener.to_owned(),
+                "route" => route.to_owned(),
+                "outcome" => outcome
+            )
+        }))
+    }
+
+    /// Counts one copy's outcome.
+    pub(crate) fn record(&self, outcome: MirrorOutcome) {
+        self.0[outcome as usize].increment(1);
+    }
+}
+
 /// A listener's connection and byte counters.
 #[derive(Debug)]
 pub(crate) struct ListenerMetrics {

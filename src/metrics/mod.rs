@@ -17,7 +17,8 @@ use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub(crate) use handles::{
-    BackendMetrics, ListenerMetrics, PoolMetrics, QueueOutcome, RouteMetrics,
+    BackendMetrics, ListenerMetrics, MirrorMetrics, MirrorOutcome, PoolMetrics, QueueOutcome,
+    RouteMetrics,
 };
 pub(crate) use window::WindowSummary;
 
@@ -76,6 +77,10 @@ fn describe() {
         names::ROUTE_DURATION,
         Unit::Seconds,
         "Time from receiving a request a route took to the response head (forwarded or local)."
+    );
+    describe_counter!(
+        names::MIRRORED,
+        "Request copies for a route's mirror pool, by listener, route and outcome (sent, failed, busy, body)."
     );
     describe_counter!(names::CONNECT_ERRORS, "Failed TCP connects to a backend.");
     describe_counter!(

@@ -9,6 +9,8 @@ pub(crate) const REQUEST_DURATION: &str = "fulcrum_request_duration_seconds";
 pub(crate) const ROUTE_REQUESTS: &str = "fulcrum_route_requests_total";
 /// Time from receiving a request a route took to the response head.
 pub(crate) const ROUTE_DURATION: &str = "fulcrum_route_request_duration_seconds";
+/// Copies of requests for a route's mirror pool, by outcome.
+pub(crate) const MIRRORED: &str = "fulcrum_mirrored_total";
 /// Failed connects to a backend.
 pub(crate) const CONNECT_ERRORS: &str = "fulcrum_upstream_connect_errors_total";
 /// Counter: TCP connections opened to a backend.

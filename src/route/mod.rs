@@ -7,6 +7,7 @@
 //! holds, in file order, only the routes that host can match. A lookup allocates nothing.
 
 mod action;
+mod mirror;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use http::{HeaderMap, Method, Uri};
 
 use action::Action;
 pub(crate) use action::{Local, Target};
+pub(crate) use mirror::Mirror;
 
 use crate::config::{HeaderMatch, HostMatch, PathMatch, RouteConfig};
 use crate::metrics::RouteMetrics;
@@ -50,6 +52,8 @@ pub(crate) struct Route {
     strip: Option<Arc<str>>,
     /// Set on the request before forwarding.
     set_headers: Box<[(http::HeaderName, http::HeaderValue)]>,
+    /// Copies of some of its requests for another pool.
+    pub(crate) mirror: Option<Arc<Mirror>>,
 }
 
 impl Router {
@@ -77,6 +81,9 @@ impl Router {
                             _ => None,
                         },
                         set_headers: config.set_request_headers.clone().into_boxed_slice(),
+                        mirror: config.mirror.as_ref().and_then(|mirror| {
+                            Mirror::build(mirror, listener, &config.name, &pool_of).map(Arc::new)
+                        }),
                     },
                     config,
                 ))

@@ -2,6 +2,8 @@
 
 use super::*;
 
+use std::net::SocketAddr;
+
 /// `GET path` with `Host: host`, through a fresh client of `balancer`.
 async fn get_from(client: &mut TestClient, host: &str, path: &str) -> common::client::TestResponse {
     let mut request = get(path);
@@ -260,6 +262,108 @@ backends = ["{}"]
         assert_eq!(routes[0]["last_minute"]["requests"], 3);
         assert_eq!(routes[1]["action"], "respond");
         assert_eq!(status["listeners"][0]["pool"], serde_json::Value::Null);
+        balancer.stop().await;
+    })
+    .await;
+}
+
+/// A listener whose only route sends everything to `app` and mirrors it to `shadow`.
+async fn mirrored(app: SocketAddr, shadow: SocketAddr, mirror: &str) -> TestBalancer {
+    let config = format!(
+        r#"[[listeners]]
+name = "mirrored"
+listen = "127.0.0.1:0"
+
+[[listeners.routes]]
+path_prefix = "/"
+pool = "app"
+mirror = {{ pool = "shadow", {mirror} }}
+
+[pools.app]
+backends = ["{app}"]
+
+[pools.shadow]
+backends = ["{shadow}"]
+request_timeout = "10s"
+"#
+    );
+    TestBalancer::from_config("mirror.toml", &config, "mirrored").await
+}
+
+#[tokio::test]
+async fn a_mirror_gets_copies_of_requests_and_bodies_and_the_client_only_the_real_answer() {
+    bounded(async {
+        let app = TestBackend::spawn("app").await;
+        let shadow = TestBackend::spawn("shadow").await;
+        let mut balancer = mirrored(app.addr(), shadow.addr(), "percent = 50").await;
+        let mut client = balancer.client().await;
+        for index in 0..9 {
+            let response = client.get(&format!("/page/{index}")).await.expect("get");
+            assert_eq!(response.served_by(), Some("app"));
+        }
+        let upload = Request::post("/upload")
+            .header("host", "fulcrum.test")
+            .body(common::full("copied body"))
+            .expect("request");
+        let response = client.fetch(upload).await.expect("post");
+        assert_eq!(
+            response.served_by(),
+            Some("app"),
+            "the client gets the real answer"
+        );
+        assert_eq!(
+            &app.next_upload_chunk(Duration::from_secs(5)).await[..],
+            b"copied body"
+        );
+        assert_eq!(
+            &shadow.next_upload_chunk(Duration::from_secs(5)).await[..],
+            b"copied body",
+            "the mirror gets the body too"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let copies = shadow.requests();
+        assert_eq!(copies.len(), 5, "every other request of 10: {copies:?}");
+        assert_eq!(app.request_count(), 10);
+        assert!(
+            copies
+                .iter()
+                .all(|copy| copy.headers.contains_key("x-forwarded-for"))
+        );
+        balancer.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slow_or_dead_mirror_changes_nothing_for_clients() {
+    bounded(async {
+        let app = TestBackend::spawn("app").await;
+        let slow = TestBackend::with_behaviour("slow", Behaviour::Hang).await;
+        let mut balancer = mirrored(app.addr(), slow.addr(), "max_in_flight = 2").await;
+        let mut client = balancer.client().await;
+        let started = Instant::now();
+        for _ in 0..20 {
+            assert_eq!(client.get("/").await.expect("get").served_by(), Some("app"));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            slow.request_count(),
+            2,
+            "at most max_in_flight copies out at once"
+        );
+        balancer.stop().await;
+
+        let dead = common::tcp::closed_port().await;
+        let mut balancer = mirrored(app.addr(), dead, "percent = 100").await;
+        let mut client = balancer.client().await;
+        for _ in 0..20 {
+            let response = client.get("/").await.expect("get");
+            assert_eq!(response.status, StatusCode::OK);
+        }
         balancer.stop().await;
     })
     .await;

@@ -120,9 +120,14 @@ impl Checker<'_> {
                     .split
                     .iter()
                     .flat_map(|split| split.get_ref().iter().enumerate());
+                let mirror = raw.mirror.iter().map(move |mirror| {
+                    let key = format!("listeners[{index}].routes[{route}].mirror.pool");
+                    (&mirror.get_ref().pool, key)
+                });
                 raw.pool
                     .iter()
                     .map(move |pool| (pool, format!("listeners[{index}].routes[{route}].pool")))
+                    .chain(mirror)
                     .chain(split.map(move |(entry, split)| {
                         let key = format!("listeners[{index}].routes[{route}].split[{entry}].pool");
                         (&split.get_ref().pool, key)

@@ -9,8 +9,10 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use toml::Spanned;
 
 use super::checker::Checker;
-use crate::config::raw::{OneOrMany, RawConfig, RawRoute};
-use crate::config::types::{HeaderMatch, HostMatch, PathMatch, Protocol, RouteAction, RouteConfig};
+use crate::config::raw::{OneOrMany, RawConfig, RawMirror, RawRoute};
+use crate::config::types::{
+    HeaderMatch, HostMatch, MirrorConfig, PathMatch, Protocol, RouteAction, RouteConfig,
+};
 
 /// Most entries in one `split`.
 const MAX_SPLIT: usize = 16;
@@ -88,6 +90,7 @@ impl Checker<'_> {
                 ("redirect", raw.redirect.as_ref().map(Spanned::span)),
                 ("respond", raw.respond.as_ref().map(Spanned::span)),
                 ("strip_prefix", raw.strip_prefix.as_ref().map(Spanned::span)),
+                ("mirror", raw.mirror.as_ref().map(Spanned::span)),
             ],
         );
         if raw.headers.is_some() || raw.set_request_headers.is_some() {
@@ -122,6 +125,7 @@ impl Checker<'_> {
             action: RouteAction::Pool(pool?),
             strip_prefix: false,
             set_request_headers: Vec::new(),
+            mirror: None,
         })
     }
 
@@ -164,6 +168,12 @@ impl Checker<'_> {
         let headers = self.header_conditions(key, raw);
         let set_request_headers = self.set_headers(key, raw);
         let action = self.action(key, raw, config);
+        let mirror = match &raw.mirror {
+            None => Some(None),
+            Some(mirror) => self
+                .mirror(&format!("{key}.mirror"), raw, mirror, config)
+                .map(Some),
+        };
         let strip_prefix = raw.strip_prefix.as_ref().is_some_and(|s| *s.get_ref());
         if let Some(strip) = &raw.strip_prefix {
             if *strip.get_ref() && raw.path_prefix.is_none() {
@@ -184,6 +194,46 @@ impl Checker<'_> {
             action: action?,
             strip_prefix,
             set_request_headers: set_request_headers?,
+            mirror: mirror?,
+        })
+    }
+
+    fn mirror(
+        &mut self,
+        key: &str,
+        route: &RawRoute,
+        raw: &Spanned<RawMirror>,
+        config: &RawConfig,
+    ) -> Option<MirrorConfig> {
+        if route.pool.is_none() && route.split.is_none() {
+            self.report(
+                raw,
+                key,
+                "applies only to routes that forward (pool or split)",
+            );
+            return None;
+        }
+        let mirror = raw.get_ref();
+        let pool = self.pool_name(&mirror.pool, &format!("{key}.pool"), config);
+        let mut number =
+            |value: &Option<Spanned<i64>>, name: &str, (min, max, default): (i64, i64, i64)| {
+                match value {
+                    None => Some(default),
+                    Some(value) => self.int_in(value, &format!("{key}.{name}"), min, max),
+                }
+            };
+        let percent = number(&mirror.percent, "percent", (1, 100, 100));
+        let max_in_flight = number(&mirror.max_in_flight, "max_in_flight", (1, 10_000, 64));
+        let max_body = number(
+            &mirror.max_body,
+            "max_body",
+            (0, 16 * 1024 * 1024, 64 * 1024),
+        );
+        Some(MirrorConfig {
+            pool: pool?,
+            percent: u8::try_from(percent?).ok()?,
+            max_in_flight: usize::try_from(max_in_flight?).ok()?,
+            max_body: usize::try_from(max_body?).ok()?,
         })
     }
 

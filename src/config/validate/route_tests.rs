@@ -225,3 +225,41 @@ fn tcp_listeners_route_by_sni_to_a_pool_only() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn a_mirror_needs_a_forwarding_route_and_bounded_settings() {
+    let config = Config::parse(
+        FILE,
+        &with_routes(
+            "\n[[listeners.routes]]\npool = \"app\"\nmirror = { pool = \"api\", percent = 10 }\n",
+        ),
+    )
+    .expect("a mirror");
+    let mirror = config.listeners[0].routes[0]
+        .mirror
+        .as_ref()
+        .expect("mirror");
+    assert_eq!(
+        (
+            &*mirror.pool,
+            mirror.percent,
+            mirror.max_in_flight,
+            mirror.max_body
+        ),
+        ("api", 10, 64, 65536)
+    );
+    let errors = problems(&with_routes(
+        "\n[[listeners.routes]]\nrespond = { status = 200 }\nmirror = { pool = \"api\" }\n",
+    ));
+    assert!(
+        errors[0].contains("mirror: applies only to routes that forward"),
+        "{errors:?}"
+    );
+    let errors = problems(&with_routes(
+        "\n[[listeners.routes]]\npool = \"app\"\nmirror = { pool = \"api\", percent = 0 }\n",
+    ));
+    assert!(
+        errors[0].contains("listeners[0].routes[0].mirror.percent"),
+        "{errors:?}"
+    );
+}

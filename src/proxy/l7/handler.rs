@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::forward::{Arrival, forward};
 use super::listener::HttpListener;
+use super::mirror;
 use super::tunnel::{Tunnel, UpgradeSlot};
 use crate::http::headers::{self, ClientInfo, Forwarding};
 use crate::metrics::RouteMetrics;
@@ -25,6 +26,7 @@ use crate::proxy::error::ProxyError;
 use crate::proxy::framing::FramingCheck;
 use crate::route::{Local, Route, Target};
 use crate::upstream::RequestBody;
+use crate::upstream::request_body::BodyCopy;
 
 pin_project! {
     /// A response body that keeps its exchange open until it is dropped, which hyper does
@@ -59,8 +61,12 @@ impl http_body::Body for ClientBody {
 /// Where the handler sends a request.
 enum Routed {
     /// Forward to this pool, through the route with these metrics (`None`: the listener's
-    /// pool).
-    Forward(Arc<Pool>, Option<Arc<RouteMetrics>>),
+    /// pool), with a copy for the route's mirror and the copier of the request body it needs.
+    Forward(
+        Arc<Pool>,
+        Option<Arc<RouteMetrics>>,
+        Option<(mirror::Copy, Option<Box<BodyCopy>>)>,
+    ),
     /// Answer with this response of the route's own.
     Local(Response<ProxyBody>, Arc<RouteMetrics>),
 }
@@ -137,12 +143,19 @@ impl Handler {
                     route.record(response.status().as_u16(), started);
                     response
                 }
-                Ok(Routed::Forward(pool, route)) => {
+                Ok(Routed::Forward(pool, route, copy)) => {
+                    let (copy, copier) = copy.unzip();
+                    if let Some(copy) = copy {
+                        copy.send(self.client.clone(), Arc::clone(&self.listener.name));
+                    }
                     let (forwarding, tunnel, access) = self.prepare(&mut request, &pool);
                     let mut served_by = None;
                     let outcome = forward(
                         &pool,
-                        request.map(|body| RequestBody::Client { body }),
+                        request.map(|body| match copier.flatten() {
+                            Some(copy) => RequestBody::Copied { body, copy },
+                            None => RequestBody::Client { body },
+                        }),
                         &forwarding,
                         Arrival {
                             listener: &self.listener.name,
@@ -289,9 +302,13 @@ impl Handler {
                 if let Some(route) = route {
                     route.rewrite(request);
                 }
+                let copy = route
+                    .and_then(|route| route.mirror.as_ref())
+                    .and_then(|mirror| mirror::Copy::take(mirror, request));
                 Routed::Forward(
                     Arc::clone(pool),
                     route.map(|route| Arc::clone(&route.metrics)),
+                    copy,
                 )
             }
             Target::Local { route, response } => Routed::Local(

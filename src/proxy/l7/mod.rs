@@ -11,6 +11,7 @@ mod conn;
 mod forward;
 mod handler;
 mod listener;
+mod mirror;
 mod tunnel;
 
 pub(crate) use listener::HttpListener;
