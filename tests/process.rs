@@ -392,3 +392,15 @@ fn quiet_keep_alive_connections_are_parked_and_resume_on_the_next_request() {
         parked_connections(admin)
     );
 }
+
+#[test]
+fn a_missing_tool_skips_locally_and_fails_under_ci() {
+    let missing = "fulcrum-test-no-such-tool";
+    assert_eq!(common::tools::require_tool_in(missing, false), None);
+    let under_ci = std::panic::catch_unwind(|| common::tools::require_tool_in(missing, true));
+    assert!(
+        under_ci.is_err(),
+        "CI=true must fail a test whose tool is missing"
+    );
+    assert!(common::tools::require_tool_in("sh", true).is_some());
+}

@@ -11,6 +11,8 @@
 //!   client connection.
 //! - `tcp`: raw sockets, for bytes hyper's client would refuse to send and for TCP listeners.
 //! - `pki`: a test certificate authority (rcgen) and TLS clients that trust only it.
+//! - `tools`: external tools (Chromium, Redis, curl): a missing one skips locally and fails
+//!   under `CI=true`.
 //!
 //! Every wait in here is bounded; [`bounded`] puts an overall limit on a test body.
 
@@ -22,6 +24,7 @@ pub mod client;
 pub mod controlled;
 pub mod pki;
 pub mod tcp;
+pub mod tools;
 
 use std::collections::HashMap;
 use std::future::Future;
