@@ -9,6 +9,7 @@ mod defaults;
 mod diff;
 mod error;
 mod raw;
+mod token;
 mod types;
 mod validate;
 
@@ -16,10 +17,11 @@ use std::path::Path;
 
 pub use diff::diff;
 pub use error::{ConfigError, Problem};
+pub use token::TokenError;
 pub use types::{
-    AdminConfig, Algorithm, BackendConfig, CheckKind, ClientLimits, Config, HealthCheckConfig,
-    ListenerConfig, PassiveConfig, PoolConfig, Protocol, ProxyProtocol, QueueConfig, RuntimeConfig,
-    StatusSet,
+    AdminConfig, AdminToken, Algorithm, BackendConfig, CheckKind, ClientLimits, Config,
+    HealthCheckConfig, Http2Limits, ListenerConfig, PassiveConfig, PoolConfig, Protocol,
+    ProxyProtocol, QueueConfig, RuntimeConfig, StatusSet,
 };
 
 pub(crate) use crate::tls::UpstreamTlsConfig;
