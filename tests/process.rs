@@ -486,3 +486,43 @@ fn a_rapid_reset_attack_from_one_connection_gets_goaway_in_bounded_memory() {
         started.elapsed()
     );
 }
+
+#[test]
+fn an_admin_listener_beyond_loopback_without_a_token_is_warned_about() {
+    let dir = TempDir::new("admin-exposed");
+    let path = write_config(
+        &dir,
+        "[admin]\nlisten = \"0.0.0.0:0\"\n\n[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\n[pools.app]\nbackends = [\"127.0.0.1:3001\"]\n",
+    );
+    let mut child = Running(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start fulcrum"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let warning = loop {
+        let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+            panic!("no warning about the exposed admin listener within 10 s");
+        };
+        if line.contains("WARN") && line.contains("has no token_file") {
+            break line;
+        }
+    };
+    assert!(warning.contains("address=0.0.0.0:"), "{warning}");
+}
