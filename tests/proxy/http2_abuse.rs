@@ -13,8 +13,67 @@ async fn read_all(stream: &mut tokio::net::TcpStream, limit: Duration) -> Vec<u8
     received
 }
 
+/// Opens `count` streams on one connection, each reset by the client once the backend has
+/// its request; returns how the connection ended (`None`: still open 2 s after the last).
+async fn cancel_after_dispatch(
+    lb: &TestBalancer,
+    backend: &TestBackend,
+    count: usize,
+) -> Option<h2::Error> {
+    let tcp = raw_connect(lb.addr()).await;
+    let (mut sender, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let mut ended = tokio::spawn(connection);
+    let before = backend.request_count();
+    for i in 0..count {
+        let request = http::Request::get(format!("http://fulcrum.test/slow/5000?{i}"))
+            .body(())
+            .expect("request");
+        let Ok(Ok(ready)) = tokio::time::timeout(Duration::from_secs(5), sender.ready()).await
+        else {
+            break;
+        };
+        sender = ready;
+        let Ok((response, mut stream)) = sender.send_request(request, true) else {
+            break;
+        };
+        // Reset only once the request reached the backend: dispatched, then abandoned.
+        common::wait_until(Duration::from_secs(5), "the backend to see it", || {
+            backend.request_count() > before + i
+        })
+        .await;
+        stream.send_reset(h2::Reason::CANCEL);
+        drop(response);
+    }
+    match tokio::time::timeout(Duration::from_secs(2), &mut ended).await {
+        Ok(result) => result.expect("connection task").err(),
+        Err(_) => {
+            ended.abort();
+            None
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_cancelled_after_dispatch_end_the_connection_with_enhance_your_calm() {
+    bounded(async {
+        // The default budget: 200 cancelled streams per connection.
+        let backend = TestBackend::spawn("slow").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .start()
+            .await;
+        let err = cancel_after_dispatch(&lb, &backend, 201).await;
+        let err = err.expect("the server ended the connection");
+        assert!(err.is_go_away(), "{err:?}");
+        assert_eq!(err.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{err:?}");
+        assert_eq!(backend.request_count(), 201, "one past the budget of 200");
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cancelled_stream_budget_is_configurable() {
     bounded(async {
         let backend = TestBackend::spawn("slow").await;
         let mut lb = TestBalancer::builder()
@@ -22,34 +81,10 @@ async fn streams_cancelled_after_dispatch_end_the_connection_with_enhance_your_c
             .listener("http2_max_cancelled_streams", "5")
             .start()
             .await;
-        let tcp = raw_connect(lb.addr()).await;
-        let (mut sender, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
-        let ended = tokio::spawn(connection);
-        for i in 0..6 {
-            let request = http::Request::get(format!("http://fulcrum.test/slow/5000?{i}"))
-                .body(())
-                .expect("request");
-            let ready = within(Duration::from_secs(5), "a stream slot", sender.ready()).await;
-            let Ok(ready) = ready else { break };
-            sender = ready;
-            let Ok((response, mut stream)) = sender.send_request(request, true) else {
-                break;
-            };
-            // Reset only once the request reached the backend: dispatched, then abandoned.
-            common::wait_until(Duration::from_secs(5), "the backend to see it", || {
-                backend.request_count() > i
-            })
-            .await;
-            stream.send_reset(h2::Reason::CANCEL);
-            drop(response);
-        }
-        let result = within(Duration::from_secs(5), "the connection to end", ended)
-            .await
-            .expect("connection task");
-        let err = result.expect_err("the server ended the connection");
-        assert!(err.is_go_away(), "{err:?}");
+        let err = cancel_after_dispatch(&lb, &backend, 6).await;
+        let err = err.expect("the server ended the connection");
         assert_eq!(err.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{err:?}");
-        assert_eq!(backend.request_count(), 6, "one past the budget of 5");
+        assert_eq!(backend.request_count(), 6);
         lb.stop().await;
     })
     .await;
