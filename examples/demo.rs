@@ -8,6 +8,8 @@
 //! `<temp dir>/fulcrum-demo/users.db`), then fulcrum on that file, prints the URLs to open, and
 //! stops everything on Ctrl-C (or SIGTERM): fulcrum drains first, then the instances stop.
 
+#[path = "common/logs.rs"]
+mod logs;
 #[path = "user_service/mod.rs"]
 mod user_service;
 
@@ -18,12 +20,7 @@ use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    logs::init();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml");
     let config = fulcrum::Config::load(&path)?;
     let db = user_service::default_db_path();

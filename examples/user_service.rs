@@ -19,6 +19,8 @@
 //! Passwords are stored as Argon2id hashes; session tokens as their SHA-256 (see
 //! `user_service/auth.rs`). Prints `listening on http://ADDR name=NAME` once bound.
 
+#[path = "common/logs.rs"]
+mod logs;
 #[path = "user_service/mod.rs"]
 mod user_service;
 
@@ -54,12 +56,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    logs::init();
     let args = Args::parse();
     let mut options = user_service::Options::new(
         args.name,

@@ -29,12 +29,14 @@
 //!   sizes).
 //! - `upstream/`: the backend side: `connect`, one `conn` of either protocol, the `idle_pool`,
 //!   the HTTP/1.1 client `h1/`, the `request_body` sent up.
-//! - `proxy/`: the client side: `l7/` (listener, conn, handler, forward, tunnel), `framing/`
+//! - `proxy/`: the client side: `l7/` (listener, conn, handler, forward, tunnel, `calm`: the
+//!   HTTP/2 budget of cancelled streams), `framing/`
 //!   (the request-smuggling checks), `activity` (client timeouts, parking), `l4`,
 //!   `proxy_protocol`, the response `body`, and `error`, the one error → status mapping.
 //! - `io/`: byte-stream helpers both sides share (`rewind`).
 //! - `metrics/`: series `names`, per-listener/pool/backend `handles`, one-minute `window`s.
-//! - `admin/`: the operator endpoints (health, reload, status, Prometheus, dashboard).
+//! - `admin/`: the operator endpoints (health, reload, status, Prometheus, dashboard) and their
+//!   `access` rules (token, `Host`, `Origin`).
 //! - [`reload`]: triggers (file watch, SIGHUP, admin) and the reload `transaction`.
 //! - [`server`]: bind, run, drain: `accept` loops and the `runtime` of a running server.
 //! - [`cli`]: the `fulcrum` binary's arguments and the admin client behind `--check --diff`.

@@ -186,7 +186,13 @@ fn print_diff(cli: &Cli, admin: std::net::SocketAddr, config: &Config) -> anyhow
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let running = runtime.block_on(fulcrum::cli::fetch_config(admin))?;
+    // The admin listener wants the token this file names (the same instance's config).
+    let token = config.admin.as_ref().and_then(|admin| admin.token.as_ref());
+    let running = runtime.block_on(fulcrum::cli::fetch_config(
+        admin,
+        token,
+        fulcrum::cli::FETCH_TIMEOUT,
+    ))?;
     let running = Config::parse(&format!("running config at {admin}"), &running)
         .context("the running instance's config does not parse here")?;
     let changes = fulcrum::config::diff(&running, config);

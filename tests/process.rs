@@ -319,7 +319,10 @@ fn read_response(stream: &mut TcpStream) -> (String, String) {
 fn parked_connections(admin: SocketAddr) -> f64 {
     let mut stream = TcpStream::connect(admin).expect("connect to admin");
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .expect("ask for metrics");
     let mut text = String::new();
     stream.read_to_string(&mut text).expect("read metrics");
@@ -391,4 +394,135 @@ fn quiet_keep_alive_connections_are_parked_and_resume_on_the_next_request() {
         "gauge {}",
         parked_connections(admin)
     );
+}
+
+#[test]
+fn a_missing_tool_skips_locally_and_fails_under_ci() {
+    let missing = "fulcrum-test-no-such-tool";
+    assert_eq!(common::tools::require_tool_in(missing, false), None);
+    let under_ci = std::panic::catch_unwind(|| common::tools::require_tool_in(missing, true));
+    assert!(
+        under_ci.is_err(),
+        "CI=true must fail a test whose tool is missing"
+    );
+    assert!(common::tools::require_tool_in("sh", true).is_some());
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` in `/proc/PID/status`).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmRSS line")
+}
+
+#[test]
+fn a_rapid_reset_attack_from_one_connection_gets_goaway_in_bounded_memory() {
+    let backend = slow_backend(Duration::ZERO);
+    let dir = TempDir::new("rapid-reset");
+    let path = write_config(
+        &dir,
+        &format!(
+            "[runtime]\nworker_threads = 2\n\n[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\n[pools.app]\nbackends = [\"{backend}\"]\n"
+        ),
+    );
+    let (child, address) = start_fulcrum(&path);
+    let pid = child.0.id();
+    // Warm up: one plain request, so lazily built state is in the idle figure.
+    let mut warm = TcpStream::connect(address).expect("connect");
+    warm.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    warm.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("request");
+    let (head, _) = read_response(&mut warm);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(500));
+    let idle = rss_kib(pid);
+
+    let mut attacker = TcpStream::connect(address).expect("connect the attacker");
+    let mut reader = attacker.try_clone().expect("clone");
+    let received = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = reader.read_to_end(&mut bytes);
+        bytes
+    });
+    attacker
+        .write_all(&common::h2frames::preface())
+        .expect("preface");
+    let started = Instant::now();
+    let mut peak = idle;
+    let mut next_id = 1u32;
+    while started.elapsed() < Duration::from_secs(10) {
+        let mut batch = Vec::new();
+        for _ in 0..100 {
+            batch.extend(common::h2frames::get(next_id));
+            batch.extend(common::h2frames::cancel(next_id));
+            next_id += 2;
+        }
+        peak = peak.max(rss_kib(pid));
+        if attacker.write_all(&batch).is_err() {
+            break;
+        }
+    }
+    let _ = attacker.shutdown(std::net::Shutdown::Write);
+    let received = received.join().expect("reader thread");
+    peak = peak.max(rss_kib(pid));
+    assert_eq!(
+        common::h2frames::goaway_code(&received),
+        Some(common::h2frames::ENHANCE_YOUR_CALM),
+        "the attacker's connection ends with GOAWAY (ENHANCE_YOUR_CALM) after {} streams",
+        next_id / 2
+    );
+    assert!(
+        peak <= idle + 10 * 1024,
+        "RSS grew from {idle} KiB to {peak} KiB during the attack"
+    );
+    println!(
+        "rapid reset: {} streams sent in {:?}; RSS idle {idle} KiB, peak {peak} KiB",
+        next_id / 2,
+        started.elapsed()
+    );
+}
+
+#[test]
+fn an_admin_listener_beyond_loopback_without_a_token_is_warned_about() {
+    let dir = TempDir::new("admin-exposed");
+    let path = write_config(
+        &dir,
+        "[admin]\nlisten = \"0.0.0.0:0\"\n\n[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\n[pools.app]\nbackends = [\"127.0.0.1:3001\"]\n",
+    );
+    let mut child = Running(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start fulcrum"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let warning = loop {
+        let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+            panic!("no warning about the exposed admin listener within 10 s");
+        };
+        if line.contains("WARN") && line.contains("has no token_file") {
+            break line;
+        }
+    };
+    assert!(warning.contains("address=0.0.0.0:"), "{warning}");
 }

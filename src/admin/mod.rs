@@ -1,4 +1,9 @@
-//! The admin listener: operator endpoints, bound to loopback by default.
+//! The admin listener: operator endpoints, bound where `[admin] listen` says (a warning is
+//! logged at start when that is not loopback and no `token_file` is set).
+//!
+//! Who may call what is `access`'s: the probes are open, the rest checks `Host`, `Origin`
+//! and, with `token_file`, a bearer token. A connection must send each request head within
+//! `header_read_timeout`; at most `max_connections` are open at once (the accept loop waits).
 //!
 //! - `GET /`: the live dashboard (one self-contained page, polling `/status`).
 //! - `GET /healthz`: 200 while the process runs.
@@ -9,6 +14,7 @@
 //! - `POST /reload`: reload the config file now; 200 with the changes, 422 with the errors.
 //! - `GET /config`: the config file text currently applied (used by `fulcrum --check --diff`).
 
+mod access;
 mod status;
 
 use std::convert::Infallible;
@@ -22,15 +28,17 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use access::Access;
 pub(crate) use status::{ListenerView, ReloadResult, ReloadStatus, Status};
 
 use crate::backend::Backend;
+use crate::metrics::names;
 use crate::reload::{ReloadHandle, ReloadOutcome};
 use crate::snapshot::SharedState;
 
@@ -53,6 +61,8 @@ pub(crate) struct AdminState {
     listeners: ArcSwap<Vec<ListenerView>>,
     /// Backends removed by a reload that may still have requests in flight.
     draining: ArcSwap<Vec<Arc<Backend>>>,
+    /// Who may call what; replaced on reload and when the token file changes.
+    access: ArcSwap<Access>,
 }
 
 impl AdminState {
@@ -75,7 +85,18 @@ impl AdminState {
             last_reload: ArcSwap::from_pointee(None),
             listeners: ArcSwap::from_pointee(Vec::new()),
             draining: ArcSwap::from_pointee(Vec::new()),
+            access: ArcSwap::from_pointee(Access::open()),
         }
+    }
+
+    /// The access rules in force.
+    pub(crate) fn access(&self) -> Arc<Access> {
+        self.access.load_full()
+    }
+
+    /// Replaces the access rules (a reload, or a new token).
+    pub(crate) fn set_access(&self, access: Access) {
+        self.access.store(Arc::new(access));
     }
 
     /// Records a reload attempt; `source` is the file text that was read for it.
@@ -166,12 +187,16 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
+    let header_read_timeout = admin.access.load().header_read_timeout;
     let service = service_fn(move |request| {
         let admin = Arc::clone(&admin);
-        async move { Ok::<_, Infallible>(route(&admin, request).await) }
+        async move { Ok::<_, Infallible>(route(&admin, request, peer).await) }
     });
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    // hyper's header-read timeout is silently off without a timer.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -185,7 +210,17 @@ pub(crate) async fn serve(
     }
 }
 
-async fn route(admin: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    admin: &AdminState,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let probe = matches!(request.uri().path(), "/healthz" | "/readyz");
+    if !probe {
+        if let Err(refusal) = admin.access.load().check(request.headers()) {
+            return refuse(refusal, &request, peer);
+        }
+    }
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/") => {
             let mut response = text(StatusCode::OK, DASHBOARD);
@@ -251,6 +286,31 @@ async fn route(admin: &AdminState, request: Request<Incoming>) -> Response<Full<
         },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// Logs, counts and answers a refused request.
+fn refuse(
+    refusal: access::Refusal,
+    request: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    metrics::counter!(names::ADMIN_REFUSED, "reason" => refusal.as_str()).increment(1);
+    tracing::info!(
+        client = %peer,
+        method = %request.method(),
+        path = request.uri().path(),
+        reason = refusal.as_str(),
+        "admin request refused"
+    );
+    let (status, body) = refusal.status();
+    let mut response = text(status, body);
+    if refusal == access::Refusal::Token {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"fulcrum admin\""),
+        );
+    }
+    response
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

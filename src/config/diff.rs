@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use std::sync::Arc;
 
-use super::types::{Config, ListenerConfig, PoolConfig, RouteConfig};
+use super::types::{AdminConfig, Config, ListenerConfig, PoolConfig, RouteConfig};
 
 /// The changes from `old` to `new`, one line per pool or listener; empty when nothing changed.
 pub fn diff(old: &Config, new: &Config) -> Vec<String> {
@@ -69,6 +69,9 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
         (None, Some(b)) => lines.push(format!("admin: added {}", b.listen)),
         (Some(a), None) => lines.push(format!("admin: removed {}", a.listen)),
         _ => {}
+    }
+    if let (Some(a), Some(b)) = (&old.admin, &new.admin) {
+        admin_access(a, b, &mut lines);
     }
     if old.runtime.shutdown_timeout != new.runtime.shutdown_timeout {
         lines.push(format!(
@@ -252,6 +255,40 @@ fn route_changes(old: &[RouteConfig], new: &[RouteConfig]) -> Vec<String> {
         changes.push("routes reordered".to_owned());
     }
     changes
+}
+
+/// Changes to who may use the admin API (the token itself is never shown).
+fn admin_access(old: &AdminConfig, new: &AdminConfig, lines: &mut Vec<String>) {
+    match (&old.token, &new.token) {
+        (None, Some(_)) => lines.push("admin: token required".to_owned()),
+        (Some(_), None) => lines.push("admin: token no longer required".to_owned()),
+        (Some(a), Some(b)) if a.file() != b.file() => lines.push(format!(
+            "admin: token_file {} → {}",
+            a.file().display(),
+            b.file().display()
+        )),
+        (Some(a), Some(b)) if a != b => lines.push("admin: token changed".to_owned()),
+        _ => {}
+    }
+    if old.allowed_hosts != new.allowed_hosts {
+        lines.push(format!(
+            "admin: allowed_hosts [{}] → [{}]",
+            old.allowed_hosts.join(", "),
+            new.allowed_hosts.join(", ")
+        ));
+    }
+    if old.header_read_timeout != new.header_read_timeout {
+        lines.push(format!(
+            "admin: header_read_timeout {:?} → {:?}",
+            old.header_read_timeout, new.header_read_timeout
+        ));
+    }
+    if old.max_connections != new.max_connections {
+        lines.push(format!(
+            "admin: max_connections {} → {}",
+            old.max_connections, new.max_connections
+        ));
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod defaults;
 mod diff;
 mod error;
 mod raw;
+mod token;
 mod types;
 mod validate;
 
@@ -16,11 +17,12 @@ use std::path::Path;
 
 pub use diff::diff;
 pub use error::{ConfigError, Problem};
+pub use token::TokenError;
 pub use types::{
-    AdminConfig, Algorithm, BackendConfig, CheckKind, ClientLimits, Config, HeaderMatch,
-    HealthCheckConfig, HostMatch, ListenerConfig, MirrorConfig, PassiveConfig, PathMatch,
-    PoolConfig, Protocol, ProxyProtocol, QueueConfig, RouteAction, RouteConfig, RuntimeConfig,
-    StatusSet,
+    AdminConfig, AdminToken, Algorithm, BackendConfig, CheckKind, ClientLimits, Config,
+    HeaderMatch, HealthCheckConfig, HostMatch, Http2Limits, ListenerConfig, MirrorConfig,
+    PassiveConfig, PathMatch, PoolConfig, Protocol, ProxyProtocol, QueueConfig, RouteAction,
+    RouteConfig, RuntimeConfig, StatusSet,
 };
 
 pub(crate) use crate::tls::UpstreamTlsConfig;

@@ -37,6 +37,14 @@ pub(super) struct RawAdmin {
     pub listen: Spanned<String>,
     /// Whether to record and export Prometheus metrics.
     pub metrics: Option<bool>,
+    /// File holding the bearer token every endpoint but the probes requires.
+    pub token_file: Option<Spanned<String>>,
+    /// `Host` names accepted besides `localhost` and IP literals (DNS rebinding guard).
+    pub allowed_hosts: Option<Vec<Spanned<String>>>,
+    /// Time a client has to send a complete request head.
+    pub header_read_timeout: Option<Spanned<String>>,
+    /// Most admin connections open at once.
+    pub max_connections: Option<Spanned<i64>>,
 }
 
 /// `[log]`.
@@ -81,6 +89,10 @@ pub(super) struct RawListener {
     pub proxy_protocol: Option<Spanned<bool>>,
     /// Most client connections open at once; more wait in the accept backlog.
     pub max_connections: Option<Spanned<i64>>,
+    /// HTTP/2: most streams a client may have open at once on one connection.
+    pub http2_max_concurrent_streams: Option<Spanned<i64>>,
+    /// HTTP/2: streams a client may cancel after dispatch before its connection gets GOAWAY.
+    pub http2_max_cancelled_streams: Option<Spanned<i64>>,
     /// `[listeners.tls]`: terminate TLS on this listener.
     pub tls: Option<Spanned<RawTls>>,
     /// `[[listeners.routes]]`: tried in file order, the first match wins.

@@ -6,6 +6,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use super::token::AdminToken;
 use crate::config::error::Problem;
 use crate::tls::{TlsSettings, UpstreamTlsConfig};
 
@@ -34,6 +35,14 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Record and export Prometheus metrics at `/metrics` (decided at start-up).
     pub metrics: bool,
+    /// The bearer token every endpoint but `/healthz` and `/readyz` requires; `None`: open.
+    pub token: Option<AdminToken>,
+    /// `Host` names accepted besides `localhost` and IP literals, lowercase, without port.
+    pub allowed_hosts: Vec<String>,
+    /// A client must send a whole request head within this time.
+    pub header_read_timeout: Duration,
+    /// Most admin connections open at once; the accept loop waits at it.
+    pub max_connections: NonZeroUsize,
 }
 
 /// `[runtime]`.
@@ -246,8 +255,22 @@ pub struct ClientLimits {
     pub header_read_timeout: Duration,
     /// A connection with no bytes either way for this long is closed (HTTP listeners).
     pub idle_timeout: Duration,
-    /// Largest request head in bytes; larger heads are answered 431. At least 8192.
+    /// Largest request head in bytes; larger heads are answered 431. At least 8192. Also
+    /// HTTP/2's SETTINGS_MAX_HEADER_LIST_SIZE, which bounds CONTINUATION frames too.
     pub max_header_bytes: usize,
+    /// HTTP/2 abuse limits.
+    pub http2: Http2Limits,
+}
+
+/// HTTP/2 limits of one listener's client connections (the fixed ones are in
+/// `proxy/l7/listener.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Limits {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: streams open at once per connection; more are refused.
+    pub max_concurrent_streams: u32,
+    /// Streams a client may cancel after they were dispatched to a backend, over the
+    /// connection's life; one more ends the connection with GOAWAY (ENHANCE_YOUR_CALM).
+    pub max_cancelled_streams: u32,
 }
 
 /// The balancing algorithm of a pool.

@@ -344,6 +344,8 @@ pub(crate) struct ListenerMetrics {
     pub header_read_timeouts: Counter,
     /// Connections closed for idling.
     pub idle_timeouts: Counter,
+    /// The listener's name, for series registered when first needed (GOAWAYs).
+    name: String,
 }
 
 impl ListenerMetrics {
@@ -351,6 +353,7 @@ impl ListenerMetrics {
     pub(crate) fn new(name: &str) -> Self {
         let listener = ("listener", name.to_owned());
         Self {
+            name: name.to_owned(),
             connections: metrics::counter!(names::CONNECTIONS, std::slice::from_ref(&listener)),
             saturations: metrics::counter!(
                 names::LISTENER_SATURATED,
@@ -387,6 +390,17 @@ impl ListenerMetrics {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.active_gauge.increment(1.0);
         ConnectionGuard(Arc::clone(self))
+    }
+
+    /// Counts an HTTP/2 connection fulcrum ended with GOAWAY for `reason` (rare: registered
+    /// then).
+    pub(crate) fn goaway(&self, reason: &str) {
+        metrics::counter!(
+            names::HTTP2_GOAWAY,
+            "listener" => self.name.clone(),
+            "reason" => reason.to_owned()
+        )
+        .increment(1);
     }
 
     /// Counts a connection as parked until the guard drops.

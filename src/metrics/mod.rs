@@ -153,6 +153,14 @@ fn describe() {
         names::BACKEND_TRANSITIONS,
         "Backend health state changes, by new state."
     );
+    describe_counter!(
+        names::HTTP2_GOAWAY,
+        "HTTP/2 client connections ended with GOAWAY, by reason (cancelled_streams: the budget of streams cancelled after dispatch; enhance_your_calm: an h2 limit such as rapid resets or CONTINUATION floods; protocol_error and other error codes)."
+    );
+    describe_counter!(
+        names::ADMIN_REFUSED,
+        "Admin requests refused, by reason (host: Host not accepted; origin: cross-origin; token: missing or wrong bearer token)."
+    );
 }
 
 /// Records a reload attempt.

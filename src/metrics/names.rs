@@ -53,3 +53,7 @@ pub(crate) const QUEUED: &str = "fulcrum_queued_total";
 pub(crate) const FAIL_OPEN: &str = "fulcrum_fail_open_total";
 /// Backend health transitions.
 pub(crate) const BACKEND_TRANSITIONS: &str = "fulcrum_backend_transitions_total";
+/// Admin requests refused, by reason (`host`, `origin`, `token`).
+pub(crate) const ADMIN_REFUSED: &str = "fulcrum_admin_refused_total";
+/// HTTP/2 client connections fulcrum ended with GOAWAY for abuse or a protocol error, by reason.
+pub(crate) const HTTP2_GOAWAY: &str = "fulcrum_http2_goaway_total";

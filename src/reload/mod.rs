@@ -29,6 +29,8 @@ pub enum Trigger {
     Requested,
     /// A TLS certificate or key file changed: re-read them, keep the config.
     Certificates,
+    /// The admin token file changed: re-read it, keep the config.
+    AdminToken,
 }
 
 impl Trigger {
@@ -38,6 +40,7 @@ impl Trigger {
             Trigger::FileChanged => "file",
             Trigger::Requested => "request",
             Trigger::Certificates => "certificates",
+            Trigger::AdminToken => "admin_token",
         }
     }
 }
@@ -108,6 +111,9 @@ pub enum ReloadError {
         #[source]
         source: std::io::Error,
     },
+    /// The admin token file could not be read; the current token stays.
+    #[error("admin token: {0}; keeping the current token")]
+    AdminToken(#[source] crate::config::TokenError),
     /// Some listeners' certificate files could not be loaded; those listeners keep their
     /// current certificates.
     #[error("{}", certificate_failures(.0))]
@@ -232,6 +238,9 @@ pub fn watch(
         match trigger {
             Trigger::Certificates => {
                 tracing::info!(dir = %dir.display(), "watching certificate directory for changes");
+            }
+            Trigger::AdminToken => {
+                tracing::info!(dir = %dir.display(), "watching admin token directory for changes");
             }
             _ => tracing::info!(dir = %dir.display(), "watching config directory for changes"),
         }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{ReloadError, ReloadOutcome, Trigger};
-use crate::config::{self, Config};
+use crate::config::{self, AdminToken, Config};
 use crate::server::accept;
 use crate::server::runtime::{Handler, Runtime, same_role, tls_files};
 use crate::snapshot::Snapshot;
@@ -42,6 +42,9 @@ impl Runtime {
     async fn try_reload(&mut self, trigger: Trigger) -> ReloadOutcome {
         if trigger == Trigger::Certificates {
             return self.reload_certificates();
+        }
+        if trigger == Trigger::AdminToken {
+            return self.reload_admin_token();
         }
         let Some(path) = self.file.clone() else {
             return ReloadOutcome::NoFile;
@@ -170,6 +173,34 @@ impl Runtime {
             ReloadOutcome::Applied(changes)
         } else {
             rejected(ReloadError::Certificates(errors))
+        }
+    }
+}
+
+impl Runtime {
+    /// Re-reads the admin token file; a broken file keeps the current token.
+    fn reload_admin_token(&mut self) -> ReloadOutcome {
+        let Some(current) = self
+            .config
+            .admin
+            .as_ref()
+            .and_then(|admin| admin.token.clone())
+        else {
+            return ReloadOutcome::Unchanged;
+        };
+        match AdminToken::read(current.file()) {
+            Ok(token) if token == current => ReloadOutcome::Unchanged,
+            Ok(token) => {
+                let access = self.admin_state.access().with_token(token.clone());
+                self.admin_state.set_access(access);
+                let mut config = (*self.config).clone();
+                if let Some(admin) = config.admin.as_mut() {
+                    admin.token = Some(token);
+                }
+                self.config = Arc::new(config);
+                ReloadOutcome::Applied(vec!["admin: token reloaded".to_owned()])
+            }
+            Err(err) => rejected(ReloadError::AdminToken(err)),
         }
     }
 }

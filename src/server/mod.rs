@@ -188,6 +188,7 @@ impl Server {
             deadline: CancellationToken::new(),
             admin_state,
             cert_watcher: None,
+            token_watcher: None,
             reload_handle: ReloadHandle::new(reload_tx.clone()),
         };
         runtime.checkers.sync(&runtime.state.load());
@@ -195,8 +196,8 @@ impl Server {
         for (config, socket) in listeners {
             runtime.start_listener(config, socket);
         }
-        if let Some(socket) = admin {
-            runtime.start_admin(socket);
+        if let (Some(socket), Some(config)) = (admin, runtime.config.admin.clone()) {
+            runtime.start_admin(&config, socket);
         }
         runtime.publish_listeners();
         let handle = runtime.reload_handle.clone();

@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::accept;
-use crate::admin::{self, AdminState, ListenerView};
-use crate::config::{Config, ListenerConfig, Protocol};
+use crate::admin::{self, Access, AdminState, ListenerView};
+use crate::config::{AdminConfig, AdminToken, Config, ListenerConfig, Protocol};
 use crate::health::checker::Supervisor;
 use crate::limit::ConnectionLimit;
 use crate::metrics::ListenerMetrics;
@@ -43,6 +43,8 @@ pub(crate) struct Runtime {
     pub(crate) admin_state: Arc<AdminState>,
     /// Watches TLS certificate files; replaced when a reload changes them.
     pub(crate) cert_watcher: Option<notify::RecommendedWatcher>,
+    /// Watches the admin token file; replaced when a reload changes it.
+    pub(crate) token_watcher: Option<notify::RecommendedWatcher>,
     /// For watchers started by reloads.
     pub(crate) reload_handle: ReloadHandle,
 }
@@ -87,6 +89,8 @@ pub(crate) struct RunningAdmin {
     pub(crate) listen: SocketAddr,
     pub(crate) stop: CancellationToken,
     pub(crate) accept: JoinHandle<TcpListener>,
+    /// The cap on open admin connections; a reload may change it.
+    pub(crate) limit: Arc<ConnectionLimit>,
 }
 
 impl Runtime {
@@ -171,30 +175,34 @@ impl Runtime {
         ))
     }
 
-    pub(crate) fn start_admin(&mut self, socket: TcpListener) {
-        let listen = socket
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    /// Starts the admin listener of `config` on `socket`.
+    pub(crate) fn start_admin(&mut self, config: &AdminConfig, socket: TcpListener) {
+        let bound = socket.local_addr().unwrap_or(config.listen);
+        if !bound.ip().is_loopback() && config.token.is_none() {
+            tracing::warn!(
+                address = %bound,
+                "the admin listener is reachable beyond this host and has no token_file: anyone who can reach it can reload the config and read the topology"
+            );
+        }
+        self.admin_state.set_access(Access::new(config));
         let stop = self.stop.child_token();
         let state = Arc::clone(&self.admin_state);
+        let limit = ConnectionLimit::new(Some(config.max_connections), metrics::Counter::noop());
         let accept = tokio::spawn(accept::accept_loop(
             Arc::from("admin"),
             socket,
             stop.clone(),
             self.connections.clone(),
-            ConnectionLimit::new(None, metrics::Counter::noop()),
+            Arc::clone(&limit),
             move |stream, peer, shutdown| admin::serve(Arc::clone(&state), stream, peer, shutdown),
         ));
-        let listen = self
-            .config
-            .admin
-            .as_ref()
-            .map_or(listen, |admin| admin.listen);
         self.admin = Some(RunningAdmin {
-            listen,
+            listen: config.listen,
             stop,
             accept,
+            limit,
         });
+        self.watch_token(config);
     }
 
     /// Stops removed listeners, starts added ones (reusing the socket of a listener that was
@@ -258,9 +266,22 @@ impl Runtime {
     }
 
     pub(crate) async fn apply_admin(&mut self, config: &Config, socket: Option<TcpListener>) {
-        let keep = matches!((&config.admin, &self.admin), (Some(new), Some(running)) if new.listen == running.listen);
-        if keep {
-            return;
+        if let (Some(new), Some(running)) = (&config.admin, &self.admin) {
+            if new.listen == running.listen {
+                running.limit.set(Some(new.max_connections));
+                self.admin_state.set_access(Access::new(new));
+                if self
+                    .config
+                    .admin
+                    .as_ref()
+                    .and_then(|old| old.token.as_ref())
+                    .map(AdminToken::file)
+                    != new.token.as_ref().map(AdminToken::file)
+                {
+                    self.watch_token(new);
+                }
+                return;
+            }
         }
         if let Some(running) = self.admin.take() {
             running.stop.cancel();
@@ -268,9 +289,19 @@ impl Runtime {
                 tracing::error!(error = %err, "admin accept loop panicked");
             }
         }
-        if let Some(socket) = socket {
-            self.start_admin(socket);
+        self.token_watcher = None;
+        if let (Some(new), Some(socket)) = (&config.admin, socket) {
+            self.start_admin(new, socket);
         }
+    }
+
+    /// Watches the admin token file of `config`, if any (replacing the previous watch).
+    fn watch_token(&mut self, config: &AdminConfig) {
+        self.token_watcher = config.token.as_ref().and_then(|token| {
+            reload::watch(&[token.file()], self.reload_handle.clone(), Trigger::AdminToken)
+                .map_err(|err| tracing::warn!(error = %err, "admin token changes will not be picked up until a reload"))
+                .ok()
+        });
     }
 
     /// Watches the certificate files of every TLS listener (replacing the previous watch).

@@ -1,4 +1,4 @@
-//! The admin listener end to end: `/metrics` as Prometheus text with counters that match the
+//! The admin listener end to end: who may use it (token, Host, Origin, limits), `/metrics` as Prometheus text with counters that match the
 //! traffic sent, `/status` JSON after known traffic and health checks, `/healthz` and `/readyz`,
 //! and the dashboard rendered by a real headless Chromium (skipped when none is installed).
 //!
@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod access;
 mod dashboard;
 mod metrics;
 mod status;

@@ -201,14 +201,37 @@ impl Drop for TestBalancer {
     }
 }
 
-/// `GET path` on the admin listener at `admin`, on a fresh connection, read to the end.
+/// `GET path` on the admin listener at `admin` (`Host` its address, no token), on a fresh
+/// connection, read to the end.
 pub async fn admin_get(admin: SocketAddr, path: &str) -> TestResponse {
+    admin_request(admin, http::Method::GET, path, &[]).await
+}
+
+/// `method path` on the admin listener at `admin` with the extra `fields` (and `Host` its
+/// address unless `fields` has one), on a fresh connection, read to the end.
+pub async fn admin_request(
+    admin: SocketAddr,
+    method: http::Method,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> TestResponse {
     let mut client = TestClient::connect(admin).await;
+    let mut request = http::Request::builder().method(&method).uri(path);
+    if !fields
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        request = request.header(http::header::HOST, admin.to_string());
+    }
+    for (name, value) in fields {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(super::empty()).expect("an admin request");
     within(
         Duration::from_secs(5),
         "an admin response",
-        client.get(path),
+        client.fetch(request),
     )
     .await
-    .unwrap_or_else(|err| panic!("GET {path} on the admin listener: {err}"))
+    .unwrap_or_else(|err| panic!("{method} {path} on the admin listener: {err}"))
 }

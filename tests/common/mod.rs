@@ -9,8 +9,11 @@
 //!   config, run on the test runtime, stopped with [`balancer::TestBalancer::stop`].
 //! - `client`: [`client::TestClient`], one keep-alive HTTP/1.1 (or HTTP/2 prior-knowledge)
 //!   client connection.
+//! - `h2frames`: raw HTTP/2 frames, for floods a real client will not send.
 //! - `tcp`: raw sockets, for bytes hyper's client would refuse to send and for TCP listeners.
 //! - `pki`: a test certificate authority (rcgen) and TLS clients that trust only it.
+//! - `tools`: external tools (Chromium, Redis, curl): a missing one skips locally and fails
+//!   under `CI=true`.
 //!
 //! Every wait in here is bounded; [`bounded`] puts an overall limit on a test body.
 
@@ -20,8 +23,10 @@ pub mod backend;
 pub mod balancer;
 pub mod client;
 pub mod controlled;
+pub mod h2frames;
 pub mod pki;
 pub mod tcp;
+pub mod tools;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -6,6 +6,7 @@ mod common;
 mod balancing;
 mod connections;
 mod http2;
+mod http2_abuse;
 mod messages;
 mod parking;
 mod routing;

@@ -359,7 +359,7 @@ async fn admin_request(
     let request = Request::builder()
         .method(method)
         .uri(path)
-        .header(http::header::HOST, "admin")
+        .header(http::header::HOST, admin.to_string())
         .body(empty())
         .expect("admin request");
     let response = within(

@@ -3,8 +3,6 @@
 
 use super::*;
 
-use std::path::Path;
-
 use common::PAST_PARKING;
 use common::pki::{TLS12_ONLY, TLS13_ONLY, accept_any_config};
 use http::Version;
@@ -369,10 +367,9 @@ async fn silent_client_is_closed_after_the_handshake_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_http2_over_tls() {
-    if !Path::new("/usr/bin/curl").exists() {
-        eprintln!("skipping curl_http2_over_tls: /usr/bin/curl not found");
+    let Some(curl) = common::tools::require_tool("curl") else {
         return;
-    }
+    };
     bounded(async {
         let backend = TestBackend::spawn("app").await;
         let ca = Ca::new();
@@ -384,7 +381,7 @@ async fn curl_http2_over_tls() {
             "round_robin",
         );
         let mut lb = TestBalancer::from_config(&dir.config_file(), &text, "web").await;
-        let output = tokio::process::Command::new("/usr/bin/curl")
+        let output = tokio::process::Command::new(&curl)
             .args([
                 "--http2",
                 "-sk",

@@ -1,6 +1,7 @@
 //! The example user service behind fulcrum: three instances (tasks on this runtime) on one
 //! temporary SQLite file, fulcrum in front, real sockets on 127.0.0.1 and a real hyper client.
-//! The last test drives the page in headless Chromium when `/usr/bin/chromium` exists.
+//! The browser test drives the page in headless Chromium when it is installed (and fails under
+//! `CI=true` when it is not); the example binary's log is checked for colour codes on a pipe.
 
 #[path = "../../examples/user_service/mod.rs"]
 mod user_service;
@@ -10,6 +11,7 @@ mod common;
 
 mod api;
 mod browser;
+mod logs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

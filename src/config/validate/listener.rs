@@ -7,12 +7,16 @@ use toml::Spanned;
 use super::checker::Checker;
 use crate::config::defaults;
 use crate::config::raw::{RawConfig, RawListener, RawProtocol, RawTls};
-use crate::config::types::{ClientLimits, ListenerConfig, Protocol};
+use crate::config::types::{ClientLimits, Http2Limits, ListenerConfig, Protocol};
 use crate::tls::{CertificateFiles, MinVersion, TlsError, TlsSettings};
 
 /// hyper's smallest read buffer; a head limit below it cannot be enforced.
 const MIN_HEADER_BYTES: i64 = 8192;
 const MAX_HEADER_BYTES: i64 = 1024 * 1024;
+/// Bound on `http2_max_concurrent_streams`: each open stream may hold a backend request.
+const MAX_CONCURRENT_STREAMS: i64 = 10_000;
+/// Bound on `http2_max_cancelled_streams`.
+const MAX_CANCELLED_STREAMS: i64 = 1_000_000;
 
 impl Checker<'_> {
     pub(super) fn listener(
@@ -38,6 +42,14 @@ impl Checker<'_> {
                         raw.max_header_bytes.as_ref().map(Spanned::span),
                     ),
                     ("tls", raw.tls.as_ref().map(Spanned::span)),
+                    (
+                        "http2_max_concurrent_streams",
+                        raw.http2_max_concurrent_streams.as_ref().map(Spanned::span),
+                    ),
+                    (
+                        "http2_max_cancelled_streams",
+                        raw.http2_max_cancelled_streams.as_ref().map(Spanned::span),
+                    ),
                 ],
             );
         } else {
@@ -94,6 +106,7 @@ impl Checker<'_> {
                 )
                 .and_then(|n| usize::try_from(n).ok()),
         };
+        let http2 = self.http2_limits(key, raw);
         let max_connections = self.optional_count(
             raw.max_connections.as_ref(),
             &format!("{key}.max_connections"),
@@ -115,7 +128,35 @@ impl Checker<'_> {
                 header_read_timeout: header_read_timeout?,
                 idle_timeout: idle_timeout?,
                 max_header_bytes: max_header_bytes?,
+                http2: http2?,
             },
+        })
+    }
+
+    /// `http2_max_concurrent_streams` and `http2_max_cancelled_streams`.
+    fn http2_limits(&mut self, key: &str, raw: &RawListener) -> Option<Http2Limits> {
+        let mut count =
+            |value: Option<&Spanned<i64>>, name: &str, default: u32, max: i64| match value {
+                None => Some(default),
+                Some(n) => self
+                    .int_in(n, &format!("{key}.{name}"), 1, max)
+                    .and_then(|n| u32::try_from(n).ok()),
+            };
+        let max_concurrent_streams = count(
+            raw.http2_max_concurrent_streams.as_ref(),
+            "http2_max_concurrent_streams",
+            defaults::HTTP2_MAX_CONCURRENT_STREAMS,
+            MAX_CONCURRENT_STREAMS,
+        );
+        let max_cancelled_streams = count(
+            raw.http2_max_cancelled_streams.as_ref(),
+            "http2_max_cancelled_streams",
+            defaults::HTTP2_MAX_CANCELLED_STREAMS,
+            MAX_CANCELLED_STREAMS,
+        );
+        Some(Http2Limits {
+            max_concurrent_streams: max_concurrent_streams?,
+            max_cancelled_streams: max_cancelled_streams?,
         })
     }
 
@@ -205,5 +246,62 @@ pub(super) fn protocol(raw: &RawListener) -> Protocol {
     match raw.protocol.as_ref().map(|p| *p.get_ref()) {
         None | Some(RawProtocol::Http) => Protocol::Http,
         Some(RawProtocol::Tcp) => Protocol::Tcp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn listener(keys: &str) -> Result<Config, crate::config::ConfigError> {
+        Config::parse(
+            "test.toml",
+            &format!(
+                "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n{keys}\n\n[pools.app]\nbackends = [\"127.0.0.1:3001\"]\n"
+            ),
+        )
+    }
+
+    #[test]
+    fn http2_limits_default_and_are_bounded() {
+        let config = listener("").expect("valid");
+        let http2 = config.listeners[0].limits.http2;
+        assert_eq!(
+            (http2.max_concurrent_streams, http2.max_cancelled_streams),
+            (100, 200)
+        );
+        let config = listener("http2_max_concurrent_streams = 10\nhttp2_max_cancelled_streams = 3")
+            .expect("valid");
+        let http2 = config.listeners[0].limits.http2;
+        assert_eq!(
+            (http2.max_concurrent_streams, http2.max_cancelled_streams),
+            (10, 3)
+        );
+        let err = listener("http2_max_concurrent_streams = 0").expect_err("zero streams");
+        assert!(
+            err.to_string().contains(
+                "test.toml:5:32: listeners[0].http2_max_concurrent_streams: 0 is out of range"
+            ),
+            "{err}"
+        );
+        let err = listener("http2_max_cancelled_streams = 2000000").expect_err("too many");
+        assert!(
+            err.to_string().contains(
+                "test.toml:5:31: listeners[0].http2_max_cancelled_streams: 2000000 is out of range"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn http2_limits_do_not_apply_to_tcp_listeners() {
+        let err = listener("protocol = \"tcp\"\nhttp2_max_cancelled_streams = 3")
+            .expect_err("a tcp listener");
+        assert!(
+            err.to_string().contains(
+                "listeners[0].http2_max_cancelled_streams: does not apply to tcp listeners"
+            ),
+            "{err}"
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! Raw file → validated [`Config`]. Each rule reports every violation it finds, with position.
 //!
-//! This file checks the whole file (admin, runtime, listeners against pools); `listener`,
+//! This file checks the whole file (runtime, listeners against pools); `admin`, `listener`,
 //! `pool` and `health` check their sections, with the shared value checks of `checker`.
 
+mod admin;
 mod checker;
 mod health;
 mod listener;
@@ -18,7 +19,7 @@ use checker::Checker;
 use crate::config::defaults;
 use crate::config::error::{ConfigError, Locator};
 use crate::config::raw::{RawConfig, RawRuntime};
-use crate::config::types::{AdminConfig, Config, Protocol, RuntimeConfig};
+use crate::config::types::{Config, Protocol, RuntimeConfig};
 
 const MAX_WORKER_THREADS: i64 = 1024;
 
@@ -37,13 +38,7 @@ pub(super) fn parse(file: &str, source: &str) -> Result<Config, ConfigError> {
 impl Checker<'_> {
     fn config(&mut self, raw: RawConfig) -> Option<Config> {
         let runtime = self.runtime(raw.runtime.as_ref());
-        let admin = raw.admin.as_ref().and_then(|admin| {
-            self.address(&admin.listen, "admin.listen", true)
-                .map(|listen| AdminConfig {
-                    listen,
-                    metrics: admin.metrics.unwrap_or(true),
-                })
-        });
+        let admin = raw.admin.as_ref().map(|admin| self.admin(admin));
 
         let protocols = self.pool_protocols(&raw);
         let mut pools = Vec::with_capacity(raw.pools.len());
@@ -68,7 +63,7 @@ impl Checker<'_> {
         let mut listeners = Vec::with_capacity(raw.listeners.len());
         let mut names = HashSet::new();
         let mut addresses = HashSet::new();
-        if let Some(admin) = &admin {
+        if let Some(Some(admin)) = &admin {
             addresses.insert(admin.listen);
         }
         for (index, listener) in raw.listeners.iter().enumerate() {
@@ -97,6 +92,10 @@ impl Checker<'_> {
             listeners.push(config);
         }
 
+        let admin = match admin {
+            None => None,
+            Some(admin) => Some(admin?),
+        };
         (pools.len() == pool_count && listeners.len() == raw.listeners.len()).then_some(Config {
             admin,
             runtime: runtime?,

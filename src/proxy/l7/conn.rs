@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::calm::{CalmIo, CancelBudget, StreamGuard};
 use super::handler::{ClientBody, Handler};
 use super::listener::{HttpListener, HttpSettings, TlsTermination};
 use super::tunnel::{UpgradeSlot, run_tunnel};
@@ -94,6 +95,16 @@ impl HttpListener {
         let (io, framing) =
             ScannedIo::new(io, settings.limits.max_header_bytes, Arc::clone(&activity));
         let mut io = Rewind::new(Bytes::new(), io);
+        let limits = &settings.limits;
+        let mut close = watch(&activity, limits, &shutdown);
+        let start = tokio::select! {
+            biased;
+            reason = &mut close => return self.closed_waiting(reason, peer),
+            start = read_start(&mut io, true) => start,
+        };
+        // HTTP/2 requests count against the connection's budget of cancelled streams.
+        let budget = matches!(start, Ok(Start::Http2(_)))
+            .then(|| CancelBudget::new(limits.http2.max_cancelled_streams));
         let upgrade = Arc::new(UpgradeSlot::default());
         let handler = Arc::new(Handler {
             listener: Arc::clone(self),
@@ -106,28 +117,26 @@ impl HttpListener {
         });
         let mut service = {
             let activity = Arc::clone(&activity);
+            let budget = budget.clone();
             service_fn(move |request| {
                 // Opened as hyper hands the request over, so a park never sees it missing.
                 let exchange = activity.open_exchange();
+                let stream = budget.as_ref().map(StreamGuard::new);
                 // Not boxed: hyper keeps one slot for it per connection, reused by every
                 // request, and a parked connection drops hyper's state with the slot.
-                Arc::clone(&handler).handle(request, exchange)
+                Arc::clone(&handler).handle(request, exchange, stream)
             })
         };
-        let limits = &settings.limits;
-        let mut close = watch(&activity, limits, &shutdown);
-        let start = tokio::select! {
-            biased;
-            reason = &mut close => return self.closed_waiting(reason, peer),
-            start = read_start(&mut io, true) => start,
-        };
-        match start {
-            Ok(Start::Http2(preface)) => {
+        match (start, budget) {
+            (Ok(Start::Http2(preface)), Some(budget)) => {
                 io.rewind(preface);
-                return self.serve_http2(io, service, settings, peer, close).await;
+                let io = CalmIo::new(io, Arc::clone(&budget));
+                return self
+                    .serve_http2(io, service, settings, peer, close, budget)
+                    .await;
             }
-            Ok(Start::Http1(first)) => io.rewind(first),
-            Ok(Start::Closed) | Err(_) => return,
+            (Ok(Start::Http1(first)), _) => io.rewind(first),
+            _ => return,
         }
         let mut close = Some(close);
         loop {
@@ -225,6 +234,7 @@ impl HttpListener {
         settings: &'a HttpSettings,
         peer: SocketAddr,
         close: oneshot::Receiver<Close>,
+        budget: Arc<CancelBudget>,
     ) -> Pin<Box<impl Future<Output = ()> + Send + 'a>>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -243,9 +253,28 @@ impl HttpListener {
                     }
                     Ok(reason) => return self.closed_by(reason, peer),
                 },
+                () = budget.spent() => {
+                    self.metrics.goaway(CANCELLED_STREAMS);
+                    tracing::warn!(
+                        listener = %self.name,
+                        client = %peer,
+                        cancelled_streams = budget.count(),
+                        max_cancelled_streams = settings.limits.http2.max_cancelled_streams,
+                        "HTTP/2 client cancelled too many dispatched streams; closing with GOAWAY (ENHANCE_YOUR_CALM)"
+                    );
+                    // hyper writes its GOAWAY; `CalmIo` puts ours in its place and ends it.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(CLOSE_LIMIT, conn).await;
+                    return;
+                }
             };
             if let Err(err) = result {
-                tracing::debug!(listener = %self.name, client = %peer, error = %err, "client connection ended with an error");
+                if let Some(reason) = h2_goaway(&err) {
+                    self.metrics.goaway(&reason);
+                    tracing::info!(listener = %self.name, client = %peer, reason = %reason, error = %err, "HTTP/2 connection closed with GOAWAY");
+                } else {
+                    tracing::debug!(listener = %self.name, client = %peer, error = %err, "client connection ended with an error");
+                }
             }
         })
     }
@@ -271,6 +300,25 @@ impl HttpListener {
             Close::Shutdown | Close::Park => {}
         }
     }
+}
+
+/// The `reason` label of the GOAWAYs fulcrum sends when the cancelled-stream budget is spent.
+const CANCELLED_STREAMS: &str = "cancelled_streams";
+
+/// The error code of a GOAWAY h2 sent on its own (a limit or a protocol error), lowercase, if
+/// that is how the connection ended.
+fn h2_goaway(err: &hyper::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = source {
+        if let Some(h2) = current.downcast_ref::<h2::Error>() {
+            return (h2.is_go_away() && h2.is_library())
+                .then(|| h2.reason())
+                .flatten()
+                .map(|reason| format!("{reason:?}").to_ascii_lowercase());
+        }
+        source = current.source();
+    }
+    None
 }
 
 /// The watchdog's next word; never, when no watchdog is on.

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
+use super::calm::StreamGuard;
 use super::forward::{Arrival, forward};
 use super::listener::HttpListener;
 use super::mirror;
@@ -30,11 +31,30 @@ use crate::upstream::request_body::BodyCopy;
 
 pin_project! {
     /// A response body that keeps its exchange open until it is dropped, which hyper does
-    /// right after its end: the connection is not parked while a response is on its way.
+    /// right after its end: the connection is not parked while a response is on its way. On
+    /// HTTP/2 it also holds the stream's guard, finished at the body's end (dropped earlier,
+    /// the client cancelled the stream).
     pub struct ClientBody {
         #[pin]
         body: ProxyBody,
         _exchange: Exchange,
+        stream: Option<StreamGuard>,
+    }
+}
+
+impl ClientBody {
+    fn new(body: ProxyBody, exchange: Exchange, stream: Option<StreamGuard>) -> Self {
+        let mut body = Self {
+            body,
+            _exchange: exchange,
+            stream,
+        };
+        if body.body.is_end_stream() {
+            if let Some(stream) = body.stream.take() {
+                stream.finish();
+            }
+        }
+        body
     }
 }
 
@@ -46,7 +66,14 @@ impl http_body::Body for ClientBody {
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        self.project().body.poll_frame(cx)
+        let mut this = self.project();
+        let frame = this.body.as_mut().poll_frame(cx);
+        if matches!(frame, std::task::Poll::Ready(None)) || this.body.is_end_stream() {
+            if let Some(stream) = this.stream.take() {
+                stream.finish();
+            }
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -122,7 +149,8 @@ pub(super) struct Handler {
 }
 
 impl Handler {
-    /// Answers one request; `exchange` stays open until hyper drops the response body.
+    /// Answers one request; `exchange` stays open until hyper drops the response body, and
+    /// `stream` (HTTP/2) counts a cancel if the request or its body is dropped unfinished.
     ///
     /// Written as one `async move` block over its arguments, not an `async fn` with nested
     /// ones: an `async fn` keeps a second copy of every argument it moves, and each copy is
@@ -135,6 +163,7 @@ impl Handler {
         self: Arc<Self>,
         mut request: Request<Incoming>,
         exchange: Exchange,
+        stream: Option<StreamGuard>,
     ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> {
         async move {
             let started = Instant::now();
@@ -180,10 +209,7 @@ impl Handler {
                 }
                 Err(err) => self.fail(&err, &request),
             };
-            Ok(response.map(|body| ClientBody {
-                body,
-                _exchange: exchange,
-            }))
+            Ok(response.map(|body| ClientBody::new(body, exchange, stream)))
         }
     }
 

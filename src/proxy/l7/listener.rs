@@ -15,6 +15,20 @@ use crate::metrics::ListenerMetrics;
 use crate::snapshot::SharedState;
 use crate::tls::{self, TlsError, TlsSettings};
 
+/// Streams a client may reset before hyper accepted them (the plain rapid reset); one more is
+/// GOAWAY (ENHANCE_YOUR_CALM). h2's default, set here so it cannot change under us.
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams h2 may reset itself for a client's errors over a connection's life (malformed
+/// requests, refused streams); one more is GOAWAY (ENHANCE_YOUR_CALM). hyper's default.
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// SETTINGS_MAX_FRAME_SIZE: the protocol's minimum, so a header block needs the most frames
+/// to be large and CONTINUATION floods hit h2's frame count early.
+const H2_MAX_FRAME_SIZE: u32 = 16 * 1024;
+/// Response bytes buffered per stream for a client that does not open its window.
+const H2_MAX_SEND_BUFFER: usize = 256 * 1024;
+/// Stream and connection flow-control windows offered to clients (upload bytes in flight).
+const H2_WINDOW: u32 = 1024 * 1024;
+
 /// Everything an HTTP listener's connections share.
 pub(crate) struct HttpListener {
     pub(super) name: Arc<str>,
@@ -51,9 +65,25 @@ impl HttpSettings {
             .max_buf_size(limits.max_header_bytes)
             .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
+        // Every limit explicit, not left to library defaults that may change (see README's
+        // "HTTP/2 limits"). h2 answers a breach with GOAWAY (ENHANCE_YOUR_CALM) itself; `calm`
+        // adds the budget of streams cancelled after dispatch.
         http2
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+            .max_concurrent_streams(limits.http2.max_concurrent_streams)
+            // Also bounds CONTINUATION frames: h2 accepts about this many bytes' worth of
+            // frames per header block (a quarter more, at least 5), then sends GOAWAY.
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+            .max_frame_size(H2_MAX_FRAME_SIZE)
+            .max_send_buf_size(H2_MAX_SEND_BUFFER)
+            .initial_stream_window_size(H2_WINDOW)
+            .initial_connection_window_size(H2_WINDOW)
+            // No keep-alive PINGs: a connection with no bytes either way is closed at
+            // `idle_timeout` already, and PING traffic would count as activity and keep an
+            // idle connection open forever.
+            .keep_alive_interval(None);
         let tls = match tls {
             None => None,
             Some(settings) => Some(TlsTermination {

@@ -5,8 +5,10 @@
 //! on reload); [`conn`] is one client connection's life (TLS handshake, HTTP/1 or HTTP/2
 //! start, hyper's server, parking); [`handler`] answers each request (checks, pool, errors →
 //! response); [`forward`] makes the attempts on backends (retries, replay, idle connections);
-//! [`tunnel`] runs an upgraded connection (WebSocket and the like) after a 101.
+//! [`tunnel`] runs an upgraded connection (WebSocket and the like) after a 101; [`calm`] is
+//! the HTTP/2 budget of cancelled streams and the GOAWAY that ends a connection past it.
 
+mod calm;
 mod conn;
 mod forward;
 mod handler;
