@@ -251,6 +251,28 @@ fn zero_duration_is_rejected() {
     );
 }
 
+/// `Instant::now() + duration` panics on overflow: a duration past the one-year bound never
+/// reaches the runtime.
+#[test]
+fn durations_longer_than_a_year_are_rejected() {
+    let source = VALID.replace("\"2s\"", "\"500000000y\"");
+    assert_one_error(
+        &source,
+        19,
+        19,
+        "pools.app.request_timeout",
+        "longer than the maximum of 365 days",
+    );
+    let source = VALID.replace("\"2s\"", "\"366d\"");
+    assert_one_error(&source, 19, 19, "pools.app.request_timeout", "365 days");
+    let source = VALID.replace("\"2s\"", "\"365d\"");
+    let config = Config::parse(FILE, &source).expect("one year is allowed");
+    assert_eq!(
+        config.pools[0].request_timeout,
+        Duration::from_secs(365 * 24 * 3600)
+    );
+}
+
 #[test]
 fn out_of_range_numbers_are_rejected() {
     let source = VALID.replace("retries = 1", "retries = 99");
