@@ -8,9 +8,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::http::headers;
+
 pin_project! {
-    /// Body of every request fulcrum sends to a backend: the client's body streamed through,
-    /// or nothing (a bodiless request replayed on another backend).
+    /// Body of every request fulcrum sends to a backend: the client's body streamed through
+    /// (its trailers without the fields a trailer may not carry), or nothing (a bodiless request replayed on another backend).
     #[derive(Debug)]
     #[project = RequestBodyProj]
     #[allow(missing_docs)] // pin-project-lite cannot carry docs on pinned fields
@@ -32,7 +34,16 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
-            RequestBodyProj::Client { body } => body.poll_frame(cx),
+            RequestBodyProj::Client { body } => {
+                body.poll_frame(cx)
+                    .map_ok(|frame| match frame.into_trailers() {
+                        Ok(mut trailers) => {
+                            headers::filter_trailers(&mut trailers);
+                            Frame::trailers(trailers)
+                        }
+                        Err(frame) => frame,
+                    })
+            }
             RequestBodyProj::Empty => Poll::Ready(None),
         }
     }

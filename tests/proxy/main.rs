@@ -8,6 +8,7 @@ mod connections;
 mod http2;
 mod messages;
 mod parking;
+mod semantics;
 mod streaming;
 
 use std::time::{Duration, Instant};

@@ -89,9 +89,12 @@ pub(super) struct Fields {
 }
 
 impl Fields {
-    /// Whether the backend lets the connection carry another request (RFC 9112 §9.3).
+    /// Whether the backend lets the connection carry another request (RFC 9112 §9.3). Never
+    /// after an HTTP/1.0 message with `Transfer-Encoding`: RFC 9112 §6.1 has the recipient
+    /// treat its framing as faulty and close the connection after it.
     pub(super) fn allow_keep_alive(&self, version: Version) -> bool {
-        !self.close && (version == Version::HTTP_11 || self.keep_alive)
+        let faulty = version == Version::HTTP_10 && self.chunked.is_some();
+        !self.close && !faulty && (version == Version::HTTP_11 || self.keep_alive)
     }
 
     /// How a response that has a body delimits it (RFC 9112 §6.3).
@@ -300,6 +303,9 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"[..],
             b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
+            // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing, whatever
+            // Connection says.
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         ] {
             let (addr, _heads) = backend(vec![reply], false).await;
             let mut response = send(connect(addr).await, request(Method::GET, "/"))
