@@ -59,6 +59,9 @@ mod snapshot;
 mod tls;
 mod upstream;
 
+#[cfg(test)]
+mod testing;
+
 pub use config::Config;
 pub use server::Server;
 

@@ -637,4 +637,108 @@ mod tests {
         assert_eq!(map["via"], "1.1 fulcrum");
         assert_eq!(map["content-type"], "text/plain");
     }
+
+    mod properties {
+        use super::super::*;
+        use crate::testing::proptest_config;
+        use proptest::prelude::*;
+
+        const NAMES: &[&str] = &[
+            "connection",
+            "keep-alive",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-connection",
+            "proxy-authorization",
+            "trailer",
+            "host",
+            "cookie",
+            "content-length",
+            "x-a",
+            "x-b",
+        ];
+
+        /// A `Connection` value: tokens from [`NAMES`] in any case, with stray blanks and commas.
+        fn connection_value() -> impl Strategy<Value = String> {
+            let token = (prop::sample::select(NAMES), any::<bool>(), " ?", ",?").prop_map(
+                |(name, upper, blank, comma)| {
+                    let name = if upper {
+                        name.to_ascii_uppercase()
+                    } else {
+                        name.to_owned()
+                    };
+                    format!("{blank}{name}{blank}{comma}")
+                },
+            );
+            prop::collection::vec(token, 0..4).prop_map(|tokens| tokens.join(","))
+        }
+
+        fn fields() -> impl Strategy<Value = Vec<(String, String)>> {
+            let field = prop_oneof![
+                (prop::sample::select(NAMES), "[a-z0-9]{0,3}")
+                    .prop_map(|(name, value)| (name.to_owned(), value)),
+                connection_value().prop_map(|value| ("connection".to_owned(), value)),
+            ];
+            prop::collection::vec(field, 0..10)
+        }
+
+        fn map_of(fields: &[(String, String)]) -> HeaderMap {
+            let mut map = HeaderMap::new();
+            for (name, value) in fields {
+                let name = HeaderName::from_bytes(name.as_bytes()).expect("a name from NAMES");
+                map.append(name, HeaderValue::from_str(value).expect("a plain value"));
+            }
+            map
+        }
+
+        proptest! {
+            #![proptest_config(proptest_config(1024))]
+
+            /// Exactly the hop-by-hop fields go: the fixed set and what `Connection` names
+            /// (never `Host`); every other field keeps all its values, in order.
+            #[test]
+            fn hop_by_hop_stripping_removes_exactly_the_hop_by_hop_fields(fields in fields()) {
+                let listed: Vec<String> = fields
+                    .iter()
+                    .filter(|(name, _)| name == "connection")
+                    .flat_map(|(_, value)| value.split(','))
+                    .map(|token| token.trim().to_ascii_lowercase())
+                    .filter(|token| !token.is_empty() && token != "host")
+                    .collect();
+                let mut map = map_of(&fields);
+                remove_hop_by_hop(&mut map);
+                for name in NAMES {
+                    let gone = HOP_BY_HOP.iter().any(|hop| hop == name)
+                        || listed.iter().any(|token| token == name);
+                    let expected: Vec<&str> = if gone {
+                        Vec::new()
+                    } else {
+                        fields
+                            .iter()
+                            .filter(|(field, _)| field == name)
+                            .map(|(_, value)| value.as_str())
+                            .collect()
+                    };
+                    let left: Vec<&str> = map
+                        .get_all(*name)
+                        .iter()
+                        .map(|value| value.to_str().expect("ASCII"))
+                        .collect();
+                    prop_assert_eq!(left, expected, "{}", name);
+                }
+            }
+
+            /// A request that had a `Host` still has that one `Host` after preparation.
+            #[test]
+            fn no_connection_token_takes_host_away(fields in fields()) {
+                let mut map = map_of(&fields);
+                map.insert(header::HOST, HeaderValue::from_static("a.example"));
+                let mut uri = Uri::from_static("/");
+                prepare_request(&mut uri, Version::HTTP_11, &mut map, &TEST_CLIENT);
+                let hosts: Vec<_> = map.get_all(header::HOST).iter().collect();
+                prop_assert_eq!(hosts, ["a.example"]);
+            }
+        }
+    }
 }

@@ -357,4 +357,72 @@ mod tests {
         assert_eq!(itoa(0, &mut [0; 20]), b"0");
         assert_eq!(itoa(u64::MAX, &mut [0; 20]), b"18446744073709551615");
     }
+
+    mod properties {
+        use super::super::*;
+        use crate::testing::proptest_config;
+        use proptest::prelude::*;
+
+        /// Response-head-like bytes: a status line, field lines from a small alphabet (framing
+        /// fields included), CRLF or LF endings, and now and then anything at all.
+        fn head_like() -> impl Strategy<Value = Vec<u8>> {
+            let line = prop_oneof![
+                Just(b"HTTP/1.1 200 OK".to_vec()),
+                Just(b"HTTP/1.0 204 No Content".to_vec()),
+                Just(b"HTTP/1.1 103 Early Hints".to_vec()),
+                Just(b"Content-Length: 5".to_vec()),
+                Just(b"content-length: 5, 5".to_vec()),
+                Just(b"Content-Length: 18446744073709551616".to_vec()),
+                Just(b"Transfer-Encoding: chunked".to_vec()),
+                Just(b"Transfer-Encoding: gzip, chunked".to_vec()),
+                Just(b"Connection: close, keep-alive".to_vec()),
+                Just(b"Date: x".to_vec()),
+                Just(b"X-A: \x80\xff".to_vec()),
+                prop::collection::vec(any::<u8>(), 0..20),
+            ];
+            let end = prop::sample::select(vec![&b"\r\n"[..], b"\n", b"\r"]);
+            prop::collection::vec((line, end), 0..8).prop_map(|lines| {
+                let mut head = Vec::new();
+                for (line, end) in lines {
+                    head.extend_from_slice(&line);
+                    head.extend_from_slice(end);
+                }
+                head.extend_from_slice(b"\r\n");
+                head
+            })
+        }
+
+        proptest! {
+            #![proptest_config(proptest_config(2048))]
+
+            /// Never panics; a parsed head lies within the buffer and its framing is one of
+            /// the unambiguous kinds, with the length the fields declared.
+            #[test]
+            fn response_heads_parse_within_their_bytes(bytes in head_like(), cut in any::<prop::sample::Index>()) {
+                let mut headers = HeaderMap::new();
+                for buf in [&bytes[..], &bytes[..cut.index(bytes.len() + 1)]] {
+                    let Ok(Some(head)) = parse_head(buf, &mut headers) else {
+                        continue;
+                    };
+                    prop_assert!(head.len <= buf.len());
+                    match head.fields.body_framing() {
+                        Ok(Kind::Length(n)) => prop_assert_eq!(Some(n), head.fields.length),
+                        Ok(Kind::Chunked(Chunked::Size)) => prop_assert_eq!(head.fields.length, None),
+                        Ok(Kind::Done) => prop_assert_eq!(head.fields.length, Some(0)),
+                        Ok(Kind::Close) => prop_assert_eq!(head.fields.length, None),
+                        Ok(kind) => prop_assert!(false, "{:?}", kind),
+                        Err(_) => {}
+                    }
+                    prop_assert!(!headers.contains_key(header::CONTENT_LENGTH));
+                    prop_assert!(!headers.contains_key(header::DATE));
+                }
+            }
+
+            #[test]
+            fn trailer_sections_never_panic(bytes in head_like()) {
+                // Refusing is fine; only a panic fails.
+                let _ = parse_trailers(&bytes);
+            }
+        }
+    }
 }
