@@ -209,8 +209,7 @@ fn hyper_view(input: &[u8]) -> Vec<String> {
         // A malformed stream is hyper's to refuse; only what it dispatched matters here.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), connection).await;
         drain.abort();
-        let targets = seen.lock().expect("not poisoned").clone();
-        targets
+        seen.lock().expect("not poisoned").clone()
     })
 }
 
