@@ -111,7 +111,7 @@ async fn read_header(
 }
 
 /// `Ok(None)` while more bytes are needed; else the endpoints and the header length.
-fn parse(buffer: &[u8]) -> Result<Option<(Option<Endpoints>, usize)>, ProxyHeaderError> {
+pub(crate) fn parse(buffer: &[u8]) -> Result<Option<(Option<Endpoints>, usize)>, ProxyHeaderError> {
     // A v1 header ends at its CRLF, within 107 bytes (spec §2.1). Before that arrives, ppp's
     // verdict on a prefix is not final: it calls `PROXY TCP4 … 1000 ` (cut before the
     // destination port) invalid, which would refuse a header split across two reads.

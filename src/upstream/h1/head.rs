@@ -186,8 +186,19 @@ fn read_fields(fields: &[httparse::Header<'_>], headers: &mut HeaderMap) -> Resu
     Ok(facts)
 }
 
+/// The length of the response head at the start of `buf` (`None` while it is incomplete),
+/// once its fields and body framing were judged: the whole head path, for the fuzz targets.
+pub(crate) fn judge_response_head(buf: &[u8]) -> Result<Option<usize>, Error> {
+    let mut headers = HeaderMap::new();
+    let Some(head) = parse_head(buf, &mut headers)? else {
+        return Ok(None);
+    };
+    head.fields.body_framing()?;
+    Ok(Some(head.len))
+}
+
 /// The fields of a trailer section (ending in an empty line).
-pub(super) fn parse_trailers(section: &[u8]) -> Result<HeaderMap, Error> {
+pub(crate) fn parse_trailers(section: &[u8]) -> Result<HeaderMap, Error> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     match httparse::parse_headers(section, &mut fields) {
         Ok(httparse::Status::Complete((_, fields))) => {
