@@ -51,6 +51,16 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// Removes the hop-by-hop fields; returns whether `TE` asked for trailers, which an HTTP/2
 /// backend is told again ([`Forwarding::apply`]).
 fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    // Read before `Connection` is: a client sending TE also lists it there (RFC 9110 §10.1.4).
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|coding| {
+            let coding = coding.split(';').next().unwrap_or_default();
+            coding.trim().eq_ignore_ascii_case("trailers")
+        });
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderValue> = headers
             .get_all(header::CONNECTION)
@@ -69,15 +79,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
             }
         }
     }
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|coding| {
-            let coding = coding.split(';').next().unwrap_or_default();
-            coding.trim().eq_ignore_ascii_case("trailers")
-        });
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
@@ -104,7 +105,7 @@ pub(crate) fn filter_trailers(trailers: &mut HeaderMap) {
 }
 
 /// Whether `name` may appear in a trailer section (see [`filter_trailers`]).
-pub(crate) fn allowed_in_trailers(name: &HeaderName) -> bool {
+fn allowed_in_trailers(name: &HeaderName) -> bool {
     !(is_hop_by_hop(name)
         || is_forwarding(name)
         || matches!(
@@ -582,7 +583,12 @@ mod tests {
     #[test]
     fn http2_cookies_are_joined_and_te_trailers_told_to_http2_backends() {
         let mut uri = Uri::from_static("http://a.example/");
-        let mut map = headers(&[("cookie", "a=1"), ("cookie", "b=2"), ("te", "trailers")]);
+        let mut map = headers(&[
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("connection", "TE"),
+            ("te", "trailers"),
+        ]);
         let forwarding = prepare_request(&mut uri, Version::HTTP_2, &mut map, &TEST_CLIENT);
         assert_eq!(
             map.get_all("cookie").iter().collect::<Vec<_>>(),

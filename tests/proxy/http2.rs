@@ -137,6 +137,7 @@ async fn te_trailers_is_kept_on_the_way_to_http2_backends() {
         let mut client = lb.client().await;
         let request = Request::get("/")
             .header("host", "grpc.example")
+            .header("connection", "TE")
             .header("te", "gzip, trailers;q=1")
             .body(common::empty())
             .expect("valid request");
