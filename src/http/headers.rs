@@ -6,8 +6,10 @@
 //! `X-Forwarded-For/-Proto/-Host`, and both directions gain `Via` (§7.6.3). Trailer sections
 //! lose the fields a trailer may not carry (RFC 9110 §6.5.1).
 
+use bytes::Bytes;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Uri, Version};
+use http_body::Frame;
 
 /// Fields that are hop-by-hop whatever `Connection` says: RFC 9110 §7.6.1 names `Connection`,
 /// `Proxy-Connection`, `Keep-Alive`, `TE`, `Transfer-Encoding` and `Upgrade`; RFC 2616 §13.5.1
@@ -101,6 +103,18 @@ pub(crate) fn filter_trailers(trailers: &mut HeaderMap) {
         .collect();
     for name in refused {
         trailers.remove(name);
+    }
+}
+
+/// `frame`, with a trailer section [filtered](filter_trailers); data frames pass as they are.
+/// Both directions: a backend's `connection` trailer would reset an HTTP/2 client's stream.
+pub(crate) fn filter_trailer_frame(frame: Frame<Bytes>) -> Frame<Bytes> {
+    match frame.into_trailers() {
+        Ok(mut trailers) => {
+            filter_trailers(&mut trailers);
+            Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
     }
 }
 

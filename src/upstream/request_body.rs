@@ -35,14 +35,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
             RequestBodyProj::Client { body } => {
-                body.poll_frame(cx)
-                    .map_ok(|frame| match frame.into_trailers() {
-                        Ok(mut trailers) => {
-                            headers::filter_trailers(&mut trailers);
-                            Frame::trailers(trailers)
-                        }
-                        Err(frame) => frame,
-                    })
+                body.poll_frame(cx).map_ok(headers::filter_trailer_frame)
             }
             RequestBodyProj::Empty => Poll::Ready(None),
         }

@@ -236,3 +236,35 @@ async fn interim_responses_are_consumed_and_the_final_one_delivered() {
     })
     .await;
 }
+
+/// A backend's trailer section may name fields an HTTP/2 stream cannot carry (`connection`);
+/// they are dropped, not allowed to reset the client's stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_trailers_lose_the_fields_a_trailer_may_not_carry() {
+    bounded(async {
+        let (backend, _seen) = recording_backend(
+            whole_head,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
+              2\r\nok\r\n0\r\nx-sum: 7\r\nconnection: close\r\ncontent-length: 9\r\n\r\n",
+        )
+        .await;
+        let mut lb = TestBalancer::builder().backend(backend).start().await;
+        let mut client = TestClient::connect_h2(lb.addr()).await;
+        let request = Request::get("http://a.example/")
+            .version(Version::HTTP_2)
+            .body(common::empty())
+            .expect("valid request");
+        let response = client.send(request).await.expect("a response");
+        let collected = response
+            .into_body()
+            .collect()
+            .await
+            .expect("the whole body");
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(trailers.len(), 1, "{trailers:?}");
+        assert_eq!(trailers["x-sum"], "7");
+        assert_eq!(collected.to_bytes(), "ok");
+        lb.stop().await;
+    })
+    .await;
+}
