@@ -64,6 +64,9 @@ mod snapshot;
 mod tls;
 mod upstream;
 
+#[cfg(test)]
+mod testing;
+
 pub use config::Config;
 pub use server::Server;
 
@@ -91,5 +94,71 @@ pub mod bench {
             .is_some_and(|target| {
                 !matches!(target, crate::route::Target::Forward { route: None, .. })
             })
+    }
+}
+
+/// The parsers the `cargo fuzz` targets in `fuzz/` drive, without widening the API: each
+/// function is one entry point of fulcrum's own HTTP/1.1, PROXY protocol and config parsing.
+/// Not a stable interface.
+#[doc(hidden)]
+pub mod fuzz {
+    pub use crate::Config;
+    pub use crate::http::headers::{ClientInfo, prepare_request, prepare_response};
+
+    /// A `Content-Length` value (`crate::http::wire::content_length`).
+    pub fn content_length(digits: &[u8]) -> Option<u64> {
+        crate::http::wire::content_length(digits)
+    }
+
+    /// The size on a chunk-size line, CRLF included.
+    pub fn chunk_size(line: &[u8]) -> Option<u64> {
+        crate::http::wire::chunk_size(line)
+    }
+
+    /// Whether a `Host` value is `uri-host [ ":" port ]`.
+    pub fn host_is_valid(value: &[u8]) -> bool {
+        crate::http::host::is_valid(value)
+    }
+
+    /// The request-framing scanner over `input`, fed in pieces that end at `cuts` (offsets,
+    /// any order, out-of-range ones ignored): the index of the request it flags, if any.
+    pub fn scan_requests(input: &[u8], cuts: &[usize]) -> Option<u32> {
+        let mut scanner = crate::proxy::framing::HeadScanner::new(64 * 1024);
+        let mut cuts: Vec<usize> = cuts
+            .iter()
+            .copied()
+            .filter(|&cut| cut < input.len())
+            .collect();
+        cuts.sort_unstable();
+        let mut start = 0;
+        let mut flagged = None;
+        for end in cuts.into_iter().chain([input.len()]) {
+            if let Some(piece) = input.get(start..end) {
+                flagged = flagged.or(scanner.feed(piece));
+                start = end;
+            }
+        }
+        flagged
+    }
+
+    /// The upstream client's response-head parser: the head's length once its fields and
+    /// framing were judged, `Ok(None)` while incomplete, or why it is refused.
+    pub fn response_head(buf: &[u8]) -> Result<Option<usize>, String> {
+        crate::upstream::h1::judge_response_head(buf).map_err(|err| err.to_string())
+    }
+
+    /// The upstream client's trailer-section parser: the number of fields, or why refused.
+    pub fn trailer_section(section: &[u8]) -> Result<usize, String> {
+        crate::upstream::h1::parse_trailers(section)
+            .map(|fields| fields.len())
+            .map_err(|err| err.to_string())
+    }
+
+    /// The PROXY protocol (v1 or v2) parser: the header's length when whole, `Ok(None)` while
+    /// incomplete.
+    pub fn proxy_header(buffer: &[u8]) -> Result<Option<usize>, String> {
+        crate::proxy::proxy_protocol::parse(buffer)
+            .map(|parsed| parsed.map(|(_, length)| length))
+            .map_err(|err| err.to_string())
     }
 }

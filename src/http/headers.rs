@@ -1,26 +1,30 @@
 //! Header rules for a forwarding proxy (RFC 9110 §7.6).
 //!
 //! Hop-by-hop fields describe one connection, not the message, so they never cross the proxy:
-//! the fixed set below plus every field named in `Connection` (RFC 9110 §7.6.1). Forwarded
-//! requests gain `X-Forwarded-For/-Proto/-Host`, and both directions gain `Via` (§7.6.3).
+//! the fixed set below plus every field named in `Connection` (RFC 9110 §7.6.1), except `Host`,
+//! which no `Connection` token may take away. Forwarded requests gain
+//! `X-Forwarded-For/-Proto/-Host`, and both directions gain `Via` (§7.6.3). Trailer sections
+//! lose the fields a trailer may not carry (RFC 9110 §6.5.1).
 
+use bytes::Bytes;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Uri, Version};
+use http_body::Frame;
 
 /// Fields that are hop-by-hop whatever `Connection` says: RFC 9110 §7.6.1 names `Connection`,
 /// `Proxy-Connection`, `Keep-Alive`, `TE`, `Transfer-Encoding` and `Upgrade`; RFC 2616 §13.5.1
-/// adds `Trailer`, `Proxy-Authenticate` and `Proxy-Authorization`, which still only concern
-/// the hop they arrive on.
+/// adds `Proxy-Authenticate` and `Proxy-Authorization`, which still only concern the hop they
+/// arrive on. Not `Trailer` (RFC 2616 listed it): it describes the message, and hyper sends an
+/// HTTP/1.1 client only the trailer fields it names.
 ///
 /// Pre-built names: removing by `HeaderName` skips parsing a string on every request.
-static HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
     header::TE,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
-    header::TRAILER,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
 ];
@@ -46,7 +50,19 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes the hop-by-hop fields; returns whether `TE` asked for trailers, which an HTTP/2
+/// backend is told again ([`Forwarding::apply`]).
+fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    // Read before `Connection` is: a client sending TE also lists it there (RFC 9110 §10.1.4).
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|coding| {
+            let coding = coding.split(';').next().unwrap_or_default();
+            coding.trim().eq_ignore_ascii_case("trailers")
+        });
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderValue> = headers
             .get_all(header::CONNECTION)
@@ -57,7 +73,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             let Ok(value) = value.to_str() else {
                 continue;
             };
-            for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let listed = value.split(',').map(str::trim);
+            // `Host` routes the request: a client must not be able to strip it after the
+            // check that it is there (RFC 9112 §3.2).
+            for name in listed.filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case("host")) {
                 headers.remove(name);
             }
         }
@@ -65,6 +84,77 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
+    te_trailers
+}
+
+/// Removes the fields a trailer section may not carry (RFC 9110 §6.5.1): framing
+/// (`Content-Length`, `Transfer-Encoding`, `Trailer`), routing (`Host`), request modifiers
+/// (controls, conditionals, `Range`), authentication, cookies, content metadata and response
+/// control data, the hop-by-hop fields and the ones this proxy writes. A recipient that merged
+/// such a field into the head would let a trailer rewrite what the proxy already checked.
+pub(crate) fn filter_trailers(trailers: &mut HeaderMap) {
+    if trailers.keys().all(allowed_in_trailers) {
+        return;
+    }
+    let refused: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|name| !allowed_in_trailers(name))
+        .cloned()
+        .collect();
+    for name in refused {
+        trailers.remove(name);
+    }
+}
+
+/// `frame`, with a trailer section [filtered](filter_trailers); data frames pass as they are.
+/// Both directions: a backend's `connection` trailer would reset an HTTP/2 client's stream.
+pub(crate) fn filter_trailer_frame(frame: Frame<Bytes>) -> Frame<Bytes> {
+    match frame.into_trailers() {
+        Ok(mut trailers) => {
+            filter_trailers(&mut trailers);
+            Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    }
+}
+
+/// Whether `name` may appear in a trailer section (see [`filter_trailers`]).
+fn allowed_in_trailers(name: &HeaderName) -> bool {
+    !(is_hop_by_hop(name)
+        || is_forwarding(name)
+        || matches!(
+            name.as_str(),
+            "content-length"
+                | "trailer"
+                | "host"
+                | "cache-control"
+                | "expect"
+                | "max-forwards"
+                | "pragma"
+                | "range"
+                | "if-match"
+                | "if-none-match"
+                | "if-modified-since"
+                | "if-unmodified-since"
+                | "if-range"
+                | "authorization"
+                | "www-authenticate"
+                | "authentication-info"
+                | "proxy-authentication-info"
+                | "cookie"
+                | "set-cookie"
+                | "content-encoding"
+                | "content-type"
+                | "content-range"
+                | "content-location"
+                | "age"
+                | "date"
+                | "expires"
+                | "location"
+                | "retry-after"
+                | "vary"
+                | "warning"
+        ))
 }
 
 /// Whether `name` is a field the proxy writes itself on forwarded requests.
@@ -89,6 +179,7 @@ pub(crate) fn is_managed(name: &HeaderName) -> bool {
 #[derive(Default)]
 struct Names {
     host: bool,
+    cookie: bool,
     hop_by_hop: bool,
     forwarding: bool,
 }
@@ -98,6 +189,7 @@ impl Names {
         let mut names = Names::default();
         for name in headers.keys() {
             names.host |= name == header::HOST;
+            names.cookie |= name == header::COOKIE;
             names.hop_by_hop |= is_hop_by_hop(name);
             names.forwarding |= is_forwarding(name);
         }
@@ -147,27 +239,34 @@ pub struct ClientInfo {
 /// Rewrites a client request's head for the backend, in place, and returns the fields the
 /// proxy adds to it.
 ///
-/// Removes hop-by-hop fields, makes sure `Host` is present (HTTP/2 clients send `:authority`
-/// instead), and turns the target into origin-form. Forwarding fields the client sent are
-/// taken out of the map: the returned [`Forwarding`] writes them, extended or replaced.
+/// Removes hop-by-hop fields, sets `Host` (the target's authority when it has one: RFC 9112
+/// §3.2.2 for absolute-form, RFC 9113 §8.3.1 for `:authority`; empty for an HTTP/1.0 request
+/// without either, since the next hop is HTTP/1.1), joins an HTTP/2 client's `cookie` fields
+/// into one (RFC 9113 §8.2.3), and turns the target into origin-form. Forwarding fields the
+/// client sent are taken out of the map: the returned [`Forwarding`] writes them, extended or
+/// replaced. The caller has refused what [`host::refusal`](super::host::refusal) refuses.
 pub fn prepare_request<'a>(
     uri: &mut Uri,
     version: Version,
     headers: &mut HeaderMap,
     client: &'a ClientInfo,
 ) -> Forwarding<'a> {
-    let mut names = Names::of(headers);
-    if names.hop_by_hop {
-        strip_hop_by_hop(headers);
-        names.host = headers.contains_key(header::HOST);
-    }
-    if !names.host {
-        let authority = uri
-            .authority()
-            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
-        if let Some(host) = authority {
-            headers.insert(header::HOST, host);
+    let names = Names::of(headers);
+    let te_trailers = names.hop_by_hop && strip_hop_by_hop(headers);
+    if let Some(authority) = uri.authority() {
+        let same = headers
+            .get(header::HOST)
+            .is_some_and(|host| host.as_bytes() == authority.as_str().as_bytes());
+        if !same {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                headers.insert(header::HOST, host);
+            }
         }
+    } else if !names.host {
+        headers.insert(header::HOST, HeaderValue::from_static(""));
+    }
+    if names.cookie && version == Version::HTTP_2 {
+        join_cookies(headers);
     }
     if uri.scheme().is_some() || uri.authority().is_some() {
         let origin_form = uri
@@ -181,6 +280,7 @@ pub fn prepare_request<'a>(
         version,
         forwarded_for: None,
         via: None,
+        te_trailers,
     };
     if names.forwarding {
         headers.remove(&X_FORWARDED_PROTO);
@@ -193,17 +293,38 @@ pub fn prepare_request<'a>(
 
 /// Removes every `name` field and returns their values as one list (RFC 9110 §5.3).
 fn take_list(headers: &mut HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+    take_joined(headers, name, b", ")
+}
+
+/// Removes every `name` field and returns their values joined by `separator`.
+fn take_joined(
+    headers: &mut HeaderMap,
+    name: &HeaderName,
+    separator: &[u8],
+) -> Option<HeaderValue> {
     let Entry::Occupied(entry) = headers.entry(name) else {
         return None;
     };
     let mut list = Vec::new();
     for value in entry.remove_entry_mult().1 {
         if !list.is_empty() {
-            list.extend_from_slice(b", ");
+            list.extend_from_slice(separator);
         }
         list.extend_from_slice(value.as_bytes());
     }
     HeaderValue::from_bytes(&list).ok()
+}
+
+/// Joins several `cookie` fields into one line with `"; "`, as an HTTP/1.1 backend expects
+/// (RFC 9113 §8.2.3: HTTP/2 clients may split the field, HTTP/1.1 does not allow it). One
+/// field is left as it is.
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    if let Some(joined) = take_joined(headers, &header::COOKIE, b"; ") {
+        headers.insert(header::COOKIE, joined);
+    }
 }
 
 /// The fields the proxy adds to a request for its backend: `X-Forwarded-For` (the client's
@@ -222,6 +343,9 @@ pub struct Forwarding<'a> {
     forwarded_for: Option<HeaderValue>,
     /// The `Via` list the client sent, if any.
     via: Option<HeaderValue>,
+    /// The client's `TE` asked for trailers: gRPC over HTTP/2 needs `te: trailers` at the
+    /// backend, and TE is hop-by-hop, so the proxy says it again on that hop.
+    te_trailers: bool,
 }
 
 impl Forwarding<'_> {
@@ -240,9 +364,13 @@ impl Forwarding<'_> {
         out.extend_from_slice(b"\r\n");
     }
 
-    /// Puts the fields into `headers`, replacing any there (so applying twice, as a request
-    /// retried on another backend is, changes nothing).
+    /// Puts the fields into `headers` for an HTTP/2 backend, replacing any there (so applying
+    /// twice, as a request retried on another backend is, changes nothing), with
+    /// `te: trailers` when the client asked for trailers (RFC 9113 §8.2.2 allows that value).
     pub fn apply(&self, headers: &mut HeaderMap) {
+        if self.te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         headers.insert(
             X_FORWARDED_FOR.clone(),
             extended(self.forwarded_for.as_ref(), &self.client.ip),
@@ -457,11 +585,189 @@ mod tests {
     }
 
     #[test]
+    fn connection_cannot_remove_host_and_absolute_form_sets_it() {
+        let mut uri = Uri::from_static("http://a.example/x");
+        let mut map = headers(&[("host", "b.example"), ("connection", "Host, x-a")]);
+        prepare_request(&mut uri, Version::HTTP_11, &mut map, &TEST_CLIENT);
+        assert_eq!(
+            map.get_all("host").iter().collect::<Vec<_>>(),
+            ["a.example"]
+        );
+        assert_eq!(uri, "/x");
+        let mut uri = Uri::from_static("/");
+        let mut map = headers(&[("host", "c.example"), ("connection", "host")]);
+        prepare_request(&mut uri, Version::HTTP_11, &mut map, &TEST_CLIENT);
+        assert_eq!(map["host"], "c.example");
+        let mut map = HeaderMap::new();
+        prepare_request(&mut uri, Version::HTTP_10, &mut map, &TEST_CLIENT);
+        assert_eq!(map["host"], "", "an HTTP/1.1 request always has a Host");
+    }
+
+    #[test]
+    fn http2_cookies_are_joined_and_te_trailers_told_to_http2_backends() {
+        let mut uri = Uri::from_static("http://a.example/");
+        let mut map = headers(&[
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("connection", "TE"),
+            ("te", "trailers"),
+        ]);
+        let forwarding = prepare_request(&mut uri, Version::HTTP_2, &mut map, &TEST_CLIENT);
+        assert_eq!(
+            map.get_all("cookie").iter().collect::<Vec<_>>(),
+            ["a=1; b=2"]
+        );
+        assert!(!map.contains_key("te"), "TE is hop-by-hop");
+        forwarding.apply(&mut map);
+        assert_eq!(map["te"], "trailers");
+        let mut map = headers(&[("host", "a.example"), ("cookie", "a=1"), ("cookie", "b=2")]);
+        let forwarding = prepare_request(&mut uri, Version::HTTP_11, &mut map, &TEST_CLIENT);
+        assert_eq!(
+            map.get_all("cookie").iter().count(),
+            2,
+            "HTTP/1.1 fields stay as sent"
+        );
+        forwarding.apply(&mut map);
+        assert!(!map.contains_key("te"));
+    }
+
+    #[test]
+    fn trailers_keep_only_fields_a_trailer_may_carry() {
+        let mut map = headers(&[
+            ("x-checksum", "1"),
+            ("grpc-status", "0"),
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked"),
+            ("host", "evil.example"),
+            ("trailer", "x"),
+            ("connection", "close"),
+            ("authorization", "x"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("set-cookie", "a=1"),
+        ]);
+        filter_trailers(&mut map);
+        let mut left: Vec<_> = map.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["grpc-status", "x-checksum"]);
+    }
+
+    #[test]
+    fn trailer_is_not_hop_by_hop() {
+        let mut map = headers(&[("trailer", "x-sum"), ("connection", "close")]);
+        prepare_response(Version::HTTP_11, &mut map);
+        assert_eq!(map["trailer"], "x-sum");
+    }
+
+    #[test]
     fn response_loses_hop_by_hop_and_gains_via() {
         let mut map = headers(&[("keep-alive", "timeout=5"), ("content-type", "text/plain")]);
         prepare_response(Version::HTTP_11, &mut map);
         assert!(!map.contains_key("keep-alive"));
         assert_eq!(map["via"], "1.1 fulcrum");
         assert_eq!(map["content-type"], "text/plain");
+    }
+
+    mod properties {
+        use super::super::*;
+        use crate::testing::proptest_config;
+        use proptest::prelude::*;
+
+        const NAMES: &[&str] = &[
+            "connection",
+            "keep-alive",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-connection",
+            "proxy-authorization",
+            "trailer",
+            "host",
+            "cookie",
+            "content-length",
+            "x-a",
+            "x-b",
+        ];
+
+        /// A `Connection` value: tokens from [`NAMES`] in any case, with stray blanks and commas.
+        fn connection_value() -> impl Strategy<Value = String> {
+            let token = (prop::sample::select(NAMES), any::<bool>(), " ?", ",?").prop_map(
+                |(name, upper, blank, comma)| {
+                    let name = if upper {
+                        name.to_ascii_uppercase()
+                    } else {
+                        name.to_owned()
+                    };
+                    format!("{blank}{name}{blank}{comma}")
+                },
+            );
+            prop::collection::vec(token, 0..4).prop_map(|tokens| tokens.join(","))
+        }
+
+        fn fields() -> impl Strategy<Value = Vec<(String, String)>> {
+            let field = prop_oneof![
+                (prop::sample::select(NAMES), "[a-z0-9]{0,3}")
+                    .prop_map(|(name, value)| (name.to_owned(), value)),
+                connection_value().prop_map(|value| ("connection".to_owned(), value)),
+            ];
+            prop::collection::vec(field, 0..10)
+        }
+
+        fn map_of(fields: &[(String, String)]) -> HeaderMap {
+            let mut map = HeaderMap::new();
+            for (name, value) in fields {
+                let name = HeaderName::from_bytes(name.as_bytes()).expect("a name from NAMES");
+                map.append(name, HeaderValue::from_str(value).expect("a plain value"));
+            }
+            map
+        }
+
+        proptest! {
+            #![proptest_config(proptest_config(1024))]
+
+            /// Exactly the hop-by-hop fields go: the fixed set and what `Connection` names
+            /// (never `Host`); every other field keeps all its values, in order.
+            #[test]
+            fn hop_by_hop_stripping_removes_exactly_the_hop_by_hop_fields(fields in fields()) {
+                let listed: Vec<String> = fields
+                    .iter()
+                    .filter(|(name, _)| name == "connection")
+                    .flat_map(|(_, value)| value.split(','))
+                    .map(|token| token.trim().to_ascii_lowercase())
+                    .filter(|token| !token.is_empty() && token != "host")
+                    .collect();
+                let mut map = map_of(&fields);
+                remove_hop_by_hop(&mut map);
+                for name in NAMES {
+                    let gone = HOP_BY_HOP.iter().any(|hop| hop == name)
+                        || listed.iter().any(|token| token == name);
+                    let expected: Vec<&str> = if gone {
+                        Vec::new()
+                    } else {
+                        fields
+                            .iter()
+                            .filter(|(field, _)| field == name)
+                            .map(|(_, value)| value.as_str())
+                            .collect()
+                    };
+                    let left: Vec<&str> = map
+                        .get_all(*name)
+                        .iter()
+                        .map(|value| value.to_str().expect("ASCII"))
+                        .collect();
+                    prop_assert_eq!(left, expected, "{}", name);
+                }
+            }
+
+            /// A request that had a `Host` still has that one `Host` after preparation.
+            #[test]
+            fn no_connection_token_takes_host_away(fields in fields()) {
+                let mut map = map_of(&fields);
+                map.insert(header::HOST, HeaderValue::from_static("a.example"));
+                let mut uri = Uri::from_static("/");
+                prepare_request(&mut uri, Version::HTTP_11, &mut map, &TEST_CLIENT);
+                let hosts: Vec<_> = map.get_all(header::HOST).iter().collect();
+                prop_assert_eq!(hosts, ["a.example"]);
+            }
+        }
     }
 }

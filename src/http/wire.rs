@@ -19,11 +19,21 @@ pub(crate) fn hex_digit(byte: u8) -> Option<u64> {
 }
 
 /// The size on a chunk-size line (`1a;ext=1\r\n`, RFC 9112 §7.1); extensions are ignored.
-/// At most 15 hex digits, so the size always fits in a `u64` with room to add to it.
+/// At most 15 hex digits, so the size always fits in a `u64` with room to add to it. Only
+/// SP and HTAB may follow the digits (as hyper allows), and no CR or LF may come before the
+/// final CRLF: a line another parser ends elsewhere is refused.
 pub(crate) fn chunk_size(line: &[u8]) -> Option<u64> {
     let line = line.strip_suffix(b"\r\n")?;
+    if line.iter().any(|&b| b == b'\r' || b == b'\n') {
+        return None;
+    }
     let digits = line.split(|&b| b == b';').next().unwrap_or_default();
-    let digits = digits.trim_ascii_end();
+    let blanks = digits
+        .iter()
+        .rev()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    let digits = &digits[..digits.len() - blanks];
     if digits.is_empty() || digits.len() > 15 {
         return None;
     }
@@ -62,6 +72,83 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    /// Found by `chunk_size_matches_the_reference`: other whitespace than SP/HTAB after the
+    /// digits, or a CR/LF inside the line, was taken for blanks.
+    #[test]
+    fn chunk_size_lines_have_one_line_ending() {
+        assert_eq!(chunk_size(b"1a \t;x=y\r\n"), Some(0x1a));
+        for bad in [&b"00\n\r\n"[..], b"5\r\r\n", b"5\x0c\r\n", b"5;a\rb\r\n"] {
+            assert_eq!(chunk_size(bad), None, "{bad:?}");
+        }
+    }
+
+    mod properties {
+        use super::super::*;
+        use crate::testing::proptest_config;
+        use proptest::prelude::*;
+
+        /// Bytes from the alphabet a length or chunk-size line is made of, and a few others.
+        fn wire_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+            let byte = prop_oneof![
+                4 => prop::sample::select(b"0123456789abcdefABCDEF".to_vec()),
+                1 => prop::sample::select(b" \t;=,+-xX\r\n\x0c\"".to_vec()),
+                1 => any::<u8>(),
+            ];
+            prop::collection::vec(byte, 0..max)
+        }
+
+        /// The grammar of RFC 9112 §7.1 as fulcrum accepts it, written plainly: 1 to 15 hex
+        /// digits, optional SP/HTAB, then an extension (anything but CR and LF) after `;`.
+        fn reference_chunk_size(line: &[u8]) -> Option<u64> {
+            let line = line.strip_suffix(b"\r\n")?;
+            let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+            if digits == 0 || digits > 15 {
+                return None;
+            }
+            let rest = &line[digits..];
+            let blanks = rest
+                .iter()
+                .take_while(|&&b| b == b' ' || b == b'\t')
+                .count();
+            let rest = &rest[blanks..];
+            if !(rest.is_empty() || rest[0] == b';')
+                || rest.contains(&b'\r')
+                || rest.contains(&b'\n')
+            {
+                return None;
+            }
+            u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
+        }
+
+        proptest! {
+            #![proptest_config(proptest_config(2048))]
+
+            #[test]
+            fn content_length_is_exactly_u64_decimal(digits in wire_bytes(24)) {
+                let reference = digits
+                    .iter()
+                    .all(u8::is_ascii_digit)
+                    .then(|| std::str::from_utf8(&digits).ok()?.parse::<u64>().ok())
+                    .flatten();
+                prop_assert_eq!(content_length(&digits), reference);
+            }
+
+            #[test]
+            fn every_u64_round_trips_as_a_content_length(n in any::<u64>(), zeros in 0usize..4) {
+                let text = format!("{}{n}", "0".repeat(zeros));
+                prop_assert_eq!(content_length(text.as_bytes()), Some(n));
+            }
+
+            #[test]
+            fn chunk_size_matches_the_reference(mut line in wire_bytes(24), crlf in any::<bool>()) {
+                if crlf {
+                    line.extend_from_slice(b"\r\n");
+                }
+                prop_assert_eq!(chunk_size(&line), reference_chunk_size(&line));
+            }
         }
     }
 }

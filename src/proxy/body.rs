@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::backend::InFlight;
+use crate::http::headers;
 use crate::upstream::{ResponseBody, h1};
 
 /// What may go wrong while a response body streams.
@@ -105,7 +106,11 @@ impl Body for ProxyBody {
                     Some(Err(_)) => drop(in_flight.take()),
                     Some(Ok(_)) => {}
                 }
-                Poll::Ready(frame.map(|frame| frame.map_err(BodyError::from)))
+                Poll::Ready(frame.map(|frame| {
+                    frame
+                        .map(headers::filter_trailer_frame)
+                        .map_err(BodyError::from)
+                }))
             }
             ProxyBodyProj::Http2 {
                 mut body,
@@ -115,7 +120,11 @@ impl Body for ProxyBody {
                 if !matches!(frame, Some(Ok(_))) || body.is_end_stream() {
                     drop(in_flight.take());
                 }
-                Poll::Ready(frame.map(|frame| frame.map_err(BodyError::from)))
+                Poll::Ready(frame.map(|frame| {
+                    frame
+                        .map(headers::filter_trailer_frame)
+                        .map_err(BodyError::from)
+                }))
             }
             ProxyBodyProj::Local { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }

@@ -10,7 +10,7 @@
 pub(crate) mod activity;
 pub(crate) mod body;
 pub(crate) mod error;
-mod framing;
+pub(crate) mod framing;
 pub(crate) mod l4;
 pub(crate) mod l7;
 pub(crate) mod proxy_protocol;

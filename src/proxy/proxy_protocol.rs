@@ -70,6 +70,9 @@ fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
     }
 }
 
+/// Longest v1 header, CRLF included (spec §2.1).
+const V1_MAX: usize = 107;
+
 /// The two ends a PROXY header announces: the original client and the address it connected to.
 pub(crate) type Endpoints = (SocketAddr, SocketAddr);
 
@@ -108,7 +111,16 @@ async fn read_header(
 }
 
 /// `Ok(None)` while more bytes are needed; else the endpoints and the header length.
-fn parse(buffer: &[u8]) -> Result<Option<(Option<Endpoints>, usize)>, ProxyHeaderError> {
+pub(crate) fn parse(buffer: &[u8]) -> Result<Option<(Option<Endpoints>, usize)>, ProxyHeaderError> {
+    // A v1 header ends at its CRLF, within 107 bytes (spec §2.1). Before that arrives, ppp's
+    // verdict on a prefix is not final: it calls `PROXY TCP4 … 1000 ` (cut before the
+    // destination port) invalid, which would refuse a header split across two reads.
+    if buffer.starts_with(b"PROXY ")
+        && buffer.len() < V1_MAX
+        && memchr::memmem::find(buffer, b"\r\n").is_none()
+    {
+        return Ok(None);
+    }
     let result = HeaderResult::parse(buffer);
     if result.is_incomplete() {
         return Ok(None);
@@ -242,5 +254,77 @@ mod tests {
             read(&mut input.as_slice(), Duration::from_secs(1)).await,
             Err(ProxyHeaderError::Invalid)
         ));
+    }
+
+    /// Found by `encoded_headers_parse_back`: a v1 header cut after the source port's space
+    /// was refused instead of waited for.
+    #[test]
+    fn a_v1_header_cut_before_its_destination_port_is_incomplete() {
+        let header = b"PROXY TCP4 0.0.0.0 0.0.0.0 0 0\r\n";
+        assert!(matches!(parse(&header[..29]), Ok(None)));
+        assert!(matches!(parse(header), Ok(Some((Some(_), 32)))));
+    }
+
+    mod properties {
+        use super::super::*;
+        use crate::testing::proptest_config;
+        use proptest::prelude::*;
+
+        fn endpoint() -> impl Strategy<Value = SocketAddr> {
+            prop_oneof![
+                (any::<[u8; 4]>(), any::<u16>())
+                    .prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+                (any::<[u8; 16]>(), any::<u16>())
+                    .prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+            ]
+        }
+
+        /// Bytes that start like a header often enough to reach the parser's inner paths.
+        fn header_like() -> impl Strategy<Value = Vec<u8>> {
+            let start = prop_oneof![
+                Just(b"PROXY ".to_vec()),
+                Just(b"PROXY TCP4 ".to_vec()),
+                Just(b"PROXY TCP6 ".to_vec()),
+                Just(b"\r\n\r\n\0\r\nQUIT\n".to_vec()),
+                Just(Vec::new()),
+            ];
+            (start, prop::collection::vec(any::<u8>(), 0..120)).prop_map(|(mut start, rest)| {
+                start.extend(rest);
+                start
+            })
+        }
+
+        proptest! {
+            #![proptest_config(proptest_config(2048))]
+
+            /// Never panics, and a header it accepts lies within the bytes it was given.
+            #[test]
+            fn parse_never_reads_past_its_input(bytes in header_like()) {
+                if let Ok(Some((_, length))) = parse(&bytes) {
+                    prop_assert!(length <= bytes.len());
+                }
+            }
+
+            /// What `encode` writes, `parse` reads back: the endpoints (mapped to one family)
+            /// and the header's exact length, whatever follows it; every shorter prefix is
+            /// incomplete.
+            #[test]
+            fn encoded_headers_parse_back(
+                v2 in any::<bool>(),
+                client in endpoint(),
+                server in endpoint(),
+                after in prop::collection::vec(any::<u8>(), 0..16),
+            ) {
+                let version = if v2 { ProxyProtocol::V2 } else { ProxyProtocol::V1 };
+                let header = encode(version, client, server);
+                let mut bytes = header.clone();
+                bytes.extend_from_slice(&after);
+                let parsed = parse(&bytes).expect("a valid header").expect("a whole header");
+                prop_assert_eq!(parsed, (Some(same_family(client, server)), header.len()));
+                for cut in 0..header.len() {
+                    prop_assert!(matches!(parse(&header[..cut]), Ok(None)), "prefix of {}", cut);
+                }
+            }
+        }
     }
 }

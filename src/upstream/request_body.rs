@@ -9,10 +9,13 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 
+use crate::http::headers;
+
 pin_project! {
     /// Body of every request fulcrum sends to a backend: the client's body streamed through
-    /// (and, for a mirrored request, copied on the way), bytes held whole (a mirrored copy), or
-    /// nothing (a bodiless request replayed on another backend).
+    /// (its trailers without the fields a trailer may not carry; for a mirrored request, copied on
+    /// the way), bytes held whole (a mirrored copy), or nothing (a bodiless request replayed on
+    /// another backend).
     #[derive(Debug)]
     #[project = RequestBodyProj]
     #[allow(missing_docs)] // pin-project-lite cannot carry docs on pinned fields
@@ -84,9 +87,12 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
-            RequestBodyProj::Client { body } => body.poll_frame(cx),
+            RequestBodyProj::Client { body } => {
+                body.poll_frame(cx).map_ok(headers::filter_trailer_frame)
+            }
             RequestBodyProj::Copied { mut body, copy } => {
-                let frame = ready!(body.as_mut().poll_frame(cx));
+                let frame = ready!(body.as_mut().poll_frame(cx))
+                    .map(|frame| frame.map(headers::filter_trailer_frame));
                 match &frame {
                     Some(Ok(frame)) => {
                         if let Some(data) = frame.data_ref() {

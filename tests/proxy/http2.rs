@@ -107,3 +107,47 @@ async fn http2_backends_get_each_forwarding_field_once_and_clients_the_proxys_da
     })
     .await;
 }
+
+/// gRPC servers refuse a request without `te: trailers`; TE is hop-by-hop, so the proxy says
+/// it again to an HTTP/2 backend when the client asked for trailers, and only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn te_trailers_is_kept_on_the_way_to_http2_backends() {
+    bounded(async {
+        let (address, mut seen) = h2_backend().await;
+        let mut lb = TestBalancer::builder()
+            .backend(address)
+            .pool("http2", "true")
+            .start()
+            .await;
+        let mut client = TestClient::connect_h2(lb.addr()).await;
+        for (te, expected) in [(Some("trailers"), Some("trailers")), (None, None)] {
+            let mut request = Request::post("http://grpc.example/pkg.Service/Call")
+                .version(Version::HTTP_2)
+                .header("content-type", "application/grpc");
+            if let Some(te) = te {
+                request = request.header("te", te);
+            }
+            let request = request.body(common::full("")).expect("valid request");
+            let response = client.fetch(request).await.expect("through the proxy");
+            assert_eq!(response.status, StatusCode::OK);
+            let head = seen.recv().await.expect("the backend got the request");
+            let te_seen = head.headers.get("te").map(|v| v.to_str().expect("ASCII"));
+            assert_eq!(te_seen, expected);
+        }
+        let mut client = lb.client().await;
+        let request = Request::get("/")
+            .header("host", "grpc.example")
+            .header("connection", "TE")
+            .header("te", "gzip, trailers;q=1")
+            .body(common::empty())
+            .expect("valid request");
+        assert_eq!(
+            client.fetch(request).await.expect("h1").status,
+            StatusCode::OK
+        );
+        let head = seen.recv().await.expect("the backend got the request");
+        assert_eq!(head.headers["te"], "trailers");
+        lb.stop().await;
+    })
+    .await;
+}

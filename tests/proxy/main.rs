@@ -10,6 +10,7 @@ mod http2_abuse;
 mod messages;
 mod parking;
 mod routing;
+mod semantics;
 mod streaming;
 
 use std::time::{Duration, Instant};

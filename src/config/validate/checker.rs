@@ -15,6 +15,10 @@ use crate::config::types::Config;
 /// Bound on the `max_connections` and `max_queue` settings.
 pub(super) const MAX_CONNECTIONS: i64 = 10_000_000;
 
+/// Bound on every duration: one year. Deadlines are a configured duration added to
+/// `Instant::now()`, which panics on overflow; no such sum can overflow with this bound.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// Collects every problem found while the raw file becomes a [`Config`].
 pub(super) struct Checker<'a> {
     locator: Locator<'a>,
@@ -181,6 +185,14 @@ impl Checker<'_> {
         key: &str,
     ) -> Option<Duration> {
         match humantime::parse_duration(raw.get_ref()) {
+            Ok(duration) if duration > MAX_DURATION => {
+                self.report(
+                    raw,
+                    key,
+                    format!("{:?} is longer than the maximum of 365 days", raw.get_ref()),
+                );
+                None
+            }
             Ok(duration) => Some(duration),
             Err(err) => {
                 self.report(

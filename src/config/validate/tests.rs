@@ -251,6 +251,28 @@ fn zero_duration_is_rejected() {
     );
 }
 
+/// `Instant::now() + duration` panics on overflow: a duration past the one-year bound never
+/// reaches the runtime.
+#[test]
+fn durations_longer_than_a_year_are_rejected() {
+    let source = VALID.replace("\"2s\"", "\"500000000y\"");
+    assert_one_error(
+        &source,
+        19,
+        19,
+        "pools.app.request_timeout",
+        "longer than the maximum of 365 days",
+    );
+    let source = VALID.replace("\"2s\"", "\"366d\"");
+    assert_one_error(&source, 19, 19, "pools.app.request_timeout", "365 days");
+    let source = VALID.replace("\"2s\"", "\"365d\"");
+    let config = Config::parse(FILE, &source).expect("one year is allowed");
+    assert_eq!(
+        config.pools[0].request_timeout,
+        Duration::from_secs(365 * 24 * 3600)
+    );
+}
+
 #[test]
 fn out_of_range_numbers_are_rejected() {
     let source = VALID.replace("retries = 1", "retries = 99");
@@ -383,4 +405,117 @@ fn a_backend_may_set_its_own_cap_which_also_allows_the_queue_keys() {
         "pools.app.backends[1].max_connections",
         "out of range",
     );
+}
+
+mod properties {
+    use super::*;
+    use crate::testing::proptest_config;
+    use proptest::prelude::*;
+
+    /// Pieces that make a config interesting to break: keys, values of every type, brackets,
+    /// quotes, huge numbers and durations.
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "\n",
+                " = ",
+                "\"",
+                "[",
+                "]",
+                "{",
+                "}",
+                ",",
+                ".",
+                "#",
+                "'''",
+                "\"\"\"",
+                "[[listeners]]\n",
+                "[pools.app]\n",
+                "[pools.x.health_check]\n",
+                "request_timeout = \"500000000y\"\n",
+                "retries = 99999999999999999999\n",
+                "weight = -1\n",
+                "backends = []\n",
+                "listen = \"[::1]:0\"\n",
+                "interval = \"1ns\"\n",
+                "max_connections = 0\n",
+                "\u{feff}",
+                "é",
+                "\t",
+                "address = \"127.0.0.1:99999\"\n",
+                "pool = \"nope\"\n",
+                "1e999",
+                "-0",
+                "true",
+                "1979-05-27T07:32:00Z",
+                "inf",
+                "nan",
+            ])
+            .prop_map(str::to_owned),
+            "[a-z_]{1,12}",
+            "[0-9]{1,25}",
+            (1usize..60).prop_map(|depth| format!(
+                "x = {}{}\n",
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )),
+        ]
+    }
+
+    /// The valid config with a few pieces spliced in at char boundaries.
+    fn mutated() -> impl Strategy<Value = String> {
+        let edit = (any::<prop::sample::Index>(), 0usize..8, piece());
+        prop::collection::vec(edit, 1..6).prop_map(|edits| {
+            let mut text = VALID.to_owned();
+            for (at, cut, piece) in edits {
+                let starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+                let start = starts
+                    .get(at.index(starts.len().max(1)))
+                    .copied()
+                    .unwrap_or(0);
+                let end = text[start..]
+                    .char_indices()
+                    .nth(cut)
+                    .map_or(text.len(), |(i, _)| start + i);
+                text.replace_range(start..end, &piece);
+            }
+            text
+        })
+    }
+
+    fn check(source: &str) -> Result<(), TestCaseError> {
+        match Config::parse(FILE, source) {
+            Ok(config) => {
+                for pool in &config.pools {
+                    prop_assert!(pool.request_timeout <= Duration::from_secs(365 * 86_400));
+                }
+            }
+            Err(ConfigError::Read { .. }) => prop_assert!(false, "parse never reads a file"),
+            Err(ConfigError::Invalid(problems)) => {
+                prop_assert!(!problems.is_empty());
+                let lines = source.lines().count() + 1;
+                for problem in &problems {
+                    prop_assert_eq!(&problem.file, FILE);
+                    prop_assert!(problem.line >= 1 && problem.line <= lines, "{}", problem);
+                    prop_assert!(problem.column >= 1, "{}", problem);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(proptest_config(256))]
+
+        /// Never panics; every error has a position inside the file.
+        #[test]
+        fn parse_never_panics_and_every_error_has_a_position(source in mutated()) {
+            check(&source)?;
+        }
+
+        #[test]
+        fn parse_survives_arbitrary_text(source in "\\PC{0,200}") {
+            check(&source)?;
+        }
+    }
 }

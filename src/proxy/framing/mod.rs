@@ -33,3 +33,4 @@ mod scan;
 
 pub(crate) use check::FramingCheck;
 pub(crate) use io::ScannedIo;
+pub(crate) use scan::HeadScanner;

@@ -360,6 +360,9 @@ fn trim(value: &[u8]) -> &[u8] {
 }
 
 #[cfg(test)]
+mod differential;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -19,6 +19,7 @@ use super::listener::HttpListener;
 use super::mirror;
 use super::tunnel::{Tunnel, UpgradeSlot};
 use crate::http::headers::{self, ClientInfo, Forwarding};
+use crate::http::host;
 use crate::metrics::RouteMetrics;
 use crate::pool::Pool;
 use crate::proxy::activity::Exchange;
@@ -312,11 +313,9 @@ impl Handler {
                 "ambiguous message framing (Content-Length with Transfer-Encoding, or conflicting Content-Length)",
             ));
         }
-        if request.version() == Version::HTTP_11
-            && !request.headers().contains_key(http::header::HOST)
-        {
-            // RFC 9112 §3.2: a server MUST respond 400 to an HTTP/1.1 request without Host.
-            return Err(ProxyError::BadRequest("missing Host header"));
+        if let Some(problem) = host::refusal(request.uri(), request.version(), request.headers()) {
+            // RFC 9112 §3.2: a missing, repeated or invalid Host is a 400.
+            return Err(ProxyError::BadRequest(problem));
         }
         let snapshot = self.listener.state.load();
         let target = snapshot

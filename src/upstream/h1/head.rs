@@ -89,9 +89,12 @@ pub(super) struct Fields {
 }
 
 impl Fields {
-    /// Whether the backend lets the connection carry another request (RFC 9112 §9.3).
+    /// Whether the backend lets the connection carry another request (RFC 9112 §9.3). Never
+    /// after an HTTP/1.0 message with `Transfer-Encoding`: RFC 9112 §6.1 has the recipient
+    /// treat its framing as faulty and close the connection after it.
     pub(super) fn allow_keep_alive(&self, version: Version) -> bool {
-        !self.close && (version == Version::HTTP_11 || self.keep_alive)
+        let faulty = version == Version::HTTP_10 && self.chunked.is_some();
+        !self.close && !faulty && (version == Version::HTTP_11 || self.keep_alive)
     }
 
     /// How a response that has a body delimits it (RFC 9112 §6.3).
@@ -183,8 +186,19 @@ fn read_fields(fields: &[httparse::Header<'_>], headers: &mut HeaderMap) -> Resu
     Ok(facts)
 }
 
+/// The length of the response head at the start of `buf` (`None` while it is incomplete),
+/// once its fields and body framing were judged: the whole head path, for the fuzz targets.
+pub(crate) fn judge_response_head(buf: &[u8]) -> Result<Option<usize>, Error> {
+    let mut headers = HeaderMap::new();
+    let Some(head) = parse_head(buf, &mut headers)? else {
+        return Ok(None);
+    };
+    head.fields.body_framing()?;
+    Ok(Some(head.len))
+}
+
 /// The fields of a trailer section (ending in an empty line).
-pub(super) fn parse_trailers(section: &[u8]) -> Result<HeaderMap, Error> {
+pub(crate) fn parse_trailers(section: &[u8]) -> Result<HeaderMap, Error> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     match httparse::parse_headers(section, &mut fields) {
         Ok(httparse::Status::Complete((_, fields))) => {
@@ -300,6 +314,9 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"[..],
             b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
+            // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing, whatever
+            // Connection says.
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         ] {
             let (addr, _heads) = backend(vec![reply], false).await;
             let mut response = send(connect(addr).await, request(Method::GET, "/"))
@@ -350,5 +367,73 @@ mod tests {
         assert_eq!(out, sent("GET /x HTTP/1.1\r\nhost: app.test\r\n"));
         assert_eq!(itoa(0, &mut [0; 20]), b"0");
         assert_eq!(itoa(u64::MAX, &mut [0; 20]), b"18446744073709551615");
+    }
+
+    mod properties {
+        use super::super::*;
+        use crate::testing::proptest_config;
+        use proptest::prelude::*;
+
+        /// Response-head-like bytes: a status line, field lines from a small alphabet (framing
+        /// fields included), CRLF or LF endings, and now and then anything at all.
+        fn head_like() -> impl Strategy<Value = Vec<u8>> {
+            let line = prop_oneof![
+                Just(b"HTTP/1.1 200 OK".to_vec()),
+                Just(b"HTTP/1.0 204 No Content".to_vec()),
+                Just(b"HTTP/1.1 103 Early Hints".to_vec()),
+                Just(b"Content-Length: 5".to_vec()),
+                Just(b"content-length: 5, 5".to_vec()),
+                Just(b"Content-Length: 18446744073709551616".to_vec()),
+                Just(b"Transfer-Encoding: chunked".to_vec()),
+                Just(b"Transfer-Encoding: gzip, chunked".to_vec()),
+                Just(b"Connection: close, keep-alive".to_vec()),
+                Just(b"Date: x".to_vec()),
+                Just(b"X-A: \x80\xff".to_vec()),
+                prop::collection::vec(any::<u8>(), 0..20),
+            ];
+            let end = prop::sample::select(vec![&b"\r\n"[..], b"\n", b"\r"]);
+            prop::collection::vec((line, end), 0..8).prop_map(|lines| {
+                let mut head = Vec::new();
+                for (line, end) in lines {
+                    head.extend_from_slice(&line);
+                    head.extend_from_slice(end);
+                }
+                head.extend_from_slice(b"\r\n");
+                head
+            })
+        }
+
+        proptest! {
+            #![proptest_config(proptest_config(2048))]
+
+            /// Never panics; a parsed head lies within the buffer and its framing is one of
+            /// the unambiguous kinds, with the length the fields declared.
+            #[test]
+            fn response_heads_parse_within_their_bytes(bytes in head_like(), cut in any::<prop::sample::Index>()) {
+                let mut headers = HeaderMap::new();
+                for buf in [&bytes[..], &bytes[..cut.index(bytes.len() + 1)]] {
+                    let Ok(Some(head)) = parse_head(buf, &mut headers) else {
+                        continue;
+                    };
+                    prop_assert!(head.len <= buf.len());
+                    match head.fields.body_framing() {
+                        Ok(Kind::Length(n)) => prop_assert_eq!(Some(n), head.fields.length),
+                        Ok(Kind::Chunked(Chunked::Size)) => prop_assert_eq!(head.fields.length, None),
+                        Ok(Kind::Done) => prop_assert_eq!(head.fields.length, Some(0)),
+                        Ok(Kind::Close) => prop_assert_eq!(head.fields.length, None),
+                        Ok(kind) => prop_assert!(false, "{:?}", kind),
+                        Err(_) => {}
+                    }
+                    prop_assert!(!headers.contains_key(header::CONTENT_LENGTH));
+                    prop_assert!(!headers.contains_key(header::DATE));
+                }
+            }
+
+            #[test]
+            fn trailer_sections_never_panic(bytes in head_like()) {
+                // Refusing is fine; only a panic fails.
+                let _ = parse_trailers(&bytes);
+            }
+        }
     }
 }

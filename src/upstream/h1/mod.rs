@@ -27,6 +27,7 @@ mod response_body;
 
 pub(crate) use self::connection::{Connection, Stream};
 pub(crate) use self::error::{Error, SendError};
+pub(crate) use self::head::{judge_response_head, parse_trailers};
 pub(crate) use self::response_body::{Body, Upgraded};
 
 use std::io;

@@ -383,4 +383,214 @@ mod tests {
             assert!(parse_chunk_size(bad).is_err(), "{bad:?}");
         }
     }
+
+    mod properties {
+        use super::super::super::test_support::{read, request, send};
+        use super::super::*;
+        use crate::testing::proptest_config;
+        use http::{HeaderMap, Method};
+        use proptest::prelude::*;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        /// How a generated response frames its body.
+        #[derive(Debug, Clone)]
+        enum Framing {
+            Length,
+            /// Chunk sizes (the last chunk is added), with an extension on some.
+            Chunked(Vec<(usize, bool)>),
+            Close,
+        }
+
+        fn framing() -> impl Strategy<Value = Framing> {
+            prop_oneof![
+                Just(Framing::Length),
+                prop::collection::vec((1usize..80, any::<bool>()), 0..6).prop_map(Framing::Chunked),
+                Just(Framing::Close),
+            ]
+        }
+
+        /// The response for `body`, framed as `framing`, with a trailer section of `trailers`.
+        fn encode(body: &[u8], framing: &Framing, trailers: &[(String, String)]) -> Vec<u8> {
+            let mut out = b"HTTP/1.1 200 OK\r\n".to_vec();
+            match framing {
+                Framing::Length => {
+                    out.extend_from_slice(
+                        format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes(),
+                    );
+                    out.extend_from_slice(body);
+                }
+                Framing::Close => {
+                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(body);
+                }
+                Framing::Chunked(sizes) => {
+                    out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                    let mut rest = body;
+                    for &(size, extension) in
+                        sizes
+                            .iter()
+                            .cycle()
+                            .take(if sizes.is_empty() { 0 } else { body.len() })
+                    {
+                        if rest.is_empty() {
+                            break;
+                        }
+                        let (chunk, after) = rest.split_at(size.min(rest.len()));
+                        out.extend_from_slice(format!("{:X}", chunk.len()).as_bytes());
+                        if extension {
+                            out.extend_from_slice(b" ;name=\"va;l\"");
+                        }
+                        out.extend_from_slice(b"\r\n");
+                        out.extend_from_slice(chunk);
+                        out.extend_from_slice(b"\r\n");
+                        rest = after;
+                    }
+                    if !rest.is_empty() {
+                        out.extend_from_slice(format!("{:x}\r\n", rest.len()).as_bytes());
+                        out.extend_from_slice(rest);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    out.extend_from_slice(b"0\r\n");
+                    for (name, value) in trailers {
+                        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+                    }
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            out
+        }
+
+        /// A strict chunked decoder (RFC 9112 §7.1, the grammar of `wire::chunk_size`):
+        /// the data and the raw trailer section, or `None`.
+        fn reference_chunked(mut bytes: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+            let mut data = Vec::new();
+            loop {
+                let lf = bytes.iter().position(|&b| b == b'\n')?;
+                let size = usize::try_from(crate::http::wire::chunk_size(&bytes[..=lf])?).ok()?;
+                bytes = &bytes[lf + 1..];
+                if size == 0 {
+                    let end = if bytes.starts_with(b"\r\n") {
+                        2
+                    } else {
+                        memchr::memmem::find(bytes, b"\r\n\r\n")? + 4
+                    };
+                    return Some((data, bytes[..end].to_vec()));
+                }
+                let chunk = bytes.get(..size)?;
+                data.extend_from_slice(chunk);
+                bytes = bytes.get(size..)?.strip_prefix(b"\r\n")?;
+            }
+        }
+
+        /// A body's data and trailers, or its error.
+        type Decoded = Result<(Vec<u8>, Option<HeaderMap>), String>;
+
+        /// What fulcrum's client makes of `reply`, and whether the connection was offered for
+        /// reuse.
+        fn decode(reply: Vec<u8>) -> (Decoded, bool) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                let addr = listener.local_addr().expect("address");
+                tokio::spawn(async move {
+                    let (mut socket, _) = listener.accept().await.expect("accept");
+                    let mut head = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while memchr::memmem::find(&head, b"\r\n\r\n").is_none() {
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    // The test reads what arrives; a write error is the client's to see.
+                    let _ = socket.write_all(&reply).await;
+                    let _ = socket.shutdown().await;
+                });
+                let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                let conn = Connection::new(Stream::Tcp(stream));
+                let mut response = match send(conn, request(Method::GET, "/")).await {
+                    Ok(response) => response,
+                    Err(err) => return (Err(err.to_string()), false),
+                };
+                let body = read(response.body_mut())
+                    .await
+                    .map_err(|err| err.to_string());
+                let reused = response.body_mut().take_idle().is_some();
+                (body, reused)
+            })
+        }
+
+        fn field() -> impl Strategy<Value = (String, String)> {
+            ("x-[a-z]{1,6}", "[a-zA-Z0-9 ]{0,8}")
+                .prop_map(|(name, value)| (name, value.trim().to_owned()))
+        }
+
+        proptest! {
+            #![proptest_config(proptest_config(128))]
+
+            /// Every well-framed body comes back whole with its trailers; nothing past a
+            /// declared length is read as body; only a response that ended exactly at its
+            /// boundary gives its connection back.
+            #[test]
+            fn well_framed_bodies_decode_exactly(
+                body in prop::collection::vec(any::<u8>(), 0..300),
+                framing in framing(),
+                trailers in prop::collection::vec(field(), 0..3),
+                extra in prop::collection::vec(any::<u8>(), 0..8),
+            ) {
+                let mut reply = encode(&body, &framing, &trailers);
+                if !matches!(framing, Framing::Close) {
+                    reply.extend_from_slice(&extra);
+                }
+                let (decoded, reused) = decode(reply);
+                let (data, got_trailers) = decoded.map_err(TestCaseError::fail)?;
+                prop_assert_eq!(data, body);
+                let expected: Vec<(String, String)> = match framing {
+                    Framing::Chunked(_) => trailers,
+                    _ => Vec::new(),
+                };
+                let got: Vec<(String, String)> = got_trailers
+                    .iter()
+                    .flatten()
+                    .map(|(name, value)| (name.to_string(), value.to_str().expect("ASCII").to_owned()))
+                    .collect();
+                prop_assert_eq!(got, expected);
+                let boundary = extra.is_empty() && !matches!(framing, Framing::Close);
+                prop_assert_eq!(reused, boundary);
+            }
+
+            /// With one byte of a chunked body changed, fulcrum accepts exactly what the strict
+            /// reference decoder accepts, with the same data.
+            #[test]
+            fn damaged_chunked_bodies_agree_with_the_reference(
+                body in prop::collection::vec(b'a'..=b'z', 0..120),
+                sizes in prop::collection::vec((1usize..40, any::<bool>()), 1..4),
+                trailers in prop::collection::vec(field(), 0..2),
+                at in any::<prop::sample::Index>(),
+                byte in prop::sample::select(b"0123456789aAfFgG \t;\r\n:x".to_vec()),
+            ) {
+                let mut reply = encode(&body, &Framing::Chunked(sizes), &trailers);
+                let head_end = memchr::memmem::find(&reply, b"\r\n\r\n").expect("head") + 4;
+                let at = head_end + at.index(reply.len() - head_end);
+                reply[at] = byte;
+                let reference = reference_chunked(&reply[head_end..]);
+                let (decoded, _) = decode(reply.clone());
+                match (decoded, reference) {
+                    (Ok((data, _)), Some((expected, _))) => prop_assert_eq!(data, expected),
+                    (Ok((data, _)), None) => prop_assert!(false, "accepted {:?} as {:?}", String::from_utf8_lossy(&reply), data),
+                    (Err(_), Some((_, trailers))) => {
+                        // Only a trailer section the field parser refuses may differ.
+                        let valid = trailers.as_slice() == b"\r\n" || parse_trailers(&trailers).is_ok();
+                        prop_assert!(!valid, "refused {:?}", String::from_utf8_lossy(&reply));
+                    }
+                    (Err(_), None) => {}
+                }
+            }
+        }
+    }
 }
