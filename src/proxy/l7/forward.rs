@@ -50,6 +50,8 @@ pub(super) fn forward(
         let mut tried = Tried::default();
         let mut last_error = None;
         let mut last_backend: Option<&Arc<Backend>> = None;
+        // Whether every backend tried so far refused the connection (nothing serving there).
+        let mut all_refused = true;
         loop {
             let (backend, in_flight) = match pool.next_attempt(&mut tried).await {
                 Ok(Some(attempt)) => attempt,
@@ -97,8 +99,12 @@ pub(super) fn forward(
                     return Ok(Response::from_parts(parts, body));
                 }
                 Outcome::NotSent(unsent, err) => {
-                    if matches!(err, ProxyError::Connect(_)) {
-                        backend.metrics.connect_error();
+                    match &err {
+                        ProxyError::Connect(connect) => {
+                            backend.metrics.connect_error();
+                            all_refused &= connect.backend_is_down();
+                        }
+                        _ => all_refused = false,
                     }
                     pool.record_failure(backend, &err);
                     tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend connect failed; trying another");
@@ -106,6 +112,7 @@ pub(super) fn forward(
                     last_error = Some(err);
                 }
                 Outcome::Failed(err) => {
+                    all_refused = false;
                     pool.record_failure(backend, &err);
                     match (&replay, &err) {
                         (Some(replay), ProxyError::Upstream(_)) => {
@@ -123,16 +130,10 @@ pub(super) fn forward(
                 }
             }
         }
-        // Nothing healthy, or no backend of the pool accepted a connection: the service is
-        // unavailable (503), not broken (502).
-        let all_refused = tried.len() == pool.endpoints.len()
-            && match &last_error {
-                None => true,
-                Some(ProxyError::Connect(err)) => err.backend_is_down(),
-                Some(_) => false,
-            };
+        // Nothing healthy, or every backend tried refused the connection: the service is
+        // unavailable (503), not broken (502), however many backends the budget let us try.
         let err = match last_error {
-            Some(err) if pool.any_available() && !all_refused => err,
+            Some(err) if !all_refused => err,
             _ => ProxyError::NoBackend {
                 pool: Arc::clone(&pool.name),
                 retry_after: pool.retry_after(),
