@@ -117,7 +117,7 @@ impl Health {
         if let Err(err) = result {
             inner.last_error = Some(err);
         }
-        let transition = inner.machine.probe(passed, thresholds);
+        let transition = inner.machine.probe(passed, thresholds, Instant::now());
         self.publish(&inner.machine, transition.as_ref());
         transition
     }

@@ -322,3 +322,54 @@ async fn checks_of_a_removed_backend_stop() {
     })
     .await;
 }
+
+/// A backend killed under load is ejected by the failed requests and marked down by its
+/// checks; once restarted, `healthy_threshold` passing checks end the ejection too, long before
+/// its 30 s are over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passing_checks_end_a_passive_ejection_after_a_restart() {
+    bounded(async {
+        let a = ControlledBackend::spawn("a").await;
+        let b = ControlledBackend::spawn("b").await;
+        let mut c = ControlledBackend::spawn("c").await;
+        let mut lb = TestBalancer::builder()
+            .backend(a.addr())
+            .backend(b.addr())
+            .backend(c.addr())
+            .pool("retries", "2")
+            .pool("health_check", FAST_CHECK)
+            .pool(
+                "passive",
+                "{ consecutive_failures = 1, ejection_time = \"30s\", \
+                 max_ejection_time = \"30s\", max_ejected_percent = 50 }",
+            )
+            .start()
+            .await;
+        wait_serving(&lb).await;
+        let stop = CancellationToken::new();
+        let load = spawn_load(lb.addr(), 4, stop.clone());
+        wait_until(Duration::from_secs(3), "c to serve load", || {
+            c.hit_count() > 10
+        })
+        .await;
+
+        let killed_at = Instant::now();
+        c.stop().await;
+        // Down by its checks and (from the refused connects) ejected; then back up.
+        tokio::time::sleep_until((killed_at + INTERVAL * 2 + SLACK).into()).await;
+        let restarted_at = Instant::now();
+        c.restart().await;
+        let limit = INTERVAL * 2 + Duration::from_secs(1);
+        wait_until(limit, "the restarted backend to serve again", || {
+            !c.hits_since(restarted_at).is_empty()
+        })
+        .await;
+        stop.cancel();
+        let samples = within(Duration::from_secs(10), "the load to stop", load)
+            .await
+            .expect("the load task panicked");
+        lb.stop().await;
+        assert!(!samples.is_empty());
+    })
+    .await;
+}
