@@ -191,6 +191,12 @@ impl Pool {
         }
     }
 
+    /// The `http2` and TLS settings its connector was built from; health checkers are
+    /// restarted when a reload changes them.
+    pub(crate) fn upstream_settings(&self) -> &(bool, Option<UpstreamTlsConfig>) {
+        &self.upstream
+    }
+
     /// The backend for a request's next attempt, within the pool's retry budget, with its unit
     /// of in-flight count: picked as by [`Pool::pick`], added to `tried`, and counted as a
     /// retry unless it is the first. `Ok(None)` when nothing is left to try.
