@@ -137,8 +137,46 @@ async fn exchange_http2(
     Ok(response.map_err(ProbeError::Exchange)?.status())
 }
 
+/// Waits for the first round of checks of `snapshot`'s actively checked backends not probed yet
+/// (with `whole`, of every pool; else only of pools with no backend up yet, as a reload adds
+/// them), at most the longest check timeout plus a little for the result to land. Returns how
+/// many backends are still unchecked then.
+pub(crate) async fn first_round(snapshot: &Snapshot, whole: bool) -> usize {
+    let waited_for = || {
+        snapshot
+            .pools()
+            .iter()
+            .filter(|pool| whole || !pool.any_available())
+            .filter_map(|pool| pool.health_check.as_ref().map(|check| (pool, check)))
+    };
+    let Some(timeout) = waited_for().map(|(_, check)| check.timeout).max() else {
+        return 0;
+    };
+    let unchecked = || {
+        waited_for()
+            .flat_map(|(pool, _)| pool.endpoints.iter())
+            .filter(|endpoint| !endpoint.backend.health.probed())
+            .count()
+    };
+    // Startup only, not the hot path: a short poll beats wiring a notification per backend.
+    let deadline = tokio::time::Instant::now() + timeout + FIRST_ROUND_GRACE;
+    loop {
+        let left = unchecked();
+        if left == 0 || tokio::time::Instant::now() >= deadline {
+            return left;
+        }
+        tokio::time::sleep(FIRST_ROUND_POLL).await;
+    }
+}
+
+/// Time a probe's result takes to be recorded after its timeout, on a busy machine.
+const FIRST_ROUND_GRACE: Duration = Duration::from_millis(50);
+/// How often [`first_round`] looks.
+const FIRST_ROUND_POLL: Duration = Duration::from_millis(2);
+
 /// Probes `backend` every `interval` (plus up to `jitter`) until `stop` fires. The first probe
-/// runs at once, so a new backend with active checks is not kept out for a whole interval.
+/// runs at once, without jitter, so a new backend with active checks is not kept out for a
+/// whole interval and the first round before the listeners accept is short.
 pub(crate) async fn run(
     backend: Arc<Backend>,
     check: Arc<HealthCheckConfig>,
@@ -148,12 +186,17 @@ pub(crate) async fn run(
 ) {
     let mut ticker = tokio::time::interval(check.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut first = true;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let jitter = jitter_delay(&mut rng, check.jitter);
+        let jitter = if std::mem::take(&mut first) {
+            Duration::ZERO
+        } else {
+            jitter_delay(&mut rng, check.jitter)
+        };
         if !jitter.is_zero() {
             tokio::select! {
                 () = stop.cancelled() => return,
