@@ -271,8 +271,22 @@ fn send<'a>(
                 },
                 Conn::Http2(mut sender) => {
                     forwarding.apply(request.headers_mut());
+                    let sent = request.body_mut().track_sent();
                     let attempt = sender.try_send_request(request);
-                    match tokio::time::timeout_at(deadline, attempt).await {
+                    let answered = match sent {
+                        None => tokio::time::timeout_at(deadline, attempt).await,
+                        Some(sent) => {
+                            // No deadline while the body streams up (see `h1::HeadWait`).
+                            let mut attempt = std::pin::pin!(attempt);
+                            tokio::select! {
+                                answered = &mut attempt => Ok(answered),
+                                () = sent.notified() => {
+                                    tokio::time::timeout(wait.after_body, attempt).await
+                                }
+                            }
+                        }
+                    };
+                    match answered {
                         Err(_) => return Outcome::Failed(timed_out),
                         Ok(Ok(mut response)) => {
                             // The client gets the proxy's Date, as from HTTP/1.1 backends.

@@ -87,7 +87,7 @@ impl Handler {
                     let mut served_by = None;
                     let outcome = forward(
                         &pool,
-                        request.map(|body| RequestBody::Client { body }),
+                        request.map(RequestBody::client),
                         &forwarding,
                         Arrival {
                             listener: &self.listener.name,
