@@ -423,7 +423,7 @@ fn clients_connecting_at_start_never_see_503_for_want_of_a_first_check() {
             std::thread::spawn(move || {
                 let deadline = Instant::now() + Duration::from_secs(10);
                 let mut stream = loop {
-                    match TcpStream::connect(address) {
+                    match connect_from_elsewhere(address) {
                         Ok(stream) => break stream,
                         Err(_) if Instant::now() < deadline => {
                             std::thread::sleep(Duration::from_micros(200));
@@ -459,4 +459,13 @@ fn clients_connecting_at_start_never_see_503_for_want_of_a_first_check() {
         }
     }
     child.0.kill().expect("stop fulcrum");
+}
+
+/// Connects to `address` from 127.0.0.2: a connect loop on a port nobody listens on yet may
+/// otherwise pick that very port as its own and connect to itself (TCP simultaneous open).
+fn connect_from_elsewhere(address: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())?;
+    socket.connect(&address.into())?;
+    Ok(socket.into())
 }

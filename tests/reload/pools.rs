@@ -376,7 +376,13 @@ async fn a_pool_added_by_a_reload_serves_without_a_503_for_want_of_a_check() {
         let client = tokio::spawn(async move {
             let deadline = Instant::now() + Duration::from_secs(5);
             let stream = loop {
-                match tokio::net::TcpStream::connect(api).await {
+                // From 127.0.0.2: a connect loop on a port nobody listens on yet may otherwise
+                // pick that very port as its own and connect to itself.
+                let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+                socket
+                    .bind(SocketAddr::from(([127, 0, 0, 2], 0)))
+                    .expect("bind 127.0.0.2");
+                match socket.connect(api).await {
                     Ok(stream) => break stream,
                     Err(_) if Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_micros(200)).await;
