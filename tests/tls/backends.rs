@@ -180,6 +180,15 @@ async fn a_pool_trusting_the_wrong_ca_is_down_with_a_certificate_error() {
             assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
             lb.stop().await;
         }
+        // The pool's insecure_skip_verify holds for its checks as for its traffic.
+        let tls =
+            "ca = \"other-ca.pem\"\nserver_name = \"backend.test\"\ninsecure_skip_verify = true";
+        let text = pool_config(&[a], tls, false, "http");
+        let mut lb = TestBalancer::from_config(&dir.config_file(), &text, "web").await;
+        wait_for_state(lb.admin_addr(), "healthy").await;
+        let response = lb.client().await.get("/").await.expect("a response");
+        assert_eq!(response.status, StatusCode::OK);
+        lb.stop().await;
         a_task.abort();
     })
     .await;
