@@ -62,6 +62,8 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// Time from sending a request until the response head.
     pub request_timeout: Duration,
+    /// Time one attempt waits for the response head before a replayable request moves on.
+    pub try_timeout: Option<Duration>,
     /// Extra attempts on other backends after a failed connect.
     pub retries: u32,
     /// Weight ramp-up time for backends that come back.
@@ -168,6 +170,7 @@ impl Pool {
             settings: PoolSettings {
                 connect_timeout: config.connect_timeout,
                 request_timeout: config.request_timeout,
+                try_timeout: config.try_timeout,
                 retries: config.retries,
                 slow_start: config.slow_start,
                 fail_open: config.fail_open,
@@ -186,6 +189,12 @@ impl Pool {
                 || config.backends.iter().any(|b| b.max_connections.is_some()),
             metrics: PoolMetrics::new(&config.name),
         }
+    }
+
+    /// The `http2` and TLS settings its connector was built from; health checkers are
+    /// restarted when a reload changes them.
+    pub(crate) fn upstream_settings(&self) -> &(bool, Option<UpstreamTlsConfig>) {
+        &self.upstream
     }
 
     /// The backend for a request's next attempt, within the pool's retry budget, with its unit

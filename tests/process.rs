@@ -526,3 +526,80 @@ fn an_admin_listener_beyond_loopback_without_a_token_is_warned_about() {
     };
     assert!(warning.contains("address=0.0.0.0:"), "{warning}");
 }
+
+/// With active checks, fulcrum runs the first round of checks before its listener accepts: a
+/// client that connects the moment the port takes connections gets an answer from a backend,
+/// never a 503 for want of a check.
+#[test]
+fn clients_connecting_at_start_never_see_503_for_want_of_a_first_check() {
+    let backends: Vec<String> = (0..3)
+        .map(|_| format!("\"{}\"", slow_backend(Duration::ZERO)))
+        .collect();
+    // A free port for fulcrum to listen on (clients must know it before it starts).
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|probe| probe.local_addr())
+        .expect("a free port")
+        .port();
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let dir = TempDir::new("first-checks");
+    let path = write_config(
+        &dir,
+        &format!(
+            "[[listeners]]\nname = \"web\"\nlisten = \"{address}\"\npool = \"app\"\n\n\
+             [pools.app]\nbackends = [{}]\n\
+             [pools.app.health_check]\npath = \"/health\"\ninterval = \"500ms\"\n\
+             timeout = \"500ms\"\njitter = \"50ms\"\n",
+            backends.join(", ")
+        ),
+    );
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut stream = loop {
+                    match connect_from_elsewhere(address) {
+                        Ok(stream) => break stream,
+                        Err(_) if Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                        Err(err) => panic!("fulcrum never listened: {err}"),
+                    }
+                };
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("read timeout");
+                (0..5)
+                    .map(|i| {
+                        let request = format!("GET /first/{i} HTTP/1.1\r\nHost: t\r\n\r\n");
+                        stream.write_all(request.as_bytes()).expect("send");
+                        read_response(&mut stream).0
+                    })
+                    .collect::<Vec<String>>()
+            })
+        })
+        .collect();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start fulcrum");
+    let mut child = Running(child);
+    for client in clients {
+        for head in client.join().expect("client thread") {
+            assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        }
+    }
+    child.0.kill().expect("stop fulcrum");
+}
+
+/// Connects to `address` from 127.0.0.2: a connect loop on a port nobody listens on yet may
+/// otherwise pick that very port as its own and connect to itself (TCP simultaneous open).
+fn connect_from_elsewhere(address: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())?;
+    socket.connect(&address.into())?;
+    Ok(socket.into())
+}

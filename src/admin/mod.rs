@@ -7,8 +7,9 @@
 //!
 //! - `GET /`: the live dashboard (one self-contained page, polling `/status`).
 //! - `GET /healthz`: 200 while the process runs.
-//! - `GET /readyz`: 200 once listeners are bound and every actively checked backend has had its
-//!   first check; 503 before.
+//! - `GET /readyz`: 200 once the listeners accept: after the first round of health checks
+//!   (every actively checked backend checked once, or the longest check timeout over); 503
+//!   before.
 //! - `GET /status`: JSON: version, uptime, last reload, listeners, pools and backends.
 //! - `GET /metrics`: Prometheus text format.
 //! - `POST /reload`: reload the config file now; 200 with the changes, 422 with the errors.
@@ -21,6 +22,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -63,6 +65,8 @@ pub(crate) struct AdminState {
     draining: ArcSwap<Vec<Arc<Backend>>>,
     /// Who may call what; replaced on reload and when the token file changes.
     access: ArcSwap<Access>,
+    /// Set when the listeners start accepting: after the first round of health checks.
+    ready: AtomicBool,
 }
 
 impl AdminState {
@@ -86,6 +90,7 @@ impl AdminState {
             listeners: ArcSwap::from_pointee(Vec::new()),
             draining: ArcSwap::from_pointee(Vec::new()),
             access: ArcSwap::from_pointee(Access::open()),
+            ready: AtomicBool::new(false),
         }
     }
 
@@ -97,6 +102,15 @@ impl AdminState {
     /// Replaces the access rules (a reload, or a new token).
     pub(crate) fn set_access(&self, access: Access) {
         self.access.store(Arc::new(access));
+    }
+
+    /// The listeners accept from now on (`/readyz` answers 200).
+    pub(crate) fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
     }
 
     /// Records a reload attempt; `source` is the file text that was read for it.
@@ -159,6 +173,7 @@ impl AdminState {
                 self.started.elapsed().as_secs_f64(),
                 self.config_file.as_ref().map(|p| p.display().to_string()),
                 self.last_reload.load().as_ref().clone(),
+                self.is_ready(),
             ),
         )
     }
@@ -232,7 +247,7 @@ async fn route(
         }
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => {
-            if status::is_ready(&admin.state.load()) {
+            if admin.is_ready() {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(

@@ -163,9 +163,9 @@ impl Status {
         snapshot: &Snapshot,
         listeners: &[ListenerView],
         draining: &[Arc<Backend>],
-        header: (f64, Option<String>, Option<ReloadStatus>),
+        header: (f64, Option<String>, Option<ReloadStatus>, bool),
     ) -> Status {
-        let (uptime_seconds, config_file, last_reload) = header;
+        let (uptime_seconds, config_file, last_reload, ready) = header;
         let pools = snapshot
             .pools()
             .iter()
@@ -234,7 +234,7 @@ impl Status {
             uptime_seconds,
             config_file,
             last_reload,
-            ready: is_ready(snapshot),
+            ready,
             listeners,
             pools,
         }
@@ -260,16 +260,6 @@ fn backend_status(
         last_error: backend.health.last_error(),
         last_minute: backend.metrics.window.summary(),
     }
-}
-
-/// Ready once every backend of a pool with active checks has been probed at least once.
-pub(super) fn is_ready(snapshot: &Snapshot) -> bool {
-    snapshot
-        .pools()
-        .iter()
-        .filter(|pool| pool.health_check.is_some())
-        .flat_map(|pool| pool.endpoints.iter())
-        .all(|endpoint| endpoint.backend.health.probed())
 }
 
 #[cfg(test)]

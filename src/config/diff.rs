@@ -149,6 +149,12 @@ fn pool_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<String> {
         format!("{:?}", new.request_timeout),
     );
     setting(
+        "try_timeout",
+        old.try_timeout != new.try_timeout,
+        format!("{:?}", old.try_timeout),
+        format!("{:?}", new.try_timeout),
+    );
+    setting(
         "retries",
         old.retries != new.retries,
         old.retries.to_string(),

@@ -244,6 +244,8 @@ pub(super) struct RawPool {
     pub connect_timeout: Option<Spanned<String>>,
     /// Time allowed from sending a request until the backend's response head.
     pub request_timeout: Option<Spanned<String>>,
+    /// Time one attempt may wait for the response head before another backend is tried.
+    pub try_timeout: Option<Spanned<String>>,
     /// How many other backends a failed connect may be retried on.
     pub retries: Option<Spanned<i64>>,
     /// Idle upstream connections kept per backend.

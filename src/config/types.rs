@@ -307,6 +307,10 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// Time from sending a request until the response head arrives.
     pub request_timeout: Duration,
+    /// Time one attempt waits for the response head (from sending the request whole); bodiless
+    /// GET, HEAD and OPTIONS requests that run out of it are retried on another backend.
+    /// `None`: an attempt may take the whole `request_timeout`.
+    pub try_timeout: Option<Duration>,
     /// Extra attempts on other backends after a failed connect.
     pub retries: u32,
     /// Idle upstream connections kept per backend.

@@ -145,18 +145,33 @@ impl Machine {
         self.ejected_until
     }
 
-    /// Feeds one active probe result.
-    pub(crate) fn probe(&mut self, passed: bool, thresholds: Thresholds) -> Option<Transition> {
+    /// Feeds one active probe result, at `now`. Passes count from the last failure or ejection:
+    /// `thresholds.healthy` of them in a row bring a down backend up and end a running
+    /// ejection early (the backend answers its checks again, as after a restart).
+    pub(crate) fn probe(
+        &mut self,
+        passed: bool,
+        thresholds: Thresholds,
+        now: Instant,
+    ) -> Option<Transition> {
         let from = self.status();
         let reason = if passed {
             self.failures = 0;
             self.successes = self.successes.saturating_add(1);
             let enough = self.first_probe_pending || self.successes >= thresholds.healthy;
-            if self.up || !enough {
+            if !enough {
                 None
-            } else {
+            } else if !self.up {
                 self.up = true;
+                if self.ejected_until.take().is_some() {
+                    self.returned_at = Some(now);
+                }
                 Some(Reason::ChecksPassed(self.successes))
+            } else if self.ejected_until.take().is_some() {
+                self.returned_at = Some(now);
+                Some(Reason::ChecksPassed(self.successes))
+            } else {
+                None
             }
         } else {
             self.successes = 0;
@@ -189,6 +204,8 @@ impl Machine {
         {
             self.ejections = 0;
         }
+        // Passing checks end the ejection only when they come after it.
+        self.successes = 0;
         let factor = 1u32.checked_shl(self.ejections.min(31)).unwrap_or(u32::MAX);
         let time = times.base.saturating_mul(factor).min(times.max);
         self.ejections = self.ejections.saturating_add(1);
@@ -238,7 +255,7 @@ mod tests {
     fn with_active_checks_one_pass_brings_a_new_backend_up() {
         let mut machine = Machine::new(true);
         assert_eq!(machine.status(), Status::Unhealthy);
-        let transition = machine.probe(true, T).expect("comes up");
+        let transition = machine.probe(true, T, Instant::now()).expect("comes up");
         assert_eq!(transition.to, Status::Healthy);
         assert_eq!(transition.reason, Reason::ChecksPassed(1));
     }
@@ -246,35 +263,50 @@ mod tests {
     #[test]
     fn a_new_backend_failing_its_first_check_needs_the_full_rise() {
         let mut machine = Machine::new(true);
-        assert_eq!(machine.probe(false, T), None);
-        assert_eq!(machine.probe(true, T), None);
-        assert_eq!(machine.probe(true, T).map(|t| t.to), Some(Status::Healthy));
+        assert_eq!(machine.probe(false, T, Instant::now()), None);
+        assert_eq!(machine.probe(true, T, Instant::now()), None);
+        assert_eq!(
+            machine.probe(true, T, Instant::now()).map(|t| t.to),
+            Some(Status::Healthy)
+        );
     }
 
     #[test]
     fn fall_needs_unhealthy_threshold_consecutive_failures() {
         let mut machine = Machine::new(false);
-        assert_eq!(machine.probe(false, T), None);
-        assert_eq!(machine.probe(false, T), None);
-        assert_eq!(machine.probe(true, T), None, "a success resets the count");
-        assert_eq!(machine.probe(false, T), None);
-        assert_eq!(machine.probe(false, T), None);
-        let down = machine.probe(false, T).expect("third failure in a row");
+        assert_eq!(machine.probe(false, T, Instant::now()), None);
+        assert_eq!(machine.probe(false, T, Instant::now()), None);
+        assert_eq!(
+            machine.probe(true, T, Instant::now()),
+            None,
+            "a success resets the count"
+        );
+        assert_eq!(machine.probe(false, T, Instant::now()), None);
+        assert_eq!(machine.probe(false, T, Instant::now()), None);
+        let down = machine
+            .probe(false, T, Instant::now())
+            .expect("third failure in a row");
         assert_eq!((down.from, down.to), (Status::Healthy, Status::Unhealthy));
         assert_eq!(down.reason, Reason::ChecksFailed(3));
-        assert_eq!(machine.probe(false, T), None, "no repeated transition");
+        assert_eq!(
+            machine.probe(false, T, Instant::now()),
+            None,
+            "no repeated transition"
+        );
     }
 
     #[test]
     fn rise_needs_healthy_threshold_consecutive_passes() {
         let mut machine = Machine::new(false);
         for _ in 0..3 {
-            machine.probe(false, T);
+            machine.probe(false, T, Instant::now());
         }
-        assert_eq!(machine.probe(true, T), None);
-        assert_eq!(machine.probe(false, T), None);
-        assert_eq!(machine.probe(true, T), None);
-        let up = machine.probe(true, T).expect("two passes in a row");
+        assert_eq!(machine.probe(true, T, Instant::now()), None);
+        assert_eq!(machine.probe(false, T, Instant::now()), None);
+        assert_eq!(machine.probe(true, T, Instant::now()), None);
+        let up = machine
+            .probe(true, T, Instant::now())
+            .expect("two passes in a row");
         assert_eq!((up.from, up.to), (Status::Unhealthy, Status::Healthy));
     }
 
@@ -323,11 +355,51 @@ mod tests {
         let now = Instant::now();
         let (_, until) = machine.eject(now, TIMES).expect("ejected");
         for _ in 0..2 {
-            assert_eq!(machine.probe(false, T), None);
+            assert_eq!(machine.probe(false, T, Instant::now()), None);
         }
-        let down = machine.probe(false, T).expect("down while ejected");
+        let down = machine
+            .probe(false, T, Instant::now())
+            .expect("down while ejected");
         assert_eq!((down.from, down.to), (Status::Ejected, Status::Unhealthy));
         assert_eq!(machine.end_ejection(until), None, "still down");
         assert_eq!(machine.status(), Status::Unhealthy);
+    }
+
+    #[test]
+    fn passing_checks_after_an_ejection_end_it_early() {
+        let mut machine = Machine::new(false);
+        for _ in 0..5 {
+            machine.probe(true, T, Instant::now());
+        }
+        let now = Instant::now();
+        let (_, until) = machine.eject(now, TIMES).expect("ejected");
+        assert_eq!(
+            machine.probe(true, T, now),
+            None,
+            "passes before it do not count"
+        );
+        let back = machine
+            .probe(true, T, now)
+            .expect("healthy_threshold passes");
+        assert_eq!((back.from, back.to), (Status::Ejected, Status::Healthy));
+        assert_eq!(back.reason, Reason::ChecksPassed(2));
+        assert_eq!(machine.ejected_until(), None);
+        assert_eq!(machine.end_ejection(until), None, "nothing left to end");
+        let (_, until) = machine.eject(now, TIMES).expect("ejected again");
+        assert_eq!(until - now, TIMES.base * 2, "a repeat still doubles");
+    }
+
+    #[test]
+    fn a_restarted_backend_down_and_ejected_comes_back_on_its_checks() {
+        let mut machine = Machine::new(false);
+        let now = Instant::now();
+        machine.eject(now, TIMES).expect("ejected");
+        for _ in 0..3 {
+            machine.probe(false, T, now);
+        }
+        assert_eq!(machine.status(), Status::Unhealthy);
+        assert_eq!(machine.probe(true, T, now), None);
+        let up = machine.probe(true, T, now).expect("up");
+        assert_eq!((up.from, up.to), (Status::Unhealthy, Status::Healthy));
     }
 }

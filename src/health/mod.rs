@@ -17,6 +17,7 @@ use tokio::time::Instant;
 pub(crate) use machine::{EjectionTimes, Machine, Reason, Status, Thresholds, Transition};
 
 use crate::config::{HealthCheckConfig, PassiveConfig};
+use checker::ProbeError;
 
 /// Marks "no ramp running" in [`Health::ramp_start`].
 const NOT_RAMPING: u64 = u64::MAX;
@@ -101,10 +102,11 @@ impl Health {
         ((u128::from(full) * u128::from(elapsed) / u128::from(window.max(1))) as u64).max(1)
     }
 
-    /// Feeds an active probe result; returns the transition if the status changed.
-    pub fn record_probe(
+    /// Feeds an active probe result (`failure`: why it failed, `None` when it passed); returns
+    /// the transition if the status changed.
+    pub(crate) fn record_probe(
         &self,
-        result: Result<(), String>,
+        failure: Option<ProbeError>,
         check: &HealthCheckConfig,
     ) -> Option<Transition> {
         let thresholds = Thresholds {
@@ -113,11 +115,11 @@ impl Health {
         };
         self.probed.store(true, Ordering::Relaxed);
         let mut inner = self.lock();
-        let passed = result.is_ok();
-        if let Err(err) = result {
-            inner.last_error = Some(err);
+        let passed = failure.is_none();
+        if let Some(err) = failure {
+            inner.last_error = Some(err.to_string());
         }
-        let transition = inner.machine.probe(passed, thresholds);
+        let transition = inner.machine.probe(passed, thresholds, Instant::now());
         self.publish(&inner.machine, transition.as_ref());
         transition
     }

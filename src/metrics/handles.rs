@@ -229,6 +229,19 @@ impl PoolMetrics {
         self.queue_outcomes[outcome as usize].increment(1);
     }
 
+    /// A request the client failed (gone, reset, malformed body): under its own `code_class`,
+    /// and with no backend, which is not to blame.
+    pub fn record_client(&self, listener: &str, pool: &str, label: &'static str) {
+        metrics::counter!(
+            names::REQUESTS,
+            "listener" => listener.to_owned(),
+            "pool" => pool.to_owned(),
+            "backend" => "none",
+            "code_class" => label
+        )
+        .increment(1);
+    }
+
     /// A request answered by fulcrum itself with no backend to blame.
     pub fn record_unrouted(&self, listener: &str, pool: &str, status: u16) {
         if status == 503 {

@@ -37,12 +37,81 @@ pub(crate) enum ProxyError {
     /// The backend did not send response headers within the pool's `request_timeout`.
     #[error("backend sent no response head within {0:?}")]
     Timeout(Duration),
+    /// One attempt got no response head within the pool's `try_timeout`; a bodiless
+    /// idempotent request moves on to another backend.
+    #[error("backend sent no response head within the try_timeout of {0:?}")]
+    TryTimeout(Duration),
     /// The backend reset the connection or sent something that is not HTTP.
     #[error("backend failed: {0}")]
     Upstream(#[source] UpstreamError),
     /// The backend answered in a way HTTP does not allow here.
     #[error("backend broke the protocol: {0}")]
     Protocol(&'static str),
+    /// The client failed while its request was on its way up: never counted against a backend.
+    #[error("client failed: {0}")]
+    Client(#[from] ClientFault),
+}
+
+/// A failure the client caused after its request was accepted. The backend it was being sent
+/// to is not blamed (no passive failure, no 5xx in its metrics): otherwise any client could eject
+/// healthy backends by abandoning uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ClientFault {
+    /// The client closed its connection before its request body was complete.
+    #[error("client went away before its request body was complete")]
+    Gone,
+    /// The client reset its HTTP/2 stream before its request body was complete.
+    #[error("client reset its stream before its request body was complete")]
+    Reset,
+    /// The request body broke its framing (a bad chunk size, an overflowing length).
+    #[error("malformed request body framing")]
+    Malformed,
+}
+
+impl ClientFault {
+    /// Classifies an error of the client's request body (hyper's server side).
+    pub(crate) fn of(err: &hyper::Error) -> ClientFault {
+        let mut source = std::error::Error::source(err);
+        while let Some(cause) = source {
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+                ) {
+                    return ClientFault::Malformed;
+                }
+            } else if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+                if h2.is_reset() && h2.is_remote() {
+                    return ClientFault::Reset;
+                }
+            }
+            source = cause.source();
+        }
+        ClientFault::Gone
+    }
+
+    /// Classifies a failed exchange with an HTTP/2 backend: a stream we reset ourselves
+    /// (not the backend, not the h2 library) means the client's request body failed under it.
+    pub(crate) fn of_upstream_h2(err: &hyper::Error) -> Option<ClientFault> {
+        let mut source = std::error::Error::source(err);
+        while let Some(cause) = source {
+            if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+                let ours = h2.is_reset() && !h2.is_remote() && !h2.is_library();
+                return ours.then_some(ClientFault::Gone);
+            }
+            source = cause.source();
+        }
+        None
+    }
+
+    /// The `code_class` label of the request metrics and the access log's `outcome`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            ClientFault::Gone => "client_gone",
+            ClientFault::Reset => "client_reset",
+            ClientFault::Malformed => "client_malformed",
+        }
+    }
 }
 
 /// A failed exchange with a backend, by protocol.
@@ -60,19 +129,28 @@ impl ProxyError {
     /// The status code the client gets.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            // A client that is gone gets no response; were one read, this is what it would say.
+            ProxyError::BadRequest(_) | ProxyError::Client(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoBackend { .. } | ProxyError::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Protocol(_) => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Timeout(_) | ProxyError::TryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
     /// Whether the failure was the client's rather than a backend's.
     pub(crate) fn is_client_error(&self) -> bool {
-        matches!(self, ProxyError::BadRequest(_))
+        matches!(self, ProxyError::BadRequest(_) | ProxyError::Client(_))
+    }
+
+    /// The client's fault, if this is one: counted under its own label, never a backend's.
+    pub(crate) fn client_fault(&self) -> Option<ClientFault> {
+        match self {
+            ProxyError::Client(fault) => Some(*fault),
+            _ => None,
+        }
     }
 
     /// A short plain-text response for the client. Bad requests also close the connection,
@@ -82,6 +160,7 @@ impl ProxyError {
         let reason = status.canonical_reason().unwrap_or("error");
         let body = match self {
             ProxyError::BadRequest(detail) => format!("{} {reason}: {detail}\n", status.as_u16()),
+            ProxyError::Client(fault) => format!("{} {reason}: {fault}\n", status.as_u16()),
             ProxyError::NoBackend { pool, .. } => format!(
                 "{} {reason}: no healthy backend in pool {pool}\n",
                 status.as_u16()
@@ -144,6 +223,9 @@ mod tests {
                 502,
             ),
             (ProxyError::Timeout(Duration::from_secs(1)), 504),
+            (ProxyError::TryTimeout(Duration::from_millis(200)), 504),
+            (ProxyError::Client(ClientFault::Malformed), 400),
+            (ProxyError::Client(ClientFault::Gone), 400),
             (
                 ProxyError::Queue(crate::pool::QueueError::Timeout {
                     pool: "p".into(),

@@ -123,6 +123,15 @@ impl Runtime {
         let config = Arc::new(config);
         let previous = self.state.load_full();
         let snapshot = Arc::new(Snapshot::build(Arc::clone(&config), Some(&previous)));
+        // A pool with no backend up yet (a new one) gets its first checks before it serves.
+        self.checkers.sync(&snapshot);
+        let unchecked = crate::health::checker::first_round(&snapshot, false).await;
+        if unchecked > 0 {
+            tracing::warn!(
+                unchecked,
+                "first health checks of new backends not all done within the check timeout; serving with what is known"
+            );
+        }
         self.state.store(Arc::clone(&snapshot));
         for pool in snapshot.pools() {
             // Queued requests look again: limits, backends or their health may have changed.
@@ -138,7 +147,6 @@ impl Runtime {
             }
         }
         self.admin_state.add_draining(retired);
-        self.checkers.sync(&snapshot);
         self.apply_listeners(&config, fresh).await;
         self.apply_admin(&config, admin_socket).await;
         self.publish_listeners();

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::AdminState;
 use crate::config::{Config, ListenerConfig};
-use crate::health::checker::Supervisor;
+use crate::health::{self, checker::Supervisor};
 use crate::reload::{self, ReloadHandle, ReloadRequest, Trigger};
 use crate::snapshot::{SharedState, Snapshot};
 use runtime::Runtime;
@@ -193,12 +193,24 @@ impl Server {
         };
         runtime.checkers.sync(&runtime.state.load());
         log_startup(&runtime.state.load(), &listeners, admin.as_ref());
-        for (config, socket) in listeners {
-            runtime.start_listener(config, socket);
-        }
         if let (Some(socket), Some(config)) = (admin, runtime.config.admin.clone()) {
             runtime.start_admin(&config, socket);
         }
+        // The first round of checks before the listeners accept: a client that connects at once
+        // waits in the backlog for a moment instead of getting 503 for want of a check.
+        let unchecked = health::checker::first_round(&runtime.state.load(), true).await;
+        if unchecked > 0 {
+            tracing::warn!(
+                unchecked,
+                "first health checks not all done within the check timeout; accepting with what is known"
+            );
+        } else {
+            tracing::info!("first health checks done");
+        }
+        for (config, socket) in listeners {
+            runtime.start_listener(config, socket);
+        }
+        runtime.admin_state.set_ready();
         runtime.publish_listeners();
         let handle = runtime.reload_handle.clone();
         runtime.watch_certificates(&handle);

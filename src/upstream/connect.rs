@@ -15,7 +15,9 @@ use super::conn::Conn;
 use super::h1;
 use crate::config::PoolConfig;
 
-/// How a pool reaches its backends: timeouts, protocol, TLS.
+/// How a pool reaches its backends: timeouts, protocol, TLS. Its health checks use it too, so
+/// they speak what live traffic speaks. Cheap to clone (the TLS config is shared).
+#[derive(Clone)]
 pub struct Connector {
     /// TCP (and TLS handshake) timeout.
     pub timeout: Duration,
@@ -158,12 +160,26 @@ pub(crate) async fn connect(
     host: &str,
     connector: &Connector,
 ) -> Result<Conn, ConnectError> {
+    let stream = connect_stream(address, host, connector).await?;
+    if connector.http2 {
+        return match stream {
+            h1::Stream::Tcp(stream) => handshake_http2(TokioIo::new(stream), address).await,
+            h1::Stream::Tls(stream) => handshake_http2(TokioIo::new(stream), address).await,
+        };
+    }
+    Ok(Conn::Http1(h1::Connection::new(stream)))
+}
+
+/// The transport to the backend at `address` (configured as `host`): TCP, then TLS with the
+/// pool's server name and roots when `connector` has TLS.
+pub(crate) async fn connect_stream(
+    address: SocketAddr,
+    host: &str,
+    connector: &Connector,
+) -> Result<h1::Stream, ConnectError> {
     let stream = connect_tcp(address, connector.timeout).await?;
     let Some((tls, server_name)) = &connector.tls else {
-        if connector.http2 {
-            return handshake_http2(TokioIo::new(stream), address).await;
-        }
-        return Ok(Conn::Http1(h1::Connection::new(h1::Stream::Tcp(stream))));
+        return Ok(h1::Stream::Tcp(stream));
     };
     let name = match server_name {
         Some(name) => name.clone(),
@@ -171,22 +187,14 @@ pub(crate) async fn connect(
             ServerName::try_from(host.to_owned()).unwrap_or_else(|_| ServerName::from(address.ip()))
         }
     };
-    let stream = match tokio::time::timeout(connector.timeout, tls.connect(name, stream)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(source)) => return Err(ConnectError::Tls { address, source }),
-        Err(_) => {
-            return Err(ConnectError::Timeout {
-                address,
-                timeout: connector.timeout,
-            });
-        }
-    };
-    if connector.http2 {
-        return handshake_http2(TokioIo::new(stream), address).await;
+    match tokio::time::timeout(connector.timeout, tls.connect(name, stream)).await {
+        Ok(Ok(stream)) => Ok(h1::Stream::Tls(Box::new(stream))),
+        Ok(Err(source)) => Err(ConnectError::Tls { address, source }),
+        Err(_) => Err(ConnectError::Timeout {
+            address,
+            timeout: connector.timeout,
+        }),
     }
-    Ok(Conn::Http1(h1::Connection::new(h1::Stream::Tls(Box::new(
-        stream,
-    )))))
 }
 
 async fn handshake_http2<T>(io: T, address: SocketAddr) -> Result<Conn, ConnectError>

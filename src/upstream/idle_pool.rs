@@ -208,8 +208,11 @@ mod tests {
             .header("host", "app.test")
             .body(RequestBody::Empty)
             .expect("request");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let Ok(mut response) = conn.send(request, &forwarding, deadline).await else {
+        let wait = h1::HeadWait {
+            deadline: Instant::now() + Duration::from_secs(5),
+            after_body: Duration::from_secs(5),
+        };
+        let Ok(mut response) = conn.send(request, &forwarding, wait).await else {
             panic!("the exchange failed");
         };
         let conn = response.body_mut().take_idle().expect("reusable");

@@ -1,21 +1,22 @@
 //! The body of every request fulcrum sends to a backend, over either protocol.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use crate::http::headers;
 
 pin_project! {
     /// Body of every request fulcrum sends to a backend: the client's body streamed through
-    /// (its trailers without the fields a trailer may not carry; for a mirrored request, copied on
-    /// the way), bytes held whole (a mirrored copy), or nothing (a bodiless request replayed on
-    /// another backend).
+    /// (its trailers without the fields a trailer may not carry; for a mirrored request, copied
+    /// on the way), bytes held whole (a mirrored copy), or nothing (a bodiless request replayed
+    /// on another backend).
     #[derive(Debug)]
     #[project = RequestBodyProj]
     #[allow(missing_docs)] // pin-project-lite cannot carry docs on pinned fields
@@ -23,17 +24,46 @@ pin_project! {
         Client {
             #[pin]
             body: Incoming,
-        },
-        Copied {
-            #[pin]
-            body: Incoming,
+            sent: Option<Arc<Notify>>,
             // Boxed: a mirrored request is rare, and every request's future holds this enum.
-            copy: Box<BodyCopy>,
+            copy: Option<Box<BodyCopy>>,
         },
         Whole {
             data: Option<Bytes>,
         },
         Empty,
+    }
+}
+
+impl RequestBody {
+    /// The client's body, streamed through.
+    pub(crate) fn client(body: Incoming) -> RequestBody {
+        RequestBody::Client {
+            body,
+            sent: None,
+            copy: None,
+        }
+    }
+
+    /// The client's body, streamed through and copied for a mirror on the way.
+    pub(crate) fn copied(body: Incoming, copy: Box<BodyCopy>) -> RequestBody {
+        RequestBody::Client {
+            body,
+            sent: None,
+            copy: Some(copy),
+        }
+    }
+
+    /// A signal for when the body has been read whole (for HTTP/2 backends, whose client
+    /// sends it on a task of its own): `request_timeout` starts then. `None` when there is
+    /// nothing left to send.
+    pub(crate) fn track_sent(&mut self) -> Option<Arc<Notify>> {
+        match self {
+            RequestBody::Client { body, sent, .. } if !body.is_end_stream() => {
+                Some(Arc::clone(sent.get_or_insert_with(Arc::default)))
+            }
+            RequestBody::Client { .. } | RequestBody::Whole { .. } | RequestBody::Empty => None,
+        }
     }
 }
 
@@ -63,11 +93,15 @@ impl BodyCopy {
             return;
         }
         if self.buf.len() + data.len() > self.max {
-            self.done = None;
-            self.buf = BytesMut::new();
+            self.abandon();
             return;
         }
         self.buf.extend_from_slice(data);
+    }
+
+    fn abandon(&mut self) {
+        self.done = None;
+        self.buf = BytesMut::new();
     }
 
     fn finish(&mut self) {
@@ -87,24 +121,36 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
-            RequestBodyProj::Client { body } => {
-                body.poll_frame(cx).map_ok(headers::filter_trailer_frame)
-            }
-            RequestBodyProj::Copied { mut body, copy } => {
+            RequestBodyProj::Client {
+                mut body,
+                sent,
+                copy,
+            } => {
                 let frame = ready!(body.as_mut().poll_frame(cx))
                     .map(|frame| frame.map(headers::filter_trailer_frame));
-                match &frame {
-                    Some(Ok(frame)) => {
-                        if let Some(data) = frame.data_ref() {
-                            copy.push(data);
+                // Writers may stop polling once the body says it has ended.
+                let ended = match &frame {
+                    None => true,
+                    Some(Ok(_)) => body.is_end_stream(),
+                    Some(Err(_)) => false,
+                };
+                if let Some(copy) = copy {
+                    match &frame {
+                        Some(Ok(frame)) => {
+                            if let Some(data) = frame.data_ref() {
+                                copy.push(data);
+                            }
                         }
-                        // Writers may stop polling once the body says it has ended.
-                        if body.is_end_stream() {
-                            copy.finish();
-                        }
+                        Some(Err(_)) => copy.abandon(),
+                        None => {}
                     }
-                    Some(Err(_)) => copy.done = None,
-                    None => copy.finish(),
+                    if ended {
+                        copy.finish();
+                    }
+                }
+                if let Some(sent) = sent.as_ref().filter(|_| ended) {
+                    // A permit is stored if nobody waits yet.
+                    sent.notify_one();
                 }
                 Poll::Ready(frame)
             }
@@ -115,7 +161,7 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Client { body } | RequestBody::Copied { body, .. } => body.is_end_stream(),
+            RequestBody::Client { body, .. } => body.is_end_stream(),
             RequestBody::Whole { data } => data.is_none(),
             RequestBody::Empty => true,
         }
@@ -123,7 +169,7 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Client { body } | RequestBody::Copied { body, .. } => body.size_hint(),
+            RequestBody::Client { body, .. } => body.size_hint(),
             RequestBody::Whole { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

@@ -18,6 +18,8 @@ use super::{TempDir, within};
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     der: CertificateDer<'static>,
+    /// The CA certificate as PEM, for a `ca` file.
+    pub cert_pem: String,
 }
 
 /// A leaf certificate signed by the test CA, as PEM files and DER.
@@ -25,6 +27,8 @@ pub struct Leaf {
     pub cert_pem: String,
     pub key_pem: String,
     pub der: CertificateDer<'static>,
+    /// The private key as PKCS#8 DER, for an in-process TLS server.
+    pub key_der: Vec<u8>,
 }
 
 impl Ca {
@@ -44,6 +48,7 @@ impl Ca {
         let cert = params.self_signed(&key).expect("self-sign the CA");
         Ca {
             der: cert.der().clone(),
+            cert_pem: cert.pem(),
             issuer: Issuer::new(params, key),
         }
     }
@@ -62,6 +67,7 @@ impl Ca {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
             der: cert.der().clone(),
+            key_der: key.serialize_der(),
         }
     }
 

@@ -189,8 +189,11 @@ async fn failing_health_endpoint_takes_a_backend_out_and_passing_brings_it_back(
     .await;
 }
 
+/// The listener accepts only after the first round of checks: while one backend's first check
+/// is held, a request already sent waits (it is neither answered 503 nor served); once that
+/// check passes, one pass alone brings the backend up and both serve.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_backend_gets_no_traffic_until_its_first_check_passes() {
+async fn the_first_round_of_checks_comes_before_traffic_and_one_pass_brings_a_backend_up() {
     bounded(async {
         let a = ControlledBackend::spawn("a").await;
         let fresh = ControlledBackend::spawn("fresh").await;
@@ -208,33 +211,28 @@ async fn new_backend_gets_no_traffic_until_its_first_check_passes() {
             .await;
         wait_until(
             Duration::from_secs(3),
-            "the first probe of the new backend",
+            "the first probe of the held backend",
             || fresh.probe_count() == 1,
         )
         .await;
         let mut client = lb.client().await;
-        within(Duration::from_secs(3), "a to come up", async {
-            while client.get("/warmup").await.map(|r| r.status).ok() != Some(StatusCode::OK) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
-        for i in 0..20 {
-            let response = client
-                .get(&format!("/before/{i}"))
-                .await
-                .expect("a response");
-            assert_eq!(response.status, StatusCode::OK);
-            assert_eq!(response.served_by(), Some("a"), "request {i}");
-        }
-        assert_eq!(
-            fresh.hit_count(),
-            0,
-            "traffic before the first check answered"
+        let first = tokio::spawn(async move {
+            let response = client.get("/first").await.expect("a response");
+            (response, client)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !first.is_finished(),
+            "answered before the first round of checks"
         );
+        assert_eq!(a.hit_count() + fresh.hit_count(), 0);
 
         let released_at = Instant::now();
         fresh.hold_health(false);
+        let (response, mut client) = within(Duration::from_secs(2), "the first answer", first)
+            .await
+            .expect("client task");
+        assert_eq!(response.status, StatusCode::OK);
         within(Duration::from_secs(2), "the new backend to serve", async {
             loop {
                 let response = client.get("/after").await.expect("a response");
@@ -319,6 +317,57 @@ async fn checks_of_a_removed_backend_stop() {
         let _ = stop_tx.send(());
         running.await.expect("server task");
         let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+/// A backend killed under load is ejected by the failed requests and marked down by its
+/// checks; once restarted, `healthy_threshold` passing checks end the ejection too, long before
+/// its 30 s are over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passing_checks_end_a_passive_ejection_after_a_restart() {
+    bounded(async {
+        let a = ControlledBackend::spawn("a").await;
+        let b = ControlledBackend::spawn("b").await;
+        let mut c = ControlledBackend::spawn("c").await;
+        let mut lb = TestBalancer::builder()
+            .backend(a.addr())
+            .backend(b.addr())
+            .backend(c.addr())
+            .pool("retries", "2")
+            .pool("health_check", FAST_CHECK)
+            .pool(
+                "passive",
+                "{ consecutive_failures = 1, ejection_time = \"30s\", \
+                 max_ejection_time = \"30s\", max_ejected_percent = 50 }",
+            )
+            .start()
+            .await;
+        wait_serving(&lb).await;
+        let stop = CancellationToken::new();
+        let load = spawn_load(lb.addr(), 4, stop.clone());
+        wait_until(Duration::from_secs(3), "c to serve load", || {
+            c.hit_count() > 10
+        })
+        .await;
+
+        let killed_at = Instant::now();
+        c.stop().await;
+        // Down by its checks and (from the refused connects) ejected; then back up.
+        tokio::time::sleep_until((killed_at + INTERVAL * 2 + SLACK).into()).await;
+        let restarted_at = Instant::now();
+        c.restart().await;
+        let limit = INTERVAL * 2 + Duration::from_secs(1);
+        wait_until(limit, "the restarted backend to serve again", || {
+            !c.hits_since(restarted_at).is_empty()
+        })
+        .await;
+        stop.cancel();
+        let samples = within(Duration::from_secs(10), "the load to stop", load)
+            .await
+            .expect("the load task panicked");
+        lb.stop().await;
+        assert!(!samples.is_empty());
     })
     .await;
 }

@@ -155,3 +155,31 @@ async fn fail_open_uses_every_backend_until_one_is_healthy_again() {
     })
     .await;
 }
+
+/// Every backend refusing its connections is the same answer as none being healthy, whether the
+/// pool still tries all of them or passive ejection has already taken some out: 503 with
+/// `Retry-After`, never a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_closed_ports_answer_503_every_time() {
+    bounded(async {
+        let mut builder = TestBalancer::builder().pool("retries", "2");
+        for _ in 0..3 {
+            builder = builder.backend(common::tcp::closed_port().await);
+        }
+        let mut lb = builder.start().await;
+        let mut client = lb.client().await;
+        let mut statuses = Vec::new();
+        for i in 0..20 {
+            let response = client.get(&format!("/r/{i}")).await.expect("a response");
+            statuses.push(response.status.as_u16());
+            assert!(
+                response.headers.contains_key(http::header::RETRY_AFTER),
+                "request {i}: {:?}",
+                response.headers
+            );
+        }
+        assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+        lb.stop().await;
+    })
+    .await;
+}

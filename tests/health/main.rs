@@ -6,6 +6,7 @@
 mod common;
 
 mod active;
+mod blame;
 mod fail_open;
 mod passive;
 mod replay;

@@ -109,3 +109,80 @@ async fn post_with_body_is_not_replayed_after_a_reset() {
     })
     .await;
 }
+
+/// `try_timeout` bounds each attempt: a GET stuck on a hanging backend moves on to another one
+/// after it, a POST (with a body, so never replayed) gets its 504 then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_timeout_moves_gets_on_and_ends_posts_with_504() {
+    bounded(async {
+        let hang = ControlledBackend::with_mode("hang", Mode::Hang).await;
+        let good = [
+            ControlledBackend::spawn("good-1").await,
+            ControlledBackend::spawn("good-2").await,
+        ];
+        let mut lb = TestBalancer::builder()
+            .backend(hang.addr())
+            .backend(good[0].addr())
+            .backend(good[1].addr())
+            .pool("retries", "2")
+            .pool("try_timeout", "\"200ms\"")
+            .pool("passive", NO_PASSIVE)
+            .start()
+            .await;
+        let try_timeout = Duration::from_millis(200);
+        let mut client = lb.client().await;
+        for i in 0..6 {
+            let hung = hang.hit_count();
+            let started = Instant::now();
+            let response = client.get(&format!("/get/{i}")).await.expect("a response");
+            let took = started.elapsed();
+            assert_eq!(
+                response.status,
+                StatusCode::OK,
+                "GET {i}: {}",
+                response.text()
+            );
+            assert_ne!(response.served_by(), Some("hang"));
+            if hang.hit_count() > hung {
+                assert!(
+                    took >= try_timeout && took < try_timeout + SLACK,
+                    "GET {i} took {took:?}"
+                );
+            } else {
+                assert!(took < SLACK, "GET {i} took {took:?}");
+            }
+        }
+        assert!(hang.hit_count() >= 1, "no GET reached the hanging backend");
+
+        let mut timeouts = 0;
+        for i in 0..3 {
+            let hits = (hang.hit_count(), good[0].hit_count() + good[1].hit_count());
+            let started = Instant::now();
+            let request = Request::post(format!("/post/{i}"))
+                .header("host", common::client::TEST_HOST)
+                .body(full("payload"))
+                .expect("valid request");
+            let response = client.fetch(request).await.expect("a response");
+            let took = started.elapsed();
+            let after = (hang.hit_count(), good[0].hit_count() + good[1].hit_count());
+            assert_eq!(
+                (after.0 - hits.0) + (after.1 - hits.1),
+                1,
+                "POST {i} went to exactly one backend"
+            );
+            if response.status == StatusCode::GATEWAY_TIMEOUT {
+                timeouts += 1;
+                assert_eq!(after.0, hits.0 + 1, "the 504 came from the hanging backend");
+                assert!(
+                    took >= try_timeout && took < try_timeout + SLACK,
+                    "POST {i} took {took:?}"
+                );
+            } else {
+                assert_eq!(response.status, StatusCode::OK, "POST {i}");
+            }
+        }
+        assert_eq!(timeouts, 1, "one POST in three went to the hanging backend");
+        lb.stop().await;
+    })
+    .await;
+}

@@ -279,8 +279,10 @@ async fn failed_connects_are_retried_on_other_backends() {
     .await;
 }
 
+/// Every backend tried (the one the budget allows) refused: 503 with `Retry-After`, as when
+/// nothing is healthy; a 502 is for a backend that accepted and then failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_retries_the_closed_backend_gives_502() {
+async fn without_retries_the_closed_backend_gives_503() {
     bounded(async {
         let live = TestBackend::spawn("live").await;
         let mut lb = TestBalancer::builder()
@@ -293,9 +295,12 @@ async fn without_retries_the_closed_backend_gives_502() {
         let mut statuses = Vec::new();
         for _ in 0..10 {
             let response = client.get("/").await.expect("a response from the proxy");
+            if response.status == StatusCode::SERVICE_UNAVAILABLE {
+                assert!(response.headers.contains_key(http::header::RETRY_AFTER));
+            }
             statuses.push(response.status.as_u16());
         }
-        let bad = statuses.iter().filter(|s| **s == 502).count();
+        let bad = statuses.iter().filter(|s| **s == 503).count();
         let ok = statuses.iter().filter(|s| **s == 200).count();
         assert_eq!((bad, ok), (5, 5), "{statuses:?}");
         assert!(

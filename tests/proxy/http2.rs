@@ -151,3 +151,61 @@ async fn te_trailers_is_kept_on_the_way_to_http2_backends() {
     })
     .await;
 }
+
+/// `request_timeout` runs from the request sent whole on HTTP/2 backends too: an upload
+/// trickled over three times the timeout reaches a backend that answers only once it has it
+/// all, and gets its `200`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_to_an_http2_backend_trickled_past_request_timeout_arrives_whole() {
+    use http_body_util::BodyExt;
+    bounded(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service =
+                    hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async {
+                        let body = request.into_body().collect().await?.to_bytes();
+                        Ok::<_, hyper::Error>(http::Response::new(common::full(
+                            body.len().to_string(),
+                        )))
+                    });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        let mut lb = TestBalancer::builder()
+            .backend(address)
+            .pool("http2", "true")
+            .pool("request_timeout", "\"300ms\"")
+            .start()
+            .await;
+        let mut client = lb.client().await;
+        let (body_tx, body) = common::channel_body();
+        let request = Request::post("/upload")
+            .header("host", common::client::TEST_HOST)
+            .body(body)
+            .expect("valid request");
+        let exchange = tokio::spawn(async move { client.fetch(request).await });
+        for _ in 0..10 {
+            body_tx
+                .send(bytes::Bytes::from_static(&[b'z'; 1024]))
+                .await
+                .expect("the body is being sent");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(body_tx);
+        let response = within(Duration::from_secs(5), "the upload's answer", exchange)
+            .await
+            .expect("client task")
+            .expect("a response");
+        assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+        assert_eq!(response.text(), "10240");
+        lb.stop().await;
+    })
+    .await;
+}

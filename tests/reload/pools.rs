@@ -353,3 +353,69 @@ async fn health_state_survives_an_unrelated_edit() {
     })
     .await;
 }
+
+/// A pool that a reload adds, with active checks, gets its first round of checks before the new
+/// config serves: a client that connects the moment the new listener takes connections gets its
+/// backend's answer, not a 503 for want of a check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_added_by_a_reload_serves_without_a_503_for_want_of_a_check() {
+    bounded(async {
+        let a = TestBackend::spawn("a").await;
+        let b = TestBackend::spawn("b").await;
+        let dir = TempDir::new("added-pool");
+        let path = dir.join("fulcrum.toml");
+        let mut cfg = Cfg::new(&[a.addr()]);
+        write_in_place(&path, &cfg.text());
+        let fulcrum = Fulcrum::start(&path).await;
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|probe| probe.local_addr())
+            .expect("a free port")
+            .port();
+        let api = SocketAddr::from(([127, 0, 0, 1], port));
+        let client = tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let stream = loop {
+                // From 127.0.0.2: a connect loop on a port nobody listens on yet may otherwise
+                // pick that very port as its own and connect to itself.
+                let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+                socket
+                    .bind(SocketAddr::from(([127, 0, 0, 2], 0)))
+                    .expect("bind 127.0.0.2");
+                match socket.connect(api).await {
+                    Ok(stream) => break stream,
+                    Err(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    }
+                    Err(err) => panic!("the new listener never came: {err}"),
+                }
+            };
+            drop(stream);
+            let mut client = TestClient::connect(api).await;
+            let mut statuses = Vec::new();
+            for i in 0..5 {
+                let response = client.get(&format!("/api/{i}")).await.expect("a response");
+                statuses.push(response.status);
+            }
+            statuses
+        });
+        let mark = fulcrum.mark();
+        cfg.tail = format!(
+            "\n[[listeners]]\nname = \"api\"\nlisten = \"{api}\"\npool = \"api\"\n\n\
+             [pools.api]\nbackends = [\"{}\"]\n\
+             [pools.api.health_check]\npath = \"/health\"\ninterval = \"500ms\"\n\
+             timeout = \"500ms\"\njitter = \"50ms\"\n",
+            b.addr()
+        );
+        write_in_place(&path, &cfg.text());
+        fulcrum.wait_reloaded(mark).await;
+        let statuses = within(Duration::from_secs(5), "the client", client)
+            .await
+            .expect("client task");
+        assert!(
+            statuses.iter().all(|s| *s == StatusCode::OK),
+            "{statuses:?}"
+        );
+    })
+    .await;
+}

@@ -9,6 +9,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod backends;
 mod certificates;
 mod passthrough;
 mod termination;

@@ -40,6 +40,7 @@ impl Checker<'_> {
                         "request_timeout",
                         raw.request_timeout.as_ref().map(Spanned::span),
                     ),
+                    ("try_timeout", raw.try_timeout.as_ref().map(Spanned::span)),
                     (
                         "max_idle_per_backend",
                         raw.max_idle_per_backend.as_ref().map(Spanned::span),
@@ -110,6 +111,12 @@ impl Checker<'_> {
             &format!("{key}.request_timeout"),
             defaults::REQUEST_TIMEOUT,
         );
+        let try_timeout = match &raw.try_timeout {
+            None => Some(None),
+            Some(raw) => self
+                .duration(Some(raw), &format!("{key}.try_timeout"), Duration::ZERO)
+                .map(Some),
+        };
         let retries = match &raw.retries {
             None => Some(defaults::RETRIES),
             Some(n) => self
@@ -166,6 +173,7 @@ impl Checker<'_> {
             backends: backends?,
             connect_timeout: connect_timeout?,
             request_timeout: request_timeout?,
+            try_timeout: try_timeout?,
             retries: retries?,
             max_idle_per_backend: max_idle_per_backend?,
             queue: queue?,

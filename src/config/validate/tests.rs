@@ -519,3 +519,31 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn try_timeout_is_off_by_default_and_a_positive_duration_when_set() {
+    let config = Config::parse(FILE, VALID).expect("valid");
+    assert_eq!(config.pools[0].try_timeout, None);
+    let source = VALID.replace("retries = 1", "retries = 1\ntry_timeout = \"200ms\"");
+    let config = Config::parse(FILE, &source).expect("valid");
+    assert_eq!(
+        config.pools[0].try_timeout,
+        Some(Duration::from_millis(200))
+    );
+    let source = VALID.replace("retries = 1", "retries = 1\ntry_timeout = \"0s\"");
+    assert_one_error(
+        &source,
+        21,
+        15,
+        "pools.app.try_timeout",
+        "greater than zero",
+    );
+    let source = VALID.replace("retries = 1", "retries = 1\ntry_timeout = \"soon\"");
+    assert_one_error(
+        &source,
+        21,
+        15,
+        "pools.app.try_timeout",
+        "not a valid duration",
+    );
+}

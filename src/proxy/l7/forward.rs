@@ -14,7 +14,7 @@ use crate::balance::Tried;
 use crate::http::headers::Forwarding;
 use crate::pool::Pool;
 use crate::proxy::body::ProxyBody;
-use crate::proxy::error::{ProxyError, UpstreamError};
+use crate::proxy::error::{ClientFault, ProxyError, UpstreamError};
 use crate::upstream::{self, Conn, RequestBody, ResponseBody, h1};
 
 /// How often a reused connection that turns out closed is replaced before giving up on it.
@@ -50,6 +50,10 @@ pub(super) fn forward(
         let mut tried = Tried::default();
         let mut last_error = None;
         let mut last_backend: Option<&Arc<Backend>> = None;
+        // When `request_timeout` ends, from the first attempt's send on.
+        let mut overall = None;
+        // Whether every backend tried so far refused the connection (nothing serving there).
+        let mut all_refused = true;
         loop {
             let (backend, in_flight) = match pool.next_attempt(&mut tried).await {
                 Ok(Some(attempt)) => attempt,
@@ -65,7 +69,7 @@ pub(super) fn forward(
             }
             // The request's arrival is a fresh enough clock reading for its first attempt only.
             let now = (tried.len() == 1).then_some(started);
-            match send(backend, request, forwarding, pool, now).await {
+            match send(backend, request, forwarding, pool, now, &mut overall).await {
                 Outcome::Response(response) => {
                     let status = response.status().as_u16();
                     backend.metrics.record_response(listener, status, started);
@@ -97,8 +101,12 @@ pub(super) fn forward(
                     return Ok(Response::from_parts(parts, body));
                 }
                 Outcome::NotSent(unsent, err) => {
-                    if matches!(err, ProxyError::Connect(_)) {
-                        backend.metrics.connect_error();
+                    match &err {
+                        ProxyError::Connect(connect) => {
+                            backend.metrics.connect_error();
+                            all_refused &= connect.backend_is_down();
+                        }
+                        _ => all_refused = false,
                     }
                     pool.record_failure(backend, &err);
                     tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend connect failed; trying another");
@@ -106,9 +114,16 @@ pub(super) fn forward(
                     last_error = Some(err);
                 }
                 Outcome::Failed(err) => {
+                    if let Some(fault) = err.client_fault() {
+                        // The client's doing: its own label, and never the backend's failure.
+                        pool.metrics
+                            .record_client(listener, &pool.name, fault.label());
+                        return Err(err);
+                    }
+                    all_refused = false;
                     pool.record_failure(backend, &err);
                     match (&replay, &err) {
-                        (Some(replay), ProxyError::Upstream(_)) => {
+                        (Some(replay), ProxyError::Upstream(_) | ProxyError::TryTimeout(_)) => {
                             tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend failed before answering; replaying idempotent request elsewhere");
                             request = replay.request();
                             last_error = Some(err);
@@ -123,16 +138,10 @@ pub(super) fn forward(
                 }
             }
         }
-        // Nothing healthy, or no backend of the pool accepted a connection: the service is
-        // unavailable (503), not broken (502).
-        let all_refused = tried.len() == pool.endpoints.len()
-            && match &last_error {
-                None => true,
-                Some(ProxyError::Connect(err)) => err.backend_is_down(),
-                Some(_) => false,
-            };
+        // Nothing healthy, or every backend tried refused the connection: the service is
+        // unavailable (503), not broken (502), however many backends the budget let us try.
         let err = match last_error {
-            Some(err) if pool.any_available() && !all_refused => err,
+            Some(err) if !all_refused => err,
             _ => ProxyError::NoBackend {
                 pool: Arc::clone(&pool.name),
                 retry_after: pool.retry_after(),
@@ -198,21 +207,23 @@ enum Outcome {
 }
 
 /// One attempt on `backend`: reuse an idle connection or open one, then send (with the proxy's
-/// `forwarding` fields) and wait for the response head within the pool's `request_timeout`.
-/// `now`, when given, is a clock reading taken just before the attempt.
+/// `forwarding` fields) and wait for the response head within the pool's `request_timeout`
+/// (which ends at `overall`, set by the first attempt) and `try_timeout`. `now`, when given, is
+/// a clock reading taken just before the attempt.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn would store its arguments twice"
 )]
-fn send(
-    backend: &Arc<Backend>,
+fn send<'a>(
+    backend: &'a Arc<Backend>,
     mut request: Request<RequestBody>,
-    forwarding: &Forwarding<'_>,
-    pool: &Pool,
+    forwarding: &'a Forwarding<'_>,
+    pool: &'a Pool,
     now: Option<Instant>,
-) -> impl Future<Output = Outcome> {
+    overall: &'a mut Option<Instant>,
+) -> impl Future<Output = Outcome> + 'a {
     async move {
-        let timeout = pool.settings.request_timeout;
+        let settings = &pool.settings;
         let mut stale = 0;
         loop {
             let fresh = stale >= STALE_CONNECTION_ATTEMPTS;
@@ -226,14 +237,33 @@ fn send(
             // `request_timeout` runs from sending: the reading still holds when the connection
             // was at hand (one clock read fewer on the keep-alive path), not after a wait for one.
             let sending = recent.filter(|_| !waited).unwrap_or_else(Instant::now);
-            let deadline = sending + timeout;
+            // The first attempt's send starts `request_timeout` for the request as a whole;
+            // `try_timeout` cuts each attempt's share of it shorter.
+            let whole = *overall.get_or_insert(sending + settings.request_timeout);
+            let (deadline, timed_out) = match settings.try_timeout {
+                Some(limit) if sending + limit < whole => {
+                    (sending + limit, ProxyError::TryTimeout(limit))
+                }
+                _ => (whole, ProxyError::Timeout(settings.request_timeout)),
+            };
+            let wait = h1::HeadWait {
+                deadline,
+                after_body: settings
+                    .try_timeout
+                    .map_or(settings.request_timeout, |limit| {
+                        limit.min(settings.request_timeout)
+                    }),
+            };
             let unsent = match conn {
                 // The connection keeps its own deadline timer (cheaper than one per request).
-                Conn::Http1(conn) => match conn.send(request, forwarding, deadline).await {
+                Conn::Http1(conn) => match conn.send(request, forwarding, wait).await {
                     Ok(response) => return Outcome::Response(response.map(ResponseBody::Http1)),
                     Err(h1::SendError::NotSent(unsent, err)) => (*unsent, UpstreamError::from(err)),
                     Err(h1::SendError::Failed(h1::Error::TimedOut)) => {
-                        return Outcome::Failed(ProxyError::Timeout(timeout));
+                        return Outcome::Failed(timed_out);
+                    }
+                    Err(h1::SendError::Failed(h1::Error::RequestBody(err))) => {
+                        return Outcome::Failed(ClientFault::of(&err).into());
                     }
                     Err(h1::SendError::Failed(err)) => {
                         return Outcome::Failed(ProxyError::Upstream(err.into()));
@@ -241,9 +271,23 @@ fn send(
                 },
                 Conn::Http2(mut sender) => {
                     forwarding.apply(request.headers_mut());
+                    let sent = request.body_mut().track_sent();
                     let attempt = sender.try_send_request(request);
-                    match tokio::time::timeout_at(deadline, attempt).await {
-                        Err(_) => return Outcome::Failed(ProxyError::Timeout(timeout)),
+                    let answered = match sent {
+                        None => tokio::time::timeout_at(deadline, attempt).await,
+                        Some(sent) => {
+                            // No deadline while the body streams up (see `h1::HeadWait`).
+                            let mut attempt = std::pin::pin!(attempt);
+                            tokio::select! {
+                                answered = &mut attempt => Ok(answered),
+                                () = sent.notified() => {
+                                    tokio::time::timeout(wait.after_body, attempt).await
+                                }
+                            }
+                        }
+                    };
+                    match answered {
+                        Err(_) => return Outcome::Failed(timed_out),
                         Ok(Ok(mut response)) => {
                             // The client gets the proxy's Date, as from HTTP/1.1 backends.
                             response.headers_mut().remove(http::header::DATE);
@@ -252,9 +296,11 @@ fn send(
                         Ok(Err(mut err)) => match err.take_message() {
                             Some(unsent) => (unsent, UpstreamError::from(err.into_error())),
                             None => {
-                                return Outcome::Failed(ProxyError::Upstream(
-                                    err.into_error().into(),
-                                ));
+                                let err = err.into_error();
+                                return Outcome::Failed(match ClientFault::of_upstream_h2(&err) {
+                                    Some(fault) => fault.into(),
+                                    None => ProxyError::Upstream(err.into()),
+                                });
                             }
                         },
                     }

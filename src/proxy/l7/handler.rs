@@ -24,7 +24,7 @@ use crate::metrics::RouteMetrics;
 use crate::pool::Pool;
 use crate::proxy::activity::Exchange;
 use crate::proxy::body::{BodyError, ProxyBody};
-use crate::proxy::error::ProxyError;
+use crate::proxy::error::{ClientFault, ProxyError};
 use crate::proxy::framing::FramingCheck;
 use crate::route::{Local, Route, Target};
 use crate::upstream::RequestBody;
@@ -183,8 +183,8 @@ impl Handler {
                     let outcome = forward(
                         &pool,
                         request.map(|body| match copier.flatten() {
-                            Some(copy) => RequestBody::Copied { body, copy },
-                            None => RequestBody::Client { body },
+                            Some(copy) => RequestBody::copied(body, copy),
+                            None => RequestBody::client(body),
                         }),
                         &forwarding,
                         Arrival {
@@ -259,6 +259,8 @@ impl Handler {
             .as_ref()
             .ok()
             .and_then(|response| response.body().size_hint().exact());
+        // The client's own failures say so, apart from the status they would have got.
+        let client_fault = outcome.as_ref().err().and_then(ProxyError::client_fault);
         tracing::info!(
             target: "fulcrum::access",
             listener = %self.listener.name,
@@ -270,6 +272,7 @@ impl Handler {
             backend = served_by.as_deref().unwrap_or("-"),
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
             bytes = ?bytes,
+            outcome = client_fault.map_or("-", ClientFault::label),
             "access"
         );
     }
@@ -291,6 +294,16 @@ impl Handler {
                     headers::keep_upgrade(&mut parts.headers, protocol);
                 }
                 Response::from_parts(parts, body)
+            }
+            Err(err) if err.is_client_error() => {
+                tracing::info!(
+                    listener = %self.listener.name,
+                    pool = %pool.name,
+                    status = err.status().as_u16(),
+                    error = %err,
+                    "client failed its request; no backend blamed"
+                );
+                err.to_response()
             }
             Err(err) => {
                 tracing::warn!(

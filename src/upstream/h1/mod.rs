@@ -46,11 +46,22 @@ use self::head::{Head, Kind, MAX_HEAD, encode_head, parse_head};
 use super::request_body::RequestBody;
 use crate::http::headers::Forwarding;
 
+/// How long an exchange waits for its response head.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadWait {
+    /// The deadline while nothing of the request is left to stream up (a bodiless request,
+    /// or the head still being written).
+    pub deadline: Instant,
+    /// Once a request body has been sent whole, the wait counted from that moment. While the
+    /// body streams, no deadline runs: the client's upload time is not the backend's, and the
+    /// client connection's idle timeout stops an upload that stalls.
+    pub after_body: std::time::Duration,
+}
+
 impl Connection {
     /// Sends `request` with the proxy's `forwarding` fields and waits for the response head
-    /// until `deadline` (then
-    /// [`Error::TimedOut`]). The response body streams from the connection and gives it back
-    /// for reuse when it ends cleanly ([`Body::take_idle`]).
+    /// as `wait` says (then [`Error::TimedOut`]). The response body streams from the
+    /// connection and gives it back for reuse when it ends cleanly ([`Body::take_idle`]).
     ///
     /// The request body is written while the response head is awaited and, when the backend
     /// answers before it is complete (an echo, an early error), while the response body
@@ -65,10 +76,10 @@ impl Connection {
         mut self: Box<Self>,
         request: Request<RequestBody>,
         forwarding: &Forwarding<'_>,
-        deadline: Instant,
+        wait: HeadWait,
     ) -> impl Future<Output = Result<Response<Body>, SendError>> {
         async move {
-            self.deadline.as_mut().reset(deadline);
+            self.deadline.as_mut().reset(wait.deadline);
             let framing = encode_head(&request, forwarding, &mut self.head);
             let mut written = 0;
             let wrote = std::future::poll_fn(|cx| {
@@ -88,6 +99,7 @@ impl Connection {
                 (head_request, parts.headers, BodyWriter::new(body, framing))
             };
             let mut write_error = None;
+            let mut streaming = !writer.done;
             let parsed = std::future::poll_fn(|cx| {
                 if !writer.done {
                     match writer.poll_write(&mut self.io, cx) {
@@ -102,7 +114,15 @@ impl Connection {
                         Poll::Ready(Ok(())) | Poll::Pending => {}
                     }
                 }
+                if streaming && writer.done {
+                    streaming = false;
+                    let deadline = Instant::now() + wait.after_body;
+                    self.deadline.as_mut().reset(deadline);
+                }
                 let head = self.poll_head(cx, &mut headers);
+                if streaming {
+                    return head;
+                }
                 before(self.deadline.as_mut(), cx, head)
             })
             .await;
@@ -323,7 +343,10 @@ mod tests {
                 .send(
                     request(Method::GET, "/"),
                     &forwarding(),
-                    Instant::now() + timeout,
+                    HeadWait {
+                        deadline: Instant::now() + timeout,
+                        after_body: timeout,
+                    },
                 )
                 .await
                 .unwrap_or_else(|_| panic!("{exchange} exchange failed"));
@@ -331,7 +354,14 @@ mod tests {
         }
         let started = Instant::now();
         match conn
-            .send(request(Method::GET, "/"), &forwarding(), started + timeout)
+            .send(
+                request(Method::GET, "/"),
+                &forwarding(),
+                HeadWait {
+                    deadline: started + timeout,
+                    after_body: timeout,
+                },
+            )
             .await
         {
             Err(SendError::Failed(Error::TimedOut)) => {}

@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Body, Connection, Error, SendError, Stream};
+use super::{Body, Connection, Error, HeadWait, SendError, Stream};
 use crate::http::headers::test_forwarding as forwarding;
 use crate::upstream::request_body::RequestBody;
 
@@ -74,8 +74,11 @@ pub(super) async fn send(
     conn: Box<Connection>,
     request: Request<RequestBody>,
 ) -> Result<Response<Body>, Error> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    match conn.send(request, &forwarding(), deadline).await {
+    let wait = HeadWait {
+        deadline: Instant::now() + Duration::from_secs(5),
+        after_body: Duration::from_secs(5),
+    };
+    match conn.send(request, &forwarding(), wait).await {
         Ok(response) => Ok(response),
         Err(SendError::NotSent(_, err) | SendError::Failed(err)) => Err(err),
     }
