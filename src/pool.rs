@@ -77,6 +77,15 @@ pub struct PoolSettings {
     pub queue: QueueConfig,
 }
 
+/// What one request may spend: its pool's `request_timeout` and `retries`, or its route's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    /// From sending the request until the response head.
+    pub(crate) request_timeout: Duration,
+    /// Extra attempts on other backends.
+    pub(crate) retries: u32,
+}
+
 /// Why a request found no room under its pool's `max_connections`.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -197,15 +206,27 @@ impl Pool {
         &self.upstream
     }
 
-    /// The backend for a request's next attempt, within the pool's retry budget, with its unit
+    /// What a request may spend here unless its route says otherwise.
+    pub(crate) fn budget(&self) -> Budget {
+        Budget {
+            request_timeout: self.settings.request_timeout,
+            retries: self.settings.retries,
+        }
+    }
+
+    /// The backend for a request's next attempt, within `retries` extra attempts, with its unit
     /// of in-flight count: picked as by [`Pool::pick`], added to `tried`, and counted as a
     /// retry unless it is the first. `Ok(None)` when nothing is left to try.
     ///
     /// With `max_connections`, only backends below their cap are picked; when every one is at
     /// it the request waits in the pool's queue (at most `max_queue` of them, each for at most
     /// `queue_timeout`) and takes the first room any backend gives back.
-    pub async fn next_attempt(&self, tried: &mut Tried) -> Result<Option<Attempt<'_>>, QueueError> {
-        if tried.len() > self.settings.retries as usize {
+    pub async fn next_attempt(
+        &self,
+        tried: &mut Tried,
+        retries: u32,
+    ) -> Result<Option<Attempt<'_>>, QueueError> {
+        if tried.len() > retries as usize {
             return Ok(None);
         }
         if !self.capped {
@@ -427,7 +448,8 @@ mod tests {
         let snapshot = Arc::clone(snapshot);
         tokio::spawn(async move {
             let mut tried = Tried::default();
-            let attempt = pool(&snapshot).next_attempt(&mut tried).await?;
+            let pool = pool(&snapshot);
+            let attempt = pool.next_attempt(&mut tried, pool.settings.retries).await?;
             Ok(attempt.map(|(_, in_flight)| in_flight))
         })
     }
@@ -560,8 +582,9 @@ mod tests {
                 tokio::spawn(async move {
                     for round in 0..20 {
                         let mut tried = Tried::default();
-                        let (backend, in_flight) = pool(&snapshot)
-                            .next_attempt(&mut tried)
+                        let pool = pool(&snapshot);
+                        let (backend, in_flight) = pool
+                            .next_attempt(&mut tried, pool.settings.retries)
                             .await
                             .expect("room within the timeout")
                             .expect("a backend");

@@ -132,6 +132,10 @@ pub(super) struct RawRoute {
     pub set_request_headers: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
     /// Send a copy of some requests to another pool, response discarded.
     pub mirror: Option<Spanned<RawMirror>>,
+    /// Overrides the pool's `request_timeout` for this route's requests.
+    pub request_timeout: Option<Spanned<String>>,
+    /// Overrides the pool's `retries` for this route's requests.
+    pub retries: Option<Spanned<i64>>,
 }
 
 /// `mirror = { pool, percent, max_in_flight, max_body }`.

@@ -139,6 +139,10 @@ pub struct RouteConfig {
     pub set_request_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Copies of some requests for another pool.
     pub mirror: Option<MirrorConfig>,
+    /// The route's own `request_timeout`, instead of its pool's.
+    pub request_timeout: Option<std::time::Duration>,
+    /// The route's own `retries`, instead of its pool's.
+    pub retries: Option<u32>,
 }
 
 /// A route's `mirror`: copies of its requests, sent to `pool` and their responses discarded.

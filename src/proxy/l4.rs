@@ -216,7 +216,8 @@ async fn connect(
     let mut tried = Tried::default();
     let mut last: Option<(Arc<Backend>, ConnectError)> = None;
     loop {
-        let (backend, in_flight) = match pool.next_attempt(&mut tried).await {
+        let (backend, in_flight) = match pool.next_attempt(&mut tried, pool.settings.retries).await
+        {
             Ok(Some(attempt)) => attempt,
             Ok(None) => break,
             Err(err) => {

@@ -20,7 +20,7 @@ pub(crate) use mirror::Mirror;
 
 use crate::config::{HeaderMatch, HostMatch, PathMatch, RouteConfig};
 use crate::metrics::RouteMetrics;
-use crate::pool::Pool;
+use crate::pool::{Budget, Pool};
 
 /// Longest host name looked up (RFC 1035: 253 characters); longer ones match no host route.
 const MAX_HOST: usize = 253;
@@ -54,6 +54,9 @@ pub(crate) struct Route {
     set_headers: Box<[(http::HeaderName, http::HeaderValue)]>,
     /// Copies of some of its requests for another pool.
     pub(crate) mirror: Option<Arc<Mirror>>,
+    /// Its own `request_timeout` and `retries`, instead of its pool's.
+    request_timeout: Option<std::time::Duration>,
+    retries: Option<u32>,
 }
 
 impl Router {
@@ -81,6 +84,8 @@ impl Router {
                             _ => None,
                         },
                         set_headers: config.set_request_headers.clone().into_boxed_slice(),
+                        request_timeout: config.request_timeout,
+                        retries: config.retries,
                         mirror: config.mirror.as_ref().and_then(|mirror| {
                             Mirror::build(mirror, listener, &config.name, &pool_of).map(Arc::new)
                         }),
@@ -205,6 +210,16 @@ impl Router {
 }
 
 impl Route {
+    /// What a request it forwards to `pool` may spend: the route's own `request_timeout` and
+    /// `retries` where set, else the pool's.
+    pub(crate) fn budget(&self, pool: &Pool) -> Budget {
+        let budget = pool.budget();
+        Budget {
+            request_timeout: self.request_timeout.unwrap_or(budget.request_timeout),
+            retries: self.retries.unwrap_or(budget.retries),
+        }
+    }
+
     /// Rewrites a request this route forwards: strips the prefix, sets the headers.
     pub(crate) fn rewrite<B>(&self, request: &mut http::Request<B>) {
         if let Some(prefix) = &self.strip {

@@ -368,3 +368,59 @@ async fn a_slow_or_dead_mirror_changes_nothing_for_clients() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_route_has_its_own_request_timeout_and_retries() {
+    bounded(async {
+        let app = TestBackend::spawn("app").await;
+        let dead = common::tcp::closed_port().await;
+        let config = format!(
+            r#"[[listeners]]
+name = "budget"
+listen = "127.0.0.1:0"
+pool = "app"
+
+[[listeners.routes]]
+path_prefix = "/impatient"
+strip_prefix = true
+pool = "app"
+request_timeout = "100ms"
+
+[[listeners.routes]]
+path_prefix = "/once"
+pool = "mixed"
+retries = 0
+
+[pools.app]
+backends = ["{app}"]
+request_timeout = "5s"
+
+[pools.mixed]
+backends = ["{dead}", "{app}"]
+retries = 1
+"#,
+            app = app.addr()
+        );
+        let mut balancer = TestBalancer::from_config("budget.toml", &config, "budget").await;
+        let mut client = balancer.client().await;
+        let response = client.get("/impatient/slow/400").await.expect("impatient");
+        assert_eq!(
+            response.status,
+            StatusCode::GATEWAY_TIMEOUT,
+            "the route's 100 ms"
+        );
+        let response = client.get("/slow/400").await.expect("fallback");
+        assert_eq!(response.status, StatusCode::OK, "the pool's 5 s");
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            let response = client.get("/once/x").await.expect("once");
+            statuses.push(response.status.as_u16());
+        }
+        assert!(
+            statuses.contains(&503) && statuses.contains(&200),
+            "without retries the refusing backend's turns fail: {statuses:?}"
+        );
+        balancer.stop().await;
+    })
+    .await;
+}

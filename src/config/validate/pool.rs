@@ -17,7 +17,7 @@ use crate::config::types::{
 };
 use crate::tls::UpstreamTlsConfig;
 
-const MAX_RETRIES: i64 = 16;
+pub(super) const MAX_RETRIES: i64 = 16;
 const MAX_WEIGHT: i64 = 10_000;
 
 impl Checker<'_> {

@@ -3,12 +3,14 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use toml::Spanned;
 
 use super::checker::Checker;
+use super::pool::MAX_RETRIES;
 use crate::config::raw::{OneOrMany, RawConfig, RawMirror, RawRoute};
 use crate::config::types::{
     HeaderMatch, HostMatch, MirrorConfig, PathMatch, Protocol, RouteAction, RouteConfig,
@@ -91,6 +93,11 @@ impl Checker<'_> {
                 ("respond", raw.respond.as_ref().map(Spanned::span)),
                 ("strip_prefix", raw.strip_prefix.as_ref().map(Spanned::span)),
                 ("mirror", raw.mirror.as_ref().map(Spanned::span)),
+                (
+                    "request_timeout",
+                    raw.request_timeout.as_ref().map(Spanned::span),
+                ),
+                ("retries", raw.retries.as_ref().map(Spanned::span)),
             ],
         );
         if raw.headers.is_some() || raw.set_request_headers.is_some() {
@@ -126,6 +133,8 @@ impl Checker<'_> {
             strip_prefix: false,
             set_request_headers: Vec::new(),
             mirror: None,
+            request_timeout: None,
+            retries: None,
         })
     }
 
@@ -168,6 +177,39 @@ impl Checker<'_> {
         let headers = self.header_conditions(key, raw);
         let set_request_headers = self.set_headers(key, raw);
         let action = self.action(key, raw, config);
+        let request_timeout = match &raw.request_timeout {
+            None => Some(None),
+            Some(timeout) => self
+                .duration(
+                    Some(timeout),
+                    &format!("{key}.request_timeout"),
+                    Duration::ZERO,
+                )
+                .map(Some),
+        };
+        let retries = match &raw.retries {
+            None => Some(None),
+            Some(retries) => self
+                .int_in(retries, &format!("{key}.retries"), 0, MAX_RETRIES)
+                .and_then(|n| u32::try_from(n).ok())
+                .map(Some),
+        };
+        if let (Some(timeout), None, None) = (&raw.request_timeout, &raw.pool, &raw.split) {
+            self.report(
+                timeout,
+                &format!("{key}.request_timeout"),
+                "applies only to routes that forward (pool or split)",
+            );
+            return None;
+        }
+        if let (Some(retries), None, None) = (&raw.retries, &raw.pool, &raw.split) {
+            self.report(
+                retries,
+                &format!("{key}.retries"),
+                "applies only to routes that forward (pool or split)",
+            );
+            return None;
+        }
         let mirror = match &raw.mirror {
             None => Some(None),
             Some(mirror) => self
@@ -195,6 +237,8 @@ impl Checker<'_> {
             strip_prefix,
             set_request_headers: set_request_headers?,
             mirror: mirror?,
+            request_timeout: request_timeout?,
+            retries: retries?,
         })
     }
 

@@ -263,3 +263,34 @@ fn a_mirror_needs_a_forwarding_route_and_bounded_settings() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn a_route_may_override_request_timeout_and_retries_when_it_forwards() {
+    let config = Config::parse(
+        FILE,
+        &with_routes(
+            "\n[[listeners.routes]]\npool = \"app\"\nrequest_timeout = \"5s\"\nretries = 0\n",
+        ),
+    )
+    .expect("overrides");
+    let route = &config.listeners[0].routes[0];
+    assert_eq!(
+        route.request_timeout,
+        Some(std::time::Duration::from_secs(5))
+    );
+    assert_eq!(route.retries, Some(0));
+    let errors = problems(&with_routes(
+        "\n[[listeners.routes]]\npool = \"app\"\nretries = 17\n",
+    ));
+    assert!(
+        errors[0].contains("listeners[0].routes[0].retries"),
+        "{errors:?}"
+    );
+    let errors = problems(&with_routes(
+        "\n[[listeners.routes]]\nrespond = { status = 200 }\nrequest_timeout = \"1s\"\n",
+    ));
+    assert!(
+        errors[0].contains("request_timeout: applies only to routes that forward"),
+        "{errors:?}"
+    );
+}

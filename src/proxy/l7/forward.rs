@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -12,7 +13,7 @@ use super::tunnel::Tunnel;
 use crate::backend::Backend;
 use crate::balance::Tried;
 use crate::http::headers::Forwarding;
-use crate::pool::Pool;
+use crate::pool::{Budget, Pool};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::{ClientFault, ProxyError, UpstreamError};
 use crate::upstream::{self, Conn, RequestBody, ResponseBody, h1};
@@ -44,9 +45,10 @@ pub(super) fn forward(
     Arrival { listener, started }: Arrival<'_>,
     mut tunnel: Option<Tunnel>,
     served_by: &mut Option<Arc<str>>,
+    budget: Budget,
 ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
     async move {
-        let replay = Replay::of(&request, pool);
+        let replay = Replay::of(&request, pool, budget.retries);
         let mut tried = Tried::default();
         let mut last_error = None;
         let mut last_backend: Option<&Arc<Backend>> = None;
@@ -55,7 +57,7 @@ pub(super) fn forward(
         // Whether every backend tried so far refused the connection (nothing serving there).
         let mut all_refused = true;
         loop {
-            let (backend, in_flight) = match pool.next_attempt(&mut tried).await {
+            let (backend, in_flight) = match pool.next_attempt(&mut tried, budget.retries).await {
                 Ok(Some(attempt)) => attempt,
                 Ok(None) => break,
                 Err(err) => {
@@ -69,7 +71,18 @@ pub(super) fn forward(
             }
             // The request's arrival is a fresh enough clock reading for its first attempt only.
             let now = (tried.len() == 1).then_some(started);
-            match send(backend, request, forwarding, pool, now, &mut overall).await {
+            let timeout = budget.request_timeout;
+            match send(
+                backend,
+                request,
+                forwarding,
+                pool,
+                now,
+                &mut overall,
+                timeout,
+            )
+            .await
+            {
                 Outcome::Response(response) => {
                     let status = response.status().as_u16();
                     backend.metrics.record_response(listener, status, started);
@@ -168,10 +181,10 @@ struct Replay {
 }
 
 impl Replay {
-    fn of(request: &Request<RequestBody>, pool: &Pool) -> Option<Box<Replay>> {
+    fn of(request: &Request<RequestBody>, pool: &Pool, retries: u32) -> Option<Box<Replay>> {
         use http::Method;
         // Only worth a copy of the head when there is another backend to replay on.
-        let replayable = pool.settings.retries > 0
+        let replayable = retries > 0
             && pool.endpoints.len() > 1
             && matches!(
                 *request.method(),
@@ -207,8 +220,8 @@ enum Outcome {
 }
 
 /// One attempt on `backend`: reuse an idle connection or open one, then send (with the proxy's
-/// `forwarding` fields) and wait for the response head within the pool's `request_timeout`
-/// (which ends at `overall`, set by the first attempt) and `try_timeout`. `now`, when given, is
+/// `forwarding` fields) and wait for the response head within `request_timeout` (the pool's or
+/// its route's; it ends at `overall`, set by the first attempt) and the pool's `try_timeout`. `now`, when given, is
 /// a clock reading taken just before the attempt.
 #[allow(
     clippy::manual_async_fn,
@@ -221,6 +234,7 @@ fn send<'a>(
     pool: &'a Pool,
     now: Option<Instant>,
     overall: &'a mut Option<Instant>,
+    request_timeout: Duration,
 ) -> impl Future<Output = Outcome> + 'a {
     async move {
         let settings = &pool.settings;
@@ -239,20 +253,18 @@ fn send<'a>(
             let sending = recent.filter(|_| !waited).unwrap_or_else(Instant::now);
             // The first attempt's send starts `request_timeout` for the request as a whole;
             // `try_timeout` cuts each attempt's share of it shorter.
-            let whole = *overall.get_or_insert(sending + settings.request_timeout);
+            let whole = *overall.get_or_insert(sending + request_timeout);
             let (deadline, timed_out) = match settings.try_timeout {
                 Some(limit) if sending + limit < whole => {
                     (sending + limit, ProxyError::TryTimeout(limit))
                 }
-                _ => (whole, ProxyError::Timeout(settings.request_timeout)),
+                _ => (whole, ProxyError::Timeout(request_timeout)),
             };
             let wait = h1::HeadWait {
                 deadline,
                 after_body: settings
                     .try_timeout
-                    .map_or(settings.request_timeout, |limit| {
-                        limit.min(settings.request_timeout)
-                    }),
+                    .map_or(request_timeout, |limit| limit.min(request_timeout)),
             };
             let unsent = match conn {
                 // The connection keeps its own deadline timer (cheaper than one per request).

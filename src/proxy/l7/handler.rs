@@ -21,7 +21,7 @@ use super::tunnel::{Tunnel, UpgradeSlot};
 use crate::http::headers::{self, ClientInfo, Forwarding};
 use crate::http::host;
 use crate::metrics::RouteMetrics;
-use crate::pool::Pool;
+use crate::pool::{Budget, Pool};
 use crate::proxy::activity::Exchange;
 use crate::proxy::body::{BodyError, ProxyBody};
 use crate::proxy::error::{ClientFault, ProxyError};
@@ -88,13 +88,16 @@ impl http_body::Body for ClientBody {
 
 /// Where the handler sends a request.
 enum Routed {
-    /// Forward to this pool, through the route with these metrics (`None`: the listener's
-    /// pool), with a copy for the route's mirror and the copier of the request body it needs.
-    Forward(
-        Arc<Pool>,
-        Option<Arc<RouteMetrics>>,
-        Option<(mirror::Copy, Option<Box<BodyCopy>>)>,
-    ),
+    /// Forward to a pool.
+    Forward {
+        pool: Arc<Pool>,
+        /// The route's metrics (`None`: the listener's pool took the request).
+        route: Option<Arc<RouteMetrics>>,
+        /// A copy for the route's mirror, and the copier of the request body it needs.
+        copy: Option<(mirror::Copy, Option<Box<BodyCopy>>)>,
+        /// The pool's timeout and retries, or the route's.
+        budget: Budget,
+    },
     /// Answer with this response of the route's own.
     Local(Response<ProxyBody>, Arc<RouteMetrics>),
 }
@@ -173,7 +176,12 @@ impl Handler {
                     route.record(response.status().as_u16(), started);
                     response
                 }
-                Ok(Routed::Forward(pool, route, copy)) => {
+                Ok(Routed::Forward {
+                    pool,
+                    route,
+                    copy,
+                    budget,
+                }) => {
                     let (copy, copier) = copy.unzip();
                     if let Some(copy) = copy {
                         copy.send(self.client.clone(), Arc::clone(&self.listener.name));
@@ -193,6 +201,7 @@ impl Handler {
                         },
                         tunnel,
                         &mut served_by,
+                        budget,
                     )
                     .await;
                     if let Some(route) = &route {
@@ -343,11 +352,12 @@ impl Handler {
                 let copy = route
                     .and_then(|route| route.mirror.as_ref())
                     .and_then(|mirror| mirror::Copy::take(mirror, request));
-                Routed::Forward(
-                    Arc::clone(pool),
-                    route.map(|route| Arc::clone(&route.metrics)),
+                Routed::Forward {
+                    pool: Arc::clone(pool),
+                    route: route.map(|route| Arc::clone(&route.metrics)),
                     copy,
-                )
+                    budget: route.map_or_else(|| pool.budget(), |route| route.budget(pool)),
+                }
             }
             Target::Local { route, response } => Routed::Local(
                 local_response(route, response, request),

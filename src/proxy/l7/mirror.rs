@@ -106,7 +106,18 @@ impl Copy {
                     started: Instant::now(),
                 };
                 let request = Request::from_parts(parts, body);
-                match forward(&mirror.pool, request, &forwarding, arrival, None, &mut None).await {
+                let budget = mirror.pool.budget();
+                match forward(
+                    &mirror.pool,
+                    request,
+                    &forwarding,
+                    arrival,
+                    None,
+                    &mut None,
+                    budget,
+                )
+                .await
+                {
                     Ok(response) => {
                         // Read to the end so the connection can serve again; the bytes go nowhere.
                         let _ = response.into_body().collect().await;
