@@ -81,6 +81,23 @@ fn is_literal_byte(byte: u8) -> bool {
     byte == b':' || is_unreserved_or_sub_delim(byte)
 }
 
+/// The request's host without its port: the URI's authority (HTTP/2, absolute form), else
+/// `Host`.
+pub(crate) fn name<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    let authority = match uri.host() {
+        Some(host) => host,
+        None => headers.get(http::header::HOST)?.to_str().ok()?,
+    };
+    let host = if authority.starts_with('[') {
+        authority.split_inclusive(']').next().unwrap_or(authority)
+    } else {
+        authority
+            .split_once(':')
+            .map_or(authority, |(host, _)| host)
+    };
+    Some(host.trim_end_matches('.'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,9 @@ pub(crate) enum ProxyError {
     /// No route of the listener matched and it has no fallback pool.
     #[error("no route matches the request")]
     NoRoute,
+    /// The request names a host its TLS connection's certificate was not chosen for.
+    #[error("the connection was set up for another host's certificate")]
+    Misdirected,
     /// The listener's pool had no backend left to try: none healthy, or every one refused.
     #[error("no backend available in pool {pool}")]
     NoBackend {
@@ -132,6 +135,7 @@ impl ProxyError {
             // A client that is gone gets no response; were one read, this is what it would say.
             ProxyError::BadRequest(_) | ProxyError::Client(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NoBackend { .. } | ProxyError::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Protocol(_) => {
                 StatusCode::BAD_GATEWAY
@@ -208,6 +212,7 @@ mod tests {
         let cases = [
             (ProxyError::BadRequest("x"), 400),
             (ProxyError::NoRoute, 404),
+            (ProxyError::Misdirected, 421),
             (
                 ProxyError::NoBackend {
                     pool: "p".into(),

@@ -115,7 +115,7 @@ impl Route {
     /// A redirect's `Location` for the request: the template with `{host}` (without port),
     /// `{path}` (after `strip_prefix`) and `{query}` (`?…`, or nothing) filled in.
     pub(crate) fn location(&self, template: &str, uri: &Uri, headers: &HeaderMap) -> String {
-        let host = super::host_of(uri, headers).unwrap_or_default();
+        let host = crate::http::host::name(uri, headers).unwrap_or_default();
         let path = self.forwarded_path(uri.path());
         let query = uri.query().map(|query| format!("?{query}"));
         let mut location = String::with_capacity(template.len() + path.len() + 16);

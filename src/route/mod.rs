@@ -19,6 +19,7 @@ pub(crate) use action::{Local, Target};
 pub(crate) use mirror::Mirror;
 
 use crate::config::{HeaderMatch, HostMatch, PathMatch, RouteConfig};
+use crate::http::host;
 use crate::metrics::RouteMetrics;
 use crate::pool::{Budget, Pool};
 
@@ -180,7 +181,7 @@ impl Router {
         if self.routes.is_empty() {
             return None;
         }
-        let candidates = self.candidates(host_of(uri, headers));
+        let candidates = self.candidates(host::name(uri, headers));
         let path = uri.path();
         candidates
             .iter()
@@ -269,23 +270,6 @@ fn indices(built: &[(Route, &RouteConfig)], keep: impl Fn(&RouteConfig) -> bool)
         .filter(|(_, (_, config))| keep(config))
         .filter_map(|(index, _)| u32::try_from(index).ok())
         .collect()
-}
-
-/// The request's host without its port: the URI's authority (HTTP/2, absolute form), else
-/// `Host`.
-fn host_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    let authority = match uri.host() {
-        Some(host) => host,
-        None => headers.get(http::header::HOST)?.to_str().ok()?,
-    };
-    let host = if authority.starts_with('[') {
-        authority.split_inclusive(']').next().unwrap_or(authority)
-    } else {
-        authority
-            .split_once(':')
-            .map_or(authority, |(host, _)| host)
-    };
-    Some(host.trim_end_matches('.'))
 }
 
 #[cfg(test)]

@@ -9,4 +9,4 @@ mod server;
 
 pub(crate) use client::{UpstreamTlsConfig, client_config};
 pub(crate) use load::{CertificateFiles, TlsError, load_certificate, load_roots};
-pub(crate) use server::{MinVersion, TlsSettings, files, server_config};
+pub(crate) use server::{MinVersion, SniResolver, TlsSettings, files, server_config};

@@ -36,7 +36,7 @@ pub struct TlsSettings {
 
 /// Picks a certificate by SNI: exact name, then `*.parent` wildcard, then the default.
 #[derive(Debug)]
-struct SniResolver {
+pub(crate) struct SniResolver {
     exact: HashMap<String, Arc<CertifiedKey>>,
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Arc<CertifiedKey>,
@@ -57,14 +57,27 @@ impl SniResolver {
     }
 }
 
+impl SniResolver {
+    /// Whether a request for `host` may be served on a connection set up for `server_name`:
+    /// the same certificate would have been presented for both (RFC 9110 §7.4: else the
+    /// client is sent to make a connection of its own, with `421`).
+    pub(crate) fn same_certificate(&self, server_name: &str, host: &str) -> bool {
+        server_name.eq_ignore_ascii_case(host)
+            || Arc::ptr_eq(&self.pick(Some(server_name)), &self.pick(Some(host)))
+    }
+}
+
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.pick(hello.server_name()))
     }
 }
 
-/// Builds the rustls server configuration for `settings`, reading every file now.
-pub(crate) fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// Builds the rustls server configuration for `settings`, reading every file now, with the
+/// certificate resolver it uses (to tell which requests a connection may carry).
+pub(crate) fn server_config(
+    settings: &TlsSettings,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<SniResolver>), TlsError> {
     let mut loaded = Vec::with_capacity(settings.certificates.len());
     for files in &settings.certificates {
         loaded.push(load::certificate(files)?);
@@ -86,6 +99,11 @@ pub(crate) fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::Server
             "no certificate configured".to_owned(),
         )));
     };
+    let resolver = Arc::new(SniResolver {
+        exact,
+        wildcard,
+        default,
+    });
     let versions: &[&rustls::SupportedProtocolVersion] = match settings.min_version {
         MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         MinVersion::Tls13 => &[&rustls::version::TLS13],
@@ -94,17 +112,13 @@ pub(crate) fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::Server
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver {
-            exact,
-            wildcard,
-            default,
-        }));
+        .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
     config.alpn_protocols = settings
         .alpn
         .iter()
         .map(|protocol| protocol.as_bytes().to_vec())
         .collect();
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), resolver))
 }
 
 /// Every file a listener's TLS settings read, for watching.

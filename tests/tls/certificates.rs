@@ -250,3 +250,70 @@ async fn symlinked_certificates_rotate_like_a_kubernetes_secret() {
     })
     .await;
 }
+
+/// `GET /` for `host` on an HTTP/1.1 connection made with SNI `server_name`.
+async fn status_for(
+    address: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    server_name: &str,
+    host: &str,
+) -> StatusCode {
+    let stream = tls_connect(address, config, server_name)
+        .await
+        .expect("handshake");
+    let (mut sender, _connection) = http1_over(stream).await;
+    let request = Request::get("/")
+        .header(http::header::HOST, host)
+        .body(empty())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    TestResponse::collect(response).await.expect("body").status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_for_a_host_another_certificate_serves_gets_421() {
+    bounded(async {
+        let backend = TestBackend::spawn("app").await;
+        let ca = Ca::new();
+        let dir = TempDir::new("misdirected");
+        ca.leaf(&["a.example.test"], 1).write(&dir, "a");
+        ca.leaf(&["b.example.test"], 2).write(&dir, "b");
+        ca.leaf(&["*.shared.test"], 3).write(&dir, "shared");
+        let text = config_text(
+            Some(
+                "certificates = [{ cert = \"a.pem\", key = \"a.key\" }, \
+                 { cert = \"b.pem\", key = \"b.key\" }, \
+                 { cert = \"shared.pem\", key = \"shared.key\" }]",
+            ),
+            &[backend.addr()],
+            "round_robin",
+        );
+        let mut lb = TestBalancer::from_config(&dir.config_file(), &text, "web").await;
+        let config = client_config(&ca, &["http/1.1"], BOTH);
+        let address = lb.addr();
+        let status = |sni: &'static str, host: &'static str| {
+            status_for(address, Arc::clone(&config), sni, host)
+        };
+        assert_eq!(
+            status("a.example.test", "a.example.test").await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status("a.example.test", "A.example.test:443").await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status("a.example.test", "b.example.test").await,
+            StatusCode::MISDIRECTED_REQUEST,
+            "b has a certificate of its own"
+        );
+        assert_eq!(
+            status("x.shared.test", "y.shared.test").await,
+            StatusCode::OK,
+            "one wildcard certificate serves both"
+        );
+        assert_eq!(backend.request_count(), 3, "the 421 reached no backend");
+        lb.stop().await;
+    })
+    .await;
+}

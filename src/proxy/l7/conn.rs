@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::calm::{CalmIo, CancelBudget, StreamGuard};
-use super::handler::{ClientBody, Handler};
+use super::handler::{ClientBody, Handler, TlsOrigin};
 use super::listener::{HttpListener, HttpSettings, TlsTermination};
 use super::tunnel::{UpgradeSlot, run_tunnel};
 use crate::config::ClientLimits;
@@ -46,7 +46,7 @@ impl HttpListener {
         );
         let Some(tls) = &settings.tls else {
             return self
-                .serve_io(io, peer, activity, &settings, "http", shutdown)
+                .serve_io(io, peer, activity, &settings, None, shutdown)
                 .await;
         };
         self.serve_tls(tls, io, peer, activity, &settings, shutdown)
@@ -68,7 +68,11 @@ impl HttpListener {
         Box::pin(async move {
             match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)).await {
                 Ok(Ok(io)) => {
-                    self.serve_io(io, peer, activity, settings, "https", shutdown)
+                    let tls = TlsOrigin {
+                        server_name: io.get_ref().1.server_name().map(Box::from),
+                        certificates: Arc::clone(&tls.certificates),
+                    };
+                    self.serve_io(io, peer, activity, settings, Some(tls), shutdown)
                         .await;
                 }
                 Ok(Err(err)) => {
@@ -87,7 +91,7 @@ impl HttpListener {
         peer: SocketAddr,
         activity: Arc<Activity>,
         settings: &HttpSettings,
-        scheme: &'static str,
+        tls: Option<TlsOrigin>,
         shutdown: CancellationToken,
     ) where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -110,10 +114,11 @@ impl HttpListener {
             listener: Arc::clone(self),
             client: ClientInfo {
                 ip: header_value_of(peer),
-                proto: HeaderValue::from_static(scheme),
+                proto: HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
             },
             framing,
             upgrade: Arc::clone(&upgrade),
+            tls,
         });
         let mut service = {
             let activity = Arc::clone(&activity);

@@ -27,6 +27,7 @@ use crate::proxy::body::{BodyError, ProxyBody};
 use crate::proxy::error::{ClientFault, ProxyError};
 use crate::proxy::framing::FramingCheck;
 use crate::route::{Local, Route, Target};
+use crate::tls::SniResolver;
 use crate::upstream::RequestBody;
 use crate::upstream::request_body::BodyCopy;
 
@@ -150,6 +151,25 @@ pub(super) struct Handler {
     pub(super) framing: Arc<FramingCheck>,
     /// Where a 101's backend connection waits for this connection's task.
     pub(super) upgrade: Arc<UpgradeSlot>,
+    /// For a TLS connection: what it was set up for.
+    pub(super) tls: Option<TlsOrigin>,
+}
+
+/// What a TLS connection was set up for: the server name of its ClientHello and the listener's
+/// certificate choice, so a request for a host another certificate covers gets `421`.
+pub(super) struct TlsOrigin {
+    pub(super) server_name: Option<Box<str>>,
+    pub(super) certificates: Arc<SniResolver>,
+}
+
+impl TlsOrigin {
+    /// Whether this connection may carry a request for `host` (RFC 9110 §7.4): it asked for no
+    /// name, for this one, or for one the same certificate serves.
+    fn carries(&self, host: &str) -> bool {
+        self.server_name
+            .as_deref()
+            .is_none_or(|name| self.certificates.same_certificate(name, host))
+    }
 }
 
 impl Handler {
@@ -338,6 +358,11 @@ impl Handler {
         if let Some(problem) = host::refusal(request.uri(), request.version(), request.headers()) {
             // RFC 9112 §3.2: a missing, repeated or invalid Host is a 400.
             return Err(ProxyError::BadRequest(problem));
+        }
+        if let (Some(tls), Some(host)) = (&self.tls, host::name(request.uri(), request.headers())) {
+            if !tls.carries(host) {
+                return Err(ProxyError::Misdirected);
+            }
         }
         let snapshot = self.listener.state.load();
         let target = snapshot

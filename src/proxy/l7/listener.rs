@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ClientLimits;
 use crate::metrics::ListenerMetrics;
 use crate::snapshot::SharedState;
+use crate::tls::SniResolver;
 use crate::tls::{self, TlsError, TlsSettings};
 
 /// Streams a client may reset before hyper accepted them (the plain rapid reset); one more is
@@ -53,6 +54,9 @@ pub(super) struct HttpSettings {
 pub(super) struct TlsTermination {
     pub(super) acceptor: TlsAcceptor,
     pub(super) handshake_timeout: Duration,
+    /// The acceptor's certificate choice, to refuse requests for hosts the connection's
+    /// certificate was not chosen for (`421`).
+    pub(super) certificates: Arc<SniResolver>,
 }
 
 impl HttpSettings {
@@ -86,10 +90,14 @@ impl HttpSettings {
             .keep_alive_interval(None);
         let tls = match tls {
             None => None,
-            Some(settings) => Some(TlsTermination {
-                acceptor: TlsAcceptor::from(tls::server_config(settings)?),
-                handshake_timeout: settings.handshake_timeout,
-            }),
+            Some(settings) => {
+                let (config, certificates) = tls::server_config(settings)?;
+                Some(TlsTermination {
+                    acceptor: TlsAcceptor::from(config),
+                    handshake_timeout: settings.handshake_timeout,
+                    certificates,
+                })
+            }
         };
         Ok(Self {
             limits,
