@@ -9,6 +9,8 @@ mod health;
 mod listener;
 mod pool;
 mod route;
+mod route_action;
+mod shadow;
 
 use std::collections::HashSet;
 
