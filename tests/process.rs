@@ -46,6 +46,45 @@ fn check_accepts_a_valid_file_and_prints_a_summary() {
 }
 
 #[test]
+fn check_names_an_unknown_route_pool_and_warns_about_a_shadowed_route() {
+    let dir = TempDir::new("check-routes");
+    let routes = "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\n\
+        [[listeners.routes]]\npath_prefix = \"/api\"\npool = \"app\"\n\n\
+        [[listeners.routes]]\nname = \"users\"\npath_prefix = \"/api/users\"\npool = \"POOL\"\n\n\
+        [pools.app]\nbackends = [\"127.0.0.1:3001\"]\n";
+    let check = |body: &str| {
+        let path = write_config(&dir, body);
+        let output = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .arg("--check")
+            .output()
+            .expect("run fulcrum");
+        (path.display().to_string(), output)
+    };
+    let (file, output) = check(&routes.replace("POOL", "nope"));
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{file}:13:8: listeners[0].routes[1].pool: pool \"nope\" does not exist"
+        )),
+        "{stderr}"
+    );
+    let (file, output) = check(&routes.replace("POOL", "app"));
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("route users -> pool app"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "warning: {file}:10:1: listeners[0].routes[1]: route \"users\" can never match: route \"route-1\" ({file}:6:1)"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_rejects_an_invalid_file_listing_every_error() {
     let dir = TempDir::new("check-bad");
     let path = write_config(
