@@ -54,13 +54,19 @@ async fn sni_picks_exact_then_wildcard_then_default_certificate() {
             );
         }
 
-        // A verified connection carries requests.
+        // A verified connection carries requests (for a host its certificate was chosen for:
+        // another certificate's host gets 421, see `certificates.rs`).
         let stream = tls_connect(lb.addr(), Arc::clone(&verified), "api.example.test")
             .await
             .expect("handshake");
         let (mut sender, _conn) = http1_over(stream).await;
+        let mut request = get("/sni");
+        request.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("api.example.test"),
+        );
         let response = sender
-            .send_request(get("/sni"))
+            .send_request(request)
             .await
             .expect("request over TLS");
         let response = TestResponse::collect(response).await.expect("body");
