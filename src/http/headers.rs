@@ -46,23 +46,26 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names is far cheaper than nine hashed
     // removals.
     if headers.keys().any(is_hop_by_hop) {
-        strip_hop_by_hop(headers);
+        strip_hop_by_hop(headers, false);
     }
 }
 
 /// Removes the hop-by-hop fields; returns whether `TE` asked for trailers, which an HTTP/2
 /// backend is told again ([`Forwarding::apply`]).
-fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+/// Removes the hop-by-hop fields; for a `request`, also says whether its `TE` asked for
+/// trailers (a response's `TE` means nothing, so it is not read).
+fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) -> bool {
     // Read before `Connection` is: a client sending TE also lists it there (RFC 9110 §10.1.4).
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|coding| {
-            let coding = coding.split(';').next().unwrap_or_default();
-            coding.trim().eq_ignore_ascii_case("trailers")
-        });
+    let te_trailers = request
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|coding| {
+                let coding = coding.split(';').next().unwrap_or_default();
+                coding.trim().eq_ignore_ascii_case("trailers")
+            });
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderValue> = headers
             .get_all(header::CONNECTION)
@@ -252,7 +255,7 @@ pub fn prepare_request<'a>(
     client: &'a ClientInfo,
 ) -> Forwarding<'a> {
     let names = Names::of(headers);
-    let te_trailers = names.hop_by_hop && strip_hop_by_hop(headers);
+    let te_trailers = names.hop_by_hop && strip_hop_by_hop(headers, true);
     if let Some(authority) = uri.authority() {
         let same = headers
             .get(header::HOST)
