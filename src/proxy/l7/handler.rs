@@ -359,8 +359,9 @@ impl Handler {
             // RFC 9112 §3.2: a missing, repeated or invalid Host is a 400.
             return Err(ProxyError::BadRequest(problem));
         }
-        if let (Some(tls), Some(host)) = (&self.tls, host::name(request.uri(), request.headers())) {
-            if !tls.carries(host) {
+        if let Some(tls) = &self.tls {
+            let host = host::name(request.uri(), request.headers());
+            if host.is_some_and(|host| !tls.carries(host)) {
                 return Err(ProxyError::Misdirected);
             }
         }
