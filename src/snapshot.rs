@@ -62,11 +62,6 @@ impl Snapshot {
             .map(|(_, router)| router)
     }
 
-    /// The pool serving the listener called `listener` (with routes: its fallback).
-    pub fn pool_for(&self, listener: &str) -> Option<&Arc<Pool>> {
-        self.router_for(listener).and_then(Router::fallback)
-    }
-
     /// The pool called `name`.
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.iter().find(|pool| &*pool.name == name)

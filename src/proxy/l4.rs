@@ -21,7 +21,6 @@ use crate::backend::{Backend, InFlight};
 use crate::balance::Tried;
 use crate::metrics::ListenerMetrics;
 use crate::pool::Pool;
-use crate::route::Router;
 use crate::snapshot::SharedState;
 use crate::upstream::{self, ConnectError};
 
@@ -152,13 +151,12 @@ impl TcpListener {
         early_data: &mut Vec<u8>,
         peer: SocketAddr,
     ) -> Option<Arc<Pool>> {
-        let routed = self
-            .state
-            .load()
-            .router_for(&self.name)
-            .is_some_and(Router::has_routes);
-        if !routed {
-            return self.state.load().pool_for(&self.name).cloned();
+        {
+            let snapshot = self.state.load();
+            let router = snapshot.router_for(&self.name)?;
+            if !router.has_routes() {
+                return router.fallback().cloned();
+            }
         }
         let server_name = match sni::read_server_name(stream, early_data, HELLO_TIMEOUT).await {
             Hello::Name(name) => Some(name),

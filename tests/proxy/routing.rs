@@ -14,6 +14,16 @@ async fn get_from(client: &mut TestClient, host: &str, path: &str) -> common::cl
     client.fetch(request).await.expect("response")
 }
 
+/// The backends `app`, `api`, `shop` and `next` that [`routed`] sends requests to.
+async fn services() -> (TestBackend, TestBackend, TestBackend, TestBackend) {
+    (
+        TestBackend::spawn("app").await,
+        TestBackend::spawn("api").await,
+        TestBackend::spawn("shop").await,
+        TestBackend::spawn("next").await,
+    )
+}
+
 /// A listener routing to `api`, `shop` and `next` backends, with `app` as the fallback.
 async fn routed(
     app: &TestBackend,
@@ -84,12 +94,7 @@ backends = ["{next}"]
 #[tokio::test]
 async fn routes_send_each_service_to_its_pool_and_rewrite_as_configured() {
     bounded(async {
-        let (app, api, shop, next) = (
-            TestBackend::spawn("app").await,
-            TestBackend::spawn("api").await,
-            TestBackend::spawn("shop").await,
-            TestBackend::spawn("next").await,
-        );
+        let (app, api, shop, next) = services().await;
         let mut balancer = routed(&app, &api, &shop, &next, true).await;
         let mut client = balancer.client().await;
 
@@ -159,12 +164,7 @@ async fn routes_send_each_service_to_its_pool_and_rewrite_as_configured() {
 #[tokio::test]
 async fn a_split_sends_its_share_to_each_pool() {
     bounded(async {
-        let (app, api, shop, next) = (
-            TestBackend::spawn("app").await,
-            TestBackend::spawn("api").await,
-            TestBackend::spawn("shop").await,
-            TestBackend::spawn("next").await,
-        );
+        let (app, api, shop, next) = services().await;
         let mut balancer = routed(&app, &api, &shop, &next, true).await;
         let mut client = balancer.client().await;
         let total = 2000;
@@ -190,12 +190,7 @@ async fn a_split_sends_its_share_to_each_pool() {
 #[tokio::test]
 async fn no_route_and_no_fallback_is_404_and_reaches_no_backend() {
     bounded(async {
-        let (app, api, shop, next) = (
-            TestBackend::spawn("app").await,
-            TestBackend::spawn("api").await,
-            TestBackend::spawn("shop").await,
-            TestBackend::spawn("next").await,
-        );
+        let (app, api, shop, next) = services().await;
         let mut balancer = routed(&app, &api, &shop, &next, false).await;
         let mut client = balancer.client().await;
         let response = get_from(&mut client, "x", "/nowhere").await;
