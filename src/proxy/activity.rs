@@ -48,6 +48,9 @@ pub(crate) struct Activity {
     head_started: Notify,
     /// Exchanges open on the connection: from the request to the end of its response body.
     exchanges: AtomicU32,
+    /// Uploads the proxy watches for stalls (`l7::upload`): while one is open, the idle close
+    /// waits for its `408`.
+    uploads: AtomicU32,
     /// The connection may be parked (an HTTP/1 server runs on it, see `start_serving`).
     parkable: AtomicBool,
     /// An exchange ended since the current HTTP/1 server started: only then is hyper idle
@@ -67,6 +70,16 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         self.0.served.store(true, Ordering::Relaxed);
         self.0.exchanges.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Holds one watched upload open on a connection (see [`Activity::open_upload`]).
+#[derive(Debug)]
+pub(crate) struct OpenUpload(Arc<Activity>);
+
+impl Drop for OpenUpload {
+    fn drop(&mut self) {
+        self.0.uploads.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -105,6 +118,13 @@ impl Activity {
     pub(crate) fn open_exchange(self: &Arc<Self>) -> Exchange {
         self.exchanges.fetch_add(1, Ordering::Relaxed);
         Exchange(Arc::clone(self))
+    }
+
+    /// Opens a watched upload, held until the guard drops: its own stall watch answers a quiet
+    /// upload with `408`, so the idle close gives it one more idle period to do so.
+    pub(crate) fn open_upload(self: &Arc<Self>) -> OpenUpload {
+        self.uploads.fetch_add(1, Ordering::Relaxed);
+        OpenUpload(Arc::clone(self))
     }
 
     /// A new HTTP/1 server starts on the connection: from now on the watchdog may end with
@@ -160,10 +180,7 @@ impl Activity {
     /// connection with nothing open this resolves to [`Close::Park`]; a parked connection keeps
     /// its own time ([`Activity::parked_budget`]) until it wakes and watches anew.
     pub(crate) async fn expired(&self, idle: Duration, head_timeout: Duration) -> Close {
-        let tick = tick_for(idle);
-        let idle_ticks = u32::try_from(idle.as_nanos().div_ceil(tick.as_nanos().max(1)))
-            .unwrap_or(u32::MAX)
-            .max(1);
+        let (tick, idle_ticks) = quiet_ticks(idle);
         let mut ticker = idle_ticker(tick);
         let mut quiet = 0u32;
         let mut deadline: Option<(u32, Instant)> = None;
@@ -181,7 +198,9 @@ impl Activity {
                         quiet = 0;
                     } else {
                         quiet += 1;
-                        if quiet >= idle_ticks {
+                        let upload_answers = self.uploads.load(Ordering::Relaxed) > 0
+                            && quiet < idle_ticks.saturating_mul(2);
+                        if quiet >= idle_ticks && !upload_answers {
                             return Close::Idle;
                         }
                         if quiet == 1 && self.may_park() {
@@ -205,12 +224,22 @@ impl Activity {
     }
 }
 
+/// The tick for counting quiet time up to `idle`, and how many quiet ticks make `idle`.
+pub(crate) fn quiet_ticks(idle: Duration) -> (Duration, u32) {
+    let tick = tick_for(idle);
+    let ticks = u32::try_from(idle.as_nanos().div_ceil(tick.as_nanos().max(1)))
+        .unwrap_or(u32::MAX)
+        .max(1);
+    (tick, ticks)
+}
+
 /// The watchdog's tick for an `idle` timeout.
 fn tick_for(idle: Duration) -> Duration {
     idle.min(PARK_AFTER)
 }
 
-fn idle_ticker(period: Duration) -> tokio::time::Interval {
+/// An interval of `period` whose first tick is one period from now.
+pub(crate) fn idle_ticker(period: Duration) -> tokio::time::Interval {
     let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker
@@ -386,6 +415,30 @@ mod tests {
         let (close, at) = watcher.await.expect("watcher");
         assert_eq!(close, Close::HeadTimeout);
         assert_eq!(at - start, Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_upload_holds_the_idle_close_back_for_one_more_period() {
+        let activity = Arc::new(Activity::default());
+        let idle = Duration::from_secs(5);
+        let start = Instant::now();
+        let upload = activity.open_upload();
+        let (close, at) = watch(&activity, idle, Duration::from_secs(60))
+            .await
+            .expect("watcher");
+        assert_eq!(close, Close::Idle);
+        assert_eq!(
+            at - start,
+            2 * idle,
+            "the upload's 408 had its chance first"
+        );
+        drop(upload);
+        let start = Instant::now();
+        let (close, at) = watch(&activity, idle, Duration::from_secs(60))
+            .await
+            .expect("watcher");
+        assert_eq!(close, Close::Idle);
+        assert_eq!(at - start, idle);
     }
 
     #[tokio::test(start_paused = true)]

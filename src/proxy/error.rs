@@ -50,6 +50,9 @@ pub(crate) enum ProxyError {
     /// The backend answered in a way HTTP does not allow here.
     #[error("backend broke the protocol: {0}")]
     Protocol(&'static str),
+    /// The backend stopped reading the request body for the listener's `idle_timeout`.
+    #[error("backend read none of the request body for {0:?}")]
+    UploadNotRead(Duration),
     /// The client failed while its request was on its way up: never counted against a backend.
     #[error("client failed: {0}")]
     Client(#[from] ClientFault),
@@ -69,6 +72,9 @@ pub(crate) enum ClientFault {
     /// The request body broke its framing (a bad chunk size, an overflowing length).
     #[error("malformed request body framing")]
     Malformed,
+    /// The request body stopped arriving for the listener's `idle_timeout`.
+    #[error("client sent no request body bytes for the idle_timeout")]
+    Stalled,
 }
 
 impl ClientFault {
@@ -113,6 +119,7 @@ impl ClientFault {
             ClientFault::Gone => "client_gone",
             ClientFault::Reset => "client_reset",
             ClientFault::Malformed => "client_malformed",
+            ClientFault::Stalled => "client_stalled",
         }
     }
 }
@@ -133,6 +140,7 @@ impl ProxyError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             // A client that is gone gets no response; were one read, this is what it would say.
+            ProxyError::Client(ClientFault::Stalled) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) | ProxyError::Client(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
@@ -140,7 +148,9 @@ impl ProxyError {
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Protocol(_) => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::Timeout(_) | ProxyError::TryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Timeout(_) | ProxyError::TryTimeout(_) | ProxyError::UploadNotRead(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
         }
     }
 
@@ -231,6 +241,8 @@ mod tests {
             (ProxyError::TryTimeout(Duration::from_millis(200)), 504),
             (ProxyError::Client(ClientFault::Malformed), 400),
             (ProxyError::Client(ClientFault::Gone), 400),
+            (ProxyError::Client(ClientFault::Stalled), 408),
+            (ProxyError::UploadNotRead(Duration::from_secs(1)), 504),
             (
                 ProxyError::Queue(crate::pool::QueueError::Timeout {
                     pool: "p".into(),

@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
@@ -25,6 +26,8 @@ pin_project! {
             #[pin]
             body: Incoming,
             sent: Option<Arc<Notify>>,
+            // Set for an upload the proxy watches for stalls.
+            progress: Option<Arc<Progress>>,
             // Boxed: a mirrored request is rare, and every request's future holds this enum.
             copy: Option<Box<BodyCopy>>,
         },
@@ -36,21 +39,18 @@ pin_project! {
 }
 
 impl RequestBody {
-    /// The client's body, streamed through.
-    pub(crate) fn client(body: Incoming) -> RequestBody {
+    /// The client's body, streamed through (and copied for a mirror on the way when `copy` is
+    /// given), reporting its advance to `progress` when given.
+    pub(crate) fn client(
+        body: Incoming,
+        copy: Option<Box<BodyCopy>>,
+        progress: Option<Arc<Progress>>,
+    ) -> RequestBody {
         RequestBody::Client {
             body,
             sent: None,
-            copy: None,
-        }
-    }
-
-    /// The client's body, streamed through and copied for a mirror on the way.
-    pub(crate) fn copied(body: Incoming, copy: Box<BodyCopy>) -> RequestBody {
-        RequestBody::Client {
-            body,
-            sent: None,
-            copy: Some(copy),
+            progress,
+            copy,
         }
     }
 
@@ -63,6 +63,47 @@ impl RequestBody {
                 Some(Arc::clone(sent.get_or_insert_with(Arc::default)))
             }
             RequestBody::Client { .. } | RequestBody::Whole { .. } | RequestBody::Empty => None,
+        }
+    }
+}
+
+/// How an upload advances, for the proxy's stall watch: whether a frame arrived since the
+/// watch last looked, whether the writer is waiting on the client (rather than on a backend
+/// that stopped reading), and whether the body has ended.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    moved: AtomicBool,
+    waiting: AtomicBool,
+    ended: AtomicBool,
+}
+
+impl Progress {
+    /// Whether a frame arrived since the last call; clears the mark.
+    pub(crate) fn take_moved(&self) -> bool {
+        self.moved.swap(false, Ordering::Relaxed)
+    }
+
+    /// Whether the body's reader is waiting for the client's next bytes.
+    pub(crate) fn waiting_on_client(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Whether the body has ended (or failed): nothing is left to stall.
+    pub(crate) fn ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
+    }
+
+    fn record<T>(&self, poll: &Poll<Option<T>>, ended: bool) {
+        match poll {
+            Poll::Pending => self.waiting.store(true, Ordering::Relaxed),
+            Poll::Ready(Some(_)) => {
+                self.waiting.store(false, Ordering::Relaxed);
+                self.moved.store(true, Ordering::Relaxed);
+            }
+            Poll::Ready(None) => {}
+        }
+        if ended || matches!(poll, Poll::Ready(None)) {
+            self.ended.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -124,10 +165,15 @@ impl Body for RequestBody {
             RequestBodyProj::Client {
                 mut body,
                 sent,
+                progress,
                 copy,
             } => {
-                let frame = ready!(body.as_mut().poll_frame(cx))
-                    .map(|frame| frame.map(headers::filter_trailer_frame));
+                let polled = body.as_mut().poll_frame(cx);
+                if let Some(progress) = progress {
+                    let failed = matches!(polled, Poll::Ready(Some(Err(_))));
+                    progress.record(&polled, failed || body.is_end_stream());
+                }
+                let frame = ready!(polled).map(|frame| frame.map(headers::filter_trailer_frame));
                 // Writers may stop polling once the body says it has ended.
                 let ended = match &frame {
                     None => true,

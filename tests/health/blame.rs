@@ -230,3 +230,153 @@ async fn a_malformed_chunked_body_gets_400_and_blames_no_backend() {
     })
     .await;
 }
+
+/// Sends `head` and 4 KiB of body on a raw connection, stops sending, and returns what fulcrum
+/// answers (read to the end of the connection) and how long that took.
+async fn stall_after(address: SocketAddr, head: &str) -> (String, Duration) {
+    let mut stream = common::tcp::raw_connect(address).await;
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    stream.write_all(&[b'x'; 4096]).await.expect("write body");
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    within(
+        Duration::from_secs(10),
+        "the answer to a stalled upload",
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("read");
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_gets_408_after_idle_timeout_and_blames_no_backend() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let (mut lb, admin) = TestBalancer::builder()
+            .pool_name("stalled")
+            .backend(backend.addr())
+            .listener("idle_timeout", "\"1s\"")
+            .pool("passive", EJECT_AT_ONCE)
+            .start_with_admin()
+            .await;
+        let heads = [
+            format!("POST /upload HTTP/1.1\r\nHost: {TEST_HOST}\r\nContent-Length: 100000\r\n\r\n"),
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: {TEST_HOST}\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 1000\r\n"
+            ),
+        ];
+        for head in &heads {
+            let (answer, waited) = stall_after(lb.addr(), head).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 408 "),
+                "a stalled upload gets 408 before the connection closes: {answer:?}"
+            );
+            assert!(waited >= Duration::from_millis(900), "{waited:?}");
+        }
+        assert!(
+            backend.request_count() >= 1,
+            "the uploads reached the backend"
+        );
+        assert_nobody_blamed(admin, "stalled").await;
+        let metrics = admin_get(admin, "/metrics").await.text();
+        assert!(
+            metrics
+                .lines()
+                .any(|line| line.starts_with("fulcrum_requests_total{")
+                    && line.contains("code_class=\"client_stalled\"")
+                    && line.ends_with(" 2")),
+            "both stalls counted as the client's: {metrics}"
+        );
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_backend_stops_reading_gets_504_not_408() {
+    bounded(async {
+        // A backend that takes the connection and never reads from it.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let backend_address = silent.local_addr().expect("address");
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                held.push(stream);
+            }
+        });
+        let mut lb = TestBalancer::builder()
+            .backend(backend_address)
+            .listener("idle_timeout", "\"1s\"")
+            .start()
+            .await;
+        let mut stream = common::tcp::raw_connect(lb.addr()).await;
+        let size = 256 * 1024 * 1024;
+        let head =
+            format!("POST /upload HTTP/1.1\r\nHost: {TEST_HOST}\r\nContent-Length: {size}\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.expect("write head");
+        let (mut reader, mut writer) = stream.into_split();
+        // Keeps sending as fast as the chain takes it: fulcrum, not the client, waits.
+        let sender = tokio::spawn(async move {
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..(size / chunk.len()) {
+                if writer.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut answer = Vec::new();
+        within(
+            Duration::from_secs(10),
+            "the answer",
+            reader.read_to_end(&mut answer),
+        )
+        .await
+        .expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 504 "), "{answer:?}");
+        sender.abort();
+        holder.abort();
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http2_upload_gets_408_on_its_stream() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .listener("idle_timeout", "\"1s\"")
+            .start()
+            .await;
+        let stream = common::tcp::raw_connect(lb.addr()).await;
+        let (client, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut client = client.ready().await.expect("ready");
+        let request = Request::post(format!("http://{TEST_HOST}/upload"))
+            .body(())
+            .expect("request");
+        let (response, mut body) = client.send_request(request, false).expect("stream");
+        body.send_data(Bytes::from_static(&[b'y'; 1024]), false)
+            .expect("some body");
+        let started = Instant::now();
+        let response = within(Duration::from_secs(10), "the stream's answer", response)
+            .await
+            .expect("a response");
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert!(started.elapsed() >= Duration::from_millis(900));
+        driver.abort();
+        lb.stop().await;
+    })
+    .await;
+}

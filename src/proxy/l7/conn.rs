@@ -13,7 +13,7 @@ use http::HeaderValue;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -119,6 +119,8 @@ impl HttpListener {
             framing,
             upgrade: Arc::clone(&upgrade),
             tls,
+            activity: Arc::clone(&activity),
+            idle_timeout: limits.idle_timeout,
         });
         let mut service = {
             let activity = Arc::clone(&activity);
@@ -205,6 +207,8 @@ impl HttpListener {
                 // The client is done, or the listener drains: close our side as hyper would,
                 // but bounded (a TLS close_notify can wait on a client that stopped reading).
                 let _ = tokio::time::timeout(CLOSE_LIMIT, io.shutdown()).await;
+                // Boxed: only a closing connection needs its buffer.
+                Box::pin(linger(&mut io)).await;
                 return;
             }
             // The watchdog kept on while hyper stopped ends with its receiver.
@@ -373,6 +377,19 @@ fn watch(
         close,
     ));
     reason
+}
+
+/// How long a closing connection reads on (see [`linger`]).
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Reads and drops what a client still sends after our side closed, until it closes too or
+/// [`LINGER`] passes: closing a socket with unread bytes resets the connection, and the reset
+/// can destroy a response the client has not read yet (a `408`, `413` or `504` answered before
+/// its upload ended). nginx's lingering close does the same.
+async fn linger<T: AsyncRead + Unpin>(io: &mut T) {
+    let mut sink = [0u8; 1024];
+    let drain = async { while let Ok(1..) = io.read(&mut sink).await {} };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// How a client connection starts, or goes on after being parked.

@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
@@ -18,11 +19,12 @@ use super::forward::{Arrival, forward};
 use super::listener::HttpListener;
 use super::mirror;
 use super::tunnel::{Tunnel, UpgradeSlot};
+use super::upload::{self, Upload};
 use crate::http::headers::{self, ClientInfo, Forwarding};
 use crate::http::host;
 use crate::metrics::RouteMetrics;
 use crate::pool::{Budget, Pool};
-use crate::proxy::activity::Exchange;
+use crate::proxy::activity::{Activity, Exchange};
 use crate::proxy::body::{BodyError, ProxyBody};
 use crate::proxy::error::{ClientFault, ProxyError};
 use crate::proxy::framing::FramingCheck;
@@ -153,6 +155,11 @@ pub(super) struct Handler {
     pub(super) upgrade: Arc<UpgradeSlot>,
     /// For a TLS connection: what it was set up for.
     pub(super) tls: Option<TlsOrigin>,
+    /// The connection's activity, which watched uploads hold back from its idle close.
+    pub(super) activity: Arc<Activity>,
+    /// The listener's `idle_timeout` when the connection started: an upload quiet that long
+    /// gets `408`.
+    pub(super) idle_timeout: Duration,
 }
 
 /// What a TLS connection was set up for: the server name of its ClientHello and the listener's
@@ -208,12 +215,11 @@ impl Handler {
                     }
                     let (forwarding, tunnel, access) = self.prepare(&mut request, &pool);
                     let mut served_by = None;
-                    let outcome = forward(
+                    let (upload, progress) =
+                        Upload::watch(&self.activity, request.body(), self.idle_timeout).unzip();
+                    let attempts = forward(
                         &pool,
-                        request.map(|body| match copier.flatten() {
-                            Some(copy) => RequestBody::copied(body, copy),
-                            None => RequestBody::client(body),
-                        }),
+                        request.map(|body| RequestBody::client(body, copier.flatten(), progress)),
                         &forwarding,
                         Arrival {
                             listener: &self.listener.name,
@@ -222,8 +228,12 @@ impl Handler {
                         tunnel,
                         &mut served_by,
                         budget,
-                    )
-                    .await;
+                    );
+                    let outcome = upload::bound(upload.as_ref(), attempts).await;
+                    if let Err(ProxyError::Client(fault @ ClientFault::Stalled)) = &outcome {
+                        pool.metrics
+                            .record_client(&self.listener.name, &pool.name, fault.label());
+                    }
                     if let Some(route) = &route {
                         route.record(status_of(&outcome).as_u16(), started);
                     }

@@ -5,7 +5,8 @@
 //! on reload); [`conn`] is one client connection's life (TLS handshake, HTTP/1 or HTTP/2
 //! start, hyper's server, parking); [`handler`] answers each request (checks, pool, errors →
 //! response); [`forward`] makes the attempts on backends (retries, replay, idle connections);
-//! [`tunnel`] runs an upgraded connection (WebSocket and the like) after a 101; [`calm`] is
+//! [`tunnel`] runs an upgraded connection (WebSocket and the like) after a 101; [`upload`] answers
+//! an upload that stalls (`408`, or `504` when the backend stopped reading it); [`calm`] is
 //! the HTTP/2 budget of cancelled streams and the GOAWAY that ends a connection past it.
 
 mod calm;
@@ -15,5 +16,6 @@ mod handler;
 mod listener;
 mod mirror;
 mod tunnel;
+mod upload;
 
 pub(crate) use listener::HttpListener;
