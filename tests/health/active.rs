@@ -371,3 +371,112 @@ async fn passing_checks_end_a_passive_ejection_after_a_restart() {
     })
     .await;
 }
+
+/// The example backend (`examples/backend.rs`) as a child process of the test.
+struct ChildBackend {
+    child: std::process::Child,
+    address: SocketAddr,
+}
+
+impl ChildBackend {
+    /// The example's binary, which `cargo test` builds next to fulcrum's.
+    fn binary() -> Option<std::path::PathBuf> {
+        let binary = std::path::Path::new(env!("CARGO_BIN_EXE_fulcrum"))
+            .parent()?
+            .join("examples")
+            .join("backend");
+        binary.exists().then_some(binary)
+    }
+
+    /// Starts the example called `name` on `port` (0: any) and waits for its "listening" line.
+    fn start(binary: &std::path::Path, name: &str, port: u16) -> ChildBackend {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(binary)
+            .args(["--port", &port.to_string(), "--name", name])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the example backend");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the example's first line");
+        let address = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("http://"))
+            .and_then(|address| address.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        ChildBackend { child, address }
+    }
+
+    /// SIGKILL: no goodbye to anyone, connections reset by the kernel.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildBackend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_backend_process_serves_again_within_two_checks_of_its_restart() {
+    let Some(binary) = ChildBackend::binary() else {
+        common::tools::skip("the example backend is not built (run `cargo test`)");
+        return;
+    };
+    bounded(async {
+        let a = ControlledBackend::spawn("a").await;
+        let b = ControlledBackend::spawn("b").await;
+        let mut c = ChildBackend::start(&binary, "c", 0);
+        let port = c.address.port();
+        let mut lb = TestBalancer::builder()
+            .backend(a.addr())
+            .backend(b.addr())
+            .backend(c.address)
+            .pool("health_check", FAST_CHECK)
+            .pool("passive", NO_PASSIVE)
+            .start()
+            .await;
+        wait_serving(&lb).await;
+        let stop = CancellationToken::new();
+        let load = spawn_load(lb.addr(), 4, stop.clone());
+        // The load runs on every backend for a moment (it is the workload, not a synchronisation).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.kill();
+        tokio::time::sleep(INTERVAL * 2 + SLACK).await;
+        let restarted_at = Instant::now();
+        let c = ChildBackend::start(&binary, "c", port);
+        tokio::time::sleep(INTERVAL * 2 + Duration::from_secs(2)).await;
+        stop.cancel();
+        let samples = within(Duration::from_secs(10), "the load to stop", load)
+            .await
+            .expect("the load task panicked");
+        lb.stop().await;
+        drop(c);
+
+        let failed = failures(&samples);
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed, first: {:?}",
+            failed.len(),
+            samples.len(),
+            failed.first()
+        );
+        let back_at = samples
+            .iter()
+            .find(|sample| sample.at >= restarted_at && sample.served_by() == Some("c"))
+            .map(|sample| sample.at)
+            .expect("the restarted process served again");
+        assert!(
+            back_at - restarted_at <= INTERVAL * 2 + Duration::from_secs(1),
+            "served again {}ms after its restart",
+            ms(back_at - restarted_at)
+        );
+    })
+    .await;
+}

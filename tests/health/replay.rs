@@ -114,6 +114,16 @@ async fn post_with_body_is_not_replayed_after_a_reset() {
 /// after it, a POST (with a body, so never replayed) gets its 504 then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn try_timeout_moves_gets_on_and_ends_posts_with_504() {
+    try_timeout_case(false).await;
+}
+
+/// The same over HTTP/2 to the backends: each attempt is a stream, not a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_timeout_moves_gets_on_and_ends_posts_with_504_over_http2() {
+    try_timeout_case(true).await;
+}
+
+async fn try_timeout_case(http2: bool) {
     bounded(async {
         let hang = ControlledBackend::with_mode("hang", Mode::Hang).await;
         let good = [
@@ -127,6 +137,7 @@ async fn try_timeout_moves_gets_on_and_ends_posts_with_504() {
             .pool("retries", "2")
             .pool("try_timeout", "\"200ms\"")
             .pool("passive", NO_PASSIVE)
+            .pool("http2", if http2 { "true" } else { "false" })
             .start()
             .await;
         let try_timeout = Duration::from_millis(200);
