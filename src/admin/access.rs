@@ -96,8 +96,8 @@ impl Access {
         }
     }
 
-    /// Checks a request's head against the rules.
-    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+    /// Checks a request's head against the rules; the token only when `token_needed`.
+    pub(crate) fn check(&self, headers: &HeaderMap, token_needed: bool) -> Result<(), Refusal> {
         let host = headers
             .get(header::HOST)
             .and_then(|host| host.to_str().ok())
@@ -115,7 +115,7 @@ impl Access {
                 return Err(Refusal::Origin);
             }
         }
-        let Some(token) = &self.token else {
+        let Some(token) = self.token.as_ref().filter(|_| token_needed) else {
             return Ok(());
         };
         let presented = headers
@@ -208,19 +208,19 @@ mod tests {
     #[test]
     fn a_foreign_origin_is_refused_and_a_missing_host_too() {
         let access = access(&[]);
-        assert_eq!(access.check(&headers(&[])), Err(Refusal::MissingHost));
+        assert_eq!(access.check(&headers(&[]), true), Err(Refusal::MissingHost));
         let same = headers(&[
             (header::HOST, "127.0.0.1:9900"),
             (header::ORIGIN, "http://127.0.0.1:9900"),
         ]);
-        assert_eq!(access.check(&same), Ok(()));
+        assert_eq!(access.check(&same, true), Ok(()));
         let foreign = headers(&[
             (header::HOST, "127.0.0.1:9900"),
             (header::ORIGIN, "https://evil.example"),
         ]);
-        assert_eq!(access.check(&foreign), Err(Refusal::Origin));
+        assert_eq!(access.check(&foreign, true), Err(Refusal::Origin));
         let opaque = headers(&[(header::HOST, "localhost"), (header::ORIGIN, "null")]);
-        assert_eq!(access.check(&opaque), Err(Refusal::Origin));
+        assert_eq!(access.check(&opaque, true), Err(Refusal::Origin));
     }
 
     #[test]

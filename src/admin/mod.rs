@@ -231,8 +231,13 @@ async fn route(
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
     let probe = matches!(request.uri().path(), "/healthz" | "/readyz");
+    // The dashboard page holds no data (it asks for the token and fetches `/status` with it), so
+    // a browser can open it (and ask for its icon, which is not found); Host and Origin still
+    // apply.
+    let page = request.method() == Method::GET
+        && matches!(request.uri().path(), "/" | "/favicon.ico");
     if !probe {
-        if let Err(refusal) = admin.access.load().check(request.headers()) {
+        if let Err(refusal) = admin.access.load().check(request.headers(), !page) {
             return refuse(refusal, &request, peer);
         }
     }

@@ -8,11 +8,14 @@ use common::TempDir;
 use common::balancer::admin_request;
 use http::Method;
 
-const TOKEN: &str = "s3cret-admin-token-0123456789";
+pub(super) const TOKEN: &str = "s3cret-admin-token-0123456789";
 
 /// A balancer whose admin listener has `admin` (TOML lines) in its `[admin]` table, with the
 /// token file `admin.token` holding [`TOKEN`] in `dir`; the backend is returned to keep it up.
-async fn with_admin(dir: &TempDir, admin: &str) -> (TestBalancer, SocketAddr, TestBackend) {
+pub(super) async fn with_admin(
+    dir: &TempDir,
+    admin: &str,
+) -> (TestBalancer, SocketAddr, TestBackend) {
     let backend = TestBackend::spawn("a").await;
     dir.write("admin.token", &format!("{TOKEN}\n"));
     let text = format!(
@@ -55,7 +58,7 @@ async fn unauthenticated_reload_is_refused_with_401_when_a_token_is_set() {
         let refused =
             admin_request(admin, Method::POST, "/reload", &[("authorization", &wrong)]).await;
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
-        for path in ["/status", "/metrics", "/config", "/"] {
+        for path in ["/status", "/metrics", "/config"] {
             let refused = admin_get(admin, path).await;
             assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{path}");
         }
@@ -263,4 +266,32 @@ async fn check_diff_fetch_sends_the_token_and_is_bounded() {
         server.abort();
     })
     .await;
+}
+
+/// With a token set, a browser opens the dashboard page, is asked for the token, and shows the
+/// status once given it (here in the address's fragment, which never reaches the server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_asks_a_browser_for_the_token_and_works_with_it() {
+    let Some(browser) = common::tools::require_tool("chromium") else {
+        return;
+    };
+    let dir = TempDir::new("admin-token-dashboard");
+    let (mut balancer, admin, _backend) = with_admin(&dir, "token_file = \"admin.token\"").await;
+    let page = admin_get(admin, "/").await;
+    assert_eq!(page.status, StatusCode::OK, "the page itself holds no data");
+    assert_eq!(
+        admin_get(admin, "/status").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let without =
+        super::dashboard::chromium(&browser, &format!("http://{admin}/"), &["--dump-dom"]).await;
+    assert!(without.contains("data-auth=\"required\""), "{without}");
+    assert!(!without.contains("data-loaded=\"true\""), "{without}");
+
+    let url = format!("http://{admin}/#token={TOKEN}");
+    let with = super::dashboard::chromium(&browser, &url, &["--dump-dom"]).await;
+    assert!(with.contains("data-loaded=\"true\""), "{with}");
+    assert!(!with.contains("data-auth=\"required\""), "{with}");
+    balancer.stop().await;
 }

@@ -13,7 +13,7 @@ fn target_dir() -> PathBuf {
 
 /// Runs headless Chromium on `url` with `args`, letting the page run for 5 s of virtual time;
 /// returns its stdout. Killed if it takes longer than a minute (or when the test fails).
-async fn chromium(chromium: &Path, url: &str, args: &[&str]) -> String {
+pub(super) async fn chromium(chromium: &Path, url: &str, args: &[&str]) -> String {
     let profile = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "chromium-profile-{}-{}",
         std::process::id(),
