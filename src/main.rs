@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use fulcrum::cli::Cli;
 use fulcrum::reload::{ReloadHandle, Trigger};
+use fulcrum::server::UpgradeHandle;
 use fulcrum::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
@@ -119,6 +120,7 @@ fn run(config: Config, path: std::path::PathBuf, source: String) -> anyhow::Resu
         tokio::spawn(release_free_memory());
         let server = Server::bind(config).await?.with_config_file(path, source);
         reload_on_sighup(server.reload_handle());
+        upgrade_on_sigusr2(server.upgrade_handle());
         server.run(shutdown_signal()).await;
         Ok(())
     })
@@ -150,6 +152,21 @@ fn reload_on_sighup(handle: ReloadHandle) {
     }
     #[cfg(not(unix))]
     drop(handle);
+}
+
+/// Starts a zero-downtime binary upgrade on every SIGUSR2.
+fn upgrade_on_sigusr2(handle: UpgradeHandle) {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) {
+        Ok(mut signal) => {
+            tokio::spawn(async move {
+                while signal.recv().await.is_some() {
+                    tracing::info!(signal = "SIGUSR2", "binary upgrade requested");
+                    handle.request();
+                }
+            });
+        }
+        Err(err) => tracing::error!(error = %err, "cannot listen for SIGUSR2"),
+    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

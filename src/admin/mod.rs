@@ -234,8 +234,8 @@ async fn route(
     // The dashboard page holds no data (it asks for the token and fetches `/status` with it), so
     // a browser can open it (and ask for its icon, which is not found); Host and Origin still
     // apply.
-    let page = request.method() == Method::GET
-        && matches!(request.uri().path(), "/" | "/favicon.ico");
+    let page =
+        request.method() == Method::GET && matches!(request.uri().path(), "/" | "/favicon.ico");
     if !probe {
         if let Err(refusal) = admin.access.load().check(request.headers(), !page) {
             return refuse(refusal, &request, peer);

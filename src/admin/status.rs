@@ -35,6 +35,10 @@ pub(crate) struct ListenerView {
 pub(crate) struct Status {
     /// fulcrum's version.
     pub version: &'static str,
+    /// The serving process (after an upgrade, the new one's).
+    pub pid: u32,
+    /// Unix time this process started.
+    pub started_at_unix: f64,
     /// Seconds since start.
     pub uptime_seconds: f64,
     /// The config file, if started from one.
@@ -231,6 +235,8 @@ impl Status {
             .collect();
         Status {
             version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
+            started_at_unix: started_at_unix(uptime_seconds),
             uptime_seconds,
             config_file,
             last_reload,
@@ -260,6 +266,14 @@ fn backend_status(
         last_error: backend.health.last_error(),
         last_minute: backend.metrics.window.summary(),
     }
+}
+
+/// When this process started, in Unix seconds, from its uptime.
+fn started_at_unix(uptime_seconds: f64) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64());
+    (now - uptime_seconds).max(0.0)
 }
 
 #[cfg(test)]

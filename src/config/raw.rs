@@ -63,6 +63,8 @@ pub(super) struct RawRuntime {
     pub worker_threads: Option<Spanned<i64>>,
     /// How long a graceful shutdown waits for open connections.
     pub shutdown_timeout: Option<Spanned<String>>,
+    /// File the running process writes its PID to.
+    pub pid_file: Option<Spanned<String>>,
 }
 
 /// One `[[listeners]]` entry.

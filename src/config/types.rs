@@ -52,6 +52,9 @@ pub struct RuntimeConfig {
     pub worker_threads: Option<usize>,
     /// Upper bound on a graceful drain.
     pub shutdown_timeout: Duration,
+    /// Where the serving process writes its PID (rewritten by the new process after an
+    /// upgrade), resolved against the config file's directory.
+    pub pid_file: Option<std::path::PathBuf>,
 }
 
 /// What a listener speaks.

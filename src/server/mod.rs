@@ -22,10 +22,14 @@ use crate::config::{Config, ListenerConfig};
 use crate::health::{self, checker::Supervisor};
 use crate::reload::{self, ReloadHandle, ReloadRequest, Trigger};
 use crate::snapshot::{SharedState, Snapshot};
+use inherit::Inherited;
 use runtime::Runtime;
 
 pub mod accept;
+mod inherit;
+mod notify;
 pub mod runtime;
+mod upgrade;
 
 /// How often metric histograms are drained when nobody scrapes.
 const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -69,6 +73,19 @@ pub struct Server {
     file: Option<(PathBuf, String)>,
     reload_tx: mpsc::Sender<ReloadRequest>,
     reload_rx: mpsc::Receiver<ReloadRequest>,
+    upgrade_tx: mpsc::Sender<()>,
+    upgrade_rx: mpsc::Receiver<()>,
+}
+
+/// Asks a running server to upgrade: start the binary at its path and hand over (`SIGUSR2`).
+#[derive(Debug, Clone)]
+pub struct UpgradeHandle(mpsc::Sender<()>);
+
+impl UpgradeHandle {
+    /// Requests an upgrade; one already under way makes this one a no-op.
+    pub fn request(&self) {
+        let _ = self.0.try_send(());
+    }
 }
 
 impl Server {
@@ -91,20 +108,29 @@ impl Server {
                 })?;
             }
         }
+        // Sockets handed over by systemd or by the old process of an upgrade come first.
+        let mut inherited = Inherited::from_env();
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener_config in &config.listeners {
-            let socket = bind(&listener_config.name, listener_config.listen).await?;
+            let socket = bind(
+                &mut inherited,
+                &listener_config.name,
+                listener_config.listen,
+            )
+            .await?;
             listeners.push((listener_config.clone(), socket));
         }
         let admin = match &config.admin {
             None => None,
-            Some(admin) => Some(bind("admin", admin.listen).await?),
+            Some(admin) => Some(bind(&mut inherited, runtime::ADMIN, admin.listen).await?),
         };
+        inherited.close_rest();
         let state = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             Arc::clone(&config),
             None,
         )));
         let (reload_tx, reload_rx) = mpsc::channel(4);
+        let (upgrade_tx, upgrade_rx) = mpsc::channel(1);
         Ok(Server {
             config,
             state,
@@ -114,6 +140,8 @@ impl Server {
             file: None,
             reload_tx,
             reload_rx,
+            upgrade_tx,
+            upgrade_rx,
         })
     }
 
@@ -127,6 +155,11 @@ impl Server {
     /// A handle that asks the running server to reload its config file.
     pub fn reload_handle(&self) -> ReloadHandle {
         ReloadHandle::new(self.reload_tx.clone())
+    }
+
+    /// A handle that asks the running server to upgrade to the binary at its path.
+    pub fn upgrade_handle(&self) -> UpgradeHandle {
+        UpgradeHandle(self.upgrade_tx.clone())
     }
 
     /// The address a listener actually bound (useful when configured with port 0).
@@ -156,7 +189,10 @@ impl Server {
             file,
             reload_tx,
             mut reload_rx,
+            upgrade_tx,
+            mut upgrade_rx,
         } = self;
+        drop(upgrade_tx);
         let stop = CancellationToken::new();
         let (file, source) = file.unzip();
         let admin_state = Arc::new(AdminState::new(
@@ -212,6 +248,9 @@ impl Server {
         }
         runtime.admin_state.set_ready();
         runtime.publish_listeners();
+        let pid_file = runtime.config.runtime.pid_file.clone();
+        notify::ready(pid_file.as_deref());
+        notify::watchdog(runtime.stop.child_token());
         let handle = runtime.reload_handle.clone();
         runtime.watch_certificates(&handle);
         let file = runtime.file.clone();
@@ -230,19 +269,40 @@ impl Server {
         drop(reload_tx);
 
         tokio::pin!(shutdown);
+        let mut upgrading = None;
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 Some(request) = reload_rx.recv() => {
+                    notify::reloading();
                     let outcome = runtime.reload(request.trigger).await;
+                    notify::reloaded();
                     if let Some(reply) = request.reply {
                         // The requester may have given up waiting; the reload happened anyway.
                         let _ = reply.send(outcome);
                     }
                 }
+                Some(()) = upgrade_rx.recv(), if upgrading.is_none() => {
+                    match runtime.handoffs() {
+                        Ok(sockets) => upgrading = Some(Box::pin(upgrade::upgrade(sockets))),
+                        Err(err) => tracing::error!(error = %err, "upgrade failed; still serving"),
+                    }
+                }
+                outcome = async { upgrading.as_mut().expect("guarded").await }, if upgrading.is_some() => {
+                    upgrading = None;
+                    match outcome {
+                        Ok(pid) => {
+                            tracing::info!(new_pid = pid, "upgrade: the new process serves; handing over");
+                            break;
+                        }
+                        Err(err) => tracing::error!(error = %err, "upgrade failed; still serving"),
+                    }
+                }
             }
         }
+        notify::stopping();
         runtime.shutdown().await;
+        notify::remove_pid_file(pid_file.as_ref());
     }
 }
 
@@ -266,14 +326,22 @@ fn every(
     });
 }
 
-async fn bind(name: &str, address: SocketAddr) -> Result<TcpListener, ServerError> {
-    accept::bind(address)
-        .await
-        .map_err(|source| ServerError::Bind {
-            name: Arc::from(name),
-            address,
-            source,
-        })
+/// The listener `name`'s socket: inherited, or bound at `address`.
+async fn bind(
+    inherited: &mut Inherited,
+    name: &str,
+    address: SocketAddr,
+) -> Result<TcpListener, ServerError> {
+    let socket = match inherited.take(name, address) {
+        Ok(Some(socket)) => Ok(socket),
+        Ok(None) => accept::bind(address).await,
+        Err(err) => Err(err),
+    };
+    socket.map_err(|source| ServerError::Bind {
+        name: Arc::from(name),
+        address,
+        source,
+    })
 }
 
 fn log_startup(

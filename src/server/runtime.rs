@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::accept;
+use super::upgrade::Handoff;
 use crate::admin::{self, Access, AdminState, ListenerView};
 use crate::config::{AdminConfig, AdminToken, Config, ListenerConfig, Protocol};
 use crate::health::checker::Supervisor;
@@ -60,6 +62,8 @@ pub(crate) struct RunningListener {
     pub(crate) handler: Handler,
     /// The cap on open client connections; a reload may change it.
     pub(crate) limit: Arc<ConnectionLimit>,
+    /// A duplicate of the listening socket, to hand to a new process on upgrade.
+    pub(crate) handoff: Option<OwnedFd>,
 }
 
 /// What serves a listener's connections.
@@ -91,11 +95,14 @@ pub(crate) struct RunningAdmin {
     pub(crate) accept: JoinHandle<TcpListener>,
     /// The cap on open admin connections; a reload may change it.
     pub(crate) limit: Arc<ConnectionLimit>,
+    /// A duplicate of the listening socket, to hand to a new process on upgrade.
+    pub(crate) handoff: Option<OwnedFd>,
 }
 
 impl Runtime {
     pub(crate) fn start_listener(&mut self, config: ListenerConfig, socket: TcpListener) {
         let local = socket.local_addr().unwrap_or(config.listen);
+        let handoff = duplicate(&config.name, &socket);
         let stop = self.stop.child_token();
         let name = Arc::clone(&config.name);
         let handler = match config.protocol {
@@ -148,6 +155,7 @@ impl Runtime {
             accept,
             handler,
             limit,
+            handoff,
         });
     }
 
@@ -185,6 +193,7 @@ impl Runtime {
             );
         }
         self.admin_state.set_access(Access::new(config));
+        let handoff = duplicate("admin", &socket);
         let stop = self.stop.child_token();
         let state = Arc::clone(&self.admin_state);
         let limit = ConnectionLimit::new(Some(config.max_connections), metrics::Counter::noop());
@@ -201,6 +210,7 @@ impl Runtime {
             stop,
             accept,
             limit,
+            handoff,
         });
         self.watch_token(config);
     }
@@ -335,6 +345,32 @@ impl Runtime {
         self.admin_state.set_listeners(views);
     }
 
+    /// The listening sockets to hand a new process on upgrade (duplicates: if the upgrade
+    /// fails, this process keeps serving on its own).
+    pub(crate) fn handoffs(&self) -> std::io::Result<Vec<Handoff>> {
+        let listeners = self
+            .listeners
+            .iter()
+            .map(|running| (Arc::clone(&running.config.name), &running.handoff));
+        let admin = self
+            .admin
+            .as_ref()
+            .map(|running| (Arc::from(ADMIN), &running.handoff));
+        let mut handoffs = Vec::new();
+        for (name, fd) in listeners.chain(admin) {
+            let Some(fd) = fd else {
+                return Err(std::io::Error::other(format!(
+                    "listener {name} has no descriptor to hand over"
+                )));
+            };
+            handoffs.push(Handoff {
+                name,
+                fd: fd.try_clone()?,
+            });
+        }
+        Ok(handoffs)
+    }
+
     pub(crate) async fn shutdown(self) {
         let timeout = self.config.runtime.shutdown_timeout;
         tracing::info!(
@@ -379,4 +415,19 @@ pub(crate) fn tls_files(config: &Config) -> Vec<PathBuf> {
         .flat_map(crate::tls::files)
         .map(std::path::Path::to_path_buf)
         .collect()
+}
+
+/// The name the admin listener's socket is handed over (and inherited) under.
+pub(crate) const ADMIN: &str = "admin";
+
+/// A duplicate of `socket`'s descriptor for a later upgrade; `None` (logged) if the process is
+/// out of descriptors, which only costs that upgrade.
+fn duplicate(name: &str, socket: &TcpListener) -> Option<OwnedFd> {
+    match socket.as_fd().try_clone_to_owned() {
+        Ok(fd) => Some(fd),
+        Err(err) => {
+            tracing::warn!(listener = name, error = %err, "cannot keep a descriptor for upgrades");
+            None
+        }
+    }
 }

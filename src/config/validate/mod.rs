@@ -163,6 +163,7 @@ impl Checker<'_> {
             return Some(RuntimeConfig {
                 worker_threads: None,
                 shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
+                pid_file: None,
             });
         };
         let worker_threads = match &raw.worker_threads {
@@ -176,9 +177,24 @@ impl Checker<'_> {
             "runtime.shutdown_timeout",
             defaults::SHUTDOWN_TIMEOUT,
         );
+        let pid_file = match &raw.pid_file {
+            None => Some(None),
+            Some(file) => {
+                let path = self.config_dir().join(file.get_ref());
+                match path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+                    Some(dir) if !dir.is_dir() => {
+                        let problem = format!("directory {} does not exist", dir.display());
+                        self.report(file, "runtime.pid_file", problem);
+                        None
+                    }
+                    _ => Some(Some(path)),
+                }
+            }
+        };
         Some(RuntimeConfig {
             worker_threads: worker_threads?,
             shutdown_timeout: shutdown_timeout?,
+            pid_file: pid_file?,
         })
     }
 }
