@@ -17,7 +17,7 @@ pub(crate) const CONNECT_ERRORS: &str = "fulcrum_upstream_connect_errors_total";
 pub(crate) const UPSTREAM_CONNECTS: &str = "fulcrum_upstream_connections_total";
 /// Gauge: keep-alive connections to a backend idle in its pool.
 pub(crate) const UPSTREAM_IDLE: &str = "fulcrum_upstream_idle_connections";
-/// Extra attempts on another backend.
+/// Retries on another backend, by outcome (`attempted`, `budget`: refused by the retry budget).
 pub(crate) const RETRIES: &str = "fulcrum_retries_total";
 /// 1 when a backend receives traffic, else 0.
 pub(crate) const BACKEND_UP: &str = "fulcrum_backend_up";
