@@ -256,4 +256,41 @@ mod tests {
         // Real time: the 40,000 may straddle a second boundary, never a whole window.
         assert_eq!(shared.usage(Instant::now()).requests, 40_000);
     }
+
+    /// The pool `app` of a snapshot of `pool_keys`, built over `previous` like a reload.
+    fn reload(
+        pool_keys: &str,
+        previous: Option<&crate::snapshot::Snapshot>,
+    ) -> crate::snapshot::Snapshot {
+        let source = format!(
+            "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\n\
+             [pools.app]\nbackends = [\"127.0.0.1:3001\"]\n{pool_keys}\n"
+        );
+        let config = crate::config::Config::parse("t.toml", &source).expect("valid");
+        crate::snapshot::Snapshot::build(std::sync::Arc::new(config), previous)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_keeps_the_budget_while_its_settings_are_unchanged() {
+        let budget_of = |snapshot: &crate::snapshot::Snapshot| {
+            let pool = snapshot.pool("app").expect("pool app");
+            pool.retry_budget.clone()
+        };
+        let first = reload("retry_budget = { percent = 20 }", None);
+        let budget = budget_of(&first).expect("a budget");
+        budget.deposit(Instant::now());
+        // Another key changed: the same budget, its count kept.
+        let second = reload("retry_budget = { percent = 20 }\nretries = 1", Some(&first));
+        let kept = budget_of(&second).expect("a budget");
+        assert!(std::sync::Arc::ptr_eq(&budget, &kept));
+        assert_eq!(kept.usage(Instant::now()).requests, 1);
+        // Its settings changed: a new, empty budget.
+        let third = reload("retry_budget = { percent = 30 }", Some(&second));
+        let fresh = budget_of(&third).expect("a budget");
+        assert!(!std::sync::Arc::ptr_eq(&kept, &fresh));
+        assert_eq!(fresh.usage(Instant::now()).requests, 0);
+        assert_eq!(fresh.config.percent, 30);
+        // Removed: none.
+        assert!(budget_of(&reload("", Some(&third))).is_none());
+    }
 }

@@ -336,4 +336,29 @@ mod tests {
         assert_eq!(ewma.pick(&endpoints, |_, _| None), None);
         assert_eq!(ewma.pick(&[], all), None);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_that_keeps_a_backend_keeps_its_estimate() {
+        let build = |keys: &str, previous: Option<&crate::snapshot::Snapshot>| {
+            let source = format!(
+                "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\n\
+                 [pools.app]\nalgorithm = \"peak_ewma\"\nbackends = [\"127.0.0.1:3001\"]\n{keys}\n"
+            );
+            let config = crate::config::Config::parse("t.toml", &source).expect("valid");
+            crate::snapshot::Snapshot::build(std::sync::Arc::new(config), previous)
+        };
+        let first = build("", None);
+        let pool = first.pool("app").expect("pool app");
+        let backend = std::sync::Arc::clone(&pool.endpoints[0].backend);
+        assert_eq!(
+            pool.latency_estimate_ms(&backend),
+            Some(30.0),
+            "default_rtt"
+        );
+        pool.record_latency(&backend, Duration::from_millis(250), Instant::now());
+        let second = build("default_rtt = \"5ms\"", Some(&first));
+        let pool = second.pool("app").expect("pool app");
+        assert!(std::sync::Arc::ptr_eq(&pool.endpoints[0].backend, &backend));
+        assert_eq!(pool.latency_estimate_ms(&backend), Some(250.0));
+    }
 }
