@@ -100,6 +100,15 @@ async fn peak_ewma_sends_a_backend_100ms_slower_under_a_tenth_of_the_requests() 
             slow_ms > 80.0 && fast_ms.iter().all(|ms| *ms > 0.0),
             "slow {slow_ms} ms, fast {fast_ms:?} ms"
         );
+        // And /metrics, as a gauge in seconds.
+        let metrics = admin_get(fulcrum.admin(), "/metrics").await.text();
+        let slow_address = slow.addr().to_string();
+        let gauge = metric_sum(
+            &metrics,
+            "fulcrum_backend_latency_estimate_seconds",
+            &[("pool", "api"), ("backend", slow_address.as_str())],
+        );
+        assert!(gauge > 0.08, "slow backend's estimate gauge: {gauge}");
     })
     .await;
 }

@@ -158,6 +158,17 @@ impl BackendMetrics {
         self.in_flight.set(in_flight as f64);
         self.idle.set(idle as f64);
     }
+
+    /// Mirrors a `peak_ewma` latency estimate into its gauge (when `/metrics` is scraped). The
+    /// series is registered on the first call, so backends of other algorithms have none.
+    pub fn refresh_latency_estimate(&self, seconds: f64) {
+        metrics::gauge!(
+            names::BACKEND_LATENCY_ESTIMATE,
+            "pool" => self.pool.to_string(),
+            "backend" => self.backend.to_string()
+        )
+        .set(seconds);
+    }
 }
 
 /// A pool's counters.

@@ -91,6 +91,10 @@ fn describe() {
         names::UPSTREAM_IDLE,
         "Keep-alive connections to the backend idle in its pool, ready for reuse."
     );
+    describe_gauge!(
+        names::BACKEND_LATENCY_ESTIMATE,
+        "peak_ewma: the latency estimate a backend is balanced by, in seconds."
+    );
     describe_counter!(
         names::RETRIES,
         "Retries on another backend: attempted, or refused by the retry budget (budget)."

@@ -23,6 +23,8 @@ pub(crate) const RETRIES: &str = "fulcrum_retries_total";
 pub(crate) const BACKEND_UP: &str = "fulcrum_backend_up";
 /// Requests in flight on a backend.
 pub(crate) const BACKEND_IN_FLIGHT: &str = "fulcrum_backend_in_flight";
+/// Gauge: `peak_ewma` pools: a backend's latency estimate, in seconds.
+pub(crate) const BACKEND_LATENCY_ESTIMATE: &str = "fulcrum_backend_latency_estimate_seconds";
 /// Passive ejections of a backend.
 pub(crate) const EJECTIONS: &str = "fulcrum_backend_ejections_total";
 /// Active health checks, by result.
