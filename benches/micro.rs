@@ -69,7 +69,7 @@ fn pool_with(algorithm: &str, backends: usize, weighted: bool) -> Arc<Pool> {
 }
 
 fn pick(c: &mut Criterion) {
-    for algorithm in ["round_robin", "least_connections"] {
+    for algorithm in ["round_robin", "least_connections", "peak_ewma"] {
         let mut group = c.benchmark_group(format!("pick/{algorithm}"));
         for size in SIZES {
             let pool = pool_with(algorithm, size, false);

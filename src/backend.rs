@@ -6,8 +6,10 @@
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::time::Instant;
 
 use crate::health::{Health, Status, Transition};
 use crate::limit::{self, Waiters};
@@ -39,6 +41,8 @@ pub struct Backend {
     retired: AtomicBool,
     /// Metric handles and the one-minute window.
     pub metrics: BackendMetrics,
+    /// `peak_ewma`'s latency estimate; kept, like the rest, by reloads that keep the backend.
+    pub(crate) latency: Latency,
 }
 
 impl Backend {
@@ -63,6 +67,7 @@ impl Backend {
             idle,
             health,
             retired: AtomicBool::new(false),
+            latency: Latency::default(),
         }
     }
 
@@ -167,6 +172,36 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.backend.queue.give_back(&self.backend.in_flight);
+    }
+}
+
+/// A latency estimate and when it was last updated: the storage behind `balance::peak_ewma`,
+/// which owns the maths. `None` until the first sample (the pool's `default_rtt` stands in).
+///
+/// A mutex per backend, held for a few loads and stores: uncontended it is one atomic swap
+/// each way, and requests to different backends never share it.
+#[derive(Debug, Default)]
+pub(crate) struct Latency(Mutex<Option<Estimate>>);
+
+/// A latency estimate in nanoseconds, as of `at`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Estimate {
+    /// Nanoseconds.
+    pub(crate) nanos: f64,
+    /// When it was last updated.
+    pub(crate) at: Instant,
+}
+
+impl Latency {
+    /// The estimate as last stored.
+    pub(crate) fn get(&self) -> Option<Estimate> {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Replaces the estimate with what `update` makes of the stored one, atomically.
+    pub(crate) fn update(&self, update: impl FnOnce(Option<Estimate>) -> Estimate) {
+        let mut estimate = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        *estimate = Some(update(*estimate));
     }
 }
 

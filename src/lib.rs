@@ -17,6 +17,7 @@
 //!   swapped whole on reload.
 //! - `pool`: a pool's policy per request: next attempt within the retry budget, the queue in
 //!   front of `max_connections`, fail-open, passive ejection.
+//! - `retry_budget`: a pool's retries over a 10 s window, bounded by its requests.
 //! - `backend`: per-backend live state (health, in-flight, idle connections) that outlives
 //!   snapshots, and what a health transition does (log, wake the queue).
 //! - `route/`: a listener's router: which route (host, path, methods, headers) a request takes,
@@ -58,6 +59,7 @@ mod metrics;
 mod pool;
 mod proxy;
 pub mod reload;
+mod retry_budget;
 mod route;
 pub mod server;
 mod snapshot;

@@ -8,14 +8,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::backend::{Backend, Endpoint, InFlight};
-use crate::balance::{Balancer, Tried};
+use crate::balance::{Balancer, PeakEwma, Tried};
 use crate::config::{
     Algorithm, HealthCheckConfig, PassiveConfig, PoolConfig, ProxyProtocol, QueueConfig,
     UpstreamTlsConfig,
 };
 use crate::health::{Health, Status, WEIGHT_SCALE};
 use crate::limit::Waiters;
-use crate::metrics::{PoolMetrics, QueueOutcome};
+use crate::metrics::{PoolMetrics, QueueOutcome, RetryOutcome};
+use crate::retry_budget::RetryBudget;
 use crate::upstream::{Connector, IdleConnections};
 
 /// A pool of backends as one snapshot sees it.
@@ -53,6 +54,8 @@ pub struct Pool {
     capped: bool,
     /// Retry, no-backend and fail-open counters.
     pub metrics: PoolMetrics,
+    /// Bounds retries by the pool's recent requests; kept by reloads that keep its settings.
+    pub(crate) retry_budget: Option<Arc<RetryBudget>>,
 }
 
 /// A pool's per-request settings.
@@ -170,7 +173,19 @@ impl Pool {
                 }
             })
             .collect::<Box<[Endpoint]>>();
-        let balancer = Balancer::new(config.algorithm, &endpoints);
+        let balancer = match config.algorithm {
+            Algorithm::PeakEwma => Balancer::PeakEwma(PeakEwma::new(config.ewma)),
+            algorithm => Balancer::new(algorithm, &endpoints),
+        };
+        let retry_budget = config.retry_budget.map(|settings| {
+            previous
+                .and_then(|pool| pool.retry_budget.as_ref())
+                .filter(|budget| budget.config == settings)
+                .map_or_else(
+                    || Arc::new(RetryBudget::new(settings, Instant::now())),
+                    Arc::clone,
+                )
+        });
         Pool {
             name: Arc::clone(&config.name),
             algorithm: config.algorithm,
@@ -197,6 +212,7 @@ impl Pool {
             capped: config.queue.max_connections.is_some()
                 || config.backends.iter().any(|b| b.max_connections.is_some()),
             metrics: PoolMetrics::new(&config.name),
+            retry_budget,
         }
     }
 
@@ -229,28 +245,51 @@ impl Pool {
         if tried.len() > retries as usize {
             return Ok(None);
         }
+        if let Some(budget) = self.retry_budget.as_ref().filter(|_| tried.is_empty()) {
+            budget.deposit(Instant::now());
+        }
         if !self.capped {
             let Some(index) = self.pick(tried) else {
                 return Ok(None);
             };
+            if !self.budget_allows(tried) {
+                return Ok(None);
+            }
             let in_flight = self.endpoints[index].backend.start_request();
             return Ok(Some(self.attempt(index, in_flight, tried)));
         }
         let (index, in_flight) = match self.claim(tried) {
-            Claim::Taken(index, in_flight) => (index, in_flight),
-            Claim::Nothing => return Ok(None),
-            Claim::Full => match self.wait_in_queue(tried).await? {
+            Claim::Taken(index, in_flight) if self.budget_allows(tried) => (index, in_flight),
+            Claim::Full if self.budget_allows(tried) => match self.wait_in_queue(tried).await? {
                 Some(taken) => taken,
                 None => return Ok(None),
             },
+            Claim::Taken(..) | Claim::Full | Claim::Nothing => return Ok(None),
         };
         Ok(Some(self.attempt(index, in_flight, tried)))
+    }
+
+    /// Whether the retry budget lets a request that already tried `tried` try again (asked
+    /// only once a backend to retry on exists, so `budget` counts only retries that were
+    /// possible). First attempts are always allowed.
+    fn budget_allows(&self, tried: &Tried) -> bool {
+        let Some(budget) = self.retry_budget.as_ref().filter(|_| !tried.is_empty()) else {
+            return true;
+        };
+        let allowed = budget.allows(&self.name, Instant::now());
+        if !allowed {
+            self.metrics.retry(RetryOutcome::Budget);
+        }
+        allowed
     }
 
     /// Records the attempt on the backend at `index` in `tried` (and as a retry if it is one).
     fn attempt(&self, index: usize, in_flight: InFlight, tried: &mut Tried) -> Attempt<'_> {
         if !tried.is_empty() {
-            self.metrics.retries.increment(1);
+            self.metrics.retry(RetryOutcome::Attempted);
+            if let Some(budget) = &self.retry_budget {
+                budget.withdraw(Instant::now());
+            }
         }
         tried.push(index);
         (&self.endpoints[index].backend, in_flight)
@@ -360,6 +399,44 @@ impl Pool {
             self.metrics.fail_open.increment(1);
         }
         picked
+    }
+
+    /// Whether the algorithm learns from latencies (`peak_ewma`): only then are they measured.
+    pub(crate) fn latency_aware(&self) -> bool {
+        matches!(self.balancer, Balancer::PeakEwma(_))
+    }
+
+    /// `peak_ewma`: a response head (or TCP connect) from `backend` that took `latency`,
+    /// arriving at `now`. Other algorithms ignore it.
+    pub(crate) fn record_latency(&self, backend: &Backend, latency: Duration, now: Instant) {
+        if let Balancer::PeakEwma(ewma) = &self.balancer {
+            ewma.observe(backend, latency, now);
+        }
+    }
+
+    /// `peak_ewma`: a failed attempt on `backend` that ran for `elapsed` (zero when unknown)
+    /// under a timeout of `cap`, counted as a latency penalty so a backend that fails fast
+    /// does not attract traffic. Other algorithms ignore it.
+    pub(crate) fn record_latency_failure(
+        &self,
+        backend: &Backend,
+        elapsed: Duration,
+        cap: Duration,
+    ) {
+        if let Balancer::PeakEwma(ewma) = &self.balancer {
+            let now = Instant::now();
+            ewma.penalize(backend, elapsed, cap, now);
+            let estimate_ms = ewma.estimate(backend, now) / 1e6;
+            tracing::debug!(pool = %self.name, backend = %backend.name, estimate_ms, "failure counted as a latency penalty");
+        }
+    }
+
+    /// `peak_ewma`: the backend's latency estimate now, in milliseconds (for `/status`).
+    pub(crate) fn latency_estimate_ms(&self, backend: &Backend) -> Option<f64> {
+        match &self.balancer {
+            Balancer::PeakEwma(ewma) => Some(ewma.estimate(backend, Instant::now()) / 1e6),
+            _ => None,
+        }
     }
 
     /// Whether any backend is healthy; clears the fail-open flag when one is.

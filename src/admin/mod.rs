@@ -189,6 +189,9 @@ impl AdminState {
                     backend.in_flight(),
                     backend.idle.len(),
                 );
+                if let Some(ms) = pool.latency_estimate_ms(backend) {
+                    backend.metrics.refresh_latency_estimate(ms / 1000.0);
+                }
             }
         }
         Some(exporter.render())

@@ -136,7 +136,22 @@ pub(crate) struct PoolStatus {
     max_connections: Option<std::num::NonZeroUsize>,
     /// Requests waiting for a backend below that cap now.
     queued: usize,
+    /// The retry budget's settings and its last 10 s (`null`: no budget).
+    retry_budget: Option<RetryBudgetStatus>,
     backends: Vec<BackendStatus>,
+}
+
+/// A pool's retry budget now.
+#[derive(Debug, Serialize)]
+pub(crate) struct RetryBudgetStatus {
+    percent: u32,
+    min_per_second: u32,
+    /// Requests in the last 10 s.
+    requests: u64,
+    /// Retries made in the last 10 s.
+    retries: u64,
+    /// Retries those requests allow in the window; no more are made once `retries` reaches it.
+    allowed: u64,
 }
 
 /// One backend.
@@ -159,6 +174,9 @@ pub(super) struct BackendStatus {
     last_error: Option<String>,
     /// The last minute.
     last_minute: WindowSummary,
+    /// `peak_ewma` pools: the latency estimate the algorithm uses now, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ewma_ms: Option<f64>,
 }
 
 impl Status {
@@ -183,12 +201,14 @@ impl Status {
                             .backend
                             .health
                             .weight_fraction(pool.settings.slow_start);
-                        backend_status(
+                        let mut status = backend_status(
                             &endpoint.backend,
                             weight,
                             f64::from(weight) * fraction,
                             None,
-                        )
+                        );
+                        status.ewma_ms = pool.latency_estimate_ms(&endpoint.backend);
+                        status
                     })
                     .collect();
                 backends.extend(
@@ -204,6 +224,16 @@ impl Status {
                     active_checks: pool.health_check.is_some(),
                     max_connections: pool.settings.queue.max_connections,
                     queued: pool.queue.waiting(),
+                    retry_budget: pool.retry_budget.as_ref().map(|budget| {
+                        let usage = budget.usage(tokio::time::Instant::now());
+                        RetryBudgetStatus {
+                            percent: budget.config.percent,
+                            min_per_second: budget.config.min_per_second,
+                            requests: usage.requests,
+                            retries: usage.retries,
+                            allowed: usage.allowed,
+                        }
+                    }),
                     backends,
                 }
             })
@@ -265,6 +295,7 @@ fn backend_status(
         requests: backend.metrics.requests_total.load(Ordering::Relaxed),
         last_error: backend.health.last_error(),
         last_minute: backend.metrics.window.summary(),
+        ewma_ms: None,
     }
 }
 

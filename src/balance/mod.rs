@@ -4,13 +4,15 @@
 //! is eligible (all excluded or unavailable), which the proxy answers with 503.
 
 mod least_conn;
+mod peak_ewma;
 mod round_robin;
 
 use std::sync::atomic::AtomicUsize;
 
 use crate::backend::Endpoint;
-use crate::config::Algorithm;
+use crate::config::{Algorithm, EwmaConfig};
 
+pub(crate) use peak_ewma::PeakEwma;
 pub(crate) use round_robin::{Rotation, RoundRobin};
 
 /// The backends a request has already tried; they are never picked again for that request.
@@ -60,6 +62,8 @@ pub enum Balancer {
         /// Where the next scan starts, so equal backends take turns.
         rotor: AtomicUsize,
     },
+    /// Power of two choices over peak-EWMA latency × (in-flight + 1) per unit of weight.
+    PeakEwma(PeakEwma),
 }
 
 impl Balancer {
@@ -71,6 +75,8 @@ impl Balancer {
             Algorithm::LeastConnections => Balancer::LeastConnections {
                 rotor: AtomicUsize::new(0),
             },
+            // The pool builds it with its own settings; these are the defaults.
+            Algorithm::PeakEwma => Balancer::PeakEwma(PeakEwma::new(EwmaConfig::default())),
         }
     }
 
@@ -94,6 +100,7 @@ impl Balancer {
                 round_robin.pick(endpoints, !tried.is_empty(), eligible)
             }
             Balancer::LeastConnections { rotor } => least_conn::pick(endpoints, rotor, eligible),
+            Balancer::PeakEwma(peak_ewma) => peak_ewma.pick(endpoints, eligible),
         }
     }
 }

@@ -28,3 +28,7 @@ pub(super) const CONSECUTIVE_FAILURES: u32 = 5;
 pub(super) const EJECTION_TIME: Duration = Duration::from_secs(10);
 pub(super) const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
 pub(super) const MAX_EJECTED_PERCENT: u8 = 50;
+pub(super) const EWMA_DECAY: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_RTT: Duration = Duration::from_millis(30);
+pub(super) const RETRY_BUDGET_PERCENT: u32 = 20;
+pub(super) const RETRY_BUDGET_MIN_PER_SECOND: u32 = 10;

@@ -8,7 +8,9 @@ use std::fmt::Write as _;
 
 use std::sync::Arc;
 
-use super::types::{AdminConfig, Config, ListenerConfig, PoolConfig, RouteConfig};
+use super::types::{
+    AdminConfig, Algorithm, Config, ListenerConfig, PoolConfig, RetryBudgetConfig, RouteConfig,
+};
 
 /// The changes from `old` to `new`, one line per pool or listener; empty when nothing changed.
 pub fn diff(old: &Config, new: &Config) -> Vec<String> {
@@ -196,6 +198,25 @@ fn pool_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<String> {
     if old.passive != new.passive {
         changes.push("passive changed".to_owned());
     }
+    if old.ewma != new.ewma && new.algorithm == Algorithm::PeakEwma {
+        changes.push(format!(
+            "ewma_decay {:?}→{:?}, default_rtt {:?}→{:?} (estimates kept)",
+            old.ewma.decay, new.ewma.decay, old.ewma.default_rtt, new.ewma.default_rtt
+        ));
+    }
+    if old.retry_budget != new.retry_budget {
+        let budget = |budget: Option<RetryBudgetConfig>| {
+            budget.map_or_else(
+                || "none".to_owned(),
+                |b| format!("{}% + {}/s", b.percent, b.min_per_second),
+            )
+        };
+        changes.push(format!(
+            "retry_budget {}→{} (window restarted)",
+            budget(old.retry_budget),
+            budget(new.retry_budget)
+        ));
+    }
     if (old.max_idle_per_backend, old.idle_timeout) != (new.max_idle_per_backend, new.idle_timeout)
     {
         changes.push("upstream keep-alive settings changed (apply to new backends)".to_owned());
@@ -350,6 +371,25 @@ backends = [{ address = "127.0.0.1:3001", weight = 3 }, "127.0.0.1:3004"]
                 "pool app: 127.0.0.1:3001 weight 3→1, +127.0.0.1:3002 (weight 1), \
                  -127.0.0.1:3004 (draining), algorithm least_connections→round_robin",
                 "listener api: removed 0.0.0.0:8081 (draining)",
+            ]
+        );
+    }
+
+    #[test]
+    fn peak_ewma_settings_and_the_retry_budget_are_listed() {
+        let with = |keys: &str| {
+            parse(&format!(
+                "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\npool = \"app\"\n\n\
+                 [pools.app]\nalgorithm = \"peak_ewma\"\nbackends = [\"127.0.0.1:3001\"]\n{keys}\n"
+            ))
+        };
+        let old = with("");
+        let new = with("ewma_decay = \"5s\"\nretry_budget = { percent = 25, min_per_second = 2 }");
+        assert_eq!(
+            diff(&old, &new),
+            [
+                "pool app: ewma_decay 10s→5s, default_rtt 30ms→30ms (estimates kept), \
+              retry_budget none→25% + 2/s (window restarted)"
             ]
         );
     }

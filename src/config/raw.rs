@@ -278,6 +278,22 @@ pub(super) struct RawPool {
     pub http2: Option<Spanned<bool>>,
     /// `[pools.NAME.tls]`: TLS to the backends.
     pub tls: Option<Spanned<RawUpstreamTls>>,
+    /// `peak_ewma`: how fast old latency samples fade.
+    pub ewma_decay: Option<Spanned<String>>,
+    /// `peak_ewma`: the latency assumed for a backend before its first sample.
+    pub default_rtt: Option<Spanned<String>>,
+    /// Retries allowed on top of live requests over a 10 s window.
+    pub retry_budget: Option<Spanned<RawRetryBudget>>,
+}
+
+/// `retry_budget = { percent = N, min_per_second = N }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRetryBudget {
+    /// Retries allowed as a percentage of the pool's requests.
+    pub percent: Option<Spanned<i64>>,
+    /// Retries allowed per second regardless of traffic.
+    pub min_per_second: Option<Spanned<i64>>,
 }
 
 /// `[pools.NAME.tls]`.
@@ -352,6 +368,8 @@ pub(super) enum RawAlgorithm {
     RoundRobin,
     /// Weighted least in-flight requests.
     LeastConnections,
+    /// Power of two choices over peak-EWMA latency × (in-flight + 1).
+    PeakEwma,
 }
 
 /// A backend: `"host:port"` or `{ address = "host:port", weight = N, max_connections = N }`.

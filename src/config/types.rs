@@ -287,6 +287,9 @@ pub enum Algorithm {
     RoundRobin,
     /// Fewest in-flight requests per unit of weight; ties broken in rotation.
     LeastConnections,
+    /// Power of two random choices, the cheaper by peak-EWMA latency × (in-flight + 1) per
+    /// unit of weight (the pool's [`EwmaConfig`]).
+    PeakEwma,
 }
 
 impl Algorithm {
@@ -295,6 +298,7 @@ impl Algorithm {
         match self {
             Algorithm::RoundRobin => "round_robin",
             Algorithm::LeastConnections => "least_connections",
+            Algorithm::PeakEwma => "peak_ewma",
         }
     }
 }
@@ -342,6 +346,39 @@ pub struct PoolConfig {
     pub health_check: Option<HealthCheckConfig>,
     /// Passive ejection from live traffic.
     pub passive: PassiveConfig,
+    /// `peak_ewma`'s latency estimate (every pool has one; only that algorithm reads it).
+    pub ewma: EwmaConfig,
+    /// Retries allowed on top of live requests; `None`: only `retries` bounds them.
+    pub retry_budget: Option<RetryBudgetConfig>,
+}
+
+/// How `peak_ewma` estimates a backend's latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EwmaConfig {
+    /// Time constant of the decay: a sample's weight falls by `e` every `decay`.
+    pub decay: Duration,
+    /// The estimate of a backend before its first sample.
+    pub default_rtt: Duration,
+}
+
+impl Default for EwmaConfig {
+    /// linkerd2-proxy's defaults: a 10 s decay, 30 ms before the first sample.
+    fn default() -> Self {
+        Self {
+            decay: super::defaults::EWMA_DECAY,
+            default_rtt: super::defaults::DEFAULT_RTT,
+        }
+    }
+}
+
+/// A pool's retry budget (Finagle's and Linkerd's): over a 10 s window, retries may reach
+/// `percent`% of the pool's requests plus `min_per_second` × 10.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudgetConfig {
+    /// Retries allowed per 100 requests.
+    pub percent: u32,
+    /// Retries allowed per second whatever the traffic, so a quiet pool can still retry.
+    pub min_per_second: u32,
 }
 
 /// Active health checks of one pool.

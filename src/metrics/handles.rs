@@ -77,7 +77,8 @@ impl BackendMetrics {
     }
 
     /// A request received on `listener` at `started`, answered with `status` now.
-    pub fn record_response(&self, listener: &Arc<str>, status: u16, started: Instant) {
+    /// Returns its clock reading, for other uses of the response head's arrival time.
+    pub fn record_response(&self, listener: &Arc<str>, status: u16, started: Instant) -> Instant {
         // One clock reading serves the duration and the window's slot.
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(started);
@@ -85,6 +86,7 @@ impl BackendMetrics {
         self.window.record(Some(elapsed), status >= 500, now);
         self.requests_total.fetch_add(1, Ordering::Relaxed);
         self.count_request(listener, status);
+        now
     }
 
     /// A request that failed on this backend without a response head (answered by fulcrum).
@@ -156,13 +158,24 @@ impl BackendMetrics {
         self.in_flight.set(in_flight as f64);
         self.idle.set(idle as f64);
     }
+
+    /// Mirrors a `peak_ewma` latency estimate into its gauge (when `/metrics` is scraped). The
+    /// series is registered on the first call, so backends of other algorithms have none.
+    pub fn refresh_latency_estimate(&self, seconds: f64) {
+        metrics::gauge!(
+            names::BACKEND_LATENCY_ESTIMATE,
+            "pool" => self.pool.to_string(),
+            "backend" => self.backend.to_string()
+        )
+        .set(seconds);
+    }
 }
 
 /// A pool's counters.
 #[derive(Debug)]
 pub struct PoolMetrics {
-    /// Extra attempts on another backend.
-    pub retries: Counter,
+    /// Retries, by [`RetryOutcome`].
+    retries: [Counter; 2],
     /// 503s because nothing was available.
     pub no_backend: Counter,
     /// Requests sent while failing open.
@@ -182,6 +195,15 @@ pub enum QueueOutcome {
     Timeout,
     /// The queue was full (`max_queue`): 503 without waiting.
     Full,
+}
+
+/// What became of a request's wish to retry on another backend.
+#[derive(Debug, Clone, Copy)]
+pub enum RetryOutcome {
+    /// The retry was made.
+    Attempted,
+    /// The pool's retry budget refused it; the request ended with the error it had.
+    Budget,
 }
 
 impl QueueOutcome {
@@ -205,7 +227,9 @@ impl PoolMetrics {
     pub fn new(pool: &str) -> Self {
         let labels = [("pool", pool.to_owned())];
         Self {
-            retries: metrics::counter!(names::RETRIES, &labels),
+            retries: ["attempted", "budget"].map(|outcome| {
+                metrics::counter!(names::RETRIES, "pool" => pool.to_owned(), "outcome" => outcome)
+            }),
             no_backend: metrics::counter!(names::NO_BACKEND, &labels),
             fail_open: metrics::counter!(names::FAIL_OPEN, &labels),
             queue_length: metrics::gauge!(names::QUEUE_LENGTH, &labels),
@@ -217,6 +241,11 @@ impl PoolMetrics {
                 )
             }),
         }
+    }
+
+    /// Counts a retry made or refused.
+    pub fn retry(&self, outcome: RetryOutcome) {
+        self.retries[outcome as usize].increment(1);
     }
 
     /// Counts a request in the queue-length gauge until the guard drops.

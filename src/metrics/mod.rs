@@ -18,7 +18,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub(crate) use handles::{
     BackendMetrics, ListenerMetrics, MirrorMetrics, MirrorOutcome, PoolMetrics, QueueOutcome,
-    RouteMetrics,
+    RetryOutcome, RouteMetrics,
 };
 pub(crate) use window::WindowSummary;
 
@@ -91,7 +91,14 @@ fn describe() {
         names::UPSTREAM_IDLE,
         "Keep-alive connections to the backend idle in its pool, ready for reuse."
     );
-    describe_counter!(names::RETRIES, "Extra attempts made on another backend.");
+    describe_gauge!(
+        names::BACKEND_LATENCY_ESTIMATE,
+        "peak_ewma: the latency estimate a backend is balanced by, in seconds."
+    );
+    describe_counter!(
+        names::RETRIES,
+        "Retries on another backend: attempted, or refused by the retry budget (budget)."
+    );
     describe_gauge!(
         names::BACKEND_UP,
         "1 when the backend receives traffic, 0 when it is down or ejected."

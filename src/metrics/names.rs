@@ -17,12 +17,14 @@ pub(crate) const CONNECT_ERRORS: &str = "fulcrum_upstream_connect_errors_total";
 pub(crate) const UPSTREAM_CONNECTS: &str = "fulcrum_upstream_connections_total";
 /// Gauge: keep-alive connections to a backend idle in its pool.
 pub(crate) const UPSTREAM_IDLE: &str = "fulcrum_upstream_idle_connections";
-/// Extra attempts on another backend.
+/// Retries on another backend, by outcome (`attempted`, `budget`: refused by the retry budget).
 pub(crate) const RETRIES: &str = "fulcrum_retries_total";
 /// 1 when a backend receives traffic, else 0.
 pub(crate) const BACKEND_UP: &str = "fulcrum_backend_up";
 /// Requests in flight on a backend.
 pub(crate) const BACKEND_IN_FLIGHT: &str = "fulcrum_backend_in_flight";
+/// Gauge: `peak_ewma` pools: a backend's latency estimate, in seconds.
+pub(crate) const BACKEND_LATENCY_ESTIMATE: &str = "fulcrum_backend_latency_estimate_seconds";
 /// Passive ejections of a backend.
 pub(crate) const EJECTIONS: &str = "fulcrum_backend_ejections_total";
 /// Active health checks, by result.

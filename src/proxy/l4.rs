@@ -224,15 +224,27 @@ async fn connect(
                 return None;
             }
         };
-        match upstream::connect::connect_tcp(backend.address, pool.settings.connect_timeout).await {
+        // `peak_ewma` pools learn from connect times; others read no clock here.
+        let connecting = pool.latency_aware().then(Instant::now);
+        let timeout = pool.settings.connect_timeout;
+        match upstream::connect::connect_tcp(backend.address, timeout).await {
             Ok(stream) => {
                 backend.metrics.connected();
                 backend.health.record_success();
+                if let Some(connecting) = connecting {
+                    let now = Instant::now();
+                    pool.record_latency(backend, now.saturating_duration_since(connecting), now);
+                }
                 return Some((stream, in_flight));
             }
             Err(err) => {
                 backend.metrics.connect_error();
                 pool.record_failure(backend, &err);
+                let elapsed = match err {
+                    ConnectError::Timeout { timeout, .. } => timeout,
+                    _ => Duration::ZERO,
+                };
+                pool.record_latency_failure(backend, elapsed, timeout);
                 tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend connect failed; trying another");
                 last = Some((Arc::clone(backend), err));
             }

@@ -12,6 +12,7 @@
 //! - `h2frames`: raw HTTP/2 frames, for floods a real client will not send.
 //! - `tcp`: raw sockets, for bytes hyper's client would refuse to send and for TCP listeners.
 //! - `pki`: a test certificate authority (rcgen) and TLS clients that trust only it.
+//! - `process`: the real `fulcrum` binary as a child process, and a Prometheus series reader.
 //! - `tools`: external tools (Chromium, Redis, curl): a missing one skips locally and fails
 //!   under `CI=true`.
 //!
@@ -25,6 +26,7 @@ pub mod client;
 pub mod controlled;
 pub mod h2frames;
 pub mod pki;
+pub mod process;
 pub mod tcp;
 pub mod tools;
 

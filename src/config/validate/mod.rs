@@ -5,6 +5,7 @@
 
 mod admin;
 mod checker;
+mod ewma_budget;
 mod health;
 mod listener;
 mod pool;
@@ -204,3 +205,6 @@ mod tests;
 
 #[cfg(test)]
 mod route_tests;
+
+#[cfg(test)]
+mod ewma_budget_tests;

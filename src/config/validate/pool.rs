@@ -99,7 +99,10 @@ impl Checker<'_> {
         let algorithm = match raw.algorithm.as_ref().map(|a| *a.get_ref()) {
             None | Some(RawAlgorithm::RoundRobin) => Algorithm::RoundRobin,
             Some(RawAlgorithm::LeastConnections) => Algorithm::LeastConnections,
+            Some(RawAlgorithm::PeakEwma) => Algorithm::PeakEwma,
         };
+        let ewma = self.ewma(&key, raw);
+        let retry_budget = self.retry_budget(&key, raw.retry_budget.as_ref());
         let backends = self.backends(&key, &raw.backends);
         let connect_timeout = self.duration(
             raw.connect_timeout.as_ref(),
@@ -182,6 +185,8 @@ impl Checker<'_> {
             fail_open: raw.fail_open.unwrap_or(false),
             health_check: health_check?,
             passive: passive?,
+            ewma: ewma?,
+            retry_budget: retry_budget?,
         })
     }
 

@@ -102,8 +102,8 @@ fn syntax_error_names_line_and_column() {
 
 #[test]
 fn unknown_key_is_rejected_with_its_path() {
-    let source = VALID.replace("retries = 1", "retries = 1\nretry_budget = 3");
-    assert_one_error(&source, 21, 1, "pools.app.retry_budget", "unknown field");
+    let source = VALID.replace("retries = 1", "retries = 1\nretry_policy = 3");
+    assert_one_error(&source, 21, 1, "pools.app.retry_policy", "unknown field");
 }
 
 #[test]
@@ -217,7 +217,7 @@ fn unknown_algorithm_lists_the_valid_ones() {
         16,
         13,
         "pools.app.algorithm",
-        "expected `round_robin` or `least_connections`",
+        "expected one of `round_robin`, `least_connections`, `peak_ewma`",
     );
 }
 

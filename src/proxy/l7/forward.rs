@@ -69,15 +69,26 @@ pub(super) fn forward(
             if pool.access_log {
                 *served_by = Some(Arc::clone(&backend.name));
             }
-            // The request's arrival is a fresh enough clock reading for its first attempt only.
-            let now = (tried.len() == 1).then_some(started);
+            // The request's arrival is a fresh enough clock reading for its first attempt only;
+            // a retry reads the clock here rather than in `send` (no extra reading either way).
+            // `peak_ewma` measures each attempt's latency from it.
+            let attempt_start = if tried.len() == 1 {
+                started
+            } else {
+                Instant::now()
+            };
             let timeout = budget.request_timeout;
+            // The longest one attempt may wait: the cap on `peak_ewma`'s failure penalty.
+            let attempt_timeout = pool
+                .settings
+                .try_timeout
+                .map_or(timeout, |t| t.min(timeout));
             match send(
                 backend,
                 request,
                 forwarding,
                 pool,
-                now,
+                Some(attempt_start),
                 &mut overall,
                 timeout,
             )
@@ -85,11 +96,21 @@ pub(super) fn forward(
             {
                 Outcome::Response(response) => {
                     let status = response.status().as_u16();
-                    backend.metrics.record_response(listener, status, started);
+                    let arrived = backend.metrics.record_response(listener, status, started);
                     if pool.passive.failure_statuses.contains(status) {
                         pool.record_failure(backend, &format_args!("status {status}"));
+                        pool.record_latency_failure(
+                            backend,
+                            arrived.saturating_duration_since(attempt_start),
+                            attempt_timeout,
+                        );
                     } else {
                         backend.health.record_success();
+                        pool.record_latency(
+                            backend,
+                            arrived.saturating_duration_since(attempt_start),
+                            arrived,
+                        );
                     }
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                         let Some(tunnel) = tunnel.take() else {
@@ -122,6 +143,7 @@ pub(super) fn forward(
                         _ => all_refused = false,
                     }
                     pool.record_failure(backend, &err);
+                    pool.record_latency_failure(backend, failed_after(&err), attempt_timeout);
                     tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend connect failed; trying another");
                     request = unsent;
                     last_error = Some(err);
@@ -135,6 +157,7 @@ pub(super) fn forward(
                     }
                     all_refused = false;
                     pool.record_failure(backend, &err);
+                    pool.record_latency_failure(backend, failed_after(&err), attempt_timeout);
                     match (&replay, &err) {
                         (Some(replay), ProxyError::Upstream(_) | ProxyError::TryTimeout(_)) => {
                             tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend failed before answering; replaying idempotent request elsewhere");
@@ -169,6 +192,16 @@ pub(super) fn forward(
             pool.metrics.no_backend.increment(1);
         }
         Err(err)
+    }
+}
+
+/// How long a failed attempt ran, as far as its error tells: a timeout's full length, else
+/// zero (a refused connect or a reset is quick, and its time says nothing of the backend).
+fn failed_after(err: &ProxyError) -> Duration {
+    match err {
+        ProxyError::Timeout(limit) | ProxyError::TryTimeout(limit) => *limit,
+        ProxyError::Connect(upstream::ConnectError::Timeout { timeout, .. }) => *timeout,
+        _ => Duration::ZERO,
     }
 }
 
