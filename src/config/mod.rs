@@ -19,10 +19,10 @@ pub use diff::diff;
 pub use error::{ConfigError, Problem};
 pub use token::TokenError;
 pub use types::{
-    AdminConfig, AdminToken, Algorithm, BackendConfig, CheckKind, ClientLimits, Config,
+    AdminConfig, AdminToken, Algorithm, BackendConfig, CheckKind, ClientLimits, Config, HashKey,
     HeaderMatch, HealthCheckConfig, HostMatch, Http2Limits, ListenerConfig, MirrorConfig,
     PassiveConfig, PathMatch, PoolConfig, Protocol, ProxyProtocol, QueueConfig, RouteAction,
-    RouteConfig, RuntimeConfig, StatusSet,
+    RouteConfig, RuntimeConfig, StatusSet, StickyConfig,
 };
 
 pub(crate) use crate::tls::UpstreamTlsConfig;

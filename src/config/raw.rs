@@ -276,6 +276,25 @@ pub(super) struct RawPool {
     pub http2: Option<Spanned<bool>>,
     /// `[pools.NAME.tls]`: TLS to the backends.
     pub tls: Option<Spanned<RawUpstreamTls>>,
+    /// `consistent_hash`: what to hash (`header:NAME`, `cookie:NAME`, `client_ip`, `path`, `uri`).
+    pub hash_key: Option<Spanned<String>>,
+    /// `consistent_hash`: bounded load, percent of a backend's share of the in-flight requests.
+    pub hash_balance_factor: Option<Spanned<i64>>,
+    /// `[pools.NAME.sticky]`: cookie-based session affinity.
+    pub sticky: Option<Spanned<RawSticky>>,
+}
+
+/// `[pools.NAME.sticky]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSticky {
+    /// The cookie's name.
+    pub cookie: Option<Spanned<String>>,
+    /// The cookie's `Max-Age`; absent: a session cookie.
+    pub ttl: Option<Spanned<String>>,
+    /// Mixed into the key the cookie values are made with, so they cannot be matched to
+    /// backend addresses by someone who knows the config but not the secret.
+    pub secret: Option<Spanned<String>>,
 }
 
 /// `[pools.NAME.tls]`.
@@ -350,6 +369,8 @@ pub(super) enum RawAlgorithm {
     RoundRobin,
     /// Weighted least in-flight requests.
     LeastConnections,
+    /// A weighted hash ring keyed by part of the request.
+    ConsistentHash,
 }
 
 /// A backend: `"host:port"` or `{ address = "host:port", weight = N, max_connections = N }`.

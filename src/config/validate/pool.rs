@@ -99,7 +99,9 @@ impl Checker<'_> {
         let algorithm = match raw.algorithm.as_ref().map(|a| *a.get_ref()) {
             None | Some(RawAlgorithm::RoundRobin) => Algorithm::RoundRobin,
             Some(RawAlgorithm::LeastConnections) => Algorithm::LeastConnections,
+            Some(RawAlgorithm::ConsistentHash) => Algorithm::ConsistentHash,
         };
+        let balancing = self.balancing(&key, raw, algorithm, protocol);
         let backends = self.backends(&key, &raw.backends);
         let connect_timeout = self.duration(
             raw.connect_timeout.as_ref(),
@@ -182,6 +184,9 @@ impl Checker<'_> {
             fail_open: raw.fail_open.unwrap_or(false),
             health_check: health_check?,
             passive: passive?,
+            hash_key: balancing.as_ref()?.hash_key.clone(),
+            hash_balance_factor: balancing.as_ref()?.hash_balance_factor,
+            sticky: balancing?.sticky,
         })
     }
 

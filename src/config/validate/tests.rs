@@ -217,7 +217,7 @@ fn unknown_algorithm_lists_the_valid_ones() {
         16,
         13,
         "pools.app.algorithm",
-        "expected `round_robin` or `least_connections`",
+        "expected one of `round_robin`, `least_connections`",
     );
 }
 
