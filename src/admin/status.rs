@@ -132,6 +132,8 @@ pub(crate) struct PoolStatus {
     max_connections: Option<std::num::NonZeroUsize>,
     /// Requests waiting for a backend below that cap now.
     queued: usize,
+    /// The name of the pool's sticky cookie (`null`: not sticky).
+    sticky_cookie: Option<String>,
     backends: Vec<BackendStatus>,
 }
 
@@ -155,6 +157,9 @@ pub(super) struct BackendStatus {
     last_error: Option<String>,
     /// The last minute.
     last_minute: WindowSummary,
+    /// `consistent_hash` pools: its share of the hash ring, in percent (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    table_share: Option<f64>,
 }
 
 impl Status {
@@ -173,18 +178,22 @@ impl Status {
                 let mut backends: Vec<BackendStatus> = pool
                     .endpoints
                     .iter()
-                    .map(|endpoint| {
+                    .enumerate()
+                    .map(|(index, endpoint)| {
                         let weight = endpoint.weight.get();
                         let fraction = endpoint
                             .backend
                             .health
                             .weight_fraction(pool.settings.slow_start);
-                        backend_status(
-                            &endpoint.backend,
-                            weight,
-                            f64::from(weight) * fraction,
-                            None,
-                        )
+                        BackendStatus {
+                            table_share: pool.balancer.table_share(index),
+                            ..backend_status(
+                                &endpoint.backend,
+                                weight,
+                                f64::from(weight) * fraction,
+                                None,
+                            )
+                        }
                     })
                     .collect();
                 backends.extend(
@@ -200,6 +209,10 @@ impl Status {
                     active_checks: pool.health_check.is_some(),
                     max_connections: pool.settings.queue.max_connections,
                     queued: pool.queue.waiting(),
+                    sticky_cookie: pool
+                        .sticky
+                        .as_ref()
+                        .map(|sticky| sticky.cookie().to_owned()),
                     backends,
                 }
             })
@@ -259,6 +272,7 @@ fn backend_status(
         requests: backend.metrics.requests_total.load(Ordering::Relaxed),
         last_error: backend.health.last_error(),
         last_minute: backend.metrics.window.summary(),
+        table_share: None,
     }
 }
 
