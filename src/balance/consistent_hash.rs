@@ -13,9 +13,12 @@
 //! 1/(N+1)); Maglev's permutation table guarantees neither (the paper measures a few percent of
 //! extra movement). Skipping a backend (down, tried, at its cap, over the load bound) is the
 //! same as removing it: the walk goes on to the next point's backend, which is where the key
-//! would live without it, and the key comes back when the backend does. The price is a binary
-//! search per pick (~20 steps at 4,096 backends) where Maglev does one lookup, and a bigger
-//! table (12 bytes a point). Measured at 4,096 backends: see the README.
+//! would live without it, and the key comes back when the backend does. The price: a lookup
+//! is an index by the key's top bits plus a binary search of one bucket (a point or two) where
+//! Maglev reads one slot, the table is bigger (16 bytes a point with the index), and keys spread
+//! less evenly (±9 % of a weight-1 backend's share where Maglev is within a slot). Maglev's
+//! extra movement, measured on 10,000 keys with 65,537 slots: 0.1–0.2 % of the other backends'
+//! keys on a removal, ~0.2 % between old backends on an addition.
 //!
 //! Bounded load (Mirrokni et al., "Consistent Hashing with Bounded Loads", as HAProxy's
 //! `hash-balance-factor`): with a factor `c` (percent), a backend with more than
@@ -53,6 +56,13 @@ pub(crate) fn key_hash(key: &[u8]) -> u64 {
 pub struct ConsistentHash {
     /// Point positions, ascending.
     points: Box<[u64]>,
+    /// For each value `b` of a position's top `bits` bits: how many points lie below
+    /// `b << (64 - bits)`; one entry more at the end. A lookup binary-searches one bucket (a
+    /// few points) instead of the whole ring: a few cache misses instead of ~20 at 4,096
+    /// backends.
+    buckets: Box<[u32]>,
+    /// How many top bits pick a bucket: about log2 of the points, so buckets hold ~1–2 each.
+    bits: u32,
     /// The endpoint index owning each point.
     owners: Box<[u32]>,
     /// Each endpoint's share of the ring, in percent.
@@ -80,8 +90,8 @@ impl ConsistentHash {
                     weight * POINTS_PER_WEIGHT
                 } else {
                     // Scaled down to fit; every backend keeps at least one point.
-                    let scaled =
-                        u128::from(weight) * u128::from(MAX_POINTS) / u128::from(wanted.max(1));
+                    let scaled = u128::from(weight) * u128::from(MAX_POINTS)
+                        / u128::from(total_weight.max(1));
                     u64::try_from(scaled).unwrap_or(1).max(1)
                 }
             })
@@ -112,8 +122,20 @@ impl ConsistentHash {
             };
             shares[owner as usize] += arc / 2f64.powi(64) * 100.0;
         }
+        let points: Box<[u64]> = ring.iter().map(|&(point, _)| point).collect();
+        let bits = (usize::BITS - 1 - points.len().max(1).leading_zeros()).clamp(1, 24);
+        let mut buckets = Vec::with_capacity((1 << bits) + 1);
+        let mut below = 0;
+        for bucket in 0..=(1u64 << bits) {
+            while below < points.len() && points[below] >> (64 - bits) < bucket {
+                below += 1;
+            }
+            buckets.push(u32::try_from(below).unwrap_or(u32::MAX));
+        }
         ConsistentHash {
-            points: ring.iter().map(|&(point, _)| point).collect(),
+            buckets: buckets.into_boxed_slice(),
+            bits,
+            points,
             owners: ring.iter().map(|&(_, owner)| owner).collect(),
             shares: shares.into_boxed_slice(),
             balance_factor: u64::from(balance_factor),
@@ -143,7 +165,7 @@ impl ConsistentHash {
             return None;
         }
         let len = self.points.len();
-        let start = self.points.partition_point(|&point| point < key) % len;
+        let start = self.position(key) % len;
         let mut load = Load::default();
         // The first allowed backend, in case every allowed one is over the bound.
         let mut first = None;
@@ -176,6 +198,17 @@ impl ConsistentHash {
             }
         }
         first
+    }
+
+    /// How many points lie below `key`: the position of the first at or after it.
+    fn position(&self, key: u64) -> usize {
+        let bucket = (key >> (64 - self.bits)) as usize;
+        let (Some(&low), Some(&high)) = (self.buckets.get(bucket), self.buckets.get(bucket + 1))
+        else {
+            return self.points.partition_point(|&point| point < key);
+        };
+        let (low, high) = (low as usize, high as usize);
+        low + self.points[low..high].partition_point(|&point| point < key)
     }
 
     /// `Some(index)` if the backend at `index` is allowed and within the bound; remembers the

@@ -232,3 +232,44 @@ fn the_balancer_hashes_the_key_skips_tried_backends_and_honours_a_pin() {
         |index: usize, endpoint: &Endpoint| (index != pinned).then(|| all(index, endpoint))?;
     assert_ne!(balancer.pick(&endpoints, &tried, pinned_down), Some(pinned));
 }
+
+#[test]
+fn the_bucket_index_finds_the_same_point_as_a_search_of_the_whole_ring() {
+    for weights in [vec![1], vec![1, 2, 3], vec![1; 40], vec![7; 300]] {
+        let endpoints = test_endpoints(&weights);
+        let ring = ring(&endpoints, 0);
+        let mut key: u64 = 12345;
+        for _ in 0..5_000 {
+            key = key
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let whole = ring.points.partition_point(|&point| point < key);
+            assert_eq!(ring.position(key), whole, "key {key:x}");
+        }
+        let last = ring.points[ring.points.len() - 1];
+        for edge in [0, u64::MAX, ring.points[0], last, last.wrapping_add(1)] {
+            let whole = ring.points.partition_point(|&point| point < edge);
+            assert_eq!(ring.position(edge), whole, "key {edge:x}");
+        }
+    }
+}
+
+#[test]
+fn a_pool_too_big_for_the_point_budget_keeps_its_weights() {
+    // 4,096 backends of weights 1, 2, 3: twice the budget, so about 64 points per weight.
+    let weights: Vec<u32> = (0..4096).map(|i| 1 + i % 3).collect();
+    let endpoints = test_endpoints(&weights);
+    let ring = ring(&endpoints, 0);
+    assert!(ring.points.len() as u64 <= super::MAX_POINTS);
+    assert!(ring.points.len() as u64 > super::MAX_POINTS * 9 / 10);
+    let (mut ones, mut threes) = (0.0, 0.0);
+    for (index, weight) in weights.iter().enumerate() {
+        let share = ring.share(index).expect("a share");
+        match weight {
+            1 => ones += share,
+            3 => threes += share,
+            _ => {}
+        }
+    }
+    assert!((2.7..=3.3).contains(&(threes / ones)), "{threes} / {ones}");
+}
