@@ -9,7 +9,10 @@
 //!
 //! Balancer benchmarks build a pool of N backends (`127.0.0.1:10000+i`, no health checks, so
 //! every backend is up) through `Config::parse` and `Snapshot::build`, then time
-//! `Pool::pick(&Tried::default())`. "contended" runs the same picks on several threads at once
+//! `Pool::pick(&Tried::default())` — for keyed algorithms (consistent_hash) a `Tried` carrying
+//! a new key hash each iteration, as each request brings its own. The algorithms are the rows
+//! of [`ALGORITHMS`]; adding one is one line there. "build" times building a consistent_hash
+//! ring from the pool's endpoints (what a config load or reload does per such pool). "contended" runs the same picks on several threads at once
 //! against one shared pool; its throughput is picks per second summed over the threads.
 //! "weighted" gives the backends weights 1, 2, 3, 1, 2, 3, … instead of all 1 (round-robin then
 //! steps through a precomputed order instead of counting through the backends).
@@ -24,17 +27,51 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use fulcrum::Config;
-use fulcrum::bench::{ClientInfo, Pool, Snapshot, Tried, prepare_request, prepare_response};
+use fulcrum::bench::{
+    Balancer, ClientInfo, Pool, Snapshot, Tried, prepare_request, prepare_response,
+};
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 
 /// Pool sizes the balancer is measured at.
 const SIZES: [usize; 4] = [2, 16, 256, 4096];
+
+/// One algorithm under measurement: its name in the config, extra `[pools.app]` lines it needs,
+/// and whether its picks take a per-request key.
+struct Algorithm {
+    name: &'static str,
+    extra: &'static str,
+    keyed: bool,
+}
+
+/// The algorithms the pick benchmarks run.
+const ALGORITHMS: &[Algorithm] = &[
+    Algorithm {
+        name: "round_robin",
+        extra: "",
+        keyed: false,
+    },
+    Algorithm {
+        name: "least_connections",
+        extra: "",
+        keyed: false,
+    },
+    Algorithm {
+        name: "peak_ewma",
+        extra: "",
+        keyed: false,
+    },
+    Algorithm {
+        name: "consistent_hash",
+        extra: "hash_key = \"header:x-user-id\"\nhash_balance_factor = 125",
+        keyed: true,
+    },
+];
 /// Threads picking at once in the contended benchmarks.
 const THREADS: usize = 4;
 
 /// A config whose only pool has `backends` backends, parsed like a file from disk; `weighted`
 /// gives them weights 1, 2, 3, 1, … instead of all 1.
-fn config_with(algorithm: &str, backends: usize, weighted: bool) -> Config {
+fn config_with(algorithm: &Algorithm, backends: usize, weighted: bool) -> Config {
     let list: Vec<String> = (0..backends)
         .map(|i| {
             if weighted {
@@ -50,8 +87,10 @@ fn config_with(algorithm: &str, backends: usize, weighted: bool) -> Config {
         .collect();
     let source = format!(
         "[[listeners]]\nname = \"bench\"\nlisten = \"127.0.0.1:8080\"\npool = \"app\"\n\n\
-         [pools.app]\nalgorithm = \"{algorithm}\"\nbackends = [{}]\n",
-        list.join(", ")
+         [pools.app]\nalgorithm = \"{}\"\nbackends = [{}]\n{}\n",
+        algorithm.name,
+        list.join(", "),
+        algorithm.extra,
     );
     match Config::parse("bench.toml", &source) {
         Ok(config) => config,
@@ -60,7 +99,7 @@ fn config_with(algorithm: &str, backends: usize, weighted: bool) -> Config {
 }
 
 /// The pool the proxy would pick from for that config.
-fn pool_with(algorithm: &str, backends: usize, weighted: bool) -> Arc<Pool> {
+fn pool_with(algorithm: &Algorithm, backends: usize, weighted: bool) -> Arc<Pool> {
     let snapshot = Snapshot::build(Arc::new(config_with(algorithm, backends, weighted)), None);
     match snapshot.pool("app") {
         Some(pool) => Arc::clone(pool),
@@ -68,43 +107,76 @@ fn pool_with(algorithm: &str, backends: usize, weighted: bool) -> Arc<Pool> {
     }
 }
 
+/// Picks from `pool`: with one fixed `Tried`, or with a new key per pick for keyed algorithms.
+fn picker(pool: &Pool, keyed: bool) -> impl FnMut() -> Option<usize> + '_ {
+    let tried = Tried::default();
+    let mut key: u64 = 0;
+    move || {
+        if keyed {
+            // A new, well-spread key hash each time (Weyl sequence), like requests of many users.
+            key = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            pool.pick(black_box(&Tried::new(Some(key), None, false)))
+        } else {
+            pool.pick(black_box(&tried))
+        }
+    }
+}
+
 fn pick(c: &mut Criterion) {
-    for algorithm in ["round_robin", "least_connections", "peak_ewma"] {
-        let mut group = c.benchmark_group(format!("pick/{algorithm}"));
+    for algorithm in ALGORITHMS {
+        let mut group = c.benchmark_group(format!("pick/{}", algorithm.name));
         for size in SIZES {
             let pool = pool_with(algorithm, size, false);
-            let tried = Tried::default();
             group.throughput(Throughput::Elements(1));
+            let mut next = picker(&pool, algorithm.keyed);
             group.bench_with_input(BenchmarkId::new("single", size), &size, |b, _| {
-                b.iter(|| black_box(pool.pick(black_box(&tried))));
+                b.iter(|| black_box(next()));
             });
             let weighted = pool_with(algorithm, size, true);
+            let mut next = picker(&weighted, algorithm.keyed);
             group.bench_with_input(BenchmarkId::new("single-weighted", size), &size, |b, _| {
-                b.iter(|| black_box(weighted.pick(black_box(&tried))));
+                b.iter(|| black_box(next()));
             });
             group.throughput(Throughput::Elements(THREADS as u64));
             group.bench_with_input(
                 BenchmarkId::new(format!("contended-{THREADS}t"), size),
                 &size,
-                |b, _| b.iter_custom(|iters| contended(&pool, iters)),
+                |b, _| b.iter_custom(|iters| contended(&pool, algorithm.keyed, iters)),
             );
         }
         group.finish();
     }
+    let Some(hashing) = ALGORITHMS.iter().find(|a| a.name == "consistent_hash") else {
+        panic!("consistent_hash is one of ALGORITHMS");
+    };
+    let mut group = c.benchmark_group("build/consistent_hash");
+    for size in [256, 4096] {
+        let pool = pool_with(hashing, size, false);
+        group.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
+            b.iter(|| {
+                black_box(Balancer::consistent_hash(
+                    black_box(&pool.endpoints),
+                    125,
+                    metrics::Counter::noop(),
+                ))
+            });
+        });
+    }
+    group.finish();
 }
 
 /// Wall time for `THREADS` threads to make `iters` picks each on the same pool.
-fn contended(pool: &Arc<Pool>, iters: u64) -> Duration {
+fn contended(pool: &Arc<Pool>, keyed: bool, iters: u64) -> Duration {
     let start = Arc::new(Barrier::new(THREADS + 1));
     let threads: Vec<_> = (0..THREADS)
         .map(|_| {
             let pool = Arc::clone(pool);
             let start = Arc::clone(&start);
             std::thread::spawn(move || {
-                let tried = Tried::default();
+                let mut next = picker(&pool, keyed);
                 start.wait();
                 for _ in 0..iters {
-                    black_box(pool.pick(black_box(&tried)));
+                    black_box(next());
                 }
             })
         })

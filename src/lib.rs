@@ -76,7 +76,7 @@ pub use server::Server;
 /// pick, the router and the header rules. Not a stable interface.
 #[doc(hidden)]
 pub mod bench {
-    pub use crate::balance::Tried;
+    pub use crate::balance::{Balancer, Tried};
     pub use crate::http::headers::{ClientInfo, Forwarding, prepare_request, prepare_response};
     pub use crate::pool::Pool;
     pub use crate::snapshot::Snapshot;

@@ -8,12 +8,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::backend::{Backend, Endpoint, InFlight};
-use crate::balance::{Balancer, PeakEwma, Tried};
+use crate::balance::{Balancer, PeakEwma, Repin, RequestKey, Sticky, Tried};
 use crate::config::{
     Algorithm, HealthCheckConfig, PassiveConfig, PoolConfig, ProxyProtocol, QueueConfig,
     UpstreamTlsConfig,
 };
 use crate::health::{Health, Status, WEIGHT_SCALE};
+use crate::http::headers::ClientInfo;
 use crate::limit::Waiters;
 use crate::metrics::{PoolMetrics, QueueOutcome, RetryOutcome};
 use crate::retry_budget::RetryBudget;
@@ -30,6 +31,10 @@ pub struct Pool {
     pub endpoints: Box<[Endpoint]>,
     /// Selection state.
     pub balancer: Balancer,
+    /// `consistent_hash` pools: what part of a request is hashed.
+    hash_key: Option<RequestKey>,
+    /// `[pools.NAME.sticky]`: the cookie pinning clients to backends.
+    pub sticky: Option<Sticky>,
     /// Timeouts and retry budget.
     pub settings: PoolSettings,
     /// Passive ejection rules.
@@ -175,6 +180,11 @@ impl Pool {
             .collect::<Box<[Endpoint]>>();
         let balancer = match config.algorithm {
             Algorithm::PeakEwma => Balancer::PeakEwma(PeakEwma::new(config.ewma)),
+            Algorithm::ConsistentHash => Balancer::consistent_hash(
+                &endpoints,
+                config.hash_balance_factor,
+                metrics::counter!(crate::metrics::names::HASH_SPILLED, "pool" => config.name.to_string()),
+            ),
             algorithm => Balancer::new(algorithm, &endpoints),
         };
         let retry_budget = config.retry_budget.map(|settings| {
@@ -186,11 +196,17 @@ impl Pool {
                     Arc::clone,
                 )
         });
+        let sticky = config
+            .sticky
+            .as_ref()
+            .map(|sticky| Sticky::new(&config.name, sticky, &endpoints));
         Pool {
             name: Arc::clone(&config.name),
             algorithm: config.algorithm,
             endpoints,
             balancer,
+            hash_key: config.hash_key.clone().map(RequestKey::new),
+            sticky,
             settings: PoolSettings {
                 connect_timeout: config.connect_timeout,
                 request_timeout: config.request_timeout,
@@ -227,6 +243,53 @@ impl Pool {
         Budget {
             request_timeout: self.settings.request_timeout,
             retries: self.settings.retries,
+        }
+    }
+
+    /// What the balancer needs of an HTTP request (its head as the client sent it): its hash
+    /// key and sticky pin, when the pool uses them. Other pools pay one branch each.
+    pub(crate) fn selection(
+        &self,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        client: &ClientInfo,
+    ) -> Tried {
+        if self.hash_key.is_none() && self.sticky.is_none() {
+            return Tried::default();
+        }
+        let key = self
+            .hash_key
+            .as_ref()
+            .and_then(|key| key.hash(uri, headers, &client.ip));
+        let pinned = self
+            .sticky
+            .as_ref()
+            .and_then(|sticky| sticky.pinned(headers));
+        Tried::new(key, pinned, client.proto.as_bytes() == b"https")
+    }
+
+    /// [`Pool::selection`] for a TCP connection from `client`: its IP is the only key.
+    pub(crate) fn connection_selection(&self, client: std::net::IpAddr) -> Tried {
+        match self.hash_key {
+            Some(_) => Tried::new(Some(crate::balance::ip_hash(client)), None, false),
+            None => Tried::default(),
+        }
+    }
+
+    /// Adds the sticky cookie to a response when the backend that answered (the last one in
+    /// `tried`) is not the one the request's cookie named.
+    pub(crate) fn pin(&self, tried: &Tried, headers: &mut http::HeaderMap) {
+        let (Some(sticky), Some(served)) = (&self.sticky, tried.last()) else {
+            return;
+        };
+        let why = match tried.pinned() {
+            Some(pinned) if pinned == served => return,
+            Some(_) => Repin::Moved,
+            None => Repin::New,
+        };
+        if let Some(cookie) = sticky.pin(served, tried.secure(), why) {
+            tracing::debug!(pool = %self.name, backend = %self.endpoints[served].backend.name, reason = ?why, "sticky: client pinned to backend");
+            headers.append(http::header::SET_COOKIE, cookie);
         }
     }
 

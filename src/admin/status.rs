@@ -138,6 +138,8 @@ pub(crate) struct PoolStatus {
     queued: usize,
     /// The retry budget's settings and its last 10 s (`null`: no budget).
     retry_budget: Option<RetryBudgetStatus>,
+    /// The name of the pool's sticky cookie (`null`: not sticky).
+    sticky_cookie: Option<String>,
     backends: Vec<BackendStatus>,
 }
 
@@ -177,6 +179,9 @@ pub(super) struct BackendStatus {
     /// `peak_ewma` pools: the latency estimate the algorithm uses now, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     ewma_ms: Option<f64>,
+    /// `consistent_hash` pools: its share of the hash ring, in percent (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    table_share: Option<f64>,
 }
 
 impl Status {
@@ -195,7 +200,8 @@ impl Status {
                 let mut backends: Vec<BackendStatus> = pool
                     .endpoints
                     .iter()
-                    .map(|endpoint| {
+                    .enumerate()
+                    .map(|(index, endpoint)| {
                         let weight = endpoint.weight.get();
                         let fraction = endpoint
                             .backend
@@ -208,6 +214,7 @@ impl Status {
                             None,
                         );
                         status.ewma_ms = pool.latency_estimate_ms(&endpoint.backend);
+                        status.table_share = pool.balancer.table_share(index);
                         status
                     })
                     .collect();
@@ -234,6 +241,10 @@ impl Status {
                             allowed: usage.allowed,
                         }
                     }),
+                    sticky_cookie: pool
+                        .sticky
+                        .as_ref()
+                        .map(|sticky| sticky.cookie().to_owned()),
                     backends,
                 }
             })
@@ -296,6 +307,7 @@ fn backend_status(
         last_error: backend.health.last_error(),
         last_minute: backend.metrics.window.summary(),
         ewma_ms: None,
+        table_share: None,
     }
 }
 

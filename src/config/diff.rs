@@ -217,6 +217,12 @@ fn pool_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<String> {
             budget(new.retry_budget)
         ));
     }
+    if (&old.hash_key, old.hash_balance_factor) != (&new.hash_key, new.hash_balance_factor) {
+        changes.push("hash_key/hash_balance_factor changed".to_owned());
+    }
+    if old.sticky != new.sticky {
+        changes.push("sticky changed".to_owned());
+    }
     if (old.max_idle_per_backend, old.idle_timeout) != (new.max_idle_per_backend, new.idle_timeout)
     {
         changes.push("upstream keep-alive settings changed (apply to new backends)".to_owned());

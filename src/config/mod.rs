@@ -20,9 +20,9 @@ pub use error::{ConfigError, Problem};
 pub use token::TokenError;
 pub use types::{
     AdminConfig, AdminToken, Algorithm, BackendConfig, CheckKind, ClientLimits, Config, EwmaConfig,
-    HeaderMatch, HealthCheckConfig, HostMatch, Http2Limits, ListenerConfig, MirrorConfig,
+    HashKey, HeaderMatch, HealthCheckConfig, HostMatch, Http2Limits, ListenerConfig, MirrorConfig,
     PassiveConfig, PathMatch, PoolConfig, Protocol, ProxyProtocol, QueueConfig, RetryBudgetConfig,
-    RouteAction, RouteConfig, RuntimeConfig, StatusSet,
+    RouteAction, RouteConfig, RuntimeConfig, StatusSet, StickyConfig,
 };
 
 pub(crate) use crate::tls::UpstreamTlsConfig;

@@ -284,6 +284,12 @@ pub(super) struct RawPool {
     pub default_rtt: Option<Spanned<String>>,
     /// Retries allowed on top of live requests over a 10 s window.
     pub retry_budget: Option<Spanned<RawRetryBudget>>,
+    /// `consistent_hash`: what to hash (`header:NAME`, `cookie:NAME`, `client_ip`, `path`, `uri`).
+    pub hash_key: Option<Spanned<String>>,
+    /// `consistent_hash`: bounded load, percent of a backend's share of the in-flight requests.
+    pub hash_balance_factor: Option<Spanned<i64>>,
+    /// `[pools.NAME.sticky]`: cookie-based session affinity.
+    pub sticky: Option<Spanned<RawSticky>>,
 }
 
 /// `retry_budget = { percent = N, min_per_second = N }`.
@@ -294,6 +300,19 @@ pub(super) struct RawRetryBudget {
     pub percent: Option<Spanned<i64>>,
     /// Retries allowed per second regardless of traffic.
     pub min_per_second: Option<Spanned<i64>>,
+}
+
+/// `[pools.NAME.sticky]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSticky {
+    /// The cookie's name.
+    pub cookie: Option<Spanned<String>>,
+    /// The cookie's `Max-Age`; absent: a session cookie.
+    pub ttl: Option<Spanned<String>>,
+    /// Mixed into the key the cookie values are made with, so they cannot be matched to
+    /// backend addresses by someone who knows the config but not the secret.
+    pub secret: Option<Spanned<String>>,
 }
 
 /// `[pools.NAME.tls]`.
@@ -370,6 +389,8 @@ pub(super) enum RawAlgorithm {
     LeastConnections,
     /// Power of two choices over peak-EWMA latency × (in-flight + 1).
     PeakEwma,
+    /// A weighted hash ring keyed by part of the request.
+    ConsistentHash,
 }
 
 /// A backend: `"host:port"` or `{ address = "host:port", weight = N, max_connections = N }`.

@@ -290,6 +290,9 @@ pub enum Algorithm {
     /// Power of two random choices, the cheaper by peak-EWMA latency × (in-flight + 1) per
     /// unit of weight (the pool's [`EwmaConfig`]).
     PeakEwma,
+    /// A weighted hash ring over the backends' configured addresses: a request's
+    /// [`HashKey`] picks its backend, the same on every instance with the same config.
+    ConsistentHash,
 }
 
 impl Algorithm {
@@ -299,6 +302,7 @@ impl Algorithm {
             Algorithm::RoundRobin => "round_robin",
             Algorithm::LeastConnections => "least_connections",
             Algorithm::PeakEwma => "peak_ewma",
+            Algorithm::ConsistentHash => "consistent_hash",
         }
     }
 }
@@ -350,6 +354,13 @@ pub struct PoolConfig {
     pub ewma: EwmaConfig,
     /// Retries allowed on top of live requests; `None`: only `retries` bounds them.
     pub retry_budget: Option<RetryBudgetConfig>,
+    /// `consistent_hash` pools: what part of a request picks its backend (tcp: the client IP).
+    pub hash_key: Option<HashKey>,
+    /// `consistent_hash` pools: a backend with more in flight than this percent of its share
+    /// of the pool's in-flight requests (plus one) is passed over; 0 = unbounded.
+    pub hash_balance_factor: u16,
+    /// `[pools.NAME.sticky]`: pin clients to the backend that first served them, by cookie.
+    pub sticky: Option<StickyConfig>,
 }
 
 /// How `peak_ewma` estimates a backend's latency.
@@ -379,6 +390,43 @@ pub struct RetryBudgetConfig {
     pub percent: u32,
     /// Retries allowed per second whatever the traffic, so a quiet pool can still retry.
     pub min_per_second: u32,
+}
+
+/// What a `consistent_hash` pool hashes to pick a backend (`hash_key`). A request without it
+/// is balanced round-robin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The first value of this request header (`header:NAME`).
+    Header(http::HeaderName),
+    /// The value of this cookie (`cookie:NAME`).
+    Cookie(Box<str>),
+    /// The client's IP address (the only key of tcp pools).
+    ClientIp,
+    /// The request path, without the query.
+    Path,
+    /// The request path and query.
+    Uri,
+}
+
+/// `[pools.NAME.sticky]`: a cookie naming the backend that served the client.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    /// The cookie's name.
+    pub cookie: Box<str>,
+    /// Its `Max-Age`; `None`: a session cookie.
+    pub ttl: Option<Duration>,
+    /// Mixed with the pool name into the key the cookie values are made with (see
+    /// `balance::sticky`). Not shown by `Debug`.
+    pub secret: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for StickyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StickyConfig")
+            .field("cookie", &self.cookie)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Active health checks of one pool.

@@ -168,6 +168,14 @@ fn describe() {
         names::ADMIN_REFUSED,
         "Admin requests refused, by reason (host: Host not accepted; origin: cross-origin; token: missing or wrong bearer token)."
     );
+    describe_counter!(
+        names::STICKY_PINS,
+        "Sticky cookies set, by reason (new: no valid cookie; moved: its backend could not serve)."
+    );
+    describe_counter!(
+        names::HASH_SPILLED,
+        "consistent_hash picks that passed the key's backend over for being above hash_balance_factor."
+    );
 }
 
 /// Records a reload attempt.

@@ -59,3 +59,8 @@ pub(crate) const BACKEND_TRANSITIONS: &str = "fulcrum_backend_transitions_total"
 pub(crate) const ADMIN_REFUSED: &str = "fulcrum_admin_refused_total";
 /// HTTP/2 client connections fulcrum ended with GOAWAY for abuse or a protocol error, by reason.
 pub(crate) const HTTP2_GOAWAY: &str = "fulcrum_http2_goaway_total";
+/// Sticky cookies set, by pool and reason (`new`: the request named no backend; `moved`: its
+/// backend could not serve it).
+pub(crate) const STICKY_PINS: &str = "fulcrum_sticky_pins_total";
+/// `consistent_hash` picks that passed a key's backend over for being above the load bound.
+pub(crate) const HASH_SPILLED: &str = "fulcrum_hash_spilled_total";

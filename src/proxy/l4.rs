@@ -18,7 +18,6 @@ use super::activity::ActivityIo;
 use super::proxy_protocol;
 use super::sni::{self, Hello};
 use crate::backend::{Backend, InFlight};
-use crate::balance::Tried;
 use crate::metrics::ListenerMetrics;
 use crate::pool::Pool;
 use crate::snapshot::SharedState;
@@ -211,7 +210,7 @@ async fn connect(
     listener: &Arc<str>,
     client: SocketAddr,
 ) -> Option<(TcpStream, InFlight)> {
-    let mut tried = Tried::default();
+    let mut tried = pool.connection_selection(client.ip());
     let mut last: Option<(Arc<Backend>, ConnectError)> = None;
     loop {
         let (backend, in_flight) = match pool.next_attempt(&mut tried, pool.settings.retries).await

@@ -181,3 +181,38 @@ async fn dashboard_renders_every_backend_in_chromium() {
     traffic.abort();
     balancer.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_hash_shares_and_the_sticky_cookie_in_chromium() {
+    let Some(browser) = common::tools::require_tool("chromium") else {
+        return;
+    };
+    let a = TestBackend::spawn("a").await;
+    let b = TestBackend::spawn("b").await;
+    let (mut balancer, admin) = TestBalancer::builder()
+        .algorithm("consistent_hash")
+        .backend(a.addr())
+        .weighted(b.addr(), 3)
+        .pool("hash_key", "\"header:x-user-id\"")
+        .pool("sticky", "{ cookie = \"srv\" }")
+        .start_with_admin()
+        .await;
+    let document = status(admin).await;
+    let dom = chromium(&browser, &format!("http://{admin}/"), &["--dump-dom"]).await;
+    assert!(dom.contains("data-loaded=\"true\""), "rendered:\n{dom}");
+    assert!(
+        dom.contains(">sticky cookie srv</span>"),
+        "sticky tag:\n{dom}"
+    );
+    for address in [a.addr(), b.addr()] {
+        let share = backend(&document, address)["table_share"]
+            .as_f64()
+            .expect("a table_share");
+        let shown = format!(
+            "<div><dt>hash share</dt><dd data-field=\"table_share\">{} %</dd></div>",
+            (share * 10.0).round() / 10.0
+        );
+        assert!(dom.contains(&shown), "{shown} not on the page:\n{dom}");
+    }
+    balancer.stop().await;
+}

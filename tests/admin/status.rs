@@ -209,3 +209,49 @@ async fn unknown_admin_paths_are_not_found() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn status_shows_hash_shares_and_the_sticky_cookie_and_metrics_count_pins() {
+    bounded(async {
+        let a = TestBackend::spawn("a").await;
+        let b = TestBackend::spawn("b").await;
+        let (mut balancer, admin) = TestBalancer::builder()
+            .pool_name("hashed")
+            .algorithm("consistent_hash")
+            .backend(a.addr())
+            .weighted(b.addr(), 3)
+            .pool("hash_key", "\"path\"")
+            .pool("sticky", "{ cookie = \"srv\" }")
+            .start_with_admin()
+            .await;
+        let document = status(admin).await;
+        let pool = &document["pools"][0];
+        assert_eq!(pool["algorithm"], "consistent_hash");
+        assert_eq!(pool["sticky_cookie"], "srv");
+        let share = |address| {
+            backend(&document, address)["table_share"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("a table_share for {address}:\n{document:#}"))
+        };
+        let (light, heavy) = (share(a.addr()), share(b.addr()));
+        assert!((light + heavy - 100.0).abs() < 1e-6, "{light} + {heavy}");
+        assert!(
+            (2.0..=4.5).contains(&(heavy / light)),
+            "weight 3 vs 1: {heavy} / {light}"
+        );
+
+        // One request without a cookie: one pin made, counted as new.
+        let mut client = balancer.client().await;
+        let response = client.get("/").await.expect("request");
+        assert!(response.headers.contains_key("set-cookie"));
+        let (metrics, text) = scrape(admin).await;
+        let series = [("pool", "hashed"), ("reason", "new")];
+        assert_eq!(
+            metrics.expect("fulcrum_sticky_pins_total", &series, &text),
+            1.0
+        );
+        drop(client);
+        balancer.stop().await;
+    })
+    .await;
+}

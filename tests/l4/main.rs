@@ -8,6 +8,7 @@ mod common;
 mod balancing;
 mod config;
 mod connections;
+mod hashing;
 mod proxy_protocol;
 mod redis;
 

@@ -5,6 +5,7 @@ mod common;
 
 mod balancing;
 mod connections;
+mod hashing;
 mod http2;
 mod http2_abuse;
 mod messages;

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod hashing;
 mod listeners;
 mod pools;
 mod triggers;

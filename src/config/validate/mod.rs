@@ -4,6 +4,7 @@
 //! `pool` and `health` check their sections, with the shared value checks of `checker`.
 
 mod admin;
+mod balancing;
 mod checker;
 mod ewma_budget;
 mod health;
@@ -202,6 +203,9 @@ impl Checker<'_> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod balancing_tests;
 
 #[cfg(test)]
 mod route_tests;

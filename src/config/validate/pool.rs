@@ -100,9 +100,11 @@ impl Checker<'_> {
             None | Some(RawAlgorithm::RoundRobin) => Algorithm::RoundRobin,
             Some(RawAlgorithm::LeastConnections) => Algorithm::LeastConnections,
             Some(RawAlgorithm::PeakEwma) => Algorithm::PeakEwma,
+            Some(RawAlgorithm::ConsistentHash) => Algorithm::ConsistentHash,
         };
         let ewma = self.ewma(&key, raw);
         let retry_budget = self.retry_budget(&key, raw.retry_budget.as_ref());
+        let balancing = self.balancing(&key, raw, algorithm, protocol);
         let backends = self.backends(&key, &raw.backends);
         let connect_timeout = self.duration(
             raw.connect_timeout.as_ref(),
@@ -187,6 +189,9 @@ impl Checker<'_> {
             passive: passive?,
             ewma: ewma?,
             retry_budget: retry_budget?,
+            hash_key: balancing.as_ref()?.hash_key.clone(),
+            hash_balance_factor: balancing.as_ref()?.hash_balance_factor,
+            sticky: balancing?.sticky,
         })
     }
 

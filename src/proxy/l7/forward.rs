@@ -22,13 +22,16 @@ use crate::upstream::{self, Conn, RequestBody, ResponseBody, h1};
 const STALE_CONNECTION_ATTEMPTS: usize = 3;
 
 /// Where and when a request arrived: the listener labels its metrics, and the arrival time
-/// starts its duration and serves as the first attempt's clock reading.
+/// starts its duration and serves as the first attempt's clock reading. `selection` is what the
+/// request pins the balancer to: its hash key and sticky cookie ([`Pool::selection`]).
 pub(super) struct Arrival<'a> {
     pub(super) listener: &'a Arc<str>,
     pub(super) started: Instant,
+    pub(super) selection: Tried,
 }
 
-/// Sends `request` to a backend of `pool`.
+/// Sends `request` to a backend of `pool`. On a sticky pool, the response pins the client
+/// anew when another backend than its cookie's served it.
 ///
 /// A failed connect moves on to a backend not yet tried, up to the pool's retry budget (nothing
 /// was sent, so this is safe for every method). A backend that fails *after* the request was
@@ -42,14 +45,18 @@ pub(super) fn forward(
     pool: &Pool,
     mut request: Request<RequestBody>,
     forwarding: &Forwarding<'_>,
-    Arrival { listener, started }: Arrival<'_>,
+    Arrival {
+        listener,
+        started,
+        selection,
+    }: Arrival<'_>,
     mut tunnel: Option<Tunnel>,
     served_by: &mut Option<Arc<str>>,
     budget: Budget,
 ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
     async move {
         let replay = Replay::of(&request, pool, budget.retries);
-        let mut tried = Tried::default();
+        let mut tried = selection;
         let mut last_error = None;
         let mut last_backend: Option<&Arc<Backend>> = None;
         // When `request_timeout` ends, from the first attempt's send on.
@@ -116,7 +123,8 @@ pub(super) fn forward(
                         let Some(tunnel) = tunnel.take() else {
                             return Err(ProxyError::Protocol("101 without an upgrade request"));
                         };
-                        let (parts, body) = response.into_parts();
+                        let (mut parts, body) = response.into_parts();
+                        pool.pin(&tried, &mut parts.headers);
                         // The connection now belongs to the tunnel, never to the idle pool.
                         let upstream = match body {
                             ResponseBody::Http1(body) => body.into_upgraded(),
@@ -130,7 +138,8 @@ pub(super) fn forward(
                         tunnel.start(upstream, in_flight);
                         return Ok(Response::from_parts(parts, ProxyBody::local(Bytes::new())));
                     }
-                    let (parts, body) = response.into_parts();
+                    let (mut parts, body) = response.into_parts();
+                    pool.pin(&tried, &mut parts.headers);
                     let body = ProxyBody::upstream(body, in_flight);
                     return Ok(Response::from_parts(parts, body));
                 }

@@ -213,6 +213,7 @@ impl Handler {
                     if let Some(copy) = copy {
                         copy.send(self.client.clone(), Arc::clone(&self.listener.name));
                     }
+                    let selection = pool.selection(request.uri(), request.headers(), &self.client);
                     let (forwarding, tunnel, access) = self.prepare(&mut request, &pool);
                     let mut served_by = None;
                     let (upload, progress) =
@@ -224,6 +225,7 @@ impl Handler {
                         Arrival {
                             listener: &self.listener.name,
                             started,
+                            selection,
                         },
                         tunnel,
                         &mut served_by,

@@ -95,6 +95,8 @@ impl Copy {
                     },
                 };
                 let (mut parts, ()) = head.into_parts();
+                // The copy hashes like the original would on the mirror's pool.
+                let selection = mirror.pool.selection(&parts.uri, &parts.headers, &client);
                 let client_version = parts.version;
                 parts.version = Version::HTTP_11;
                 let mut uri = std::mem::take(&mut parts.uri);
@@ -104,6 +106,7 @@ impl Copy {
                 let arrival = Arrival {
                     listener: &listener,
                     started: Instant::now(),
+                    selection,
                 };
                 let request = Request::from_parts(parts, body);
                 let budget = mirror.pool.budget();
