@@ -57,6 +57,7 @@ mod limit;
 mod metrics;
 mod pool;
 mod proxy;
+mod rate_limit;
 pub mod reload;
 mod route;
 pub mod server;

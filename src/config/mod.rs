@@ -21,8 +21,8 @@ pub use token::TokenError;
 pub use types::{
     AdminConfig, AdminToken, Algorithm, BackendConfig, CheckKind, ClientLimits, Config,
     HeaderMatch, HealthCheckConfig, HostMatch, Http2Limits, ListenerConfig, MirrorConfig,
-    PassiveConfig, PathMatch, PoolConfig, Protocol, ProxyProtocol, QueueConfig, RouteAction,
-    RouteConfig, RuntimeConfig, StatusSet,
+    PassiveConfig, PathMatch, PoolConfig, Protocol, ProxyProtocol, QueueConfig, RateLimitConfig,
+    RateLimitKey, RouteAction, RouteConfig, RuntimeConfig, StatusSet,
 };
 
 pub(crate) use crate::tls::UpstreamTlsConfig;

@@ -57,3 +57,8 @@ pub(crate) const BACKEND_TRANSITIONS: &str = "fulcrum_backend_transitions_total"
 pub(crate) const ADMIN_REFUSED: &str = "fulcrum_admin_refused_total";
 /// HTTP/2 client connections fulcrum ended with GOAWAY for abuse or a protocol error, by reason.
 pub(crate) const HTTP2_GOAWAY: &str = "fulcrum_http2_goaway_total";
+/// Requests (tcp listeners: connections) refused by a rate limit, by listener and route (`-`:
+/// the listener's own limit).
+pub(crate) const RATE_LIMITED: &str = "fulcrum_rate_limited_total";
+/// Gauge: client keys a rate limit tracks (as of its last sweep), by listener and route.
+pub(crate) const RATE_LIMIT_KEYS: &str = "fulcrum_rate_limit_keys";

@@ -8,6 +8,7 @@ mod checker;
 mod health;
 mod listener;
 mod pool;
+mod rate_limit;
 mod route;
 mod route_action;
 mod shadow;

@@ -119,6 +119,7 @@ impl HttpListener {
             framing,
             upgrade: Arc::clone(&upgrade),
             tls,
+            peer: peer.ip(),
         });
         let mut service = {
             let activity = Arc::clone(&activity);
