@@ -104,7 +104,8 @@ impl RateLimiter {
     }
 
     fn new(config: &RateLimitConfig, listener: &Arc<str>, route: Option<&Arc<str>>) -> Self {
-        // Validation bounds interval × burst to a year, far from the overflow of nanoseconds.
+        // Validation keeps the interval at 1 ns or more (`with_period` refuses only zero) and
+        // interval × burst within a year, far from the overflow of governor's nanoseconds.
         let quota = Quota::with_period(config.interval)
             .unwrap_or_else(|| Quota::per_second(config.burst))
             .allow_burst(config.burst);
