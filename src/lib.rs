@@ -26,6 +26,8 @@
 //! - `health/`: the pure state `machine`, the shared `Health` the hot path reads, and the
 //!   `checker` tasks.
 //! - `limit`: connection caps (listeners' and backends' `max_connections`) and their waiters.
+//! - `rate_limit/`: per-client request rates (GCRA per listener and route, kept in the router),
+//!   the client `key` (the trusted `X-Forwarded-For` walk) and the sweeper of idle keys.
 //! - `http/`: wire rules: hop-by-hop and forwarding `headers`, `wire` numbers (lengths, chunk
 //!   sizes).
 //! - `upstream/`: the backend side: `connect`, one `conn` of either protocol, the `idle_pool`,
@@ -58,6 +60,7 @@ mod limit;
 mod metrics;
 mod pool;
 mod proxy;
+mod rate_limit;
 pub mod reload;
 mod retry_budget;
 mod route;

@@ -25,7 +25,8 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Builds the snapshot for `config`, reusing the live state of every backend that
-    /// `previous` already had (same pool name, same address).
+    /// `previous` already had (same pool name, same address), and each rate limit whose
+    /// listener (or route) and settings are unchanged.
     pub fn build(config: Arc<Config>, previous: Option<&Snapshot>) -> Snapshot {
         let pools: Vec<Arc<Pool>> = config
             .pools
@@ -43,7 +44,8 @@ impl Snapshot {
             .iter()
             .map(|listener| {
                 let fallback = listener.pool.as_deref().and_then(pool_of);
-                let router = Router::build(&listener.name, &listener.routes, fallback, pool_of);
+                let previous = previous.and_then(|p| p.router_for(&listener.name));
+                let router = Router::build(listener, previous, fallback, pool_of);
                 (Arc::clone(&listener.name), router)
             })
             .collect();

@@ -7,8 +7,10 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use crate::backend::Backend;
-use crate::config::{RouteAction, RouteConfig};
+use crate::config::{RateLimitConfig, RouteAction, RouteConfig};
 use crate::metrics::{ListenerMetrics, RouteMetrics, WindowSummary};
+use crate::rate_limit::RateLimiter;
+use crate::route::Route;
 use crate::snapshot::Snapshot;
 
 /// A running listener as the status API shows it.
@@ -89,6 +91,36 @@ pub(crate) struct ListenerStatus {
     connections_active: u64,
     /// The cap on open connections (`null`: none).
     max_connections: Option<std::num::NonZeroUsize>,
+    /// Its own rate limit (`null`: none).
+    rate_limit: Option<RateLimitStatus>,
+}
+
+/// A rate limit's settings and the client keys it tracks now.
+#[derive(Debug, Serialize)]
+pub(crate) struct RateLimitStatus {
+    requests_per_second: f64,
+    burst: u32,
+    /// `client_ip` or `header:NAME`.
+    key: String,
+    trusted_proxies: Vec<String>,
+    /// Keys in its table (`null`: not live yet, mid-reload).
+    tracked_keys: Option<usize>,
+}
+
+impl RateLimitStatus {
+    fn of(config: &RateLimitConfig, live: Option<&RateLimiter>) -> Self {
+        RateLimitStatus {
+            requests_per_second: config.requests_per_second(),
+            burst: config.burst.get(),
+            key: config.key.to_string(),
+            trusted_proxies: config
+                .trusted_proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            tracked_keys: live.map(RateLimiter::tracked_keys),
+        }
+    }
 }
 
 /// One route of a listener.
@@ -101,10 +133,14 @@ pub(crate) struct RouteStatus {
     pools: Vec<String>,
     /// The last minute of requests it took (`null` if it does not serve yet, mid-reload).
     last_minute: Option<WindowSummary>,
+    /// Its own rate limit (`null`: none).
+    rate_limit: Option<RateLimitStatus>,
 }
 
 impl RouteStatus {
-    fn of(route: &RouteConfig, metrics: Option<&RouteMetrics>) -> Self {
+    fn of(route: &RouteConfig, live: Option<&Route>) -> Self {
+        let metrics: Option<&RouteMetrics> = live.map(|live| &*live.metrics);
+        let limiter = live.and_then(|live| live.rate_limit.as_deref());
         let action = match route.action {
             RouteAction::Pool(_) => "pool",
             RouteAction::Split(_) => "split",
@@ -121,6 +157,10 @@ impl RouteStatus {
                 .map(|pool| pool.to_string())
                 .collect(),
             last_minute: metrics.map(|metrics| metrics.window.summary()),
+            rate_limit: route
+                .rate_limit
+                .as_ref()
+                .map(|config| RateLimitStatus::of(config, limiter)),
         }
     }
 }
@@ -260,18 +300,18 @@ impl Status {
                     .routes
                     .iter()
                     .map(|route| {
-                        let live = snapshot.router_for(&listener.name).and_then(|router| {
-                            router
-                                .routes()
-                                .iter()
-                                .map(|live| &live.metrics)
-                                .find(|metrics| metrics.name == route.name)
-                        });
-                        RouteStatus::of(route, live.map(|metrics| &**metrics))
+                        let live = snapshot
+                            .router_for(&listener.name)
+                            .and_then(|router| router.route_named(&route.name));
+                        RouteStatus::of(route, live)
                     })
                     .collect(),
                 connections_active: listener.metrics.active.load(Ordering::Relaxed),
                 max_connections: listener.max_connections,
+                rate_limit: snapshot
+                    .router_for(&listener.name)
+                    .and_then(|router| router.rate_limit())
+                    .map(|live| RateLimitStatus::of(live.config(), Some(live))),
             })
             .collect();
         Status {

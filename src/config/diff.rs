@@ -251,6 +251,9 @@ fn listener_changes(old: &ListenerConfig, new: &ListenerConfig) -> Vec<String> {
     if old.limits != new.limits {
         changes.push("client limits changed".to_owned());
     }
+    if old.rate_limit != new.rate_limit {
+        changes.push("rate_limit changed (its buckets start afresh)".to_owned());
+    }
     if old.max_connections != new.max_connections {
         changes.push(format!(
             "max_connections {}→{}",

@@ -21,8 +21,9 @@ pub use token::TokenError;
 pub use types::{
     AdminConfig, AdminToken, Algorithm, BackendConfig, CheckKind, ClientLimits, Config, EwmaConfig,
     HashKey, HeaderMatch, HealthCheckConfig, HostMatch, Http2Limits, ListenerConfig, MirrorConfig,
-    PassiveConfig, PathMatch, PoolConfig, Protocol, ProxyProtocol, QueueConfig, RetryBudgetConfig,
-    RouteAction, RouteConfig, RuntimeConfig, StatusSet, StickyConfig,
+    PassiveConfig, PathMatch, PoolConfig, Protocol, ProxyProtocol, QueueConfig, RateLimitConfig,
+    RateLimitKey, RetryBudgetConfig, RouteAction, RouteConfig, RuntimeConfig, StatusSet,
+    StickyConfig,
 };
 
 pub(crate) use crate::tls::UpstreamTlsConfig;

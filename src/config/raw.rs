@@ -100,6 +100,22 @@ pub(super) struct RawListener {
     /// `[[listeners.routes]]`: tried in file order, the first match wins.
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
+    /// `[listeners.rate_limit]`: requests (tcp: connections) per client.
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
+}
+
+/// `[listeners.rate_limit]` and a route's `rate_limit`: GCRA per client key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRateLimit {
+    /// Sustained rate per key; fractions allowed (`0.5`: one request every two seconds).
+    pub requests_per_second: Spanned<f64>,
+    /// Requests a key may make at once after being idle; default: one second's worth.
+    pub burst: Option<Spanned<i64>>,
+    /// `"client_ip"` (default) or `"header:NAME"`.
+    pub key: Option<Spanned<String>>,
+    /// CIDRs (or addresses) whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 /// One `[[listeners.routes]]` entry: what it matches and what it does.
@@ -138,6 +154,8 @@ pub(super) struct RawRoute {
     pub request_timeout: Option<Spanned<String>>,
     /// Overrides the pool's `retries` for this route's requests.
     pub retries: Option<Spanned<i64>>,
+    /// The route's own rate limit, checked after the listener's.
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
 }
 
 /// `mirror = { pool, percent, max_in_flight, max_body }`.

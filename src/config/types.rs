@@ -108,6 +108,8 @@ pub struct ListenerConfig {
     pub max_connections: Option<NonZeroUsize>,
     /// HTTP listeners: terminate TLS with these settings.
     pub tls: Option<TlsSettings>,
+    /// Requests (tcp: new connections) per client, checked before routing.
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 impl ListenerConfig {
@@ -146,6 +148,48 @@ pub struct RouteConfig {
     pub request_timeout: Option<std::time::Duration>,
     /// The route's own `retries`, instead of its pool's.
     pub retries: Option<u32>,
+    /// The route's own rate limit, checked after the listener's (http routes only).
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// A rate limit (`[listeners.rate_limit]` or a route's): GCRA per client key, so a key may
+/// send `burst` requests at once and then one per `interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// Time per request at the sustained rate: 1 / `requests_per_second`, at least 1 ns.
+    pub interval: Duration,
+    /// Requests a key may send at once after it was idle; at least 1.
+    pub burst: NonZeroU32,
+    /// What a request is counted against.
+    pub key: RateLimitKey,
+    /// Peers whose `X-Forwarded-For` is believed (http listeners).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl RateLimitConfig {
+    /// The sustained rate, as configured.
+    pub fn requests_per_second(&self) -> f64 {
+        1.0 / self.interval.as_secs_f64()
+    }
+}
+
+/// What a rate limit counts requests against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// The real client address: the PROXY protocol source, or the socket peer, or (from a
+    /// trusted proxy) the first untrusted address of `X-Forwarded-For` from the right.
+    ClientIp,
+    /// The value of this request header (an API key); requests without it use `ClientIp`.
+    Header(http::HeaderName),
+}
+
+impl std::fmt::Display for RateLimitKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RateLimitKey::ClientIp => f.write_str("client_ip"),
+            RateLimitKey::Header(name) => write!(f, "header:{name}"),
+        }
+    }
 }
 
 /// A route's `mirror`: copies of its requests, sent to `pool` and their responses discarded.

@@ -366,6 +366,29 @@ impl MirrorMetrics {
     }
 }
 
+/// One rate limit's series: refusals, and the keys it tracks.
+#[derive(Debug)]
+pub(crate) struct RateLimitMetrics {
+    /// Requests (tcp: connections) refused.
+    pub refused: Counter,
+    /// Keys tracked, set at each sweep.
+    pub keys: Gauge,
+}
+
+impl RateLimitMetrics {
+    /// Handles for the limit of `route` on `listener` (`None`: the listener's own).
+    pub(crate) fn new(listener: &str, route: Option<&str>) -> Self {
+        let labels = [
+            ("listener", listener.to_owned()),
+            ("route", route.unwrap_or("-").to_owned()),
+        ];
+        RateLimitMetrics {
+            refused: metrics::counter!(names::RATE_LIMITED, &labels),
+            keys: metrics::gauge!(names::RATE_LIMIT_KEYS, &labels),
+        }
+    }
+}
+
 /// A listener's connection and byte counters.
 #[derive(Debug)]
 pub(crate) struct ListenerMetrics {

@@ -18,7 +18,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub(crate) use handles::{
     BackendMetrics, ListenerMetrics, MirrorMetrics, MirrorOutcome, PoolMetrics, QueueOutcome,
-    RetryOutcome, RouteMetrics,
+    RateLimitMetrics, RetryOutcome, RouteMetrics,
 };
 pub(crate) use window::WindowSummary;
 
@@ -163,6 +163,14 @@ fn describe() {
     describe_counter!(
         names::HTTP2_GOAWAY,
         "HTTP/2 client connections ended with GOAWAY, by reason (cancelled_streams: the budget of streams cancelled after dispatch; enhance_your_calm: an h2 limit such as rapid resets or CONTINUATION floods; protocol_error and other error codes)."
+    );
+    describe_counter!(
+        names::RATE_LIMITED,
+        "Requests (tcp listeners: connections) refused by a rate limit, by listener and route (-: the listener's own limit)."
+    );
+    describe_gauge!(
+        names::RATE_LIMIT_KEYS,
+        "Client keys a rate limit tracks, as of its last sweep, by listener and route (-: the listener's own limit)."
     );
     describe_counter!(
         names::ADMIN_REFUSED,

@@ -64,3 +64,8 @@ pub(crate) const HTTP2_GOAWAY: &str = "fulcrum_http2_goaway_total";
 pub(crate) const STICKY_PINS: &str = "fulcrum_sticky_pins_total";
 /// `consistent_hash` picks that passed a key's backend over for being above the load bound.
 pub(crate) const HASH_SPILLED: &str = "fulcrum_hash_spilled_total";
+/// Requests (tcp listeners: connections) refused by a rate limit, by listener and route (`-`:
+/// the listener's own limit).
+pub(crate) const RATE_LIMITED: &str = "fulcrum_rate_limited_total";
+/// Gauge: client keys a rate limit tracks (as of its last sweep), by listener and route.
+pub(crate) const RATE_LIMIT_KEYS: &str = "fulcrum_rate_limit_keys";

@@ -20,6 +20,13 @@ pub(crate) enum ProxyError {
     /// No route of the listener matched and it has no fallback pool.
     #[error("no route matches the request")]
     NoRoute,
+    /// The client is over a rate limit of the listener or its route: answered by fulcrum, no
+    /// backend involved, and the connection stays open.
+    #[error("rate limited; retry after {retry_after} s")]
+    RateLimited {
+        /// Whole seconds until the client's key may send again (`Retry-After`).
+        retry_after: u64,
+    },
     /// The request names a host its TLS connection's certificate was not chosen for.
     #[error("the connection was set up for another host's certificate")]
     Misdirected,
@@ -144,6 +151,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::Client(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::NoBackend { .. } | ProxyError::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Protocol(_) => {
                 StatusCode::BAD_GATEWAY
@@ -186,6 +194,10 @@ impl ProxyError {
             ProxyError::NoRoute => {
                 format!("{} {reason}: no route for this request\n", status.as_u16())
             }
+            ProxyError::RateLimited { retry_after } => format!(
+                "{} {reason}: rate limit exceeded; retry after {retry_after} s\n",
+                status.as_u16()
+            ),
             _ => format!("{} {reason}\n", status.as_u16()),
         };
         let mut response = Response::new(ProxyBody::local(Bytes::from(body)));
@@ -205,6 +217,9 @@ impl ProxyError {
             ProxyError::Queue(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            ProxyError::RateLimited { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
             _ => {}
         }
         response
@@ -223,6 +238,7 @@ mod tests {
             (ProxyError::BadRequest("x"), 400),
             (ProxyError::NoRoute, 404),
             (ProxyError::Misdirected, 421),
+            (ProxyError::RateLimited { retry_after: 3 }, 429),
             (
                 ProxyError::NoBackend {
                     pool: "p".into(),
@@ -257,8 +273,12 @@ mod tests {
             assert_eq!(response.status().as_u16(), status);
             assert_eq!(
                 response.headers().contains_key(header::RETRY_AFTER),
-                status == 503
+                status == 503 || status == 429
             );
+            if status == 429 {
+                assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+                assert!(!response.headers().contains_key(header::CONNECTION));
+            }
         }
     }
 }

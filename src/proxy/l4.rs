@@ -88,7 +88,10 @@ impl TcpListener {
         let client = announced.map_or(peer, |(source, _)| source);
         let destination = announced.map(|(_, destination)| destination);
         let mut early_data = early_data;
-        let Some(pool) = self.pool_for(&mut stream, &mut early_data, peer).await else {
+        let Some(pool) = self
+            .pool_for(&mut stream, &mut early_data, peer, client)
+            .await
+        else {
             return;
         };
         let Some((mut upstream, in_flight)) = connect(&pool, &self.name, client).await else {
@@ -143,16 +146,22 @@ impl TcpListener {
 
     /// The pool for this connection: by the server name of its TLS ClientHello when the listener
     /// has SNI routes (the hello's bytes join `early_data`, to be passed on), else the
-    /// listener's pool. `None`: no pool, or the client left before saying which server.
+    /// listener's pool. `None`: no pool, the client left before saying which server, or the
+    /// listener's rate limit refused a new connection from `client` (counted and logged at
+    /// debug by the limiter; the connection is closed at once).
     async fn pool_for(
         &self,
         stream: &mut TcpStream,
         early_data: &mut Vec<u8>,
         peer: SocketAddr,
+        client: SocketAddr,
     ) -> Option<Arc<Pool>> {
         {
             let snapshot = self.state.load();
             let router = snapshot.router_for(&self.name)?;
+            if let Some(limit) = router.rate_limit() {
+                limit.check_connection(client.ip()).ok()?;
+            }
             if !router.has_routes() {
                 return router.fallback().cloned();
             }

@@ -18,10 +18,11 @@ use action::Action;
 pub(crate) use action::{Local, Target};
 pub(crate) use mirror::Mirror;
 
-use crate::config::{HeaderMatch, HostMatch, PathMatch, RouteConfig};
+use crate::config::{HeaderMatch, HostMatch, ListenerConfig, PathMatch, RouteConfig};
 use crate::http::host;
 use crate::metrics::RouteMetrics;
 use crate::pool::{Budget, Pool};
+use crate::rate_limit::RateLimiter;
 
 /// Longest host name looked up (RFC 1035: 253 characters); longer ones match no host route.
 const MAX_HOST: usize = 253;
@@ -38,6 +39,8 @@ pub(crate) struct Router {
     any_host: Box<[u32]>,
     /// The listener's pool, for requests no route takes.
     fallback: Option<Arc<Pool>>,
+    /// The listener's own rate limit, checked before routing.
+    rate_limit: Option<Arc<RateLimiter>>,
 }
 
 /// One route: its conditions and what it does.
@@ -58,17 +61,28 @@ pub(crate) struct Route {
     /// Its own `request_timeout` and `retries`, instead of its pool's.
     request_timeout: Option<std::time::Duration>,
     retries: Option<u32>,
+    /// Its own rate limit, checked after the listener's.
+    pub(crate) rate_limit: Option<Arc<RateLimiter>>,
 }
 
 impl Router {
-    /// The router of listener `listener` for `routes`, with `pool_of` giving each pool a route
-    /// names (validation made sure they exist; a route whose pool is missing anyway is left out).
+    /// The router of `listener` for its routes, with `pool_of` giving each pool a route names
+    /// (validation made sure they exist; a route whose pool is missing anyway is left out).
+    /// Rate limiters whose settings are unchanged since `previous` are carried over with their
+    /// buckets (a route's by its name).
     pub(crate) fn build(
-        listener: &str,
-        routes: &[RouteConfig],
+        listener: &ListenerConfig,
+        previous: Option<&Router>,
         fallback: Option<Arc<Pool>>,
         pool_of: impl Fn(&str) -> Option<Arc<Pool>>,
     ) -> Router {
+        let name = &listener.name;
+        let routes = &listener.routes;
+        let rate_limit = listener.rate_limit.as_ref().map(|config| {
+            let previous = previous.and_then(|router| router.rate_limit.as_ref());
+            RateLimiter::carry(config, previous, name, None)
+        });
+        let listener = &**name;
         let built: Vec<(Route, &RouteConfig)> = routes
             .iter()
             .filter_map(|config| {
@@ -89,6 +103,12 @@ impl Router {
                         retries: config.retries,
                         mirror: config.mirror.as_ref().and_then(|mirror| {
                             Mirror::build(mirror, listener, &config.name, &pool_of).map(Arc::new)
+                        }),
+                        rate_limit: config.rate_limit.as_ref().map(|limit| {
+                            let previous = previous
+                                .and_then(|router| router.route_named(&config.name))
+                                .and_then(|route| route.rate_limit.as_ref());
+                            RateLimiter::carry(limit, previous, name, Some(&config.name))
                         }),
                     },
                     config,
@@ -130,7 +150,20 @@ impl Router {
             wildcard,
             any_host: any_host.into_boxed_slice(),
             fallback,
+            rate_limit,
         }
+    }
+
+    /// The listener's own rate limit.
+    pub(crate) fn rate_limit(&self) -> Option<&Arc<RateLimiter>> {
+        self.rate_limit.as_ref()
+    }
+
+    /// The route called `name`.
+    pub(crate) fn route_named(&self, name: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|route| &*route.metrics.name == name)
     }
 
     /// The listener's pool (for requests no route takes, and TCP listeners).
@@ -156,11 +189,6 @@ impl Router {
     /// Whether the listener has routes.
     pub(crate) fn has_routes(&self) -> bool {
         !self.routes.is_empty()
-    }
-
-    /// The routes in file order.
-    pub(crate) fn routes(&self) -> &[Route] {
-        &self.routes
     }
 
     /// Where a request goes: the first route that matches, else the fallback pool; `None`

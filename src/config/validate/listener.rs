@@ -111,6 +111,12 @@ impl Checker<'_> {
             raw.max_connections.as_ref(),
             &format!("{key}.max_connections"),
         );
+        let rate_limit = match &raw.rate_limit {
+            None => Some(None),
+            Some(limit) => self
+                .rate_limit(&format!("{key}.rate_limit"), limit, protocol)
+                .map(Some),
+        };
         let name = raw.name.get_ref();
         if name.is_empty() {
             self.report(&raw.name, &format!("{key}.name"), "must not be empty");
@@ -124,6 +130,7 @@ impl Checker<'_> {
             tls: tls?,
             pool: pool?,
             routes: routes?,
+            rate_limit: rate_limit?,
             limits: ClientLimits {
                 header_read_timeout: header_read_timeout?,
                 idle_timeout: idle_timeout?,

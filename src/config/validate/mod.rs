@@ -10,6 +10,7 @@ mod ewma_budget;
 mod health;
 mod listener;
 mod pool;
+mod rate_limit;
 mod route;
 mod route_action;
 mod shadow;

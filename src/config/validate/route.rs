@@ -144,6 +144,12 @@ impl Checker<'_> {
                 .mirror(&format!("{key}.mirror"), raw, mirror, config)
                 .map(Some),
         };
+        let rate_limit = match &raw.rate_limit {
+            None => Some(None),
+            Some(limit) => self
+                .rate_limit(&format!("{key}.rate_limit"), limit, Protocol::Http)
+                .map(Some),
+        };
         let strip_prefix = raw.strip_prefix.as_ref().is_some_and(|s| *s.get_ref());
         if let Some(strip) = &raw.strip_prefix {
             if *strip.get_ref() && raw.path_prefix.is_none() {
@@ -167,6 +173,7 @@ impl Checker<'_> {
             mirror: mirror?,
             request_timeout: request_timeout?,
             retries: retries?,
+            rate_limit: rate_limit?,
         })
     }
 

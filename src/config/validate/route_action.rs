@@ -46,6 +46,7 @@ impl Checker<'_> {
                     raw.request_timeout.as_ref().map(Spanned::span),
                 ),
                 ("retries", raw.retries.as_ref().map(Spanned::span)),
+                ("rate_limit", raw.rate_limit.as_ref().map(Spanned::span)),
             ],
         );
         if raw.headers.is_some() || raw.set_request_headers.is_some() {
@@ -83,6 +84,7 @@ impl Checker<'_> {
             mirror: None,
             request_timeout: None,
             retries: None,
+            rate_limit: None,
         })
     }
 

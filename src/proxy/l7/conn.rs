@@ -121,6 +121,7 @@ impl HttpListener {
             tls,
             activity: Arc::clone(&activity),
             idle_timeout: limits.idle_timeout,
+            peer: peer.ip(),
         });
         let mut service = {
             let activity = Arc::clone(&activity);

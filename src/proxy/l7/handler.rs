@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use crate::proxy::activity::{Activity, Exchange};
 use crate::proxy::body::{BodyError, ProxyBody};
 use crate::proxy::error::{ClientFault, ProxyError};
 use crate::proxy::framing::FramingCheck;
+use crate::rate_limit::RateLimiter;
 use crate::route::{Local, Route, Target};
 use crate::tls::SniResolver;
 use crate::upstream::RequestBody;
@@ -160,6 +162,8 @@ pub(super) struct Handler {
     /// The listener's `idle_timeout` when the connection started: an upload quiet that long
     /// gets `408`.
     pub(super) idle_timeout: Duration,
+    /// The socket peer's address (rate limits find the real client from it).
+    pub(super) peer: IpAddr,
 }
 
 /// What a TLS connection was set up for: the server name of its ClientHello and the listener's
@@ -378,10 +382,22 @@ impl Handler {
             }
         }
         let snapshot = self.listener.state.load();
-        let target = snapshot
+        let router = snapshot
             .router_for(&self.listener.name)
-            .and_then(|router| router.route(request.method(), request.uri(), request.headers()))
             .ok_or(ProxyError::NoRoute)?;
+        if let Some(limit) = router.rate_limit() {
+            self.rate_limit(limit, request)?;
+        }
+        let target = router
+            .route(request.method(), request.uri(), request.headers())
+            .ok_or(ProxyError::NoRoute)?;
+        let route = match &target {
+            Target::Forward { route, .. } => *route,
+            Target::Local { route, .. } => Some(*route),
+        };
+        if let Some(limit) = route.and_then(|route| route.rate_limit.as_ref()) {
+            self.rate_limit(limit, request)?;
+        }
         Ok(match target {
             Target::Forward { pool, route } => {
                 if let Some(route) = route {
@@ -404,7 +420,24 @@ impl Handler {
         })
     }
 
+    /// Counts the request against `limit` (a refusal is counted and logged there).
+    fn rate_limit(
+        &self,
+        limit: &RateLimiter,
+        request: &Request<Incoming>,
+    ) -> Result<(), ProxyError> {
+        limit
+            .check_request(self.peer, request.headers())
+            .map_err(|refused| ProxyError::RateLimited {
+                retry_after: refused.retry_after,
+            })
+    }
+
     fn fail(&self, err: &ProxyError, request: &Request<Incoming>) -> Response<ProxyBody> {
+        if let ProxyError::RateLimited { .. } = err {
+            // Logged at debug by the limiter: a flood must not flood the log.
+            return err.to_response();
+        }
         tracing::info!(
             listener = %self.listener.name,
             method = %request.method(),
