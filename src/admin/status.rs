@@ -47,6 +47,8 @@ pub(crate) struct Status {
     pub listeners: Vec<ListenerStatus>,
     /// Pools with their backends.
     pub pools: Vec<PoolStatus>,
+    /// Certificates served by TLS listeners: files and ACME.
+    pub certificates: Vec<crate::tls::CertificateInfo>,
 }
 
 /// The outcome of the last reload.
@@ -237,6 +239,7 @@ impl Status {
             ready,
             listeners,
             pools,
+            certificates: Vec::new(),
         }
     }
 }

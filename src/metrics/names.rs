@@ -57,3 +57,7 @@ pub(crate) const BACKEND_TRANSITIONS: &str = "fulcrum_backend_transitions_total"
 pub(crate) const ADMIN_REFUSED: &str = "fulcrum_admin_refused_total";
 /// HTTP/2 client connections fulcrum ended with GOAWAY for abuse or a protocol error, by reason.
 pub(crate) const HTTP2_GOAWAY: &str = "fulcrum_http2_goaway_total";
+/// Gauge: Unix time at which a served certificate expires (`notAfter`), by listener and name.
+pub(crate) const CERTIFICATE_EXPIRY: &str = "fulcrum_certificate_expiry_seconds";
+/// ACME orders (issuances and renewals), by outcome.
+pub(crate) const ACME_ORDERS: &str = "fulcrum_acme_orders_total";

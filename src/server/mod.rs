@@ -69,6 +69,8 @@ pub struct Server {
     file: Option<(PathBuf, String)>,
     reload_tx: mpsc::Sender<ReloadRequest>,
     reload_rx: mpsc::Receiver<ReloadRequest>,
+    /// ACME certificates, challenges and the certificate book, shared with every listener.
+    acme: Arc<crate::acme::Shared>,
 }
 
 impl Server {
@@ -83,11 +85,18 @@ impl Server {
             .and_then(|_| crate::metrics::install());
         crate::metrics::record_config_loaded();
         let config = Arc::new(config);
+        let acme = Arc::new(crate::acme::Shared::default());
         for listener in &config.listeners {
             if let Some(tls) = &listener.tls {
-                crate::tls::server_config(tls).map_err(|source| ServerError::Tls {
-                    name: Arc::clone(&listener.name),
-                    source,
+                let certificates = crate::tls::Certificates {
+                    issued: &acme.issued,
+                    book: None,
+                };
+                crate::tls::server_config(tls, certificates).map_err(|source| {
+                    ServerError::Tls {
+                        name: Arc::clone(&listener.name),
+                        source,
+                    }
                 })?;
             }
         }
@@ -114,6 +123,7 @@ impl Server {
             file: None,
             reload_tx,
             reload_rx,
+            acme,
         })
     }
 
@@ -156,6 +166,7 @@ impl Server {
             file,
             reload_tx,
             mut reload_rx,
+            acme,
         } = self;
         let stop = CancellationToken::new();
         let (file, source) = file.unzip();
@@ -165,6 +176,7 @@ impl Server {
             file.clone(),
             source.clone(),
             exporter,
+            Arc::clone(&acme),
         ));
         if let Some(exporter) = exporter {
             // Histograms accumulate samples until drained; drain them even if nobody scrapes.
@@ -175,6 +187,7 @@ impl Server {
         every(IDLE_SWEEP_INTERVAL, &stop, move |now| {
             sweep.load().reap_idle(now)
         });
+        let acme_stop = stop.child_token();
         let mut runtime = Runtime {
             config,
             state,
@@ -190,6 +203,8 @@ impl Server {
             cert_watcher: None,
             token_watcher: None,
             reload_handle: ReloadHandle::new(reload_tx.clone()),
+            acme: crate::acme::Manager::new(Arc::clone(&acme), acme_stop),
+            acme_shared: acme,
         };
         runtime.checkers.sync(&runtime.state.load());
         log_startup(&runtime.state.load(), &listeners, admin.as_ref());
@@ -207,6 +222,10 @@ impl Server {
         } else {
             tracing::info!("first health checks done");
         }
+        // Cached (or stand-in) ACME certificates are in place before the first handshake;
+        // orders run in the background.
+        let config = Arc::clone(&runtime.config);
+        runtime.acme.sync(&config);
         for (config, socket) in listeners {
             runtime.start_listener(config, socket);
         }

@@ -47,6 +47,10 @@ pub(crate) struct Runtime {
     pub(crate) token_watcher: Option<notify::RecommendedWatcher>,
     /// For watchers started by reloads.
     pub(crate) reload_handle: ReloadHandle,
+    /// The ACME certificate tasks.
+    pub(crate) acme: crate::acme::Manager,
+    /// What ACME shares with listeners.
+    pub(crate) acme_shared: Arc<crate::acme::Shared>,
 }
 
 pub(crate) struct RunningListener {
@@ -105,6 +109,7 @@ impl Runtime {
                 config.limits.clone(),
                 config.tls.as_ref(),
                 self.deadline.clone(),
+                Arc::clone(&self.acme_shared),
             ) {
                 Ok(http) => Handler::Http(Arc::new(http)),
                 Err(err) => {
