@@ -201,7 +201,7 @@ pub(crate) fn certified_key_from_pem(
 }
 
 /// `chain` with its signing `key`, checked to belong together.
-pub(crate) fn certified_key(
+pub(super) fn certified_key(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<CertifiedKey>, rustls::Error> {

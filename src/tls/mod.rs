@@ -15,6 +15,6 @@ pub(crate) use issued::{
     IssuedCertificates, Source, unix,
 };
 pub(crate) use load::{
-    CertificateFiles, TlsError, certified_key, certified_key_from_pem, load_certificate, load_roots,
+    CertificateFiles, TlsError, certified_key_from_pem, load_certificate, load_roots,
 };
 pub(crate) use server::{Certificates, MinVersion, SniResolver, TlsSettings, files, server_config};

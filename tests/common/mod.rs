@@ -12,6 +12,8 @@
 //! - `h2frames`: raw HTTP/2 frames, for floods a real client will not send.
 //! - `tcp`: raw sockets, for bytes hyper's client would refuse to send and for TCP listeners.
 //! - `pki`: a test certificate authority (rcgen) and TLS clients that trust only it.
+//! - `pebble`: [`pebble::Pebble`], Let's Encrypt's test ACME CA as a child process, validating
+//!   against the ports a test gives.
 //! - `tools`: external tools (Chromium, Redis, curl): a missing one skips locally and fails
 //!   under `CI=true`.
 //!
@@ -24,6 +26,7 @@ pub mod balancer;
 pub mod client;
 pub mod controlled;
 pub mod h2frames;
+pub mod pebble;
 pub mod pki;
 pub mod tcp;
 pub mod tools;
