@@ -237,6 +237,10 @@ impl Runtime {
                 }
                 None => {
                     running.stop.cancel();
+                    let name = &running.config.name;
+                    self.acme_shared
+                        .book
+                        .forget(name, crate::tls::Source::File, None);
                     let listen = running.config.listen;
                     match running.accept.await {
                         Ok(socket) if config.listeners.iter().any(|new| new.listen == listen) => {

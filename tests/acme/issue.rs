@@ -79,6 +79,16 @@ async fn tls_alpn01_issues_a_trusted_certificate_and_a_restart_serves_the_cache(
         "{metrics}"
     );
     assert_eq!(mode(&cache), 0o700);
+    // A handshake offering acme-tls/1 with no challenge pending gets no certificate at all
+    // (RFC 8737 §3: the validation certificate only, and only while it is armed).
+    let mut validation = (*pki::accept_any_config()).clone();
+    validation.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    assert!(
+        pki::tls_connect(https, std::sync::Arc::new(validation), "alpn.example.com")
+            .await
+            .is_err(),
+        "an acme-tls/1 handshake without a pending challenge must fail"
+    );
     let log = fulcrum.log();
     assert!(
         log.contains("serving a self-signed certificate until the CA issues one"),
@@ -102,7 +112,8 @@ async fn tls_alpn01_issues_a_trusted_certificate_and_a_restart_serves_the_cache(
 
 /// HTTP-01: Pebble asks a plain listener (its `challenge_port`) for the token before any
 /// routing; the TLS listener then serves the issued certificate to a client trusting Pebble.
-/// Other paths on the plain listener still reach the pool.
+/// Other paths on the plain listener still reach the pool. The same TLS listener also has a
+/// file certificate: SNI picks among both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http01_issues_a_trusted_certificate() {
     let https = free_address();
@@ -112,8 +123,10 @@ async fn http01_issues_a_trusted_certificate() {
     };
     let backend = TestBackend::spawn("app").await;
     let dir = TempDir::new("acme-http01");
+    let ca = pki::Ca::new();
+    ca.leaf(&["static.example.com"], 7).write(&dir, "static");
     let config = format!(
-        "[[listeners]]\nname = \"http\"\nlisten = \"{http}\"\npool = \"app\"\n\n[[listeners]]\nname = \"https\"\nlisten = \"{https}\"\npool = \"app\"\n[listeners.tls.acme]\ndomains = [\"web.example.com\"]\ndirectory = \"{}\"\ndirectory_ca = {:?}\ncache = \"cache\"\nchallenge = \"http-01\"\nchallenge_port = {}\n\n[pools.app]\nbackends = [\"{}\"]\n",
+        "[[listeners]]\nname = \"http\"\nlisten = \"{http}\"\npool = \"app\"\n\n[[listeners]]\nname = \"https\"\nlisten = \"{https}\"\npool = \"app\"\n[listeners.tls]\ncertificates = [{{ cert = \"static.pem\", key = \"static.key\" }}]\n[listeners.tls.acme]\ndomains = [\"web.example.com\"]\ndirectory = \"{}\"\ndirectory_ca = {:?}\ncache = \"cache\"\nchallenge = \"http-01\"\nchallenge_port = {}\n\n[pools.app]\nbackends = [\"{}\"]\n",
         pebble.directory,
         pebble.directory_ca.display().to_string(),
         http.port(),
@@ -126,6 +139,17 @@ async fn http01_issues_a_trusted_certificate() {
     })
     .await;
     assert!(issuer(&leaf).contains("Pebble"), "{}", issuer(&leaf));
+    let file = pki::presented(
+        https,
+        pki::client_config(&ca, &[], pki::BOTH),
+        "static.example.com",
+    )
+    .await;
+    assert!(
+        issuer(&file).contains("fulcrum test CA"),
+        "{}",
+        issuer(&file)
+    );
     // The challenge path was answered by fulcrum, not the backend: the backend saw no request
     // for it.
     assert!(

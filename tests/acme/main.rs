@@ -7,6 +7,7 @@
 mod common;
 
 mod issue;
+mod reload;
 mod renew;
 
 use std::net::SocketAddr;

@@ -97,7 +97,10 @@ impl HttpSettings {
             // idle connection open forever.
             .keep_alive_interval(None);
         let tls = match tls {
-            None => None,
+            None => {
+                acme.book.forget(name, tls::Source::File, None);
+                None
+            }
             Some(settings) => {
                 let (config, certificates) = tls::server_config(
                     settings,
