@@ -67,6 +67,12 @@ async fn tls_alpn01_issues_a_trusted_certificate_and_a_restart_serves_the_cache(
         shown["next_renewal_unix"].as_i64() < shown["not_after_unix"].as_i64(),
         "{shown}"
     );
+    if let Some(dom) = crate::dashboard_dom(admin).await {
+        assert!(
+            dom.contains("data-certificate=\"alpn.example.com\"") && dom.contains(">acme</span>"),
+            "the dashboard lists the certificate:\n{dom}"
+        );
+    }
     let metrics = admin_get(admin, "/metrics").await;
     assert!(
         metrics.contains("fulcrum_acme_orders_total{outcome=\"issued\"} 1"),

@@ -195,6 +195,37 @@ pub async fn status_certificates(admin: SocketAddr) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// The dashboard at `admin` as a headless Chromium rendered it (`--dump-dom`); `None` when
+/// Chromium is missing (a failure under `CI=true`).
+pub async fn dashboard_dom(admin: SocketAddr) -> Option<String> {
+    let chromium = common::tools::require_tool("chromium")?;
+    let profile = TempDir::new("acme-chromium");
+    let child = tokio::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+        ])
+        .args(["--no-first-run", "--virtual-time-budget=3000", "--dump-dom"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("http://{admin}/"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chromium");
+    let output = common::within(
+        Duration::from_secs(60),
+        "chromium",
+        child.wait_with_output(),
+    )
+    .await
+    .expect("chromium ran");
+    Some(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// The mode bits of `path`.
 pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
