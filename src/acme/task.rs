@@ -151,10 +151,7 @@ pub(super) async fn run(
         shared.book.update(&listener, &first, |info| {
             info.next_renewal_unix = Some(unix(due));
         });
-        loop {
-            let Ok(left) = due.duration_since(SystemTime::now()) else {
-                break;
-            };
+        while let Ok(left) = due.duration_since(SystemTime::now()) {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(left.min(MAX_SLEEP)) => {}
