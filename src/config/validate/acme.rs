@@ -153,8 +153,37 @@ impl Checker<'_> {
     }
 
     /// Every HTTP-01 certificate needs a plain HTTP listener on its challenge port: the CA asks
-    /// there.
+    /// there. A domain is in one `[listeners.tls.acme]` only: two would order, validate and
+    /// install the same name against each other.
     pub(super) fn http01_listeners(&mut self, raw: &RawConfig, listeners: &[ListenerConfig]) {
+        let mut owners: Vec<(&str, usize)> = Vec::new();
+        for (index, listener) in listeners.iter().enumerate() {
+            let Some(acme) = listener.tls.as_ref().and_then(|tls| tls.acme.as_ref()) else {
+                continue;
+            };
+            for (position, domain) in acme.domains.iter().enumerate() {
+                match owners.iter().find(|(name, _)| name == domain) {
+                    Some((_, owner)) => {
+                        let at = raw
+                            .listeners
+                            .get(index)
+                            .and_then(|l| l.get_ref().tls.as_ref())
+                            .and_then(|tls| tls.get_ref().acme.as_ref())
+                            .and_then(|acme| acme.get_ref().domains.get_ref().get(position));
+                        if let Some(at) = at {
+                            self.report(
+                                at,
+                                &format!("listeners[{index}].tls.acme.domains[{position}]"),
+                                format!(
+                                    "{domain:?} is already in listeners[{owner}].tls.acme; a domain gets one ACME certificate"
+                                ),
+                            );
+                        }
+                    }
+                    None => owners.push((domain, index)),
+                }
+            }
+        }
         for (index, listener) in listeners.iter().enumerate() {
             let Some(acme) = listener.tls.as_ref().and_then(|tls| tls.acme.as_ref()) else {
                 continue;
@@ -366,6 +395,22 @@ mod tests {
                 "test.toml:7:9: listeners[0].tls.acme.cache: {} is not a directory",
                 file.display()
             )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_domain_in_two_acme_listeners_is_an_error_at_the_second() {
+        let second = format!(
+            "[[listeners]]\nname = \"https2\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n[listeners.tls.acme]\ndomains = [\"other.example.com\", \"example.com\"]\ncache = {:?}\n",
+            std::env::temp_dir()
+                .join("fulcrum-acme-second")
+                .display()
+                .to_string()
+        );
+        let err = parse("domains = [\"example.com\"]", &second).expect_err("a domain twice");
+        assert!(
+            err.to_string().contains("test.toml:13:33: listeners[1].tls.acme.domains[1]: \"example.com\" is already in listeners[0].tls.acme"),
             "{err}"
         );
     }
