@@ -11,8 +11,10 @@
 //! never the reverse. `upstream` is always the backend side, `client` the client side.
 //! - `config/`: the TOML file: `raw` serde structs → `validate/` (listener, pool, health) →
 //!   `types`, with `defaults`, the reload `diff` and file:line:col errors.
-//! - `tls/`: PEM `load`ing, the `server` side (certificates, SNI, ALPN) and the `client` side
-//!   (the backend-facing config).
+//! - `tls/`: PEM `load`ing, the `server` side (certificates, SNI, ALPN), the `issued` store of
+//!   certificates obtained at run time, and the `client` side (the backend-facing config).
+//! - `acme/`: automatic HTTPS: the ACME `client`, its `cache`, a `task` per certificate that
+//!   orders and renews on a `schedule`, and the HTTP-01 tokens plain listeners answer.
 //! - `snapshot`: the immutable runtime snapshot (pools, which pool serves which listener),
 //!   swapped whole on reload.
 //! - `pool`: a pool's policy per request: next attempt within the retry budget, the queue in
@@ -48,6 +50,7 @@
 
 #![warn(unreachable_pub, missing_debug_implementations)]
 
+mod acme;
 mod admin;
 mod backend;
 mod balance;

@@ -67,6 +67,8 @@ pub(crate) struct AdminState {
     access: ArcSwap<Access>,
     /// Set when the listeners start accepting: after the first round of health checks.
     ready: AtomicBool,
+    /// The certificates served (file and ACME), for `/status`.
+    acme: Arc<crate::acme::Shared>,
 }
 
 impl AdminState {
@@ -78,6 +80,7 @@ impl AdminState {
         config_file: Option<PathBuf>,
         source: Option<String>,
         exporter: Option<&'static PrometheusHandle>,
+        acme: Arc<crate::acme::Shared>,
     ) -> Self {
         Self {
             reload,
@@ -91,6 +94,7 @@ impl AdminState {
             draining: ArcSwap::from_pointee(Vec::new()),
             access: ArcSwap::from_pointee(Access::open()),
             ready: AtomicBool::new(false),
+            acme,
         }
     }
 
@@ -165,7 +169,7 @@ impl AdminState {
             .filter(|backend| backend.in_flight() > 0)
             .cloned()
             .collect();
-        Status::collect(
+        let mut status = Status::collect(
             &self.state.load(),
             &self.listeners.load(),
             &draining,
@@ -175,7 +179,9 @@ impl AdminState {
                 self.last_reload.load().as_ref().clone(),
                 self.is_ready(),
             ),
-        )
+        );
+        status.certificates = self.acme.book.snapshot();
+        status
     }
 
     /// Prometheus text, with state-mirroring gauges refreshed first.

@@ -53,6 +53,8 @@ pub(crate) struct Status {
     pub listeners: Vec<ListenerStatus>,
     /// Pools with their backends.
     pub pools: Vec<PoolStatus>,
+    /// Certificates served by TLS listeners: files and ACME.
+    pub certificates: Vec<crate::tls::CertificateInfo>,
 }
 
 /// The outcome of the last reload.
@@ -324,6 +326,7 @@ impl Status {
             ready,
             listeners,
             pools,
+            certificates: Vec::new(),
         }
     }
 }

@@ -217,13 +217,37 @@ pub(super) struct RawRespond {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTls {
     /// Certificate and key files; the first is the default.
-    pub certificates: Spanned<Vec<Spanned<RawCertificate>>>,
+    pub certificates: Option<Spanned<Vec<Spanned<RawCertificate>>>>,
+    /// `[listeners.tls.acme]`: a certificate from an ACME CA.
+    pub acme: Option<Spanned<RawAcme>>,
     /// `"1.2"` or `"1.3"`.
     pub min_version: Option<Spanned<String>>,
     /// ALPN protocols offered.
     pub alpn: Option<Vec<Spanned<String>>>,
     /// Time allowed for the handshake.
     pub handshake_timeout: Option<Spanned<String>>,
+}
+
+/// `[listeners.tls.acme]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAcme {
+    /// DNS names of the one certificate.
+    pub domains: Spanned<Vec<Spanned<String>>>,
+    /// Contact address for the CA.
+    pub email: Option<Spanned<String>>,
+    /// The CA's directory URL.
+    pub directory: Option<Spanned<String>>,
+    /// PEM roots for the directory's own TLS.
+    pub directory_ca: Option<Spanned<String>>,
+    /// Directory for the account key, certificates and keys.
+    pub cache: Spanned<String>,
+    /// `"tls-alpn-01"` or `"http-01"`.
+    pub challenge: Option<Spanned<String>>,
+    /// Renew this long before expiry.
+    pub renew_before: Option<Spanned<String>>,
+    /// HTTP-01: the port of the plain listener the CA connects to.
+    pub challenge_port: Option<Spanned<i64>>,
 }
 
 /// One `{ cert = "…", key = "…" }` entry.

@@ -164,6 +164,15 @@ fn describe() {
         names::HTTP2_GOAWAY,
         "HTTP/2 client connections ended with GOAWAY, by reason (cancelled_streams: the budget of streams cancelled after dispatch; enhance_your_calm: an h2 limit such as rapid resets or CONTINUATION floods; protocol_error and other error codes)."
     );
+    describe_gauge!(
+        names::CERTIFICATE_EXPIRY,
+        Unit::Seconds,
+        "Unix time at which the certificate a listener serves expires (notAfter), by listener and name (its first DNS name); file and ACME certificates."
+    );
+    describe_counter!(
+        names::ACME_ORDERS,
+        "ACME orders, by outcome (issued: a first certificate; renewed: a replacement; failed: the order or the account failed, retried with back-off)."
+    );
     describe_counter!(
         names::RATE_LIMITED,
         "Requests (tcp listeners: connections) refused by a rate limit, by listener and route (-: the listener's own limit)."

@@ -69,3 +69,7 @@ pub(crate) const HASH_SPILLED: &str = "fulcrum_hash_spilled_total";
 pub(crate) const RATE_LIMITED: &str = "fulcrum_rate_limited_total";
 /// Gauge: client keys a rate limit tracks (as of its last sweep), by listener and route.
 pub(crate) const RATE_LIMIT_KEYS: &str = "fulcrum_rate_limit_keys";
+/// Gauge: Unix time at which a served certificate expires (`notAfter`), by listener and name.
+pub(crate) const CERTIFICATE_EXPIRY: &str = "fulcrum_certificate_expiry_seconds";
+/// ACME orders (issuances and renewals), by outcome.
+pub(crate) const ACME_ORDERS: &str = "fulcrum_acme_orders_total";

@@ -147,6 +147,8 @@ impl Runtime {
             }
         }
         self.admin_state.add_draining(retired);
+        // New ACME certificates are served (cached or stand-in) before their listeners change.
+        self.acme.sync(&config);
         self.apply_listeners(&config, fresh).await;
         self.apply_admin(&config, admin_socket).await;
         self.publish_listeners();

@@ -75,6 +75,8 @@ pub struct Server {
     reload_rx: mpsc::Receiver<ReloadRequest>,
     upgrade_tx: mpsc::Sender<()>,
     upgrade_rx: mpsc::Receiver<()>,
+    /// ACME certificates, challenges and the certificate book, shared with every listener.
+    acme: Arc<crate::acme::Shared>,
 }
 
 /// Asks a running server to upgrade: start the binary at its path and hand over (`SIGUSR2`).
@@ -100,11 +102,18 @@ impl Server {
             .and_then(|_| crate::metrics::install());
         crate::metrics::record_config_loaded();
         let config = Arc::new(config);
+        let acme = Arc::new(crate::acme::Shared::default());
         for listener in &config.listeners {
             if let Some(tls) = &listener.tls {
-                crate::tls::server_config(tls).map_err(|source| ServerError::Tls {
-                    name: Arc::clone(&listener.name),
-                    source,
+                let certificates = crate::tls::Certificates {
+                    issued: &acme.issued,
+                    book: None,
+                };
+                crate::tls::server_config(tls, certificates).map_err(|source| {
+                    ServerError::Tls {
+                        name: Arc::clone(&listener.name),
+                        source,
+                    }
                 })?;
             }
         }
@@ -142,6 +151,7 @@ impl Server {
             reload_rx,
             upgrade_tx,
             upgrade_rx,
+            acme,
         })
     }
 
@@ -191,6 +201,7 @@ impl Server {
             mut reload_rx,
             upgrade_tx,
             mut upgrade_rx,
+            acme,
         } = self;
         drop(upgrade_tx);
         let stop = CancellationToken::new();
@@ -201,6 +212,7 @@ impl Server {
             file.clone(),
             source.clone(),
             exporter,
+            Arc::clone(&acme),
         ));
         if let Some(exporter) = exporter {
             // Histograms accumulate samples until drained; drain them even if nobody scrapes.
@@ -211,6 +223,7 @@ impl Server {
         every(IDLE_SWEEP_INTERVAL, &stop, move |now| {
             sweep.load().reap_idle(now)
         });
+        let acme_stop = stop.child_token();
         let mut runtime = Runtime {
             config,
             state,
@@ -226,6 +239,8 @@ impl Server {
             cert_watcher: None,
             token_watcher: None,
             reload_handle: ReloadHandle::new(reload_tx.clone()),
+            acme: crate::acme::Manager::new(Arc::clone(&acme), acme_stop),
+            acme_shared: acme,
         };
         runtime.checkers.sync(&runtime.state.load());
         log_startup(&runtime.state.load(), &listeners, admin.as_ref());
@@ -243,6 +258,10 @@ impl Server {
         } else {
             tracing::info!("first health checks done");
         }
+        // Cached (or stand-in) ACME certificates are in place before the first handshake;
+        // orders run in the background.
+        let config = Arc::clone(&runtime.config);
+        runtime.acme.sync(&config);
         for (config, socket) in listeners {
             runtime.start_listener(config, socket);
         }

@@ -49,6 +49,10 @@ pub(crate) struct Runtime {
     pub(crate) token_watcher: Option<notify::RecommendedWatcher>,
     /// For watchers started by reloads.
     pub(crate) reload_handle: ReloadHandle,
+    /// The ACME certificate tasks.
+    pub(crate) acme: crate::acme::Manager,
+    /// What ACME shares with listeners.
+    pub(crate) acme_shared: Arc<crate::acme::Shared>,
 }
 
 pub(crate) struct RunningListener {
@@ -112,6 +116,7 @@ impl Runtime {
                 config.limits.clone(),
                 config.tls.as_ref(),
                 self.deadline.clone(),
+                Arc::clone(&self.acme_shared),
             ) {
                 Ok(http) => Handler::Http(Arc::new(http)),
                 Err(err) => {
@@ -242,6 +247,10 @@ impl Runtime {
                 }
                 None => {
                     running.stop.cancel();
+                    let name = &running.config.name;
+                    self.acme_shared
+                        .book
+                        .forget(name, crate::tls::Source::File, None);
                     let listen = running.config.listen;
                     match running.accept.await {
                         Ok(socket) if config.listeners.iter().any(|new| new.listen == listen) => {

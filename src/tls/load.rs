@@ -133,6 +133,12 @@ fn certificate_names(leaf: &CertificateDer<'_>, path: &Path) -> Vec<String> {
             "certificate is expired or not yet valid"
         );
     }
+    names_of(&cert)
+}
+
+/// The DNS names of a parsed certificate: subject alternative names, else the common name,
+/// lower case.
+pub(super) fn names_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
     let mut names: Vec<String> = cert
         .subject_alternative_name()
         .ok()
@@ -175,4 +181,33 @@ pub(crate) fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError>
         return Err(TlsError::NoCertificate(path.to_owned()));
     }
     Ok(roots)
+}
+
+/// A certificate chain and key read from PEM text (the ACME cache, a CA's answer), checked to
+/// belong together.
+pub(crate) fn certified_key_from_pem(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<CertifiedKey>, rustls::Error> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(rustls::Error::General("no PEM certificate".to_owned()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|_| rustls::Error::General("no PEM private key".to_owned()))?;
+    certified_key(chain, key)
+}
+
+/// `chain` with its signing `key`, checked to belong together.
+pub(super) fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<CertifiedKey>, rustls::Error> {
+    let provider = rustls::crypto::ring::default_provider();
+    let signing_key = provider.key_provider.load_private_key(key)?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    certified.keys_match()?;
+    Ok(Arc::new(certified))
 }

@@ -13,6 +13,8 @@
 //! - `tcp`: raw sockets, for bytes hyper's client would refuse to send and for TCP listeners.
 //! - `pki`: a test certificate authority (rcgen) and TLS clients that trust only it.
 //! - `process`: the real `fulcrum` binary as a child process, and a Prometheus series reader.
+//! - `pebble`: [`pebble::Pebble`], Let's Encrypt's test ACME CA as a child process, validating
+//!   against the ports a test gives.
 //! - `tools`: external tools (Chromium, Redis, curl): a missing one skips locally and fails
 //!   under `CI=true`.
 //!
@@ -25,6 +27,7 @@ pub mod balancer;
 pub mod client;
 pub mod controlled;
 pub mod h2frames;
+pub mod pebble;
 pub mod pki;
 pub mod process;
 pub mod tcp;

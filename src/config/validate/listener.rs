@@ -64,7 +64,7 @@ impl Checker<'_> {
         }
         let tls = match raw.tls.as_ref().filter(|_| protocol == Protocol::Http) {
             None => Some(None),
-            Some(tls) => self.tls(&format!("{key}.tls"), tls.get_ref()).map(Some),
+            Some(tls) => self.tls(&format!("{key}.tls"), tls).map(Some),
         };
         let routes = if raw.routes.is_empty() {
             Some(Vec::new())
@@ -167,18 +167,31 @@ impl Checker<'_> {
         })
     }
 
-    fn tls(&mut self, key: &str, raw: &RawTls) -> Option<TlsSettings> {
+    fn tls(&mut self, key: &str, spanned: &Spanned<RawTls>) -> Option<TlsSettings> {
+        let raw = spanned.get_ref();
         let base = self.config_dir();
-        if raw.certificates.get_ref().is_empty() {
-            self.report(
-                &raw.certificates,
-                &format!("{key}.certificates"),
-                "at least one certificate is required",
-            );
+        let entries = raw.certificates.as_ref().map_or(&[][..], |c| c.get_ref());
+        if entries.is_empty() && raw.acme.is_none() {
+            match &raw.certificates {
+                Some(at) => self.report(
+                    at,
+                    &format!("{key}.certificates"),
+                    "at least one certificate is required (or [listeners.tls.acme])",
+                ),
+                None => self.report(
+                    spanned,
+                    &format!("{key}.certificates"),
+                    "at least one certificate is required (or [listeners.tls.acme])",
+                ),
+            }
         }
+        let acme = match &raw.acme {
+            None => Some(None),
+            Some(acme) => self.acme(&format!("{key}.acme"), acme).map(Some),
+        };
         let mut certificates = Vec::new();
         let mut ok = true;
-        for (index, entry) in raw.certificates.get_ref().iter().enumerate() {
+        for (index, entry) in entries.iter().enumerate() {
             let entry_key = format!("{key}.certificates[{index}]");
             let files = CertificateFiles {
                 cert: base.join(entry.get_ref().cert.get_ref()),
@@ -238,9 +251,11 @@ impl Checker<'_> {
             &format!("{key}.handshake_timeout"),
             defaults::HANDSHAKE_TIMEOUT,
         );
-        (ok && !certificates.is_empty()).then_some(())?;
+        let acme = acme?;
+        (ok && (!certificates.is_empty() || acme.is_some())).then_some(())?;
         Some(TlsSettings {
             certificates,
+            acme,
             min_version: min_version?,
             alpn,
             handshake_timeout: handshake_timeout?,

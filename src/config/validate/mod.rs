@@ -3,6 +3,7 @@
 //! This file checks the whole file (runtime, listeners against pools); `admin`, `listener`,
 //! `pool` and `health` check their sections, with the shared value checks of `checker`.
 
+mod acme;
 mod admin;
 mod balancing;
 mod checker;
@@ -97,6 +98,9 @@ impl Checker<'_> {
             listeners.push(config);
         }
 
+        if listeners.len() == raw.listeners.len() {
+            self.http01_listeners(&raw, &listeners);
+        }
         let admin = match admin {
             None => None,
             Some(admin) => Some(admin?),

@@ -67,7 +67,14 @@ impl HttpListener {
     ) -> Pin<Box<impl Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
             match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)).await {
-                Ok(Ok(io)) => {
+                Ok(Ok(mut io)) => {
+                    if io.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                        // A CA's TLS-ALPN-01 validation (RFC 8737 §3): it only checks the
+                        // certificate; nothing is proxied on this connection.
+                        tracing::debug!(listener = %self.name, client = %peer, "ACME TLS-ALPN-01 validation handshake answered");
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+                        return;
+                    }
                     let tls = TlsOrigin {
                         server_name: io.get_ref().1.server_name().map(Box::from),
                         certificates: Arc::clone(&tls.certificates),

@@ -105,6 +105,8 @@ enum Routed {
     },
     /// Answer with this response of the route's own.
     Local(Response<ProxyBody>, Arc<RouteMetrics>),
+    /// Answer a CA's HTTP-01 challenge request with this key authorization.
+    Challenge(String),
 }
 
 /// The status the client gets for `outcome`.
@@ -205,6 +207,15 @@ impl Handler {
             let response = match self.check(&mut request) {
                 Ok(Routed::Local(response, route)) => {
                     route.record(response.status().as_u16(), started);
+                    response
+                }
+                Ok(Routed::Challenge(key_authorization)) => {
+                    let mut response =
+                        Response::new(ProxyBody::local(Bytes::from(key_authorization)));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/octet-stream"),
+                    );
                     response
                 }
                 Ok(Routed::Forward {
@@ -374,6 +385,13 @@ impl Handler {
         if let Some(problem) = host::refusal(request.uri(), request.version(), request.headers()) {
             // RFC 9112 §3.2: a missing, repeated or invalid Host is a 400.
             return Err(ProxyError::BadRequest(problem));
+        }
+        if self.tls.is_none() {
+            // A CA's HTTP-01 request, before any routing (RFC 8555 §8.3); with no challenge
+            // pending, one atomic load.
+            if let Some(answer) = self.listener.acme.http01.answer(request.uri().path()) {
+                return Ok(Routed::Challenge(answer));
+            }
         }
         if let Some(tls) = &self.tls {
             let host = host::name(request.uri(), request.headers());

@@ -10,6 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::acme;
 use crate::config::ClientLimits;
 use crate::metrics::ListenerMetrics;
 use crate::snapshot::SharedState;
@@ -41,6 +42,8 @@ pub(crate) struct HttpListener {
     /// Client limits and the server builder made from them; a reload may replace both, and
     /// each new connection uses the newest.
     pub(super) settings: ArcSwap<HttpSettings>,
+    /// ACME: certificates issued at run time, and the HTTP-01 tokens this listener answers.
+    pub(super) acme: Arc<acme::Shared>,
 }
 
 pub(super) struct HttpSettings {
@@ -60,7 +63,12 @@ pub(super) struct TlsTermination {
 }
 
 impl HttpSettings {
-    fn new(limits: ClientLimits, tls: Option<&TlsSettings>) -> Result<Self, TlsError> {
+    fn new(
+        name: &Arc<str>,
+        limits: ClientLimits,
+        tls: Option<&TlsSettings>,
+        acme: &acme::Shared,
+    ) -> Result<Self, TlsError> {
         let mut http1 = http1::Builder::new();
         // The header-read timeout is ours (see `activity::watchdog`): hyper's arms a boxed timer
         // for every request and also runs it while a keep-alive connection waits.
@@ -89,9 +97,18 @@ impl HttpSettings {
             // idle connection open forever.
             .keep_alive_interval(None);
         let tls = match tls {
-            None => None,
+            None => {
+                acme.book.forget(name, tls::Source::File, None);
+                None
+            }
             Some(settings) => {
-                let (config, certificates) = tls::server_config(settings)?;
+                let (config, certificates) = tls::server_config(
+                    settings,
+                    tls::Certificates {
+                        issued: &acme.issued,
+                        book: Some((&acme.book, name)),
+                    },
+                )?;
                 Some(TlsTermination {
                     acceptor: TlsAcceptor::from(config),
                     handshake_timeout: settings.handshake_timeout,
@@ -117,13 +134,16 @@ impl HttpListener {
         limits: ClientLimits,
         tls: Option<&TlsSettings>,
         drain_deadline: CancellationToken,
+        acme: Arc<acme::Shared>,
     ) -> Result<Self, TlsError> {
+        let settings = HttpSettings::new(&name, limits, tls, &acme)?;
         Ok(Self {
             metrics: Arc::new(ListenerMetrics::new(&name)),
             name,
             state,
             drain_deadline,
-            settings: ArcSwap::from_pointee(HttpSettings::new(limits, tls)?),
+            settings: ArcSwap::from_pointee(settings),
+            acme,
         })
     }
 
@@ -138,8 +158,12 @@ impl HttpListener {
         if current.limits == *limits && tls.is_none() && current.tls.is_none() {
             return Ok(());
         }
-        self.settings
-            .store(Arc::new(HttpSettings::new(limits.clone(), tls)?));
+        self.settings.store(Arc::new(HttpSettings::new(
+            &self.name,
+            limits.clone(),
+            tls,
+            &self.acme,
+        )?));
         Ok(())
     }
 }
