@@ -169,31 +169,32 @@ fn upgrade_on_sigusr2(handle: UpgradeHandle) {
     }
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %err, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
+/// Completes on SIGINT (Ctrl-C) or SIGTERM. Both are caught from this call on, not from the
+/// future's first poll: a service manager may stop fulcrum right after its READY=1, and a
+/// signal that came before the catch would kill it undrained.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let catch = |kind: SignalKind, name: &'static str| {
+        let caught = signal(kind);
+        async move {
+            match caught {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, signal = name, "cannot listen for the signal");
+                    std::future::pending::<()>().await;
+                }
+            }
         }
     };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+    let interrupt = catch(SignalKind::interrupt(), "SIGINT");
+    let terminate = catch(SignalKind::terminate(), "SIGTERM");
+    async move {
+        tokio::select! {
+            () = interrupt => tracing::info!(signal = "SIGINT", "shutdown requested"),
+            () = terminate => tracing::info!(signal = "SIGTERM", "shutdown requested"),
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => tracing::info!(signal = "SIGINT", "shutdown requested"),
-        () = terminate => tracing::info!(signal = "SIGTERM", "shutdown requested"),
     }
 }
 

@@ -23,14 +23,17 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await
 }
 
-/// Accepts connections on `listener` until `shutdown` fires, handing each to `serve` on a task
-/// registered with `tracker` (so a drain can wait for it). At `limit`'s cap it stops accepting
-/// until a connection closes, so new clients wait in the kernel's accept backlog. Returns the
-/// socket, so a reload can hand it to a new loop without re-binding; dropping it closes it.
+/// Accepts connections on `listener` until `shutdown` fires, handing each to `serve` with
+/// `drain` (which tells it to finish and close) on a task registered with `tracker` (so a
+/// drain can wait for it). The two differ for a hand-over to a new process, which stops
+/// accepting before it drains. At `limit`'s cap it stops accepting until a connection closes,
+/// so new clients wait in the kernel's accept backlog. Returns the socket, so a reload can hand
+/// it to a new loop without re-binding; dropping it closes it.
 pub async fn accept_loop<F, Fut>(
     name: Arc<str>,
     listener: TcpListener,
     shutdown: CancellationToken,
+    drain: CancellationToken,
     tracker: TaskTracker,
     limit: Arc<ConnectionLimit>,
     serve: F,
@@ -59,7 +62,7 @@ where
                 if let Err(err) = stream.set_nodelay(true) {
                     tracing::debug!(listener = %name, error = %err, "could not set TCP_NODELAY");
                 }
-                let connection = serve(stream, peer, shutdown.clone());
+                let connection = serve(stream, peer, drain.clone());
                 tracker.spawn(async move {
                     connection.await;
                     drop(open);

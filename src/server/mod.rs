@@ -289,6 +289,7 @@ impl Server {
 
         tokio::pin!(shutdown);
         let mut upgrading = None;
+        let mut handover = false;
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
@@ -312,6 +313,7 @@ impl Server {
                     match outcome {
                         Ok(pid) => {
                             tracing::info!(new_pid = pid, "upgrade: the new process serves; handing over");
+                            handover = true;
                             break;
                         }
                         Err(err) => tracing::error!(error = %err, "upgrade failed; still serving"),
@@ -320,7 +322,7 @@ impl Server {
             }
         }
         notify::stopping();
-        runtime.shutdown().await;
+        runtime.shutdown(handover).await;
         notify::remove_pid_file(pid_file.as_ref());
     }
 }

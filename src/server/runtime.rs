@@ -28,6 +28,11 @@ use crate::snapshot::SharedState;
 /// How long to wait for cut-off tunnels and TCP streams to close after the drain deadline.
 const CUT_OFF_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long a process that handed its sockets to a new one serves its open connections as
+/// before, so that a connection it accepted just before its first request arrived gets that
+/// request answered (with `Connection: close` once the drain starts) rather than closed.
+const HANDOVER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The serving side of a running server: what is live now and how to change it.
 pub(crate) struct Runtime {
     pub(crate) config: Arc<Config>,
@@ -61,6 +66,8 @@ pub(crate) struct RunningListener {
     pub(crate) local: SocketAddr,
     /// Stops the accept loop and drains this listener's connections.
     pub(crate) stop: CancellationToken,
+    /// Stops the accept loop only (a hand-over drains later).
+    pub(crate) accepting: CancellationToken,
     /// The accept loop; hands the socket back when stopped.
     pub(crate) accept: JoinHandle<TcpListener>,
     pub(crate) handler: Handler,
@@ -96,6 +103,8 @@ pub(crate) fn same_role(running: &ListenerConfig, new: &ListenerConfig) -> bool 
 pub(crate) struct RunningAdmin {
     pub(crate) listen: SocketAddr,
     pub(crate) stop: CancellationToken,
+    /// Stops the accept loop only (a hand-over drains later).
+    pub(crate) accepting: CancellationToken,
     pub(crate) accept: JoinHandle<TcpListener>,
     /// The cap on open admin connections; a reload may change it.
     pub(crate) limit: Arc<ConnectionLimit>,
@@ -135,7 +144,7 @@ impl Runtime {
             config.max_connections,
             handler.metrics().saturations.clone(),
         );
-        let accept = match &handler {
+        let (accept, accepting) = match &handler {
             Handler::Http(http) => self.spawn_accept(
                 name,
                 socket,
@@ -157,6 +166,7 @@ impl Runtime {
             config,
             local,
             stop,
+            accepting,
             accept,
             handler,
             limit,
@@ -164,7 +174,8 @@ impl Runtime {
         });
     }
 
-    /// Runs the accept loop of `socket`, handing each connection to `serve` on `handler`.
+    /// Runs the accept loop of `socket`, handing each connection to `serve` on `handler`, until
+    /// `stop` or the returned token (which stops accepting only) is cancelled.
     pub(crate) fn spawn_accept<H, Fut>(
         &self,
         name: Arc<str>,
@@ -173,19 +184,22 @@ impl Runtime {
         limit: &Arc<ConnectionLimit>,
         handler: Arc<H>,
         serve: fn(Arc<H>, TcpStream, SocketAddr, CancellationToken) -> Fut,
-    ) -> JoinHandle<TcpListener>
+    ) -> (JoinHandle<TcpListener>, CancellationToken)
     where
         H: Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        tokio::spawn(accept::accept_loop(
+        let accepting = stop.child_token();
+        let accept = tokio::spawn(accept::accept_loop(
             name,
             socket,
+            accepting.clone(),
             stop.clone(),
             self.connections.clone(),
             Arc::clone(limit),
             move |stream, peer, shutdown| serve(Arc::clone(&handler), stream, peer, shutdown),
-        ))
+        ));
+        (accept, accepting)
     }
 
     /// Starts the admin listener of `config` on `socket`.
@@ -202,9 +216,11 @@ impl Runtime {
         let stop = self.stop.child_token();
         let state = Arc::clone(&self.admin_state);
         let limit = ConnectionLimit::new(Some(config.max_connections), metrics::Counter::noop());
+        let accepting = stop.child_token();
         let accept = tokio::spawn(accept::accept_loop(
             Arc::from("admin"),
             socket,
+            accepting.clone(),
             stop.clone(),
             self.connections.clone(),
             Arc::clone(&limit),
@@ -213,6 +229,7 @@ impl Runtime {
         self.admin = Some(RunningAdmin {
             listen: config.listen,
             stop,
+            accepting,
             accept,
             limit,
             handoff,
@@ -380,26 +397,42 @@ impl Runtime {
         Ok(handoffs)
     }
 
-    pub(crate) async fn shutdown(self) {
+    /// Stops accepting, drains open connections within `shutdown_timeout` and cuts off the
+    /// rest. After a `handover` to a new process that shares the listening sockets, the drain
+    /// starts [`HANDOVER_GRACE`] later (or once every connection has closed).
+    pub(crate) async fn shutdown(self, handover: bool) {
         let timeout = self.config.runtime.shutdown_timeout;
+        let started = tokio::time::Instant::now();
+        // Accepting stops first, and each loop's socket (with its hand-over duplicate) closes:
+        // connections still queued on a shared socket stay there for the new process.
+        let loops = self
+            .listeners
+            .into_iter()
+            .map(|l| (l.accepting, l.accept))
+            .chain(self.admin.map(|a| (a.accepting, a.accept)));
+        for (accepting, accept) in loops {
+            accepting.cancel();
+            if let Err(err) = accept.await {
+                tracing::error!(error = %err, "accept loop panicked");
+            }
+        }
+        self.connections.close();
+        if handover {
+            // A client whose connection this process accepted just before handing over may
+            // not have sent its request yet; draining now would close that connection with
+            // nothing answered, where the client expects its first request to be served.
+            // Meanwhile every connection is served as before.
+            let grace = HANDOVER_GRACE.min(timeout);
+            let _ = tokio::time::timeout(grace, self.connections.wait()).await;
+        }
         tracing::info!(
             open_connections = self.connections.len(),
             timeout_ms = timeout.as_millis() as u64,
             "shutting down: stopped accepting, draining connections"
         );
         self.stop.cancel();
-        let loops = self
-            .listeners
-            .into_iter()
-            .map(|l| l.accept)
-            .chain(self.admin.map(|a| a.accept));
-        for accept in loops {
-            if let Err(err) = accept.await {
-                tracing::error!(error = %err, "accept loop panicked");
-            }
-        }
-        self.connections.close();
-        match tokio::time::timeout(timeout, self.connections.wait()).await {
+        let left = timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, self.connections.wait()).await {
             Ok(()) => tracing::info!("drained; all connections closed"),
             Err(_) => {
                 tracing::warn!(

@@ -3,8 +3,11 @@
 //! nothing is re-bound and no connection is refused); while the new process loads its config,
 //! runs its first health checks and starts serving, both accept on the same sockets. Once the
 //! new process says it serves (a datagram on an abstract Unix socket named in its
-//! environment), the old one stops accepting, drains within `shutdown_timeout` and exits. If the
-//! new process exits first, or does not serve in time, the old one keeps serving and says why.
+//! environment), the old one stops accepting (connections queued on the shared sockets stay
+//! there for the new one), serves its open connections as before for a moment (so one it
+//! accepted just before its first request arrived gets it answered), then drains within
+//! `shutdown_timeout` and exits. If the new process exits first, or does not serve in time, the
+//! old one keeps serving and says why.
 
 use std::os::fd::OwnedFd;
 use std::os::linux::net::SocketAddrExt as _;
