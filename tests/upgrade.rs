@@ -224,8 +224,86 @@ fn the_service_manager_hears_ready_reloading_and_stopping() {
     expect("READY=1");
     signal(process.0.id(), "TERM");
     expect("STOPPING=1");
-    let _ = process.0.wait();
+    let status = exit_status(&mut process.0, Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "drained and exited 0 on SIGTERM: {status}"
+    );
     assert!(heard.load(Ordering::Relaxed) >= 4);
+}
+
+/// Waits (at most `limit`) for `child` to exit.
+fn exit_status(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait on the process") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the process did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The next message on a notify socket, waiting at most its read timeout.
+fn notification(notify: &UnixDatagram, waiting_for: &str) -> String {
+    let mut message = [0u8; 256];
+    let len = notify
+        .recv(&mut message)
+        .unwrap_or_else(|err| panic!("waiting for {waiting_for}: {err}"));
+    String::from_utf8_lossy(&message[..len]).into_owned()
+}
+
+#[test]
+fn an_upgrade_tells_the_service_manager_the_new_main_pid_and_does_not_stop_the_service() {
+    let backend = backend();
+    let dir = TempDir::new("notify-upgrade");
+    let path = config(&dir, backend, "");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut command = Command::new(BIN);
+    command.env("NOTIFY_SOCKET", &notify_path);
+    let (mut old, _, admin) = start(command, &path);
+    let old_pid = old.0.id();
+    while !notification(&notify, "READY=1").contains("READY=1") {}
+    signal(old_pid, "USR2");
+    // systemd takes the new process as the service's main one from its MAINPID= (with
+    // NotifyAccess=all, as deploy/systemd sets).
+    let new_pid = loop {
+        let message = notification(&notify, "the new process's MAINPID=");
+        assert!(!message.contains("STOPPING=1"), "{message:?}");
+        let pid = message
+            .lines()
+            .find_map(|line| line.strip_prefix("MAINPID="))
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid.filter(|pid| *pid != old_pid) {
+            assert!(message.contains("READY=1"), "{message:?}");
+            break pid;
+        }
+    };
+    let _new = KillOnDrop(new_pid);
+    let status = exit_status(&mut old.0, Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "the old process drained and exited 0: {status}"
+    );
+    // Whatever the old process said is queued by now: STOPPING=1 from it would have made
+    // systemd stop the service, new process included.
+    notify.set_nonblocking(true).expect("non-blocking");
+    let mut message = [0u8; 256];
+    while let Ok(len) = notify.recv(&mut message) {
+        let text = String::from_utf8_lossy(&message[..len]);
+        assert!(!text.contains("STOPPING=1"), "after a hand-over: {text:?}");
+    }
+    assert_eq!(serving_pid(admin), Some(u64::from(new_pid)));
+    notify.set_nonblocking(false).expect("blocking");
+    signal(new_pid, "TERM");
+    while !notification(&notify, "STOPPING=1").contains("STOPPING=1") {}
 }
 
 /// Kills a process by PID when the test ends, however it ends (the new process of an upgrade

@@ -321,7 +321,11 @@ impl Server {
                 }
             }
         }
-        notify::stopping();
+        if !handover {
+            // After a hand-over the service goes on in the new process, which is the service
+            // manager's main one now: STOPPING=1 from this one would stop the service.
+            notify::stopping();
+        }
         runtime.shutdown(handover).await;
         notify::remove_pid_file(pid_file.as_ref());
     }

@@ -54,7 +54,7 @@ pub(crate) fn reloaded() {
     manager(&[NotifyState::Ready]);
 }
 
-/// Draining for shutdown (or handing over to a new process).
+/// Draining for shutdown (not after an upgrade's hand-over: the service goes on).
 pub(crate) fn stopping() {
     manager(&[NotifyState::Stopping]);
 }
