@@ -1,6 +1,6 @@
 //! Telling whoever started fulcrum how it is doing: the service manager (systemd's `sd_notify`
 //! protocol, when `NOTIFY_SOCKET` is set: READY, RELOADING, STOPPING and watchdog keep-alives),
-//! the old process of a binary upgrade (see [`super::upgrade`]), and the PID file.
+//! the old process of a binary upgrade (`upgrade.rs`), and the PID file.
 //!
 //! Every message is best effort: a manager that went away must not stop a load balancer.
 
