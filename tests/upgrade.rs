@@ -7,11 +7,12 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::TempDir;
+use common::process::Process;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fulcrum");
 
@@ -57,73 +58,25 @@ fn config_on(dir: &TempDir, web: &str, backend: SocketAddr, extra: &str) -> std:
     path
 }
 
-/// A process that is stopped when the test ends, however it ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill")
         .args([&format!("-{name}"), &pid.to_string()])
         .status();
 }
 
-/// Starts `command` (the binary, or something that execs it) on `config`; returns the process
-/// and its log lines as they come.
-fn spawn(
-    mut command: Command,
-    config: &std::path::Path,
-) -> (Process, std::sync::mpsc::Receiver<String>) {
-    let child = command
-        .arg("--config")
-        .arg(config)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start fulcrum");
-    let mut process = Process(child);
-    let stdout = process.0.stdout.take().expect("stdout piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            // Shown by the test harness only when the test fails.
-            eprintln!("[fulcrum] {line}");
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (process, rx)
+/// Starts `command` (the binary, or something that execs it) on `config`, collecting its log.
+fn spawn(mut command: Command, config: &std::path::Path) -> Process {
+    command.arg("--config").arg(config);
+    Process::spawn(command)
 }
 
 /// Starts `command` (the binary, or something that execs it) on `config` and waits for the
 /// startup line; returns the process and the addresses of `web` and the admin listener.
 fn start(command: Command, config: &std::path::Path) -> (Process, SocketAddr, SocketAddr) {
-    let (process, rx) = spawn(command, config);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("fulcrum printed its startup line");
-        let field = |after: &str| {
-            line.split(after)
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|address| address.trim_matches(',').parse().ok())
-        };
-        if let (Some(web), Some(admin)) = (field("web http://"), field("admin=")) {
-            std::thread::spawn(move || while rx.recv().is_ok() {});
-            return (process, web, admin);
-        }
-    }
+    let mut process = spawn(command, config);
+    process.wait_started_blocking();
+    let (web, admin) = (process.listener("web"), process.admin());
+    (process, web, admin)
 }
 
 /// One request on a new connection (`Connection: close`); the status line, or why none came.
@@ -178,14 +131,13 @@ fn an_upgrade_to_a_broken_config_leaves_the_old_process_serving() {
     let dir = TempDir::new("upgrade-broken");
     let path = config(&dir, backend, "");
     let (mut old, web, admin) = start(Command::new(BIN), &path);
-    let old_pid = old.0.id();
+    let old_pid = old.id();
     // The file is broken after start (the running process keeps its last good config).
     std::fs::write(&path, "[[listeners]]\nname = 3\n").expect("break the config");
     signal(old_pid, "USR2");
-    // The new process exits at once on the broken file; give it time to try.
-    std::thread::sleep(Duration::from_secs(2));
+    old.wait_log_blocking("upgrade failed; still serving", Duration::from_secs(60));
     assert!(
-        old.0.try_wait().expect("wait").is_none(),
+        old.child().try_wait().expect("wait").is_none(),
         "the old process keeps running"
     );
     assert_eq!(serving_pid(admin), Some(u64::from(old_pid)));
@@ -219,12 +171,12 @@ fn the_service_manager_hears_ready_reloading_and_stopping() {
         }
     };
     expect("READY=1");
-    signal(process.0.id(), "HUP");
+    signal(process.id(), "HUP");
     expect("RELOADING=1");
     expect("READY=1");
-    signal(process.0.id(), "TERM");
+    signal(process.id(), "TERM");
     expect("STOPPING=1");
-    let status = exit_status(&mut process.0, Duration::from_secs(30));
+    let status = exit_status(process.child(), Duration::from_secs(30));
     assert!(
         status.success(),
         "drained and exited 0 on SIGTERM: {status}"
@@ -269,7 +221,7 @@ fn an_upgrade_tells_the_service_manager_the_new_main_pid_and_does_not_stop_the_s
     let mut command = Command::new(BIN);
     command.env("NOTIFY_SOCKET", &notify_path);
     let (mut old, _, admin) = start(command, &path);
-    let old_pid = old.0.id();
+    let old_pid = old.id();
     while !notification(&notify, "READY=1").contains("READY=1") {}
     signal(old_pid, "USR2");
     // systemd takes the new process as the service's main one from its MAINPID= (with
@@ -287,7 +239,7 @@ fn an_upgrade_tells_the_service_manager_the_new_main_pid_and_does_not_stop_the_s
         }
     };
     let _new = KillOnDrop(new_pid);
-    let status = exit_status(&mut old.0, Duration::from_secs(60));
+    let status = exit_status(old.child(), Duration::from_secs(60));
     assert!(
         status.success(),
         "the old process drained and exited 0: {status}"
@@ -499,7 +451,7 @@ async fn an_upgrade_under_load_fails_no_request_and_refuses_no_connection() {
         "[runtime]\nshutdown_timeout = \"20s\"\n",
     );
     let (mut old, web, admin) = tokio::task::block_in_place(|| start(Command::new(BIN), &path));
-    let old_pid = old.0.id();
+    let old_pid = old.id();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Two clients on keep-alive connections, two opening a connection per request.
     let clients: Vec<_> = (0..4)
@@ -527,7 +479,11 @@ async fn an_upgrade_under_load_fails_no_request_and_refuses_no_connection() {
     };
     let _new = KillOnDrop(new_pid);
     eventually(Duration::from_secs(60), "the old process to exit", || {
-        let exited = old.0.try_wait().expect("wait on the old process").is_some();
+        let exited = old
+            .child()
+            .try_wait()
+            .expect("wait on the old process")
+            .is_some();
         async move { exited }
     })
     .await;
@@ -589,7 +545,7 @@ fn under_systemd_socket_activation_the_inherited_socket_serves() {
         .arg(format!("--listen={web}"))
         .arg("--fdname=web")
         .arg(BIN);
-    let (_process, log) = spawn(command, &path);
+    let process = spawn(command, &path);
     // systemd-socket-activate starts fulcrum on the first connection, which must be served:
     // connect until its socket is there (refused before), then send on that connection.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -609,17 +565,8 @@ fn under_systemd_socket_activation_the_inherited_socket_serves() {
         request_on(first, "/first"),
         Ok("HTTP/1.1 200 OK".to_owned())
     );
-    let mut lines = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !lines
-        .iter()
-        .any(|line: &String| line.contains("fulcrum started"))
-    {
-        let line = log
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("fulcrum printed its startup line");
-        lines.push(line);
-    }
+    process.wait_log_blocking("fulcrum started", Duration::from_secs(20));
+    let lines = process.lines();
     assert!(
         lines
             .iter()

@@ -1,5 +1,6 @@
-//! The real `fulcrum` binary as a child process: started on a config file, its log collected,
-//! its listeners' and admin's addresses read from its startup line, killed on drop.
+//! The real `fulcrum` binary as a child process: started on a config file (or by a command the
+//! test builds), its log collected, its listeners' and admin's addresses read from its startup
+//! line, killed on drop.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ pub struct Process {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
     startup: String,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 impl Process {
@@ -24,9 +25,21 @@ impl Process {
         let dir = TempDir::new("process");
         let path = dir.path().join("fulcrum.toml");
         std::fs::write(&path, config).expect("write config");
-        let mut child = Command::new(binary)
-            .arg("--config")
-            .arg(&path)
+        let mut command = Command::new(binary);
+        command.arg("--config").arg(&path);
+        let mut process = Process::spawn(command);
+        process._dir = Some(dir);
+        process.startup = process
+            .wait_log("fulcrum started", Duration::from_secs(10))
+            .await;
+        process
+    }
+
+    /// Starts `command` (the binary with its arguments, or a program that execs it) and
+    /// collects its log: its stdout, shared by any process it starts (the new process of an
+    /// upgrade). Waits for nothing.
+    pub fn spawn(mut command: Command) -> Process {
+        let mut child = command
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -46,16 +59,28 @@ impl Process {
                 }
             });
         }
-        let mut process = Process {
+        Process {
             child,
             log,
             startup: String::new(),
-            _dir: dir,
-        };
-        process.startup = process
-            .wait_log("fulcrum started", Duration::from_secs(10))
-            .await;
-        process
+            _dir: None,
+        }
+    }
+
+    /// Waits (blocking, at most 20 s) for the startup line, which [`Process::listener`] and
+    /// [`Process::admin`] read.
+    pub fn wait_started_blocking(&mut self) {
+        self.startup = self.wait_log_blocking("fulcrum started", Duration::from_secs(20));
+    }
+
+    /// The process (to wait on it; it is killed on drop).
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Its PID.
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     /// The address of the listener called `name`.
@@ -79,16 +104,33 @@ impl Process {
     pub async fn wait_log(&self, needle: &str, limit: Duration) -> String {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(line) = self.lines().into_iter().find(|line| line.contains(needle)) {
+            if let Some(line) = self.logged(needle, deadline, limit) {
                 return line;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no log line containing {needle:?} within {limit:?}:\n{}",
-                self.lines().join("\n")
-            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// [`Process::wait_log`] for tests without a runtime.
+    pub fn wait_log_blocking(&self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(line) = self.logged(needle, deadline, limit) {
+                return line;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The first log line containing `needle`, if any; fails the test past `deadline`.
+    fn logged(&self, needle: &str, deadline: Instant, limit: Duration) -> Option<String> {
+        let found = self.lines().into_iter().find(|line| line.contains(needle));
+        assert!(
+            found.is_some() || Instant::now() < deadline,
+            "no log line containing {needle:?} within {limit:?}:\n{}",
+            self.lines().join("\n")
+        );
+        found
     }
 }
 
