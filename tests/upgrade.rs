@@ -545,7 +545,7 @@ fn under_systemd_socket_activation_the_inherited_socket_serves() {
         .arg(format!("--listen={web}"))
         .arg("--fdname=web")
         .arg(BIN);
-    let process = spawn(command, &path);
+    let mut process = spawn(command, &path);
     // systemd-socket-activate starts fulcrum on the first connection, which must be served:
     // connect until its socket is there (refused before), then send on that connection.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -553,6 +553,9 @@ fn under_systemd_socket_activation_the_inherited_socket_serves() {
         match TcpStream::connect(web) {
             Ok(stream) => break stream,
             Err(err) => {
+                if let Some(status) = process.child().try_wait().expect("wait") {
+                    panic!("systemd-socket-activate exited ({status}); was {web} taken?");
+                }
                 assert!(
                     Instant::now() < deadline,
                     "systemd-socket-activate did not listen on {web}: {err}"
