@@ -81,6 +81,23 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             old.runtime.shutdown_timeout, new.runtime.shutdown_timeout
         ));
     }
+    if old.dns != new.dns {
+        let servers = |config: &Config| match config.dns.servers.as_slice() {
+            [] => "resolv.conf".to_owned(),
+            servers => servers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        lines.push(format!(
+            "dns: servers {}→{}, timeout {:?}→{:?}",
+            servers(old),
+            servers(new),
+            old.dns.timeout,
+            new.dns.timeout
+        ));
+    }
     if old.runtime.worker_threads != new.runtime.worker_threads {
         lines.push("runtime: worker_threads changed (applies on restart)".to_owned());
     }
@@ -96,6 +113,14 @@ fn backend_list(pool: &PoolConfig) -> String {
         let _ = write!(out, "{} (weight {})", backend.name, backend.weight);
     }
     out
+}
+
+/// `NAME port N every D` or `SRV NAME every D`, or `none`.
+fn discover_or_none(pool: &PoolConfig) -> String {
+    pool.discover.as_ref().map_or_else(
+        || "none".to_owned(),
+        |discover| format!("{} every {:?}", discover.target, discover.refresh),
+    )
 }
 
 fn pool_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<String> {
@@ -191,6 +216,12 @@ fn pool_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<String> {
         old.queue.timeout != new.queue.timeout,
         format!("{:?}", old.queue.timeout),
         format!("{:?}", new.queue.timeout),
+    );
+    setting(
+        "discover",
+        old.discover != new.discover,
+        discover_or_none(old),
+        discover_or_none(new),
     );
     if old.health_check != new.health_check {
         changes.push("health_check changed".to_owned());
