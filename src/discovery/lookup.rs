@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::proto::op::ResponseCode;
@@ -66,7 +66,8 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// The resolver of `dns`: its servers over UDP (TCP for truncated answers), or the system's.
+/// The resolver of `dns`: its servers over UDP (TCP for truncated answers), or the system's
+/// (resolv.conf and `/etc/hosts`).
 /// Nothing is cached, so every lookup asks the servers and sees the records' own TTLs.
 pub(crate) fn resolver(dns: &DnsConfig) -> Result<TokioResolver, String> {
     let provider = TokioConnectionProvider::default();
@@ -81,7 +82,12 @@ pub(crate) fn resolver(dns: &DnsConfig) -> Result<TokioResolver, String> {
         }
         TokioResolver::builder_with_config(config, provider)
     };
+    let explicit = !dns.servers.is_empty();
     let options = builder.options_mut();
+    if explicit {
+        // The servers given are the whole truth; the local hosts file is the system's.
+        options.use_hosts_file = ResolveHosts::Never;
+    }
     options.timeout = dns.timeout;
     // Each refresh is the retry; one attempt keeps a lookup within `timeout` per server.
     options.attempts = 1;

@@ -220,3 +220,6 @@ mod route_tests;
 
 #[cfg(test)]
 mod ewma_budget_tests;
+
+#[cfg(test)]
+mod discover_tests;
