@@ -274,7 +274,7 @@ async fn pool_status(admin: SocketAddr, pool: &str) -> serde_json::Value {
 }
 
 /// The backend of `pool` whose address is `address`, from `/status`.
-fn backend_status<'a>(pool: &'a serde_json::Value, address: SocketAddr) -> &'a serde_json::Value {
+fn backend_status(pool: &serde_json::Value, address: SocketAddr) -> &serde_json::Value {
     pool["backends"]
         .as_array()
         .and_then(|backends| {
@@ -362,4 +362,59 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// The headless-Service example in `deploy/kubernetes/` discovers the Service it defines: the
+/// config in its ConfigMap is valid, and its `discover` name and port are that Service's.
+#[test]
+fn the_kubernetes_example_discovers_its_headless_service() {
+    use yaml_rust2::YamlLoader;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/kubernetes/headless-discovery.yaml");
+    let text = std::fs::read_to_string(&path).expect("read the manifest");
+    let documents = YamlLoader::load_from_str(&text).expect("valid YAML");
+    let find = |kind: &str| {
+        documents
+            .iter()
+            .find(|doc| doc["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("a {kind} in {}", path.display()))
+    };
+    let service = find("Service");
+    assert!(
+        service["spec"]["clusterIP"].as_str() == Some("None"),
+        "a headless Service"
+    );
+    let name = service["metadata"]["name"].as_str().expect("a name");
+    let namespace = service["metadata"]["namespace"]
+        .as_str()
+        .expect("a namespace");
+    let port = service["spec"]["ports"][0]["port"]
+        .as_i64()
+        .expect("a port");
+
+    let token_path = "/etc/fulcrum/secret/admin.token";
+    let config = find("ConfigMap")["data"]["fulcrum.toml"]
+        .as_str()
+        .expect("fulcrum.toml in the ConfigMap");
+    assert!(config.contains(token_path));
+    let dir = common::TempDir::new("k8s-discovery");
+    dir.write("admin.token", "0123456789abcdef0123456789abcdef");
+    let config = fulcrum::Config::parse(
+        &dir.config_file(),
+        &config.replace(token_path, "admin.token"),
+    )
+    .unwrap_or_else(|err| panic!("the ConfigMap's config: {err}"));
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    let discover = config
+        .pools
+        .iter()
+        .find_map(|pool| pool.discover.as_ref())
+        .expect("a discover pool");
+    assert_eq!(
+        discover.target,
+        fulcrum::config::DiscoverTarget::Name {
+            name: format!("{name}.{namespace}.svc.cluster.local").into(),
+            port: u16::try_from(port).expect("a port number"),
+        }
+    );
 }
