@@ -321,16 +321,25 @@ struct Running {
 
 impl Running {
     async fn start(text: &str) -> Running {
-        let config = fulcrum::Config::parse("discovery.toml", text)
+        Running::start_from(None, text).await
+    }
+
+    /// Starts on `text`, read from `file` when given (so `POST /reload` reads it again).
+    async fn start_from(file: Option<&std::path::Path>, text: &str) -> Running {
+        let name = file.map_or_else(|| "discovery.toml".to_owned(), |f| f.display().to_string());
+        let config = fulcrum::Config::parse(&name, text)
             .unwrap_or_else(|err| panic!("test config is invalid:\n{err}\n{text}"));
         let names: Vec<String> = config
             .listeners
             .iter()
             .map(|l| l.name.to_string())
             .collect();
-        let server = fulcrum::Server::bind(config)
+        let mut server = fulcrum::Server::bind(config)
             .await
             .expect("bind the balancer");
+        if let Some(file) = file {
+            server = server.with_config_file(file, text.to_owned());
+        }
         let listeners = names
             .into_iter()
             .map(|name| {

@@ -1,6 +1,7 @@
 //! A/AAAA discovery: backends appear and disappear with the records, keep their state while
 //! their address stays, drain when it goes; http and tcp pools alike.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -152,6 +153,49 @@ async fn a_pool_waiting_for_its_first_answer_answers_503_then_serves() {
         dns.set_hosts(&hosts("app.test", &[2]));
         let took = wait_served_by(balancer.addr(), &["b2"], CHANGE_LIMIT).await;
         println!("first backend served {took:?} after its record appeared");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_discovered_backends_and_their_state() {
+    bounded(async {
+        let (port, _backends) = backends_on_one_port(&[2, 3]).await;
+        let Some(dns) = Dnsmasq::start(&hosts("app.test", &[2, 3]), 0, &[]) else {
+            return;
+        };
+        let dir = common::TempDir::new("discovery-reload");
+        let file = dir.join("fulcrum.toml");
+        let text = web_config(&dns, &format!("name = \"app.test\", port = {port}"), "");
+        dir.write("fulcrum.toml", &text);
+        let balancer = Running::start_from(Some(&file), &text).await;
+        let (web, admin) = (balancer.addr("web"), balancer.admin);
+        assert_eq!(served(web, 8).await, set(&["b2", "b3"]));
+        let before = pool_status(admin, "app").await;
+
+        // A reload that changes another setting of the pool: the discovered backends stay,
+        // with their counters, and the reload's diff does not remove them.
+        dir.write("fulcrum.toml", &format!("{text}retries = 1\n"));
+        let reload =
+            common::balancer::admin_request(admin, http::Method::POST, "/reload", &[]).await;
+        assert_eq!(reload.status, StatusCode::OK, "{}", reload.text());
+        assert!(!reload.text().contains("draining"), "{}", reload.text());
+        let after = pool_status(admin, "app").await;
+        for backend in before["backends"].as_array().expect("backends") {
+            let address: SocketAddr = backend["address"]
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .expect("an address");
+            let kept = backend_status(&after, address);
+            assert_eq!(kept["requests"], backend["requests"], "{after}");
+            assert_eq!(kept["state"], "healthy", "{after}");
+        }
+        assert_eq!(
+            after["backends"].as_array().map(Vec::len),
+            Some(2),
+            "{after}"
+        );
+        assert_eq!(served(web, 8).await, set(&["b2", "b3"]));
     })
     .await;
 }
