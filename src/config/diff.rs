@@ -433,4 +433,22 @@ backends = [{ address = "127.0.0.1:3001", weight = 3 }, "127.0.0.1:3004"]
             ]
         );
     }
+
+    #[test]
+    fn discover_and_dns_changes_are_listed() {
+        let head = "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\npool = \"app\"\n\n";
+        let old = parse(&format!(
+            "{head}[pools.app]\ndiscover = {{ name = \"a.test\", port = 80 }}\n"
+        ));
+        let new = parse(&format!(
+            "[dns]\nservers = [\"127.0.0.1:5353\"]\n\n{head}[pools.app]\ndiscover = {{ srv = \"_h._tcp.a.test\", refresh = \"1s\" }}\n"
+        ));
+        assert_eq!(
+            diff(&old, &new),
+            [
+                "pool app: discover a.test port 80 every 5s→SRV _h._tcp.a.test every 1s",
+                "dns: servers resolv.conf→127.0.0.1:5353, timeout 2s→2s",
+            ]
+        );
+    }
 }
