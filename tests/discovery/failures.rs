@@ -33,7 +33,7 @@ async fn failed_lookups_keep_the_last_good_set() {
         // REFUSED: the name is forwarded to no upstream at all.
         dns.set_hosts("");
         dns.set_servers("server=/app.test/#\n");
-        let status = wait_status(admin, "app", CHANGE_LIMIT, "a failed lookup", |pool| {
+        let status = wait_status(admin, "app", SLACK_LIMIT, "a failed lookup", |pool| {
             pool["discovery"]["last_outcome"] == "error"
         })
         .await;
@@ -94,42 +94,39 @@ async fn nxdomain_is_believed_only_after_twice_the_refresh() {
         let (web, admin) = (balancer.addr(), balancer.admin_addr());
         assert_eq!(served(web, 4).await, set(&["b2"]));
 
-        dns.set_hosts("");
+        // Every NXDOMAIN comes after this instant, and the set may only go 2 × refresh after
+        // the first one.
         let removed = tokio::time::Instant::now();
-        let status = wait_status(admin, "app", CHANGE_LIMIT, "an NXDOMAIN answer", |pool| {
+        dns.set_hosts("");
+        wait_status(admin, "app", SLACK_LIMIT, "an NXDOMAIN answer", |pool| {
             pool["discovery"]["last_outcome"] == "nxdomain"
         })
         .await;
-        let first_nxdomain = tokio::time::Instant::now();
-        // The first NXDOMAINs are not believed yet.
-        assert_eq!(status["discovery"]["backends"], 1, "{status}");
-        assert_eq!(status["backends"].as_array().map(Vec::len), Some(1), "{status}");
-
-        let limit = REFRESH * 2 + CHANGE_LIMIT;
+        let limit = REFRESH * 2 + SLACK_LIMIT;
         loop {
             let response = fetch(web, "/").await;
             if response.status == StatusCode::SERVICE_UNAVAILABLE {
                 break;
             }
+            assert_eq!(response.served_by(), Some("b2"));
             assert!(removed.elapsed() < limit, "still serving after {limit:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let believed_after = first_nxdomain.elapsed();
-        println!(
-            "NXDOMAIN believed {believed_after:?} after the first one was seen ({:?} after the record went)",
-            removed.elapsed()
-        );
-        // The first NXDOMAIN was seen at most one status poll before `first_nxdomain`.
+        let believed = removed.elapsed();
+        println!("NXDOMAIN believed {believed:?} after the record went");
         assert!(
-            believed_after + Duration::from_millis(100) >= REFRESH * 2,
-            "NXDOMAIN believed after only {believed_after:?}"
+            believed >= REFRESH * 2,
+            "NXDOMAIN believed after only {believed:?}"
         );
         let status = pool_status(admin, "app").await;
         assert_eq!(status["discovery"]["backends"], 0, "{status}");
-        assert!(status["discovery"]["last_good_unix"].as_f64().is_some(), "{status}");
+        assert!(
+            status["discovery"]["last_good_unix"].as_f64().is_some(),
+            "{status}"
+        );
 
         dns.set_hosts(&hosts("app.test", &[2]));
-        wait_served_by(web, &["b2"], CHANGE_LIMIT).await;
+        wait_served_by(web, &["b2"], SLACK_LIMIT).await;
     })
     .await;
 }

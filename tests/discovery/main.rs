@@ -39,6 +39,9 @@ const REFRESH: Duration = Duration::from_millis(300);
 /// How long a DNS change may take to show: the brief's `refresh` + 1 s.
 const CHANGE_LIMIT: Duration = Duration::from_millis(1300);
 
+/// How long a wait for anything else may take: generous, for a loaded machine.
+const SLACK_LIMIT: Duration = Duration::from_secs(5);
+
 /// The name server timeout of the tests' `[dns]`.
 const DNS_TIMEOUT: &str = "300ms";
 
