@@ -17,6 +17,9 @@
 //!   orders and renews on a `schedule`, and the HTTP-01 tokens plain listeners answer.
 //! - `snapshot`: the immutable runtime snapshot (pools, which pool serves which listener),
 //!   swapped whole on reload.
+//! - `discovery/`: DNS service discovery: a task per `discover` pool does the `lookup`s, its
+//!   `tracker` keeps the last good set through failures; the sets live in a registry that
+//!   reload merges into the config.
 //! - `pool`: a pool's policy per request: next attempt within the retry budget, the queue in
 //!   front of `max_connections`, fail-open, passive ejection.
 //! - `retry_budget`: a pool's retries over a 10 s window, bounded by its requests.
@@ -42,7 +45,8 @@
 //! - `metrics/`: series `names`, per-listener/pool/backend `handles`, one-minute `window`s.
 //! - `admin/`: the operator endpoints (health, reload, status, Prometheus, dashboard) and their
 //!   `access` rules (token, `Host`, `Origin`).
-//! - [`reload`]: triggers (file watch, SIGHUP, admin) and the reload `transaction`.
+//! - [`reload`]: triggers (file watch, SIGHUP, admin), the reload `transaction`, and the
+//!   same swap for changed `discovery` sets.
 //! - [`server`]: bind, run, drain: `accept` loops and the `runtime` of a running server.
 //! - [`cli`]: the `fulcrum` binary's arguments and the admin client behind `--check --diff`.
 //!
@@ -56,6 +60,7 @@ mod backend;
 mod balance;
 pub mod cli;
 pub mod config;
+mod discovery;
 mod health;
 mod http;
 mod io;

@@ -69,6 +69,8 @@ pub(crate) struct AdminState {
     ready: AtomicBool,
     /// The certificates served (file and ACME), for `/status`.
     acme: Arc<crate::acme::Shared>,
+    /// The discovered sets and lookups of `discover` pools, for `/status`.
+    discovery: Arc<crate::discovery::Registry>,
 }
 
 impl AdminState {
@@ -81,6 +83,7 @@ impl AdminState {
         source: Option<String>,
         exporter: Option<&'static PrometheusHandle>,
         acme: Arc<crate::acme::Shared>,
+        discovery: Arc<crate::discovery::Registry>,
     ) -> Self {
         Self {
             reload,
@@ -95,6 +98,7 @@ impl AdminState {
             access: ArcSwap::from_pointee(Access::open()),
             ready: AtomicBool::new(false),
             acme,
+            discovery,
         }
     }
 
@@ -181,6 +185,7 @@ impl AdminState {
             ),
         );
         status.certificates = self.acme.book.snapshot();
+        status.add_discovery(&self.discovery);
         status
     }
 

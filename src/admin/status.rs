@@ -182,6 +182,9 @@ pub(crate) struct PoolStatus {
     retry_budget: Option<RetryBudgetStatus>,
     /// The name of the pool's sticky cookie (`null`: not sticky).
     sticky_cookie: Option<String>,
+    /// `discover` pools: the name looked up and what DNS last said (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    discovery: Option<crate::discovery::DiscoveryStatus>,
     backends: Vec<BackendStatus>,
 }
 
@@ -287,6 +290,7 @@ impl Status {
                         .sticky
                         .as_ref()
                         .map(|sticky| sticky.cookie().to_owned()),
+                    discovery: None,
                     backends,
                 }
             })
@@ -327,6 +331,15 @@ impl Status {
             listeners,
             pools,
             certificates: Vec::new(),
+        }
+    }
+}
+
+impl Status {
+    /// Fills in each `discover` pool's `discovery` object.
+    pub(crate) fn add_discovery(&mut self, registry: &crate::discovery::Registry) {
+        for pool in &mut self.pools {
+            pool.discovery = registry.status(&pool.name);
         }
     }
 }

@@ -32,3 +32,6 @@ pub(super) const EWMA_DECAY: Duration = Duration::from_secs(10);
 pub(super) const DEFAULT_RTT: Duration = Duration::from_millis(30);
 pub(super) const RETRY_BUDGET_PERCENT: u32 = 20;
 pub(super) const RETRY_BUDGET_MIN_PER_SECOND: u32 = 10;
+pub(super) const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const DNS_PORT: u16 = 53;
+pub(super) const DISCOVER_REFRESH: Duration = Duration::from_secs(5);

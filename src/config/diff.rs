@@ -81,6 +81,23 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             old.runtime.shutdown_timeout, new.runtime.shutdown_timeout
         ));
     }
+    if old.dns != new.dns {
+        let servers = |config: &Config| match config.dns.servers.as_slice() {
+            [] => "resolv.conf".to_owned(),
+            servers => servers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        lines.push(format!(
+            "dns: servers {}→{}, timeout {:?}→{:?}",
+            servers(old),
+            servers(new),
+            old.dns.timeout,
+            new.dns.timeout
+        ));
+    }
     if old.runtime.worker_threads != new.runtime.worker_threads {
         lines.push("runtime: worker_threads changed (applies on restart)".to_owned());
     }
@@ -96,6 +113,14 @@ fn backend_list(pool: &PoolConfig) -> String {
         let _ = write!(out, "{} (weight {})", backend.name, backend.weight);
     }
     out
+}
+
+/// `NAME port N every D` or `SRV NAME every D`, or `none`.
+fn discover_or_none(pool: &PoolConfig) -> String {
+    pool.discover.as_ref().map_or_else(
+        || "none".to_owned(),
+        |discover| format!("{} every {:?}", discover.target, discover.refresh),
+    )
 }
 
 fn pool_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<String> {
@@ -191,6 +216,12 @@ fn pool_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<String> {
         old.queue.timeout != new.queue.timeout,
         format!("{:?}", old.queue.timeout),
         format!("{:?}", new.queue.timeout),
+    );
+    setting(
+        "discover",
+        old.discover != new.discover,
+        discover_or_none(old),
+        discover_or_none(new),
     );
     if old.health_check != new.health_check {
         changes.push("health_check changed".to_owned());
@@ -399,6 +430,24 @@ backends = [{ address = "127.0.0.1:3001", weight = 3 }, "127.0.0.1:3004"]
             [
                 "pool app: ewma_decay 10s→5s, default_rtt 30ms→30ms (estimates kept), \
               retry_budget none→25% + 2/s (window restarted)"
+            ]
+        );
+    }
+
+    #[test]
+    fn discover_and_dns_changes_are_listed() {
+        let head = "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\npool = \"app\"\n\n";
+        let old = parse(&format!(
+            "{head}[pools.app]\ndiscover = {{ name = \"a.test\", port = 80 }}\n"
+        ));
+        let new = parse(&format!(
+            "[dns]\nservers = [\"127.0.0.1:5353\"]\n\n{head}[pools.app]\ndiscover = {{ srv = \"_h._tcp.a.test\", refresh = \"1s\" }}\n"
+        ));
+        assert_eq!(
+            diff(&old, &new),
+            [
+                "pool app: discover a.test port 80 every 5s→SRV _h._tcp.a.test every 1s",
+                "dns: servers resolv.conf→127.0.0.1:5353, timeout 2s→2s",
             ]
         );
     }

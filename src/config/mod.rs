@@ -2,7 +2,7 @@
 //!
 //! `raw` describes the file (serde, unknown keys rejected); `validate` turns it into the types
 //! of `types`, re-exported here, whose invariants hold by construction: every pool has at least
-//! one backend, weights are at least 1, every listener names a pool that exists, addresses are
+//! one backend (or `discover`), weights are at least 1, every listener names a pool that exists, addresses are
 //! resolved. Errors name the file, line, column and key (see [`ConfigError`]).
 
 mod defaults;
@@ -19,11 +19,11 @@ pub use diff::diff;
 pub use error::{ConfigError, Problem};
 pub use token::TokenError;
 pub use types::{
-    AdminConfig, AdminToken, Algorithm, BackendConfig, CheckKind, ClientLimits, Config, EwmaConfig,
-    HashKey, HeaderMatch, HealthCheckConfig, HostMatch, Http2Limits, ListenerConfig, MirrorConfig,
-    PassiveConfig, PathMatch, PoolConfig, Protocol, ProxyProtocol, QueueConfig, RateLimitConfig,
-    RateLimitKey, RetryBudgetConfig, RouteAction, RouteConfig, RuntimeConfig, StatusSet,
-    StickyConfig,
+    AdminConfig, AdminToken, Algorithm, BackendConfig, CheckKind, ClientLimits, Config,
+    DiscoverConfig, DiscoverTarget, DnsConfig, EwmaConfig, HashKey, HeaderMatch, HealthCheckConfig,
+    HostMatch, Http2Limits, ListenerConfig, MirrorConfig, PassiveConfig, PathMatch, PoolConfig,
+    Protocol, ProxyProtocol, QueueConfig, RateLimitConfig, RateLimitKey, RetryBudgetConfig,
+    RouteAction, RouteConfig, RuntimeConfig, StatusSet, StickyConfig,
 };
 
 pub(crate) use crate::tls::UpstreamTlsConfig;

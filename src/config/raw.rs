@@ -21,6 +21,8 @@ pub(super) struct RawConfig {
     pub runtime: Option<RawRuntime>,
     /// `[log]`: logging options.
     pub log: Option<RawLog>,
+    /// `[dns]`: the resolver that `discover` pools use.
+    pub dns: Option<Spanned<RawDns>>,
     /// `[[listeners]]`: the sockets that accept client traffic.
     #[serde(default)]
     pub listeners: Vec<Spanned<RawListener>>,
@@ -45,6 +47,30 @@ pub(super) struct RawAdmin {
     pub header_read_timeout: Option<Spanned<String>>,
     /// Most admin connections open at once.
     pub max_connections: Option<Spanned<i64>>,
+}
+
+/// `[dns]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDns {
+    /// Name servers (`ip` or `ip:port`); absent: the system's resolv.conf.
+    pub servers: Option<Vec<Spanned<String>>>,
+    /// Time one query may take.
+    pub timeout: Option<Spanned<String>>,
+}
+
+/// A pool's `discover = { name, port, srv, refresh }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDiscover {
+    /// A name whose A/AAAA records are the backends.
+    pub name: Option<Spanned<String>>,
+    /// The backends' port, with `name`.
+    pub port: Option<Spanned<i64>>,
+    /// A name whose SRV records give the backends, their ports and weights.
+    pub srv: Option<Spanned<String>>,
+    /// Shortest time between two lookups.
+    pub refresh: Option<Spanned<String>>,
 }
 
 /// `[log]`.
@@ -286,8 +312,10 @@ pub(super) enum RawProxyVersion {
 pub(super) struct RawPool {
     /// Balancing algorithm; defaults to round-robin.
     pub algorithm: Option<Spanned<RawAlgorithm>>,
-    /// The backends; must not be empty.
-    pub backends: Spanned<Vec<Spanned<RawBackend>>>,
+    /// The static backends; with no `discover`, required and not empty.
+    pub backends: Option<Spanned<Vec<Spanned<RawBackend>>>>,
+    /// Backends found in DNS.
+    pub discover: Option<Spanned<RawDiscover>>,
     /// Time allowed for a TCP connect to a backend.
     pub connect_timeout: Option<Spanned<String>>,
     /// Time allowed from sending a request until the backend's response head.

@@ -23,6 +23,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Pools in file order; names are unique.
     pub pools: Vec<PoolConfig>,
+    /// The resolver `discover` pools use (`[dns]`).
+    pub dns: DnsConfig,
     /// Things that are valid but probably not meant (a route no request can reach), for
     /// `--check` and the log.
     pub warnings: Vec<Problem>,
@@ -43,6 +45,52 @@ pub struct AdminConfig {
     pub header_read_timeout: Duration,
     /// Most admin connections open at once; the accept loop waits at it.
     pub max_connections: NonZeroUsize,
+}
+
+/// `[dns]`: the resolver of `discover` pools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Name servers asked, in order; empty: those of the system's `/etc/resolv.conf`.
+    pub servers: Vec<SocketAddr>,
+    /// Time one query may take before it counts as failed.
+    pub timeout: Duration,
+}
+
+/// A pool's `discover`: backends found in DNS, looked up again as their records expire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoverConfig {
+    /// What is looked up.
+    pub target: DiscoverTarget,
+    /// Shortest time between lookups: the records' TTL is clamped to `[refresh, 5 min]`.
+    pub refresh: Duration,
+}
+
+impl DiscoverConfig {
+    /// The longest `refresh`, and the cap on the TTL-driven wait between lookups.
+    pub const MAX_REFRESH: Duration = Duration::from_secs(300);
+}
+
+/// What a `discover` pool looks up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoverTarget {
+    /// A and AAAA records of `name`; every address is a backend on `port`.
+    Name {
+        /// The name, as written.
+        name: Arc<str>,
+        /// The backends' port.
+        port: u16,
+    },
+    /// SRV records of this name: targets (resolved to A/AAAA), ports and weights.
+    Srv(Arc<str>),
+}
+
+impl std::fmt::Display for DiscoverTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiscoverTarget::Name { name, port } => write!(f, "{name} port {port}"),
+            DiscoverTarget::Srv(name) => write!(f, "SRV {name}"),
+        }
+    }
 }
 
 /// `[runtime]`.
@@ -360,8 +408,11 @@ pub struct PoolConfig {
     pub protocol: Protocol,
     /// How a backend is chosen.
     pub algorithm: Algorithm,
-    /// At least one backend; addresses are unique within the pool.
+    /// The backends; addresses are unique within the pool. Only a `discover` pool may have
+    /// none (in the file, and while DNS has not answered yet).
     pub backends: Vec<BackendConfig>,
+    /// Backends found in DNS, besides `backends`.
+    pub discover: Option<DiscoverConfig>,
     /// TCP connect timeout per attempt.
     pub connect_timeout: Duration,
     /// Time from sending a request until the response head arrives.

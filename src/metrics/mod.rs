@@ -174,6 +174,14 @@ fn describe() {
         "ACME orders, by outcome (issued: a first certificate; renewed: a replacement; failed: the order or the account failed, retried with back-off)."
     );
     describe_counter!(
+        names::DISCOVERY_REFRESHES,
+        "DNS lookups of discover pools, by pool and outcome (ok, empty, nxdomain, error); only ok changes a set, except NXDOMAIN repeated for twice the refresh."
+    );
+    describe_gauge!(
+        names::DISCOVERY_BACKENDS,
+        "Backends in a discover pool's last good DNS answer, by pool."
+    );
+    describe_counter!(
         names::RATE_LIMITED,
         "Requests (tcp listeners: connections) refused by a rate limit, by listener and route (-: the listener's own limit)."
     );

@@ -73,3 +73,7 @@ pub(crate) const RATE_LIMIT_KEYS: &str = "fulcrum_rate_limit_keys";
 pub(crate) const CERTIFICATE_EXPIRY: &str = "fulcrum_certificate_expiry_seconds";
 /// ACME orders (issuances and renewals), by outcome.
 pub(crate) const ACME_ORDERS: &str = "fulcrum_acme_orders_total";
+/// DNS lookups of `discover` pools, by pool and outcome (`ok`, `empty`, `nxdomain`, `error`).
+pub(crate) const DISCOVERY_REFRESHES: &str = "fulcrum_discovery_refreshes_total";
+/// Gauge: backends in a `discover` pool's last good set, by pool.
+pub(crate) const DISCOVERY_BACKENDS: &str = "fulcrum_discovery_backends";

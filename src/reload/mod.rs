@@ -1,8 +1,9 @@
 //! Live reconfiguration triggers: the config file changing on disk, SIGHUP (wired in `main`),
 //! and `POST /reload` on the admin listener. All of them send a [`ReloadRequest`] to the one
 //! task that applies reloads (see `server`), so reloads never run concurrently; that task runs
-//! the [`transaction`].
+//! the [`transaction`]. DNS discovery's changed sets take the same swap (`discovery`).
 
+mod discovery;
 pub mod transaction;
 
 use std::fmt;

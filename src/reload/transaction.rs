@@ -1,5 +1,6 @@
 //! The reload transaction: read and validate the file, bind every new address, then swap the
-//! snapshot in one store and bring listeners, checkers and watches in line. On any error
+//! snapshot in one store and bring listeners, checkers and watches in line. Changed DNS
+//! discovery sets take the same swap (`swap_snapshot`), from `discovery.rs`. On any error
 //! before the swap nothing changes, and the running config keeps serving.
 
 use std::sync::Arc;
@@ -119,10 +120,31 @@ impl Runtime {
             (None, _) => None,
         };
 
-        // Swap the snapshot: one store, off the hot path.
+        // Swap the snapshot: one store, off the hot path. Discover pools keep their sets.
         let config = Arc::new(config);
+        self.discovery.sync(&config);
+        let effective = Arc::new(self.discovery.registry().merge(&config));
+        self.swap_snapshot(effective).await;
+        // New ACME certificates are served (cached or stand-in) before their listeners change.
+        self.acme.sync(&config);
+        self.apply_listeners(&config, fresh).await;
+        self.apply_admin(&config, admin_socket).await;
+        self.publish_listeners();
+        let certificates_changed = tls_files(&self.config) != tls_files(&config);
+        self.config = config;
+        if certificates_changed {
+            let handle = self.reload_handle.clone();
+            self.watch_certificates(&handle);
+        }
+        ReloadOutcome::Applied(changes)
+    }
+
+    /// Builds the snapshot of `config` (the file's config with the discovered backends merged
+    /// in) keeping the live state of every backend that stays, gives new backends their first
+    /// health checks, swaps it in, and drains the backends it no longer has.
+    pub(crate) async fn swap_snapshot(&mut self, config: Arc<Config>) {
         let previous = self.state.load_full();
-        let snapshot = Arc::new(Snapshot::build(Arc::clone(&config), Some(&previous)));
+        let snapshot = Arc::new(Snapshot::build(config, Some(&previous)));
         // A pool with no backend up yet (a new one) gets its first checks before it serves.
         self.checkers.sync(&snapshot);
         let unchecked = crate::health::checker::first_round(&snapshot, false).await;
@@ -147,18 +169,6 @@ impl Runtime {
             }
         }
         self.admin_state.add_draining(retired);
-        // New ACME certificates are served (cached or stand-in) before their listeners change.
-        self.acme.sync(&config);
-        self.apply_listeners(&config, fresh).await;
-        self.apply_admin(&config, admin_socket).await;
-        self.publish_listeners();
-        let certificates_changed = tls_files(&self.config) != tls_files(&config);
-        self.config = config;
-        if certificates_changed {
-            let handle = self.reload_handle.clone();
-            self.watch_certificates(&handle);
-        }
-        ReloadOutcome::Applied(changes)
     }
 
     /// Re-reads every TLS listener's certificate files; a listener whose files are broken keeps

@@ -206,6 +206,7 @@ impl Server {
         drop(upgrade_tx);
         let stop = CancellationToken::new();
         let (file, source) = file.unzip();
+        let discovery = crate::discovery::Discovery::new(stop.child_token());
         let admin_state = Arc::new(AdminState::new(
             ReloadHandle::new(reload_tx.clone()),
             Arc::clone(&state),
@@ -213,6 +214,7 @@ impl Server {
             source.clone(),
             exporter,
             Arc::clone(&acme),
+            Arc::clone(discovery.registry()),
         ));
         if let Some(exporter) = exporter {
             // Histograms accumulate samples until drained; drain them even if nobody scrapes.
@@ -241,7 +243,10 @@ impl Server {
             reload_handle: ReloadHandle::new(reload_tx.clone()),
             acme: crate::acme::Manager::new(Arc::clone(&acme), acme_stop),
             acme_shared: acme,
+            discovery,
         };
+        // Discover pools get their first answers before the first health checks.
+        runtime.start_discovery().await;
         runtime.checkers.sync(&runtime.state.load());
         log_startup(&runtime.state.load(), &listeners, admin.as_ref());
         if let (Some(socket), Some(config)) = (admin, runtime.config.admin.clone()) {
@@ -293,6 +298,7 @@ impl Server {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                () = runtime.discovery.changed() => runtime.apply_discovery().await,
                 Some(request) = reload_rx.recv() => {
                     notify::reloading();
                     let outcome = runtime.reload(request.trigger).await;

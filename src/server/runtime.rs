@@ -58,6 +58,8 @@ pub(crate) struct Runtime {
     pub(crate) acme: crate::acme::Manager,
     /// What ACME shares with listeners.
     pub(crate) acme_shared: Arc<crate::acme::Shared>,
+    /// The DNS lookups of `discover` pools.
+    pub(crate) discovery: crate::discovery::Discovery,
 }
 
 pub(crate) struct RunningListener {

@@ -15,6 +15,8 @@
 //! - `process`: the real `fulcrum` binary as a child process, and a Prometheus series reader.
 //! - `pebble`: [`pebble::Pebble`], Let's Encrypt's test ACME CA as a child process, validating
 //!   against the ports a test gives.
+//! - `dnsmasq`: [`dnsmasq::Dnsmasq`], a real DNS server as a child process, whose records a
+//!   test rewrites while it runs (discovery tests).
 //! - `tools`: external tools (Chromium, Redis, curl): a missing one skips locally and fails
 //!   under `CI=true`.
 //!
@@ -26,6 +28,7 @@ pub mod backend;
 pub mod balancer;
 pub mod client;
 pub mod controlled;
+pub mod dnsmasq;
 pub mod h2frames;
 pub mod pebble;
 pub mod pki;

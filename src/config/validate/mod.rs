@@ -1,12 +1,13 @@
 //! Raw file → validated [`Config`]. Each rule reports every violation it finds, with position.
 //!
 //! This file checks the whole file (runtime, listeners against pools); `admin`, `listener`,
-//! `pool` and `health` check their sections, with the shared value checks of `checker`.
+//! `pool`, `discover` and `health` check their sections, with the shared value checks of `checker`.
 
 mod acme;
 mod admin;
 mod balancing;
 mod checker;
+mod discover;
 mod ewma_budget;
 mod health;
 mod listener;
@@ -44,6 +45,7 @@ pub(super) fn parse(file: &str, source: &str) -> Result<Config, ConfigError> {
 impl Checker<'_> {
     fn config(&mut self, raw: RawConfig) -> Option<Config> {
         let runtime = self.runtime(raw.runtime.as_ref());
+        let dns = self.dns(raw.dns.as_ref());
         let admin = raw.admin.as_ref().map(|admin| self.admin(admin));
 
         let protocols = self.pool_protocols(&raw);
@@ -111,6 +113,7 @@ impl Checker<'_> {
             access_log: raw.log.as_ref().and_then(|log| log.access).unwrap_or(false),
             listeners,
             pools,
+            dns: dns?,
             warnings: Vec::new(),
         })
     }
@@ -217,3 +220,6 @@ mod route_tests;
 
 #[cfg(test)]
 mod ewma_budget_tests;
+
+#[cfg(test)]
+mod discover_tests;

@@ -105,7 +105,22 @@ impl Checker<'_> {
         let ewma = self.ewma(&key, raw);
         let retry_budget = self.retry_budget(&key, raw.retry_budget.as_ref());
         let balancing = self.balancing(&key, raw, algorithm, protocol);
-        let backends = self.backends(&key, &raw.backends);
+        let discover = raw
+            .discover
+            .as_ref()
+            .map(|discover| self.discover(&key, discover));
+        let backends = match (&raw.backends, &discover) {
+            (Some(backends), _) => self.backends(&key, backends, discover.is_some()),
+            (None, Some(_)) => Some(Vec::new()),
+            (None, None) => {
+                self.report(
+                    name,
+                    &key,
+                    "a pool needs `backends`, `discover` (backends found in DNS), or both",
+                );
+                None
+            }
+        };
         let connect_timeout = self.duration(
             raw.connect_timeout.as_ref(),
             &format!("{key}.connect_timeout"),
@@ -176,6 +191,10 @@ impl Checker<'_> {
             }),
             algorithm,
             backends: backends?,
+            discover: match discover {
+                None => None,
+                Some(discover) => Some(discover?),
+            },
             connect_timeout: connect_timeout?,
             request_timeout: request_timeout?,
             try_timeout: try_timeout?,
@@ -203,8 +222,8 @@ impl Checker<'_> {
         );
         let backend_caps = raw
             .backends
-            .get_ref()
             .iter()
+            .flat_map(|backends| backends.get_ref())
             .any(|backend| backend.get_ref().max_connections.is_some());
         if raw.max_connections.is_none() && !backend_caps {
             self.reject_keys(
@@ -241,10 +260,15 @@ impl Checker<'_> {
         &mut self,
         pool_key: &str,
         raw: &Spanned<Vec<Spanned<RawBackend>>>,
+        discovered: bool,
     ) -> Option<Vec<BackendConfig>> {
         let key = format!("{pool_key}.backends");
-        if raw.get_ref().is_empty() {
-            self.report(raw, &key, "a pool needs at least one backend");
+        if raw.get_ref().is_empty() && !discovered {
+            self.report(
+                raw,
+                &key,
+                "a pool needs at least one backend (or `discover`)",
+            );
             return None;
         }
         let mut seen = HashSet::new();
