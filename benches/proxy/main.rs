@@ -3,7 +3,7 @@
 //! contenders' configs and how to read the output.
 //!
 //! ```sh
-//! cargo bench --bench proxy -- --quick     # 1 round of 1 s per contender: under a minute
+//! cargo bench --bench proxy -- --quick     # 1 round of 1 s per contender: a few minutes
 //! cargo bench --bench proxy                # 3 rounds of 10 s (+1 s warm-up), medians reported
 //! cargo bench --bench proxy -- --help      # every option
 //! ```
