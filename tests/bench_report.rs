@@ -4,6 +4,8 @@
 
 #[path = "../benches/proxy/html.rs"]
 mod html;
+// Only `require_tool` is used here.
+#[allow(dead_code)]
 #[path = "common/tools.rs"]
 mod tools;
 

@@ -62,7 +62,7 @@ pub fn render(report: &Value) -> String {
     let machine = &report["machine"];
     let options = &report["options"];
     let mut html = String::new();
-    let _ = write!(
+    let _ = writeln!(
         html,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
@@ -74,7 +74,7 @@ pub fn render(report: &Value) -> String {
          <dt>machine</dt><dd id=\"machine\">{cores} cores, {cpu}, Linux {kernel}; {pinned}</dd>\
          <dt>load generator</dt><dd>{load} (1 thread)</dd>\
          <dt>runs</dt><dd>{rounds} round(s) of {duration} s (+{warmup} s warm-up) per contender, \
-         contenders alternating; medians shown</dd></dl>\n",
+         contenders alternating; medians shown</dd></dl>",
         started = text(&report["started_utc"]),
         commit = text(&report["commit"]),
         command = text(&report["command"]),
@@ -108,13 +108,13 @@ pub fn render(report: &Value) -> String {
 /// One scenario's section: heading, table, charts.
 fn render_scenario(html: &mut String, scenario: &Value) {
     let name = escape(scenario["name"].as_str().unwrap_or("?"));
-    let _ = write!(
+    let _ = writeln!(
         html,
-        "<section id=\"s-{name}\" data-scenario=\"{name}\"><h2>{name}</h2><p>{}</p>\n",
+        "<section id=\"s-{name}\" data-scenario=\"{name}\"><h2>{name}</h2><p>{}</p>",
         escape(scenario["about"].as_str().unwrap_or(""))
     );
     if let Some(reason) = scenario["skipped"].as_str() {
-        let _ = write!(html, "<p class=\"note\">{}</p></section>\n", escape(reason));
+        let _ = writeln!(html, "<p class=\"note\">{}</p></section>", escape(reason));
         return;
     }
     let contenders = scenario["contenders"].as_array().map_or(&[][..], Vec::as_slice);
@@ -189,11 +189,11 @@ fn absent_row(contender: &Value, columns: usize) -> Option<String> {
 fn load_table(html: &mut String, scenario: &Value, contenders: &[Value]) {
     let unit = escape(scenario["rate_unit"].as_str().unwrap_or("req/s"));
     let per = if unit == "MiB/s" { "MiB" } else { "req" };
-    let _ = write!(
+    let _ = writeln!(
         html,
         "<table><thead><tr><th>contender</th><th>{unit}</th><th>p50</th><th>p99</th>\
          <th>p99.9</th><th>p99.99</th><th>errors</th><th>CPU/{per}</th><th>user</th>\
-         <th>system</th><th>proxy core</th><th>peak RSS</th></tr></thead><tbody>\n"
+         <th>system</th><th>proxy core</th><th>peak RSS</th></tr></thead><tbody>"
     );
     for contender in contenders {
         if let Some(row) = absent_row(contender, 11) {
@@ -204,11 +204,11 @@ fn load_table(html: &mut String, scenario: &Value, contenders: &[Value]) {
         let median = &contender["median"];
         let percent = &median["latency_us"];
         let micros = |value: &Value| or_dash(value, |us| format!("{us:.1} µs"));
-        let _ = write!(
+        let _ = writeln!(
             html,
             "<tr data-contender=\"{name}\"><td>{name}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td></tr>\n",
+             <td>{}</td></tr>",
             or_dash(&median["rate"], |r| format!("{r:.0}")),
             latency(&percent["p50"]),
             latency(&percent["p99"]),
@@ -244,10 +244,10 @@ fn idle_table(html: &mut String, contenders: &[Value]) {
         let idle = &contender["median"]["idle"];
         let mib = |value: &Value| or_dash(value, |k| format!("{:.1} MiB", k / 1024.0));
         let count = |value: &Value| or_dash(value, |n| format!("{n:.0}"));
-        let _ = write!(
+        let _ = writeln!(
             html,
             "<tr data-contender=\"{name}\"><td>{name}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             mib(&idle["rss_idle_kib"]),
             mib(&idle["rss_loaded_kib"]),
             mib(&idle["added_kib"]),
