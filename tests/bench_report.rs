@@ -65,9 +65,15 @@ fn the_report_has_every_scenario_its_charts_and_no_script() {
     let report = fixture();
     let html = html::render(&report);
     assert!(html.starts_with("<!DOCTYPE html>"));
-    assert!(!html.to_ascii_lowercase().contains("<script"), "no JavaScript");
+    assert!(
+        !html.to_ascii_lowercase().contains("<script"),
+        "no JavaScript"
+    );
     for fetch in [" src=", "<link", "@import", "url("] {
-        assert!(!html.contains(fetch), "nothing loaded from elsewhere ({fetch})");
+        assert!(
+            !html.contains(fetch),
+            "nothing loaded from elsewhere ({fetch})"
+        );
     }
     assert!(!html.contains("chart failed"), "every chart drawn");
     for key in ["commit", "command", "started_utc"] {
@@ -83,7 +89,10 @@ fn the_report_has_every_scenario_its_charts_and_no_script() {
         assert_eq!(charts, expected_charts(scenario), "{name}");
         figures += charts.len();
         for contender in scenario["contenders"].as_array().expect("contenders") {
-            let row = format!("<tr data-contender=\"{}\">", contender["contender"].as_str().unwrap_or("?"));
+            let row = format!(
+                "<tr data-contender=\"{}\">",
+                contender["contender"].as_str().unwrap_or("?")
+            );
             assert!(
                 scenario["skipped"].is_string() || html.contains(&row),
                 "{name}: a row for {contender}"
@@ -92,7 +101,12 @@ fn the_report_has_every_scenario_its_charts_and_no_script() {
     }
     assert_eq!(html.matches("<svg").count(), figures, "one SVG per chart");
     // The three-nginx scenarios and both idle scenarios are in the recording.
-    for name in ["keepalive-64-3nginx", "keepalive-1000-3nginx", "idle-2k", "idle-10k"] {
+    for name in [
+        "keepalive-64-3nginx",
+        "keepalive-1000-3nginx",
+        "idle-2k",
+        "idle-10k",
+    ] {
         assert!(
             !charts_in_section(&html, name).is_empty(),
             "{name} was measured"
@@ -117,7 +131,10 @@ fn a_skipped_scenario_and_a_failed_contender_are_said_so() {
         ],
     });
     let html = html::render(&report);
-    assert!(html.contains("skipped: h2load not installed &lt;here&gt;"), "escaped: {html}");
+    assert!(
+        html.contains("skipped: h2load not installed &lt;here&gt;"),
+        "escaped: {html}"
+    );
     assert!(html.contains("failed: did not start"));
     assert!(html.contains("skipped: nginx not installed"));
     assert!(charts_in_section(&html, "h2").is_empty());
@@ -125,8 +142,11 @@ fn a_skipped_scenario_and_a_failed_contender_are_said_so() {
 
 /// Runs headless Chromium on `url` with `args` and returns its stdout; killed after a minute.
 fn chromium(browser: &Path, url: &str, args: &[&str]) -> String {
-    let profile = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("bench-report-chromium-{}-{}", std::process::id(), args.len()));
+    let profile = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "bench-report-chromium-{}-{}",
+        std::process::id(),
+        args.len()
+    ));
     std::fs::create_dir_all(&profile).expect("create a chromium profile dir");
     let mut child = Command::new(browser)
         .args([

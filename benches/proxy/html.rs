@@ -10,9 +10,10 @@
 
 use std::fmt::Write as _;
 
+use plotters::coord::CoordTranslate;
 use plotters::coord::combinators::BindKeyPoints;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
 
 /// Width and height of one chart, in CSS pixels.
@@ -91,7 +92,9 @@ pub fn render(report: &Value) -> String {
         duration = options["duration_s"],
         warmup = options["warmup_s"],
     );
-    let scenarios = report["scenarios"].as_array().map_or(&[][..], Vec::as_slice);
+    let scenarios = report["scenarios"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
     html.push_str("<nav>");
     for scenario in scenarios {
         let name = text(&scenario["name"]);
@@ -117,13 +120,17 @@ fn render_scenario(html: &mut String, scenario: &Value) {
         let _ = writeln!(html, "<p class=\"note\">{}</p></section>", escape(reason));
         return;
     }
-    let contenders = scenario["contenders"].as_array().map_or(&[][..], Vec::as_slice);
+    let contenders = scenario["contenders"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
     let measured: Vec<(&str, &Value)> = contenders
         .iter()
         .filter(|c| c["runs"].as_array().is_some_and(|runs| !runs.is_empty()))
         .map(|c| (c["contender"].as_str().unwrap_or("?"), &c["median"]))
         .collect();
-    let idle = measured.iter().any(|(_, median)| median["idle"].is_object());
+    let idle = measured
+        .iter()
+        .any(|(_, median)| median["idle"].is_object());
     if idle {
         idle_table(html, contenders);
     } else {
@@ -140,7 +147,11 @@ fn render_scenario(html: &mut String, scenario: &Value) {
         match chart {
             Ok(svg) => html.push_str(&svg),
             Err(err) => {
-                let _ = write!(html, "<p class=\"error\">chart failed: {}</p>", escape(&err));
+                let _ = write!(
+                    html,
+                    "<p class=\"error\">chart failed: {}</p>",
+                    escape(&err)
+                );
             }
         }
         html.push_str("</figure>\n");
@@ -175,7 +186,9 @@ fn absent_row(contender: &Value, columns: usize) -> Option<String> {
         Some(reason) => format!("skipped: {reason}"),
         None if contender["runs"].as_array().is_some_and(|r| r.is_empty()) => format!(
             "failed: {}",
-            contender["failures"][0].as_str().unwrap_or("no run completed")
+            contender["failures"][0]
+                .as_str()
+                .unwrap_or("no run completed")
         ),
         None => return None,
     };
@@ -218,7 +231,10 @@ fn load_table(html: &mut String, scenario: &Value, contenders: &[Value]) {
             micros(&median["proxy_cpu_us_per_op"]),
             micros(&median["proxy_user_us_per_op"]),
             micros(&median["proxy_system_us_per_op"]),
-            or_dash(&median["proxy_core_share"], |c| format!("{:.0} %", c * 100.0)),
+            or_dash(&median["proxy_core_share"], |c| format!(
+                "{:.0} %",
+                c * 100.0
+            )),
             or_dash(&median["proxy_peak_rss_kib"], |k| format!(
                 "{:.1} MiB",
                 k / 1024.0
@@ -305,7 +321,10 @@ fn load_charts(scenario: &Value, measured: &[(&str, &Value)]) -> Vec<Chart> {
         })
         .collect();
     let mut charts = vec![
-        ("rate", bar_chart(&format!("throughput ({unit})"), &bars("rate"), &[])),
+        (
+            "rate",
+            bar_chart(&format!("throughput ({unit})"), &bars("rate"), &[]),
+        ),
         (
             "cpu",
             bar_chart(
@@ -452,18 +471,14 @@ fn bar_chart(title: &str, bars: &[Bar], segment_names: &[&str]) -> Result<String
                 .map_err(|e| e.to_string())?
                 .label(*name)
                 .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], shade(BLACK, segment).filled())
+                    Rectangle::new(
+                        [(x, y - 5), (x + 12, y + 5)],
+                        shade(BLACK, segment).filled(),
+                    )
                 });
         }
         if !segment_names.is_empty() {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .label_font((FONT, 12))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.3))
-                .draw()
-                .map_err(|e| e.to_string())?;
+            draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         }
         root.present().map_err(|e| e.to_string())?;
     }
@@ -472,7 +487,9 @@ fn bar_chart(title: &str, bars: &[Bar], segment_names: &[&str]) -> Result<String
 
 /// Every contender's latency at p50, p99, p99.9 and p99.99 as a line; both axes logarithmic.
 fn latency_chart(curves: &[(&str, Vec<(i32, f64)>)]) -> Result<String, String> {
-    let values = curves.iter().flat_map(|(_, points)| points.iter().map(|p| p.1));
+    let values = curves
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.1));
     let (low, high) = values.fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let (low, high) = (low / 1.5, high * 1.5);
     let keys: Vec<i32> = PERCENTILES.map(percentile_x).to_vec();
@@ -511,17 +528,25 @@ fn latency_chart(curves: &[(&str, Vec<(i32, f64)>)]) -> Result<String, String> {
                 )
                 .map_err(|e| e.to_string())?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .label_font((FONT, 12))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .draw()
-            .map_err(|e| e.to_string())?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)
+}
+
+/// The legend of the labelled series, boxed at `position`.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font((FONT, 12))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()
+        .map_err(|e| e.to_string())
 }
 
 /// `p50`, `p99`, … for a key point of the percentile axis.

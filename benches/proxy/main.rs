@@ -92,6 +92,10 @@ fn orchestrate(args: &[String]) -> Result<()> {
     }
 
     let (json, html) = report::write_reports(&env, &options, args, started, &reports)?;
-    println!("\nJSON report: {}\nHTML report: {}", json.display(), html.display());
+    println!(
+        "\nJSON report: {}\nHTML report: {}",
+        json.display(),
+        html.display()
+    );
     Ok(())
 }

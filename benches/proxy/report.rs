@@ -223,7 +223,12 @@ impl ContenderReport {
             opened: of(&|run| run.opened as f64)?,
             failed: of(&|run| run.failed as f64)?,
             still_open: of(&|run| run.still_open as f64)?,
-            parked: median(idle.iter().filter_map(|run| run.parked).map(|n| n as f64).collect()),
+            parked: median(
+                idle.iter()
+                    .filter_map(|run| run.parked)
+                    .map(|n| n as f64)
+                    .collect(),
+            ),
             open_seconds: of(&|run| run.open_seconds)?,
         })
     }

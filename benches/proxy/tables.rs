@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 
 use crate::contenders::Contender;
 use crate::environment::Environment;
+use crate::load::PERCENTILES;
 use crate::options::Options;
 use crate::report::{ScenarioReport, Summary};
-use crate::load::PERCENTILES;
 use crate::scenarios::{H2_STREAMS, IdleShape, Scenario, Traffic};
 
 /// The setup, before the first scenario: rounds, pinning, load generators, what is missing.
