@@ -5,8 +5,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::Result;
@@ -123,9 +123,9 @@ fn start_nginx_backend(env: &Environment, scenario: &Scenario, index: usize) -> 
 /// (at most `START_TIMEOUT`); on failure the error quotes the log's last lines.
 fn spawn_listening(
     name: &str,
-    command: &mut std::process::Command,
+    command: &mut Command,
     addr: SocketAddr,
-    log: &std::path::Path,
+    log: &Path,
 ) -> Result<ChildGuard> {
     let output = std::fs::File::create(log)?;
     command.stdout(output.try_clone()?).stderr(output);
