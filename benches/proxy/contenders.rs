@@ -1,18 +1,19 @@
-//! The contenders and the processes they need: a backend per scenario's backend count, and the
-//! proxy (fulcrum, nginx or HAProxy) started with its generated config on a free port, pinned
-//! to the proxy's core. `direct` has no proxy: the load goes straight to the backend.
+//! The contenders and the processes they need: a backend per scenario's backend count (this
+//! executable, or nginx with its own config), and the proxy (fulcrum, nginx or HAProxy) started
+//! with its generated config on a free port, pinned to the proxy's core. `direct` has no proxy:
+//! the load goes straight to the (first) backend.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::Result;
 use crate::children::ChildGuard;
-use crate::configs::{Front, fulcrum_config, haproxy_config, nginx_config};
+use crate::configs::{Front, fulcrum_config, haproxy_config, nginx_backend_config, nginx_config};
 use crate::environment::Environment;
-use crate::scenarios::{Scenario, Traffic};
+use crate::scenarios::{BackendKind, Scenario, Traffic};
 
 /// How long a contender may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,7 +56,7 @@ pub fn unsupported(env: &Environment, scenario: &Scenario, contender: Contender)
         Contender::Direct if scenario.tls => {
             Some("the backend speaks plain HTTP only: not applicable".to_owned())
         }
-        Contender::Direct if scenario.traffic == Traffic::Idle => {
+        Contender::Direct if scenario.idle().is_some() => {
             Some("no proxy to measure: not applicable".to_owned())
         }
         Contender::Nginx if env.nginx.is_none() => Some("nginx not installed".to_owned()),
@@ -75,9 +76,12 @@ pub struct Backend {
     pub addr: SocketAddr,
 }
 
-/// Starts one backend for `scenario` (HTTP server or TCP sink) on the load generator's core
-/// and waits for the port it announces.
-pub fn start_backend(env: &Environment, scenario: &Scenario) -> Result<Backend> {
+/// Starts backend number `index` for `scenario` (HTTP server or TCP sink, or nginx) on the
+/// load generator's core and waits until it listens.
+pub fn start_backend(env: &Environment, scenario: &Scenario, index: usize) -> Result<Backend> {
+    if scenario.backend_kind == BackendKind::Nginx {
+        return start_nginx_backend(env, scenario, index);
+    }
     let mut command = env.command(0, &env.me);
     if scenario.traffic == Traffic::Tcp {
         command.arg("--serve-tcp");
@@ -99,16 +103,59 @@ pub fn start_backend(env: &Environment, scenario: &Scenario) -> Result<Backend> 
     })
 }
 
+/// nginx as backend number `index`: its own directory, config, pid file and error log under the
+/// bench's temporary directory.
+fn start_nginx_backend(env: &Environment, scenario: &Scenario, index: usize) -> Result<Backend> {
+    let binary = env.nginx.as_deref().ok_or("nginx not installed")?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let dir = env.temp.join(format!("backend-nginx-{index}"));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("nginx.conf");
+    std::fs::write(&config, nginx_backend_config(&dir, addr, scenario.body))?;
+    let log = dir.join("output.log");
+    let mut command = env.command(0, binary);
+    command.arg("-p").arg(&dir).arg("-c").arg(&config);
+    let guard = spawn_listening("nginx backend", &mut command, addr, &log)?;
+    Ok(Backend { guard, addr })
+}
+
+/// Starts `command` with its output in `log` and waits until it accepts connections on `addr`
+/// (at most `START_TIMEOUT`); on failure the error quotes the log's last lines.
+fn spawn_listening(
+    name: &str,
+    command: &mut Command,
+    addr: SocketAddr,
+    log: &Path,
+) -> Result<ChildGuard> {
+    let output = std::fs::File::create(log)?;
+    command.stdout(output.try_clone()?).stderr(output);
+    let mut guard = ChildGuard::spawn(name, command)?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(guard);
+        }
+        if guard.exited() || Instant::now() > deadline {
+            let said = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: String = said.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+            return Err(format!("{name} did not start listening on {addr}: {tail}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A free loopback port (bound and released; the contender binds it right after).
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A started proxy: its guard, where clients connect, its log.
+/// A started proxy: its guard, where clients connect, its log, and (fulcrum) its admin
+/// listener with the metrics.
 pub struct Proxy {
     pub guard: ChildGuard,
     pub addr: SocketAddr,
     pub log: PathBuf,
+    pub admin: Option<SocketAddr>,
 }
 
 /// Starts `contender`'s proxy in front of `backends` with its config for `scenario`, and
@@ -124,18 +171,21 @@ pub fn start_proxy(
     let dir = env.temp.join(contender.name());
     std::fs::create_dir_all(&dir)?;
     let log = dir.join("output.log");
+    let mut admin = None;
     let front = Front {
         addr,
         tcp: scenario.traffic == Traffic::Tcp,
         tls: scenario.tls.then_some(&env.tls),
         h2c: scenario.traffic == Traffic::Http2 && !scenario.tls,
-        many_idle: scenario.traffic == Traffic::Idle,
+        many_idle: scenario.idle().is_some(),
     };
     let mut command = match contender {
         Contender::Direct => return Err("direct has no proxy".into()),
         Contender::Fulcrum => {
             let config = dir.join("fulcrum.toml");
-            std::fs::write(&config, fulcrum_config(&front, free_port()?, backends))?;
+            let admin_port = free_port()?;
+            admin = Some(SocketAddr::from(([127, 0, 0, 1], admin_port)));
+            std::fs::write(&config, fulcrum_config(&front, admin_port, backends))?;
             let mut command = env.command(1, &env.fulcrum);
             command
                 .arg("--config")
@@ -161,24 +211,11 @@ pub fn start_proxy(
             command
         }
     };
-    let output = std::fs::File::create(&log)?;
-    command.stdout(output.try_clone()?).stderr(output);
-    let mut guard = ChildGuard::spawn(contender.name(), &mut command)?;
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            break;
-        }
-        if guard.exited() || Instant::now() > deadline {
-            let said = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: String = said.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
-            return Err(format!(
-                "{} did not start listening on {addr}: {tail}",
-                contender.name()
-            )
-            .into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(Proxy { guard, addr, log })
+    let guard = spawn_listening(contender.name(), &mut command, addr, &log)?;
+    Ok(Proxy {
+        guard,
+        addr,
+        log,
+        admin,
+    })
 }

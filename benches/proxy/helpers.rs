@@ -15,7 +15,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
 use crate::Result;
-use crate::load::{LoadResult, REPORT_TAG, percentile};
+use crate::load::{LoadResult, REPORT_TAG, latency_percentiles};
 
 /// Helpers give up on their own after this long, whatever happens to the parent.
 const HELPER_LIFETIME: Duration = Duration::from_secs(3600);
@@ -144,17 +144,15 @@ pub fn http_load(args: &[String]) -> Result<()> {
         total.errors_timeout += result.errors_timeout;
     }
     latencies.sort_unstable();
+    let [p50, p99, p999, p9999] = latency_percentiles(&latencies);
     println!(
-        "{REPORT_TAG} {} {} {} {} {} {} {} {} {} 0",
+        "{REPORT_TAG} {} {} {} {} {} {} {p50} {p99} {p999} {p9999} 0",
         latencies.len(),
         elapsed.as_micros(),
         total.errors_connect,
         total.errors_io,
         total.errors_status,
         total.errors_timeout,
-        percentile(&latencies, 50.0),
-        percentile(&latencies, 99.0),
-        percentile(&latencies, 99.9),
     );
     Ok(())
 }
@@ -262,7 +260,7 @@ pub fn tcp_load(args: &[String]) -> Result<()> {
         errors += failed;
     }
     println!(
-        "{REPORT_TAG} 0 {} 0 {errors} 0 0 0 0 0 {bytes}",
+        "{REPORT_TAG} 0 {} 0 {errors} 0 0 0 0 0 0 {bytes}",
         started.elapsed().as_micros()
     );
     Ok(())

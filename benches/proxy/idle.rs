@@ -1,7 +1,9 @@
-//! idle-10k: what a proxy's memory costs when idle and when holding 10 000 idle keep-alive
-//! client connections that have each served one request. This process opens the connections
-//! itself and then leaves them untouched.
+//! The idle scenarios (idle-2k, idle-10k): what a proxy's memory costs when idle and when
+//! holding thousands of idle keep-alive client connections that have each served one request.
+//! This process opens the connections itself and then leaves them untouched for the scenario's
+//! quiet time.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -12,28 +14,29 @@ use crate::environment::Environment;
 use crate::load::LoadResult;
 use crate::report::{IdleRun, Run};
 use crate::sampling::{own_ticks, peak_rss_kib, rss_kib};
-use crate::scenarios::Scenario;
+use crate::scenarios::{IdleShape, Scenario};
 use crate::{Error, Result};
 
-/// `idle-10k`: exchanges in flight while connections are being opened, so that the backend
+/// Exchanges in flight while connections are being opened, so that the backend
 /// side stays small and the proxy never sees an accept-queue overflow.
 const IDLE_OPEN_CONCURRENCY: usize = 100;
-/// `idle-10k`: one connect + request + response may take this long.
+/// One connect + request + response may take this long.
 const IDLE_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
-/// `idle-10k`: opening all the connections may take this long; the rest count as failed.
+/// Opening all the connections may take this long; the rest count as failed.
 const IDLE_OPEN_BUDGET: Duration = Duration::from_secs(20);
-/// `idle-10k`: pause after the proxy starts and after the connections close, before RSS is
+/// Pause after the proxy starts and after the connections close, before RSS is
 /// read (lets allocators and lazily started tasks settle).
 const IDLE_SETTLE: Duration = Duration::from_secs(1);
-/// `idle-10k`: how long the open connections stay quiet before RSS is read. Idle keep-alive
-/// connections are what a proxy holds between a browser's page loads; fulcrum parks them
-/// after one to two quiet seconds, nginx releases their buffers as soon as a request ends.
-const IDLE_QUIET: Duration = Duration::from_secs(3);
 
-/// idle-10k: the proxy's RSS idle, then with `scenario.connections` idle keep-alive client
-/// connections, each of which has had one complete request and response.
-pub fn measure_idle(env: &Environment, scenario: &Scenario, contender: Contender) -> Result<Run> {
-    let backend = start_backend(env, scenario)?;
+/// The proxy's RSS idle, then with `scenario.connections` idle keep-alive client connections,
+/// each of which has had one complete request and response and then `shape.quiet` of quiet.
+pub fn measure_idle(
+    env: &Environment,
+    scenario: &Scenario,
+    shape: IdleShape,
+    contender: Contender,
+) -> Result<Run> {
+    let backend = start_backend(env, scenario, 0)?;
     let proxy = start_proxy(env, scenario, contender, &[backend.addr])?;
     let pid = proxy.guard.pid();
     std::thread::sleep(IDLE_SETTLE);
@@ -44,8 +47,9 @@ pub fn measure_idle(env: &Environment, scenario: &Scenario, contender: Contender
     let open_seconds = began.elapsed().as_secs_f64();
     let proxy_ticks = own_ticks(pid).saturating_sub(ticks_before);
     let backend_ticks = own_ticks(backend.guard.pid()).saturating_sub(backend_before);
-    std::thread::sleep(IDLE_QUIET);
+    std::thread::sleep(shape.quiet);
     let rss_loaded_kib = rss_kib(pid).ok_or("cannot read the proxy's VmRSS")?;
+    let parked = proxy.admin.and_then(parked_connections);
     let still_open = streams.iter().filter(|stream| still_open(stream)).count();
     let peak_rss_kib = peak_rss_kib(pid);
     let opened = streams.len();
@@ -66,6 +70,8 @@ pub fn measure_idle(env: &Environment, scenario: &Scenario, contender: Contender
         },
         rate: opened as f64 / open_seconds,
         proxy_cpu_us_per_op: Some(proxy_ticks as f64 / env.ticks * 1e6 / opened as f64),
+        proxy_user_us_per_op: None,
+        proxy_system_us_per_op: None,
         proxy_core: Some(proxy_ticks as f64 / env.ticks / open_seconds),
         // The client side is this process: only the backend's share is known.
         client_core: backend_ticks as f64 / env.ticks / open_seconds,
@@ -77,6 +83,7 @@ pub fn measure_idle(env: &Environment, scenario: &Scenario, contender: Contender
             opened,
             failed,
             still_open,
+            parked,
             open_seconds,
         }),
     })
@@ -114,12 +121,12 @@ fn open_idle_connections(addr: SocketAddr, count: usize) -> Result<(Vec<TcpStrea
     Ok(opened)
 }
 
-/// One idle-10k connection: connect, one keep-alive GET, the whole response; then handed
+/// One idle connection: connect, one keep-alive GET, the whole response; then handed
 /// back as a std socket so nothing in this process polls it.
 async fn idle_connection(addr: SocketAddr) -> Result<TcpStream> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        // Closing sends a reset: 10,000 connections leave no TIME_WAIT behind.
+        // Closing sends a reset: thousands of connections leave no TIME_WAIT behind.
         socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
         stream
             .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: fulcrum-bench\r\n\r\n")
@@ -173,6 +180,23 @@ async fn read_keepalive_response(stream: &mut tokio::net::TcpStream) -> Result<(
             return Ok(());
         }
     }
+}
+
+/// fulcrum's `fulcrum_connections_parked` gauge (summed over listeners), scraped from its admin
+/// listener; `None` if it cannot be read.
+fn parked_connections(admin: SocketAddr) -> Option<usize> {
+    let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|line| line.starts_with("fulcrum_connections_parked{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() as usize)
 }
 
 /// Whether the peer has neither closed nor reset `stream` (a nonblocking socket).

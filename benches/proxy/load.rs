@@ -28,8 +28,9 @@ pub struct LoadResult {
     pub errors_status: u64,
     /// Requests that got no answer in time.
     pub errors_timeout: u64,
-    /// Latency percentiles in microseconds: 50, 99, 99.9.
-    pub latency_us: Option<[f64; 3]>,
+    /// Latency percentiles in microseconds, at `PERCENTILES` (NaN where the generator gave
+    /// none).
+    pub latency_us: Option<[f64; 4]>,
     /// TCP runs: bytes sent.
     pub bytes: u64,
     /// TLS version and cipher suite, where the generator says (h2load does, wrk does not).
@@ -43,16 +44,26 @@ impl LoadResult {
     }
 }
 
+/// The latency percentiles every HTTP run reports, and their names in the tables and report.
+pub const PERCENTILES: [(f64, &str); 4] = [
+    (50.0, "p50"),
+    (99.0, "p99"),
+    (99.9, "p99.9"),
+    (99.99, "p99.99"),
+];
+
 /// The line both wrk (through `report.lua`) and the built-in generator print.
 pub const REPORT_TAG: &str = "FULCRUM_BENCH";
 
-/// wrk's `done` hook: one machine-readable line incl. p99.9, which `--latency` does not show.
+/// wrk's `done` hook: one machine-readable line incl. p99.9 and p99.99, which `--latency` does
+/// not show (wrk's histogram has 1 µs buckets).
 const WRK_SCRIPT: &str = r#"
 done = function(summary, latency, requests)
-  io.write(string.format("FULCRUM_BENCH %d %d %d %d %d %d %d %d %d %d\n",
+  io.write(string.format("FULCRUM_BENCH %d %d %d %d %d %d %d %d %d %d %d\n",
     summary.requests, summary.duration, summary.errors.connect,
     summary.errors.read + summary.errors.write, summary.errors.status, summary.errors.timeout,
-    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), 0))
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
+    latency:percentile(99.99), 0))
 end
 "#;
 
@@ -83,6 +94,7 @@ fn parse_report(output: &str) -> Option<LoadResult> {
         p50,
         p99,
         p999,
+        p9999,
         bytes,
     ] = &numbers[..]
     else {
@@ -95,7 +107,7 @@ fn parse_report(output: &str) -> Option<LoadResult> {
         errors_io: io as u64,
         errors_status: status as u64,
         errors_timeout: timeout as u64,
-        latency_us: (requests > 0.0).then_some([p50, p99, p999]),
+        latency_us: (requests > 0.0).then_some([p50, p99, p999, p9999]),
         bytes: bytes as u64,
         tls: None,
     })
@@ -183,8 +195,7 @@ fn parse_h2load(output: &str, log: &Path) -> Result<LoadResult> {
         errors_io: errored.saturating_sub(timeout),
         errors_status: failed.saturating_sub(errored),
         errors_timeout: timeout,
-        latency_us: (!latencies.is_empty())
-            .then(|| [50.0, 99.0, 99.9].map(|p| percentile(&latencies, p))),
+        latency_us: (!latencies.is_empty()).then(|| latency_percentiles(&latencies)),
         bytes: 0,
         tls: line_after("TLS Protocol:")
             .zip(line_after("Cipher:"))
@@ -199,6 +210,11 @@ pub fn percentile(sorted: &[u32], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     f64::from(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// `PERCENTILES` of sorted latency samples.
+pub fn latency_percentiles(sorted: &[u32]) -> [f64; 4] {
+    PERCENTILES.map(|(p, _)| percentile(sorted, p))
 }
 
 /// A running load generator.
@@ -218,7 +234,7 @@ pub fn start_load(
     let scheme = if scenario.tls { "https" } else { "http" };
     let mut h2load_log = None;
     let mut command = match (&env.wrk, scenario.traffic) {
-        (_, Traffic::Idle) => return Err("idle-10k has no load generator".into()),
+        (_, Traffic::Idle(_)) => return Err("idle scenarios have no load generator".into()),
         (_, Traffic::Http2) => {
             let h2load = env.h2load.as_deref().ok_or("h2load not installed")?;
             let log = env.temp.join("h2load.log");
@@ -301,7 +317,7 @@ pub fn finish_load(load: Load, seconds: u64) -> Result<LoadResult> {
         .ok_or_else(|| format!("load generator printed no report: {output:?}"))?;
     if result.latency_us.is_none() {
         if let Some((p50, p99)) = parse_wrk_distribution(&output) {
-            result.latency_us = Some([p50, p99, f64::NAN]);
+            result.latency_us = Some([p50, p99, f64::NAN, f64::NAN]);
         }
     }
     Ok(result)

@@ -3,7 +3,7 @@
 //! contenders' configs and how to read the output.
 //!
 //! ```sh
-//! cargo bench --bench proxy -- --quick     # 1 round of 1 s per contender: under a minute
+//! cargo bench --bench proxy -- --quick     # 1 round of 1 s per contender: a few minutes
 //! cargo bench --bench proxy                # 3 rounds of 10 s (+1 s warm-up), medians reported
 //! cargo bench --bench proxy -- --help      # every option
 //! ```
@@ -20,7 +20,8 @@
 //! fulcrum binary, the TLS files), `scenarios`, `contenders` and `configs` (starting the
 //! backends and each proxy with its config), `measure` and `idle` (one measured run), `load`
 //! (driving and reading the load generators), `sampling` (CPU and RSS from `/proc`), `report`
-//! (medians and the JSON file), `tables` (what is printed); `children` keeps every child process
+//! (medians and the JSON file), `tables` (what is printed), `html` (the HTML report drawn from
+//! the JSON, shared with `tests/bench_report.rs`); `children` keeps every child process
 //! accounted for, and `helpers` are the roles this executable plays as a child.
 
 mod children;
@@ -28,6 +29,7 @@ mod configs;
 mod contenders;
 mod environment;
 mod helpers;
+mod html;
 mod idle;
 mod load;
 mod measure;
@@ -89,7 +91,11 @@ fn orchestrate(args: &[String]) -> Result<()> {
         reports.push(report);
     }
 
-    let path = report::write_json(&env, &options, started, &reports)?;
-    println!("\nJSON report: {}", path.display());
+    let (json, html) = report::write_reports(&env, &options, args, started, &reports)?;
+    println!(
+        "\nJSON report: {}\nHTML report: {}",
+        json.display(),
+        html.display()
+    );
     Ok(())
 }

@@ -11,18 +11,23 @@ use crate::idle::measure_idle;
 use crate::load::{finish_load, start_load};
 use crate::options::Options;
 use crate::report::{ContenderReport, Run, ScenarioReport};
-use crate::sampling::{own_ticks, peak_rss_kib, raise_open_files_limit, reaped_children_ticks};
-use crate::scenarios::{IDLE_CAPACITY, Scenario, Traffic};
+use crate::sampling::{
+    own_ticks, peak_rss_kib, raise_open_files_limit, reaped_children_ticks, user_system_ticks,
+};
+use crate::scenarios::{BackendKind, IDLE_CAPACITY, Scenario, Traffic};
 
 /// Runs `scenario` for `options.rounds` rounds; a skipped scenario or contender is reported
 /// with the reason, a failed run with its error.
 pub fn run_scenario(env: &Environment, options: &Options, scenario: &Scenario) -> ScenarioReport {
     let unit = match scenario.traffic {
         Traffic::Tcp => "MiB/s",
-        Traffic::Idle => "conn/s",
+        Traffic::Idle(_) => "conn/s",
         Traffic::Http | Traffic::Http2 => "req/s",
     };
     let skipped = match scenario.traffic {
+        _ if scenario.backend_kind == BackendKind::Nginx && env.nginx.is_none() => {
+            Some("skipped: nginx, which plays the backends here, is not installed".to_owned())
+        }
         Traffic::Http2 if env.h2load.is_none() => {
             Some("skipped: h2load not installed (Debian: nghttp2-client)".to_owned())
         }
@@ -30,7 +35,7 @@ pub fn run_scenario(env: &Environment, options: &Options, scenario: &Scenario) -
             "skipped: needs wrk (the built-in load generator speaks plain HTTP/1.1 only)"
                 .to_owned(),
         ),
-        Traffic::Idle => match raise_open_files_limit() {
+        Traffic::Idle(_) => match raise_open_files_limit() {
             Some(limit) if limit >= IDLE_CAPACITY as u64 => None,
             limit => Some(format!(
                 "skipped: needs an open-files limit of at least {IDLE_CAPACITY} (ulimit -n), have {}",
@@ -63,14 +68,7 @@ pub fn run_scenario(env: &Environment, options: &Options, scenario: &Scenario) -
             contender,
             runs: Vec::new(),
             failures: Vec::new(),
-            skipped: unsupported(env, scenario, contender).or_else(|| {
-                // Their memory does not change with fulcrum's code; it is a third of the time.
-                let quick_idle = options.quick
-                    && options.contenders.is_none()
-                    && scenario.traffic == Traffic::Idle
-                    && contender != Contender::Fulcrum;
-                quick_idle.then(|| "--quick measures fulcrum only here".to_owned())
-            }),
+            skipped: unsupported(env, scenario, contender),
         });
     }
     let runnable: Vec<usize> = (0..report.contenders.len())
@@ -107,11 +105,11 @@ fn measure(
     scenario: &Scenario,
     contender: Contender,
 ) -> Result<Run> {
-    if scenario.traffic == Traffic::Idle {
-        return measure_idle(env, scenario, contender);
+    if let Some(shape) = scenario.idle() {
+        return measure_idle(env, scenario, shape, contender);
     }
     let mut backends = (0..scenario.backends)
-        .map(|_| start_backend(env, scenario))
+        .map(|index| start_backend(env, scenario, index))
         .collect::<Result<Vec<_>>>()?;
     let addrs: Vec<SocketAddr> = backends.iter().map(|backend| backend.addr).collect();
     let proxy = match contender {
@@ -138,7 +136,7 @@ fn measure(
             .map(|backend| own_ticks(backend.guard.pid()))
             .sum()
     };
-    let proxy_before = proxy_pid.map(own_ticks);
+    let proxy_before = proxy_pid.map(user_system_ticks);
     let backends_before = backend_ticks(&backends);
     let reaped_before = reaped_children_ticks();
     let began = Instant::now();
@@ -154,9 +152,13 @@ fn measure(
     let wall = began.elapsed().as_secs_f64();
     let loadgen_ticks = reaped_children_ticks().saturating_sub(reaped_before);
     let backends_after = backend_ticks(&backends) + killed_ticks;
-    let proxy_ticks = proxy_pid
-        .zip(proxy_before)
-        .map(|(pid, before)| own_ticks(pid).saturating_sub(before));
+    let proxy_ticks = proxy_pid.zip(proxy_before).map(|(pid, (user, system))| {
+        let (user_after, system_after) = user_system_ticks(pid);
+        (
+            user_after.saturating_sub(user),
+            system_after.saturating_sub(system),
+        )
+    });
     let peak_rss_kib = proxy_pid.and_then(peak_rss_kib);
     if let Some(proxy) = &proxy {
         if result.requests == 0 && result.bytes == 0 {
@@ -176,12 +178,13 @@ fn measure(
         wall
     };
     let client = (loadgen_ticks + backends_after.saturating_sub(backends_before)) as f64;
+    let per_op = |ticks: u64| (ops > 0.0).then(|| ticks as f64 / env.ticks * 1e6 / ops);
     Ok(Run {
         rate: ops / seconds,
-        proxy_cpu_us_per_op: proxy_ticks
-            .filter(|_| ops > 0.0)
-            .map(|ticks| ticks as f64 / env.ticks * 1e6 / ops),
-        proxy_core: proxy_ticks.map(|ticks| ticks as f64 / env.ticks / wall),
+        proxy_cpu_us_per_op: proxy_ticks.and_then(|(user, system)| per_op(user + system)),
+        proxy_user_us_per_op: proxy_ticks.and_then(|(user, _)| per_op(user)),
+        proxy_system_us_per_op: proxy_ticks.and_then(|(_, system)| per_op(system)),
+        proxy_core: proxy_ticks.map(|(user, system)| (user + system) as f64 / env.ticks / wall),
         client_core: client / env.ticks / wall,
         peak_rss_kib,
         load: result,

@@ -9,20 +9,21 @@ use crate::{Error, Result};
 const USAGE: &str = "\
 usage: cargo bench --bench proxy -- [options]
 
-  --quick               1 round of 1 s per contender, no warm-up, idle-10k for fulcrum
-                        only (under a minute)
+  --quick               1 round of 1 s per contender, no warm-up (a few minutes)
   --rounds N            rounds per scenario (default 3); contenders alternate A B C A B C ...
   --duration SECS       measured seconds per run (default 10; --quick: 1)
   --warmup SECS         unmeasured seconds before each run (default 1; --quick: 0; h2 and
                         h2-tls: at least 1)
-  --only NAME,...       scenarios to run (default all): keepalive-64 keepalive-1000 body-64k
-                        close tls h2 h2-tls failover tcp-bulk idle-10k
+  --only NAME,...       scenarios to run (default all): keepalive-64 keepalive-1000
+                        keepalive-64-3nginx keepalive-1000-3nginx body-64k close tls h2
+                        h2-tls failover tcp-bulk idle-2k idle-10k
   --contenders NAME,... subset of: direct fulcrum nginx haproxy (default all that are installed)
   --fulcrum PATH        the fulcrum binary (default: target/release/fulcrum, built first with
                         `cargo build --release --bin fulcrum`)
   --builtin-load        use the built-in HTTP/1.1 load generator even where wrk is installed
   --no-pin              do not pin processes to cores with taskset
-  --json PATH           where to write the JSON report (default target/bench/proxy-<time>.json)
+  --json PATH           where to write the JSON report (default target/bench/proxy-<time>.json);
+                        the HTML report goes next to it (.html)
 ";
 
 /// The parsed command line.
@@ -46,7 +47,7 @@ pub struct Options {
     pub pin: bool,
     /// Where to write the JSON report instead of `target/bench/`.
     pub json: Option<PathBuf>,
-    /// `--quick` was given (also shortens idle-10k to fulcrum alone).
+    /// `--quick` was given.
     pub quick: bool,
 }
 

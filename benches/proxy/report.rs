@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::Result;
 use crate::contenders::Contender;
 use crate::environment::{Environment, target_dir};
-use crate::load::LoadResult;
+use crate::load::{LoadResult, PERCENTILES};
 use crate::options::Options;
 
 /// One measured run of one contender.
@@ -20,6 +20,10 @@ pub struct Run {
     pub rate: f64,
     /// The proxy's CPU time per request (MiB, connection); `None` for `direct`.
     pub proxy_cpu_us_per_op: Option<f64>,
+    /// The user-space part of `proxy_cpu_us_per_op`.
+    pub proxy_user_us_per_op: Option<f64>,
+    /// The kernel's part of `proxy_cpu_us_per_op`.
+    pub proxy_system_us_per_op: Option<f64>,
     /// The proxy's CPU time as a share of one core; `None` for `direct`.
     pub proxy_core: Option<f64>,
     /// Load generator and backends together, as a share of one core.
@@ -35,7 +39,7 @@ pub struct Run {
 pub struct IdleRun {
     /// VmRSS `IDLE_SETTLE` after the proxy started listening.
     pub rss_idle_kib: u64,
-    /// VmRSS `IDLE_QUIET` after the last connection got its response.
+    /// VmRSS the scenario's quiet time after the last connection got its response.
     pub rss_loaded_kib: u64,
     /// VmRSS `IDLE_SETTLE` after every connection was reset: what the proxy keeps.
     pub rss_closed_kib: u64,
@@ -46,6 +50,8 @@ pub struct IdleRun {
     /// Of the opened ones, those still open (not closed or reset by the proxy) when the loaded
     /// RSS was read.
     pub still_open: usize,
+    /// fulcrum: connections parked (hyper's buffers released) when the loaded RSS was read.
+    pub parked: Option<usize>,
     /// Time to open all of them.
     pub open_seconds: f64,
 }
@@ -64,7 +70,7 @@ impl Run {
             "requests": self.load.requests,
             "seconds": self.load.seconds,
             "rate": self.rate,
-            "latency_us": self.load.latency_us.map(|[p50, p99, p999]| json!({"p50": p50, "p99": p99, "p99.9": p999})),
+            "latency_us": self.load.latency_us.map(|l| latency_json(l.map(Some))),
             "errors": {
                 "connect": self.load.errors_connect,
                 "read_write": self.load.errors_io,
@@ -74,6 +80,8 @@ impl Run {
             "bytes": self.load.bytes,
             "tls": self.load.tls,
             "proxy_cpu_us_per_op": self.proxy_cpu_us_per_op,
+            "proxy_user_us_per_op": self.proxy_user_us_per_op,
+            "proxy_system_us_per_op": self.proxy_system_us_per_op,
             "proxy_core_share": self.proxy_core,
             "client_core_share": self.client_core,
             "proxy_peak_rss_kib": self.peak_rss_kib,
@@ -85,10 +93,20 @@ impl Run {
                 "connections_opened": idle.opened,
                 "connections_failed": idle.failed,
                 "connections_still_open": idle.still_open,
+                "connections_parked": idle.parked,
                 "open_seconds": idle.open_seconds,
             })),
         })
     }
+}
+
+/// Latency percentiles as `{"p50": …, "p99": …, "p99.9": …, "p99.99": …}`, null where unknown.
+fn latency_json(latency: [Option<f64>; 4]) -> Value {
+    let mut object = serde_json::Map::new();
+    for ((_, name), value) in PERCENTILES.iter().zip(latency) {
+        object.insert((*name).to_owned(), json!(value.filter(|v| !v.is_nan())));
+    }
+    Value::Object(object)
 }
 
 /// A contender's runs in one scenario, or why it did not run.
@@ -138,18 +156,19 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 #[derive(Debug, Default)]
 pub struct Summary {
     pub rate: Option<f64>,
-    pub p50: Option<f64>,
-    pub p99: Option<f64>,
-    pub p999: Option<f64>,
+    /// At `PERCENTILES`.
+    pub latency: [Option<f64>; 4],
     pub errors: Option<f64>,
     pub cpu: Option<f64>,
+    pub cpu_user: Option<f64>,
+    pub cpu_system: Option<f64>,
     pub proxy_core: Option<f64>,
     pub client_core: Option<f64>,
     pub rss: Option<f64>,
     pub idle: Option<IdleSummary>,
 }
 
-/// idle-10k medians of `IdleRun`'s figures, `added_kib` included.
+/// Idle-scenario medians of `IdleRun`'s figures, `added_kib` included.
 #[derive(Debug)]
 pub struct IdleSummary {
     pub rss_idle_kib: f64,
@@ -159,7 +178,15 @@ pub struct IdleSummary {
     pub opened: f64,
     pub failed: f64,
     pub still_open: f64,
+    pub parked: Option<f64>,
     pub open_seconds: f64,
+}
+
+impl IdleSummary {
+    /// The memory one opened connection added, in KiB.
+    pub fn per_conn_kib(&self) -> f64 {
+        self.added_kib / self.opened.max(1.0)
+    }
 }
 
 impl ContenderReport {
@@ -168,11 +195,11 @@ impl ContenderReport {
         let of = |f: &dyn Fn(&Run) -> Option<f64>| median(self.runs.iter().filter_map(f).collect());
         Summary {
             rate: of(&|run| Some(run.rate)),
-            p50: of(&|run| run.load.latency_us.map(|l| l[0])),
-            p99: of(&|run| run.load.latency_us.map(|l| l[1])),
-            p999: of(&|run| run.load.latency_us.map(|l| l[2])),
+            latency: [0, 1, 2, 3].map(|i| of(&|run| run.load.latency_us.map(|l| l[i]))),
             errors: of(&|run| Some(run.load.errors() as f64)),
             cpu: of(&|run| run.proxy_cpu_us_per_op),
+            cpu_user: of(&|run| run.proxy_user_us_per_op),
+            cpu_system: of(&|run| run.proxy_system_us_per_op),
             proxy_core: of(&|run| run.proxy_core),
             client_core: of(&|run| Some(run.client_core)),
             rss: of(&|run| run.peak_rss_kib.map(|kib| kib as f64)),
@@ -196,6 +223,12 @@ impl ContenderReport {
             opened: of(&|run| run.opened as f64)?,
             failed: of(&|run| run.failed as f64)?,
             still_open: of(&|run| run.still_open as f64)?,
+            parked: median(
+                idle.iter()
+                    .filter_map(|run| run.parked)
+                    .map(|n| n as f64)
+                    .collect(),
+            ),
             open_seconds: of(&|run| run.open_seconds)?,
         })
     }
@@ -209,9 +242,11 @@ impl ContenderReport {
             "failures": self.failures,
             "median": {
                 "rate": summary.rate,
-                "latency_us": {"p50": summary.p50, "p99": summary.p99, "p99.9": summary.p999},
+                "latency_us": latency_json(summary.latency),
                 "errors": summary.errors,
                 "proxy_cpu_us_per_op": summary.cpu,
+                "proxy_user_us_per_op": summary.cpu_user,
+                "proxy_system_us_per_op": summary.cpu_system,
                 "proxy_core_share": summary.proxy_core,
                 "client_core_share": summary.client_core,
                 "proxy_peak_rss_kib": summary.rss,
@@ -223,6 +258,7 @@ impl ContenderReport {
                     "connections_opened": idle.opened,
                     "connections_failed": idle.failed,
                     "connections_still_open": idle.still_open,
+                    "connections_parked": idle.parked,
                     "open_seconds": idle.open_seconds,
                 })),
             },
@@ -244,18 +280,34 @@ impl ScenarioReport {
     }
 }
 
-/// Writes the JSON report (machine, options, binaries, every scenario) to `--json` or
-/// `target/bench/proxy-<UTC time>.json`, and returns where.
-pub fn write_json(
+/// Writes the JSON report (machine, commit, command, options, binaries, every scenario) to
+/// `--json` or `target/bench/proxy-<UTC time>.json`, and the HTML report drawn from it next to
+/// it (same name, `.html`); returns both paths.
+pub fn write_reports(
     env: &Environment,
     options: &Options,
+    args: &[String],
     started: u64,
     reports: &[ScenarioReport],
-) -> Result<PathBuf> {
+) -> Result<(PathBuf, PathBuf)> {
+    let given: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|arg| *arg != "--bench")
+        .collect();
+    let command = match given.is_empty() {
+        true => "cargo bench --bench proxy".to_owned(),
+        false => format!("cargo bench --bench proxy -- {}", given.join(" ")),
+    };
     let json = json!({
         "started_unix": started,
+        "started_utc": readable_time(&timestamp(started)),
+        "commit": commit(),
+        "command": command,
         "machine": {
             "cores": env.cores,
+            "cpu": first_line_after("/proc/cpuinfo", "model name"),
+            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|text| text.trim().to_owned()),
             "pinned": env.pin,
             "load_generator": if env.wrk.is_some() { "wrk" } else { "built-in" },
             "clock_ticks_per_second": env.ticks,
@@ -284,7 +336,44 @@ pub fn write_json(
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
-    Ok(path)
+    let html = path.with_extension("html");
+    std::fs::write(&html, crate::html::render(&json))?;
+    Ok((path, html))
+}
+
+/// The measured source: `git describe --always --dirty` in the package's directory, if git
+/// knows it.
+fn commit() -> Option<String> {
+    let output = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty", "--abbrev=12"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8(output.stdout).ok()?;
+    (output.status.success() && !text.trim().is_empty()).then(|| text.trim().to_owned())
+}
+
+/// The value of the first `key : value` line of `path` (as in `/proc/cpuinfo`).
+fn first_line_after(path: &str, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find(|line| line.starts_with(key))
+        .and_then(|line| line.split_once(':'))
+        .map(|(_, value)| value.trim().to_owned())
+}
+
+/// `YYYY-MM-DD HH:MM:SS` from `timestamp`'s `YYYYMMDD-HHMMSS`.
+fn readable_time(stamp: &str) -> String {
+    let part = |range: std::ops::Range<usize>| stamp.get(range).unwrap_or("?");
+    format!(
+        "{}-{}-{} {}:{}:{}",
+        part(0..4),
+        part(4..6),
+        part(6..8),
+        part(9..11),
+        part(11..13),
+        part(13..15)
+    )
 }
 
 /// `YYYYMMDD-HHMMSS` (UTC) for a Unix time.

@@ -14,8 +14,8 @@ pub fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// `(utime + stime, cutime + cstime)` of `pid` in clock ticks.
-fn cpu_ticks(pid: &str) -> Option<(u64, u64)> {
+/// `(utime, stime, cutime + cstime)` of `pid` in clock ticks.
+fn cpu_ticks(pid: &str) -> Option<(u64, u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<u64> = rest
@@ -25,19 +25,25 @@ fn cpu_ticks(pid: &str) -> Option<(u64, u64)> {
         .filter_map(|field| field.parse().ok())
         .collect();
     match fields[..] {
-        [utime, stime, cutime, cstime] => Some((utime + stime, cutime + cstime)),
+        [utime, stime, cutime, cstime] => Some((utime, stime, cutime + cstime)),
         _ => None,
     }
 }
 
 /// `pid`'s own user+system CPU time in clock ticks (0 once it is gone).
 pub fn own_ticks(pid: u32) -> u64 {
-    cpu_ticks(&pid.to_string()).map_or(0, |(own, _)| own)
+    let (user, system) = user_system_ticks(pid);
+    user + system
+}
+
+/// `pid`'s own CPU time in clock ticks, `(user, system)` (zeros once it is gone).
+pub fn user_system_ticks(pid: u32) -> (u64, u64) {
+    cpu_ticks(&pid.to_string()).map_or((0, 0), |(user, system, _)| (user, system))
 }
 
 /// CPU time of this process's waited-for children so far (the load generators).
 pub fn reaped_children_ticks() -> u64 {
-    cpu_ticks("self").map_or(0, |(_, children)| children)
+    cpu_ticks("self").map_or(0, |(_, _, children)| children)
 }
 
 /// Peak resident set size (VmHWM) of `pid` in KiB.

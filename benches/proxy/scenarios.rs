@@ -1,5 +1,7 @@
-//! The scenarios, in the order they run: what load, how many connections and backends, what
-//! response size, and whether a backend dies halfway.
+//! The scenarios, in the order they run: what load, how many connections and backends (and
+//! which server plays them), what response size, and whether a backend dies halfway.
+
+use std::time::Duration;
 
 /// Size of the "small" responses.
 const SMALL_BODY: usize = 13;
@@ -7,11 +9,21 @@ const SMALL_BODY: usize = 13;
 /// HTTP/2 scenarios: concurrent streams per client connection (`h2load -m`).
 pub const H2_STREAMS: usize = 10;
 
-/// `idle-10k`: client connections held open at once.
+/// `idle-10k`: client connections held open at once (the most of any idle scenario).
 const IDLE_CONNECTIONS: usize = 10_000;
-/// `idle-10k`: the proxies' connection limits (clients, upstream connections and slack), and
-/// the open-files limit this process needs to hold the client side.
+/// The idle scenarios: the proxies' connection limits (clients, upstream connections and
+/// slack), and the open-files limit this process needs to hold the client side.
 pub const IDLE_CAPACITY: usize = IDLE_CONNECTIONS + 1_000;
+
+/// How an idle scenario reads the proxy's memory.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IdleShape {
+    /// How long the opened connections stay quiet before RSS is read: short enough that
+    /// fulcrum has not parked them yet, or long enough that it has.
+    pub quiet: Duration,
+    /// fulcrum's target for the memory one idle connection adds, in KiB.
+    pub target_kib_per_conn: f64,
+}
 
 /// What a scenario measures.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -23,7 +35,16 @@ pub enum Traffic {
     /// Bytes streamed into a TCP sink.
     Tcp,
     /// No load: the proxy's memory, idle and with `connections` idle keep-alive clients.
-    Idle,
+    Idle(IdleShape),
+}
+
+/// What serves behind the proxy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BackendKind {
+    /// This executable's `--serve-http` (hyper, one thread) or `--serve-tcp`.
+    Builtin,
+    /// nginx, one process, answering every request with the small body itself (`return 200`).
+    Nginx,
 }
 
 /// One scenario: the same for every contender.
@@ -45,8 +66,20 @@ pub struct Scenario {
     pub close: bool,
     /// Backend processes behind the proxy.
     pub backends: usize,
+    /// What serves as each backend.
+    pub backend_kind: BackendKind,
     /// SIGKILL the second backend halfway through the measured run.
     pub kill_one: bool,
+}
+
+impl Scenario {
+    /// How an idle scenario reads memory; `None` for a scenario with load.
+    pub fn idle(&self) -> Option<IdleShape> {
+        match self.traffic {
+            Traffic::Idle(shape) => Some(shape),
+            _ => None,
+        }
+    }
 }
 
 /// Every scenario, in the order they run.
@@ -60,6 +93,7 @@ pub fn scenarios() -> Vec<Scenario> {
         body: SMALL_BODY,
         close: false,
         backends: 1,
+        backend_kind: BackendKind::Builtin,
         kill_one: false,
     };
     vec![
@@ -72,6 +106,21 @@ pub fn scenarios() -> Vec<Scenario> {
             name: "keepalive-1000",
             about: "13 B responses, 1000 keep-alive connections, 1 backend",
             connections: 1000,
+            ..base.clone()
+        },
+        Scenario {
+            name: "keepalive-64-3nginx",
+            about: "13 B responses, 64 keep-alive connections, round-robin over 3 nginx backends",
+            backends: 3,
+            backend_kind: BackendKind::Nginx,
+            ..base.clone()
+        },
+        Scenario {
+            name: "keepalive-1000-3nginx",
+            about: "13 B responses, 1000 keep-alive connections, round-robin over 3 nginx backends",
+            connections: 1000,
+            backends: 3,
+            backend_kind: BackendKind::Nginx,
             ..base.clone()
         },
         Scenario {
@@ -119,12 +168,27 @@ pub fn scenarios() -> Vec<Scenario> {
             connections: 4,
             ..base.clone()
         },
-        // Last: it raises the open-files limit, which the processes of later scenarios would
+        // Last: they raise the open-files limit, which the processes of later scenarios would
         // inherit.
         Scenario {
+            name: "idle-2k",
+            about: "memory: the proxy's RSS idle, then holding 2 000 keep-alive client connections quiet for 1 s (not yet parked)",
+            traffic: Traffic::Idle(IdleShape {
+                quiet: Duration::from_secs(1),
+                target_kib_per_conn: 2.0,
+            }),
+            connections: 2_000,
+            ..base.clone()
+        },
+        Scenario {
             name: "idle-10k",
-            about: "memory: the proxy's RSS idle, then holding 10 000 idle keep-alive client connections",
-            traffic: Traffic::Idle,
+            about: "memory: the proxy's RSS idle, then holding 10 000 idle keep-alive client connections (parked)",
+            // fulcrum parks a keep-alive connection, freeing hyper's buffers, after one to two
+            // quiet seconds; nginx and HAProxy release theirs when a request ends.
+            traffic: Traffic::Idle(IdleShape {
+                quiet: Duration::from_secs(3),
+                target_kib_per_conn: 4.0,
+            }),
             connections: IDLE_CONNECTIONS,
             ..base
         },

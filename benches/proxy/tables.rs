@@ -6,9 +6,10 @@ use std::fmt::Write as _;
 
 use crate::contenders::Contender;
 use crate::environment::Environment;
+use crate::load::PERCENTILES;
 use crate::options::Options;
 use crate::report::{ScenarioReport, Summary};
-use crate::scenarios::{H2_STREAMS, Scenario, Traffic};
+use crate::scenarios::{H2_STREAMS, IdleShape, Scenario, Traffic};
 
 /// The setup, before the first scenario: rounds, pinning, load generators, what is missing.
 pub fn print_header(env: &Environment, options: &Options) {
@@ -64,7 +65,7 @@ pub fn print_header(env: &Environment, options: &Options) {
     }
 }
 
-/// A latency in µs, scaled to us, ms or s; `-` for none, `n/a` where wrk gave no p99.9.
+/// A latency in µs, scaled to us, ms or s; `-` for none, `n/a` where the generator gave none.
 fn fmt_latency(micros: Option<f64>) -> String {
     match micros {
         None => "-".to_owned(),
@@ -87,8 +88,8 @@ pub fn print_scenario(scenario: &Scenario, report: &ScenarioReport) {
         println!("   {reason}");
         return;
     }
-    if scenario.traffic == Traffic::Idle {
-        print_idle(scenario, report);
+    if let Some(shape) = scenario.idle() {
+        print_idle(scenario, shape, report);
         return;
     }
     let cpu_unit = if scenario.traffic == Traffic::Tcp {
@@ -96,15 +97,19 @@ pub fn print_scenario(scenario: &Scenario, report: &ScenarioReport) {
     } else {
         "CPU/req"
     };
+    let [p50, p99, p999, p9999] = PERCENTILES.map(|(_, name)| name);
     println!(
-        "   {:<9} {:>11} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7} {:>7} {:>9}",
+        "   {:<9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8} {:>7} {:>7} {:>9}",
         "contender",
         report.unit,
-        "p50",
-        "p99",
-        "p99.9",
+        p50,
+        p99,
+        p999,
+        p9999,
         "errors",
         cpu_unit,
+        "user",
+        "system",
         "proxy%",
         "client%",
         "peak RSS"
@@ -122,15 +127,20 @@ pub fn print_scenario(scenario: &Scenario, report: &ScenarioReport) {
             continue;
         }
         let s = contender.summary();
+        let [p50, p99, p999, p9999] = s.latency.map(fmt_latency);
+        let per_op = |value: Option<f64>| fmt_option(value, |us| format!("{us:.1}us"));
         println!(
-            "   {:<9} {:>11} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7} {:>7} {:>9}",
+            "   {:<9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>8} {:>8} {:>7} {:>7} {:>9}",
             name,
             fmt_option(s.rate, |r| format!("{r:.0}")),
-            fmt_latency(s.p50),
-            fmt_latency(s.p99),
-            fmt_latency(s.p999),
+            p50,
+            p99,
+            p999,
+            p9999,
             fmt_option(s.errors, |e| format!("{e:.0}")),
-            fmt_option(s.cpu, |us| format!("{us:.1}us")),
+            per_op(s.cpu),
+            per_op(s.cpu_user),
+            per_op(s.cpu_system),
             fmt_option(s.proxy_core, |c| format!("{:.0}%", c * 100.0)),
             fmt_option(s.client_core, |c| format!("{:.0}%", c * 100.0)),
             fmt_option(s.rss, |kib| format!("{:.1}MiB", kib / 1024.0)),
@@ -177,18 +187,15 @@ pub fn print_scenario(scenario: &Scenario, report: &ScenarioReport) {
     }
 }
 
-/// fulcrum's memory target for the idle proxy, printed next to every contender's idle-10k
+/// fulcrum's memory target for the idle proxy, printed next to every contender's idle
 /// figures.
 const IDLE_TARGET_MIB: f64 = 20.0;
-/// fulcrum's memory target for what the 10 000 idle keep-alive connections add (about 4 KiB
-/// each).
-const IDLE_ADDED_TARGET_MIB: f64 = 40.0;
 
-/// idle-10k's table and verdicts: memory instead of throughput.
-fn print_idle(scenario: &Scenario, report: &ScenarioReport) {
+/// An idle scenario's table and verdicts: memory instead of throughput.
+fn print_idle(scenario: &Scenario, shape: IdleShape, report: &ScenarioReport) {
     let mib = |kib: f64| format!("{:.1}MiB", kib / 1024.0);
     println!(
-        "   {:<9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7} {:>6} {:>6} {:>6} {:>9}",
+        "   {:<9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7} {:>6} {:>6} {:>6} {:>6} {:>9}",
         "contender",
         "idle RSS",
         format!("{}k RSS", scenario.connections / 1000),
@@ -198,6 +205,7 @@ fn print_idle(scenario: &Scenario, report: &ScenarioReport) {
         "opened",
         "failed",
         "kept",
+        "parked",
         "in",
         "CPU/conn"
     );
@@ -214,32 +222,49 @@ fn print_idle(scenario: &Scenario, report: &ScenarioReport) {
             continue;
         };
         println!(
-            "   {:<9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7.0} {:>6.0} {:>6.0} {:>6} {:>9}",
+            "   {:<9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7.0} {:>6.0} {:>6.0} {:>6} {:>6} {:>9}",
             name,
             mib(idle.rss_idle_kib),
             mib(idle.rss_loaded_kib),
             mib(idle.added_kib),
-            format!("{:.1}KiB", idle.added_kib / idle.opened.max(1.0)),
+            format!("{:.1}KiB", idle.per_conn_kib()),
             mib(idle.rss_closed_kib),
             idle.opened,
             idle.failed,
             idle.still_open,
+            fmt_option(idle.parked, |n| format!("{n:.0}")),
             format!("{:.1}s", idle.open_seconds),
             fmt_option(summary.cpu, |us| format!("{us:.0}us")),
         );
     }
+    let nginx = report
+        .contenders
+        .iter()
+        .find(|contender| contender.contender == Contender::Nginx)
+        .and_then(|contender| contender.summary().idle);
     for contender in &report.contenders {
         let Some(idle) = contender.summary().idle else {
             continue;
         };
-        let (idle_mib, added_mib) = (idle.rss_idle_kib / 1024.0, idle.added_kib / 1024.0);
-        let meets = |value: f64, target: f64| if value < target { "met" } else { "MISSED" };
+        let idle_mib = idle.rss_idle_kib / 1024.0;
+        let per_conn = idle.per_conn_kib();
+        let meets = |value: f64, target: f64| if value <= target { "met" } else { "MISSED" };
         let mut line = format!(
-            "idle {idle_mib:.1} MiB (target < {IDLE_TARGET_MIB} MiB: {}); {:.0} idle connections add {added_mib:.1} MiB (target < {IDLE_ADDED_TARGET_MIB} MiB: {})",
+            "idle {idle_mib:.1} MiB (target < {IDLE_TARGET_MIB} MiB: {}); {:.0} connections quiet for {} s add {per_conn:.1} KiB each (target <= {} KiB: {})",
             meets(idle_mib, IDLE_TARGET_MIB),
             idle.opened,
-            meets(added_mib, IDLE_ADDED_TARGET_MIB),
+            shape.quiet.as_secs_f64(),
+            shape.target_kib_per_conn,
+            meets(per_conn, shape.target_kib_per_conn),
         );
+        if let (Some(nginx), false) = (&nginx, contender.contender == Contender::Nginx) {
+            let _ = write!(
+                line,
+                "; {:.2}x nginx's {:.1} KiB",
+                per_conn / nginx.per_conn_kib().max(0.01),
+                nginx.per_conn_kib()
+            );
+        }
         if idle.still_open < scenario.connections as f64 {
             let _ = write!(
                 line,
