@@ -18,8 +18,9 @@
 //! it, which gives back its read and write buffers and the request future's slot (about
 //! 24 KiB, see `benches/README.md`). The task then waits for the client's next bytes with no
 //! buffer, keeping the idle timeout itself, and starts a new server and a new watchdog on the
-//! same socket. So a keep-alive connection holds hyper's state for at most one tick after its
-//! last response, and a parked one is one small task, as nginx's is a small struct. A busy
+//! same socket. A new watchdog also looks once after a quarter of a second, so a connection
+//! that came (or woke) for one request is parked then. So a keep-alive connection holds hyper's
+//! state for at most one tick after its last response, and a parked one is one small task, as nginx's is a small struct. A busy
 //! connection met between two requests is parked too: at most once a tick, a new server for
 //! its next request costs far less than a tick's worth of requests.
 
@@ -40,6 +41,11 @@ use tokio_util::sync::CancellationToken;
 /// The watchdog's tick: an HTTP/1 connection between requests is parked at the first tick
 /// after its last exchange ended, so within one of these.
 pub(crate) const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// A new watchdog also looks once this soon (or at its first tick, if that is sooner): a
+/// connection that answered its one request, or woke from parking for one, is parked again
+/// a quarter of a second later instead of a second.
+const FIRST_LOOK: Duration = Duration::from_millis(250);
 
 /// Per-connection state shared by the IO wrappers, the request handler and the watchdog.
 #[derive(Debug, Default)]
@@ -176,7 +182,8 @@ impl Activity {
     /// deadline, so no head ever gets more than twice `head_timeout`.
     ///
     /// Quiet time is counted in ticks of [`PARK_AFTER`] (or `idle`, when shorter), so the idle
-    /// close comes between `idle` and one tick later. At the first tick that finds the
+    /// close comes between `idle` and one tick later. A parkable connection at [`FIRST_LOOK`]
+    /// resolves to [`Close::Park`] with the whole `idle` left. At the first tick that finds the
     /// connection parkable ([`Activity::may_park`]) this resolves to [`Close::Park`] with the
     /// idle time left: the whole `idle` if a byte moved during the last tick, less one tick per
     /// quiet tick counted otherwise, so a parked connection still closes between `idle` and one
@@ -184,6 +191,9 @@ impl Activity {
     pub(crate) async fn expired(&self, idle: Duration, head_timeout: Duration) -> Close {
         let (tick, idle_ticks) = quiet_ticks(idle);
         let mut ticker = idle_ticker(tick);
+        let first_look = tokio::time::sleep(FIRST_LOOK.min(tick));
+        tokio::pin!(first_look);
+        let mut looked = false;
         let mut quiet = 0u32;
         let mut deadline: Option<(u32, Instant)> = None;
         loop {
@@ -195,6 +205,12 @@ impl Activity {
                 }
             };
             tokio::select! {
+                () = &mut first_look, if !looked => {
+                    looked = true;
+                    if self.may_park() {
+                        return Close::Park(idle);
+                    }
+                }
                 _ = ticker.tick() => {
                     if self.moved.swap(false, Ordering::Relaxed) {
                         quiet = 0;
@@ -515,6 +531,21 @@ mod tests {
         let (close, at) = watcher.await.expect("watcher");
         assert_eq!(close, Close::Park(idle - 3 * PARK_AFTER));
         assert_eq!(at - start, 3 * PARK_AFTER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_done_with_its_request_is_parked_at_the_first_look() {
+        let idle = Duration::from_secs(60);
+        let activity = Arc::new(Activity::default());
+        activity.start_serving();
+        let start = Instant::now();
+        let watcher = watch(&activity, idle, Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        activity.touch();
+        drop(activity.open_exchange());
+        let (close, at) = watcher.await.expect("watcher");
+        assert_eq!(close, Close::Park(idle));
+        assert_eq!(at - start, FIRST_LOOK);
     }
 
     #[tokio::test]
