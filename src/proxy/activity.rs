@@ -12,12 +12,17 @@
 //! timer at all, and a keep-alive connection waiting for its next request is governed by the
 //! idle timeout alone.
 //!
-//! An HTTP/1 connection quiet for [`PARK_AFTER`] with no exchange open is *parked*: the
-//! watchdog ends with [`Close::Park`], and the connection's task stops hyper's server on it,
-//! which gives back the read and write buffers (about 30 KiB). The task then waits for the
-//! client's next bytes with no buffer, keeping the idle timeout itself, and starts a new server
-//! and a new watchdog on the same socket. A parked keep-alive connection is one small task, as
-//! nginx's is a small struct, while busy connections never pay for the switch.
+//! An HTTP/1 connection found between requests at a watchdog tick (every [`PARK_AFTER`]: an
+//! exchange has ended, none is open, no head is half read, every write went out) is *parked*:
+//! the watchdog ends with [`Close::Park`], and the connection's task stops hyper's server on
+//! it, which gives back its read and write buffers and the request future's slot (about
+//! 24 KiB, see `benches/README.md`). The task then waits for the client's next bytes with no
+//! buffer, keeping the idle timeout itself, and starts a new server and a new watchdog on the
+//! same socket. A new watchdog also looks once after a quarter of a second, so a connection
+//! that came (or woke) for one request is parked then. So a keep-alive connection holds hyper's
+//! state for at most one tick after its last response, and a parked one is one small task, as nginx's is a small struct. A busy
+//! connection met between two requests is parked too: at most once a tick, a new server for
+//! its next request costs far less than a tick's worth of requests.
 
 use std::io;
 use std::pin::Pin;
@@ -33,9 +38,14 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How long an HTTP/1 connection is quiet, with no exchange open, before it is parked; it is
-/// parked between one and two of these after its last byte.
+/// The watchdog's tick: an HTTP/1 connection between requests is parked at the first tick
+/// after its last exchange ended, so within one of these.
 pub(crate) const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// A new watchdog also looks once this soon (or at its first tick, if that is sooner): a
+/// connection that answered its one request, or woke from parking for one, is parked again
+/// a quarter of a second later instead of a second.
+const FIRST_LOOK: Duration = Duration::from_millis(250);
 
 /// Per-connection state shared by the IO wrappers, the request handler and the watchdog.
 #[derive(Debug, Default)]
@@ -92,9 +102,11 @@ pub(crate) enum Close {
     HeadTimeout,
     /// The listener is shutting down: finish in-flight requests, then close.
     Shutdown,
-    /// Quiet, with no exchange open and no head started: park the connection. The watchdog
-    /// has ended; a new one watches the connection once it wakes.
-    Park,
+    /// Between requests, with no exchange open and no head started: park the connection,
+    /// which may then wait this much longer for its next bytes (the idle timeout, less the
+    /// quiet time already counted). The watchdog has ended; a new one watches the connection
+    /// once it wakes.
+    Park(Duration),
 }
 
 impl Activity {
@@ -152,12 +164,6 @@ impl Activity {
         }
     }
 
-    /// How long a connection parked for an `idle` timeout may then wait for its next bytes:
-    /// it was parked after one quiet tick, so its idle timeout has that much left.
-    pub(crate) fn parked_budget(idle: Duration) -> Duration {
-        idle.saturating_sub(tick_for(idle))
-    }
-
     /// Resolves once a whole `period` passes without any read or write.
     pub(crate) async fn idle_for(&self, period: Duration) {
         let mut ticker = idle_ticker(period);
@@ -176,12 +182,18 @@ impl Activity {
     /// deadline, so no head ever gets more than twice `head_timeout`.
     ///
     /// Quiet time is counted in ticks of [`PARK_AFTER`] (or `idle`, when shorter), so the idle
-    /// close comes between `idle` and one tick later. At the first quiet tick of a parkable
-    /// connection with nothing open this resolves to [`Close::Park`]; a parked connection keeps
-    /// its own time ([`Activity::parked_budget`]) until it wakes and watches anew.
+    /// close comes between `idle` and one tick later. A parkable connection at [`FIRST_LOOK`]
+    /// resolves to [`Close::Park`] with the whole `idle` left. At the first tick that finds the
+    /// connection parkable ([`Activity::may_park`]) this resolves to [`Close::Park`] with the
+    /// idle time left: the whole `idle` if a byte moved during the last tick, less one tick per
+    /// quiet tick counted otherwise, so a parked connection still closes between `idle` and one
+    /// tick after its last byte.
     pub(crate) async fn expired(&self, idle: Duration, head_timeout: Duration) -> Close {
         let (tick, idle_ticks) = quiet_ticks(idle);
         let mut ticker = idle_ticker(tick);
+        let first_look = tokio::time::sleep(FIRST_LOOK.min(tick));
+        tokio::pin!(first_look);
+        let mut looked = false;
         let mut quiet = 0u32;
         let mut deadline: Option<(u32, Instant)> = None;
         loop {
@@ -193,6 +205,12 @@ impl Activity {
                 }
             };
             tokio::select! {
+                () = &mut first_look, if !looked => {
+                    looked = true;
+                    if self.may_park() {
+                        return Close::Park(idle);
+                    }
+                }
                 _ = ticker.tick() => {
                     if self.moved.swap(false, Ordering::Relaxed) {
                         quiet = 0;
@@ -203,9 +221,9 @@ impl Activity {
                         if quiet >= idle_ticks && !upload_answers {
                             return Close::Idle;
                         }
-                        if quiet == 1 && self.may_park() {
-                            return Close::Park;
-                        }
+                    }
+                    if self.may_park() {
+                        return Close::Park(idle.saturating_sub(tick.saturating_mul(quiet)));
                     }
                 }
                 () = head_timer => {
@@ -487,22 +505,47 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_quiet_parkable_connection_is_parked_after_one_quiet_tick() {
+    async fn a_connection_is_parked_at_the_first_tick_after_its_exchange_with_its_idle_time_left() {
+        let idle = Duration::from_secs(60);
         let activity = Arc::new(Activity::default());
         activity.start_serving();
-        drop(activity.open_exchange());
         let start = Instant::now();
-        // Traffic for three seconds, then silence.
-        let watcher = watch(&activity, Duration::from_secs(60), Duration::from_secs(10));
-        for _ in 0..6 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            activity.touch();
-        }
+        let watcher = watch(&activity, idle, Duration::from_secs(10));
+        // A response goes out and its exchange ends within the first tick: parked at that tick,
+        // not one quiet tick later, and with the whole idle timeout still to wait.
+        let exchange = activity.open_exchange();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        activity.touch();
+        drop(exchange);
         let (close, at) = watcher.await.expect("watcher");
-        assert_eq!(close, Close::Park);
-        let quiet = at - (start + Duration::from_secs(3));
-        assert!(quiet >= PARK_AFTER, "{quiet:?}");
-        assert!(quiet <= 2 * PARK_AFTER, "{quiet:?}");
+        assert_eq!(close, Close::Park(idle));
+        assert_eq!(at - start, PARK_AFTER);
+
+        // A slow exchange ends after two quiet ticks with nothing moving: parked at the next
+        // tick, with those three quiet ticks taken off the idle time.
+        let start = Instant::now();
+        let exchange = activity.open_exchange();
+        let watcher = watch(&activity, idle, Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        drop(exchange);
+        let (close, at) = watcher.await.expect("watcher");
+        assert_eq!(close, Close::Park(idle - 3 * PARK_AFTER));
+        assert_eq!(at - start, 3 * PARK_AFTER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_done_with_its_request_is_parked_at_the_first_look() {
+        let idle = Duration::from_secs(60);
+        let activity = Arc::new(Activity::default());
+        activity.start_serving();
+        let start = Instant::now();
+        let watcher = watch(&activity, idle, Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        activity.touch();
+        drop(activity.open_exchange());
+        let (close, at) = watcher.await.expect("watcher");
+        assert_eq!(close, Close::Park(idle));
+        assert_eq!(at - start, FIRST_LOOK);
     }
 
     #[tokio::test]
@@ -578,14 +621,6 @@ mod tests {
         // second: closed at the first tick at or past the idle timeout.
         assert_eq!(close, Close::Idle);
         assert_eq!(at - start, Duration::from_secs(3));
-        assert_eq!(
-            Activity::parked_budget(Duration::from_millis(2500)),
-            Duration::from_millis(1500)
-        );
-        assert_eq!(
-            Activity::parked_budget(Duration::from_millis(300)),
-            Duration::ZERO
-        );
     }
 
     #[tokio::test(start_paused = true)]

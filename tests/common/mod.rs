@@ -209,6 +209,6 @@ pub fn tally<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> HashMap<Strin
     counts
 }
 
-/// Longer than fulcrum takes to park a quiet HTTP/1 connection (one to two seconds), so a test
+/// Longer than fulcrum takes to park a quiet HTTP/1 connection (up to one second), so a test
 /// that sleeps this long between requests goes through a park and a wake.
 pub const PAST_PARKING: Duration = Duration::from_millis(2500);

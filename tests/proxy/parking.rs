@@ -1,5 +1,6 @@
-//! Idle HTTP/1 connections are parked (hyper's server stopped, its buffers freed) after about
-//! a second without traffic, and resumed on the client's next bytes: nothing of that may show.
+//! HTTP/1 connections between requests are parked (hyper's server stopped, its buffers freed)
+//! within a second of their last response, and resumed on the client's next bytes: nothing of
+//! that may show.
 
 use super::*;
 
@@ -53,6 +54,35 @@ async fn a_parked_keep_alive_connection_serves_pipelined_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_connection_parked_between_its_requests_serves_every_one() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .start()
+            .await;
+        let mut stream = raw_connect(lb.addr()).await;
+        // A request every 20 ms for more than two watchdog ticks: the ticks find the
+        // connection between two requests and park it, and the next request wakes it.
+        let until = Instant::now() + PAST_PARKING;
+        let mut sent = 0;
+        while Instant::now() < until {
+            raw_get(&mut stream, &format!("/busy-{sent}")).await;
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let paths: Vec<String> = backend.requests().into_iter().map(|r| r.path).collect();
+        let expected: Vec<String> = (0..sent).map(|n| format!("/busy-{n}")).collect();
+        assert_eq!(
+            paths, expected,
+            "every request reached the backend, in order"
+        );
+        lb.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_response_keeps_its_connection_past_the_parking_time() {
     bounded(async {
         let backend = TestBackend::with_behaviour("slow", Behaviour::Delay(PAST_PARKING)).await;
@@ -95,8 +125,8 @@ async fn a_parked_connection_is_still_closed_at_its_idle_timeout() {
         )
         .await;
         assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
-        // Parked one to two seconds after the response, then closed when the rest of the
-        // idle timeout has passed: between 2.5 and 3.5 s after the last byte.
+        // Parked within a second of the response, then closed when the rest of the idle
+        // timeout has passed: between 2.5 and 3.5 s after the last byte.
         let elapsed = answered.elapsed();
         assert!(elapsed >= Duration::from_millis(2400), "{elapsed:?}");
         assert!(elapsed <= Duration::from_millis(3900), "{elapsed:?}");

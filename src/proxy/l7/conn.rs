@@ -154,6 +154,7 @@ impl HttpListener {
             _ => return,
         }
         let mut close = Some(close);
+        let mut parked_budget = limits.idle_timeout;
         loop {
             // hyper's HTTP/1 server runs until the client is done, the connection switches
             // protocols, or it is parked. Boxed: its state is kilobytes, and a parked
@@ -173,8 +174,9 @@ impl HttpListener {
                                 // Drain: hyper finishes the exchange in progress, then ends.
                                 Pin::new(&mut *conn).graceful_shutdown();
                             }
-                            Ok(Close::Park) => {
+                            Ok(Close::Park(budget)) => {
                                 if !parking && activity.may_park() {
+                                    parked_budget = budget;
                                     // Idle: hyper stops at once and hands everything back.
                                     Pin::new(&mut *conn).graceful_shutdown();
                                     parking = true;
@@ -227,7 +229,7 @@ impl HttpListener {
                 let woke = tokio::select! {
                     biased;
                     () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Activity::parked_budget(limits.idle_timeout)) => {
+                    () = tokio::time::sleep(parked_budget) => {
                         return self.closed_by(Close::Idle, peer);
                     }
                     woke = read_start(&mut io, false) => woke,
@@ -314,7 +316,7 @@ impl HttpListener {
                 self.metrics.header_read_timeouts.increment(1);
                 tracing::debug!(listener = %self.name, client = %peer, "request head not complete within header_read_timeout; closing");
             }
-            Close::Shutdown | Close::Park => {}
+            Close::Shutdown | Close::Park(_) => {}
         }
     }
 }
