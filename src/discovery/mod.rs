@@ -266,7 +266,15 @@ impl Discovery {
             keep
         });
         let mut pools = self.registry.lock();
-        pools.retain(|pool, _| wanted(pool).is_some());
+        pools.retain(|pool, _| {
+            let keep = wanted(pool).is_some();
+            if !keep {
+                // The exporter keeps a series once written; a pool that no longer discovers
+                // has no discovered backends.
+                metrics::gauge!(names::DISCOVERY_BACKENDS, "pool" => pool.to_string()).set(0.0);
+            }
+            keep
+        });
         for pool in &config.pools {
             let Some(discover) = &pool.discover else {
                 continue;

@@ -168,3 +168,28 @@ fn wait_answering(child: &mut Child, address: SocketAddr) -> bool {
     }
     false
 }
+
+/// An upstream DNS server on `127.0.0.1` that answers every query with SERVFAIL (what a
+/// broken authoritative server or a failed recursive lookup returns), for dnsmasq to forward
+/// names to. It stops with the test's runtime.
+pub async fn serve_servfail() -> SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind a UDP socket");
+    let address = socket.local_addr().expect("a bound socket has an address");
+    tokio::spawn(async move {
+        let mut buffer = [0u8; 512];
+        while let Ok((len, from)) = socket.recv_from(&mut buffer).await {
+            if len < 12 {
+                continue;
+            }
+            // The query itself with QR set, opcode and RD kept, RA set, RCODE 2 (SERVFAIL):
+            // the header's counts and the question stay as they were asked.
+            let mut reply = buffer[..len].to_vec();
+            reply[2] = 0x80 | (reply[2] & 0x79);
+            reply[3] = 0x80 | 2;
+            let _ = socket.send_to(&reply, from).await;
+        }
+    });
+    address
+}

@@ -1,4 +1,4 @@
-//! Resolver failures never empty a pool: an error answer (REFUSED), an upstream that never
+//! Resolver failures never empty a pool: error answers (REFUSED, SERVFAIL), an upstream that never
 //! answers, a killed DNS server all keep the last good set; NXDOMAIN is believed only after
 //! it has been the answer for twice the refresh interval.
 
@@ -43,6 +43,25 @@ async fn failed_lookups_keep_the_last_good_set() {
         assert!(error.contains("Refused"), "{status}\n{}", dns.log());
         keeps_serving(web, &["b2", "b3"], REFRESH * 3).await;
 
+        // SERVFAIL from the name's authoritative server, relayed by dnsmasq.
+        let servfail = common::dnsmasq::serve_servfail().await;
+        dns.set_servers(&format!(
+            "server=/app.test/{}#{}\n",
+            servfail.ip(),
+            servfail.port()
+        ));
+        let status = wait_status(admin, "app", SLACK_LIMIT, "a SERVFAIL answer", |pool| {
+            pool["discovery"]["last_error"]
+                .as_str()
+                .is_some_and(|error| !error.contains("Refused"))
+        })
+        .await;
+        let error = status["discovery"]["last_error"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(error.contains("Server Failure"), "{status}\n{}", dns.log());
+        keeps_serving(web, &["b2", "b3"], REFRESH * 3).await;
+
         // An upstream that never answers: every lookup times out.
         dns.set_servers("server=/app.test/127.0.0.1#9\n");
         wait_status(
@@ -53,7 +72,7 @@ async fn failed_lookups_keep_the_last_good_set() {
             |pool| {
                 pool["discovery"]["last_error"]
                     .as_str()
-                    .is_some_and(|error| !error.contains("Refused"))
+                    .is_some_and(|error| !error.contains("answered"))
             },
         )
         .await;

@@ -196,6 +196,33 @@ async fn a_reload_keeps_the_discovered_backends_and_their_state() {
             "{after}"
         );
         assert_eq!(served(web, 8).await, set(&["b2", "b3"]));
+        let metrics = admin_get(admin, "/metrics").await.text();
+        assert!(
+            metrics.contains("fulcrum_discovery_backends{pool=\"app\"} 2"),
+            "{metrics}"
+        );
+
+        // A reload that turns discovery off for the pool: one static backend remains, the
+        // status has no discovery object and the gauge says no discovered backends.
+        let discover = text
+            .lines()
+            .find(|line| line.starts_with("discover ="))
+            .expect("a discover line");
+        dir.write(
+            "fulcrum.toml",
+            &text.replace(discover, &format!("backends = [\"127.0.0.2:{port}\"]")),
+        );
+        let reload =
+            common::balancer::admin_request(admin, http::Method::POST, "/reload", &[]).await;
+        assert_eq!(reload.status, StatusCode::OK, "{}", reload.text());
+        let status = pool_status(admin, "app").await;
+        assert!(status.get("discovery").is_none(), "{status}");
+        assert_eq!(served(web, 8).await, set(&["b2"]));
+        let metrics = admin_get(admin, "/metrics").await.text();
+        assert!(
+            metrics.contains("fulcrum_discovery_backends{pool=\"app\"} 0"),
+            "{metrics}"
+        );
     })
     .await;
 }
