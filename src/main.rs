@@ -41,9 +41,31 @@ async fn release_free_memory() {
     }
 }
 
+/// Keeps the heap in 4 KiB pages: mimalloc asks for transparent huge pages on its arenas
+/// (`madvise(MADV_HUGEPAGE)`), and every 2 MiB page the kernel then backs is resident in full
+/// however little of it the heap uses. Measured with 1,000 keep-alive connections through
+/// three backends: peak RSS 64 MiB with huge pages, 42 MiB without (the system allocator: 41);
+/// with 64 connections 19.6 against 11.8 MiB; requests/s within noise. The flag holds for the
+/// whole process (mimalloc's arena, mapped before `main`, included) and for the process a
+/// binary upgrade starts.
+fn disable_transparent_huge_pages() -> std::io::Result<()> {
+    // SAFETY: PR_SET_THP_DISABLE takes one integer argument and touches no memory of ours.
+    #[allow(unsafe_code)]
+    let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn main() -> ExitCode {
+    let huge_pages = disable_transparent_huge_pages();
     let cli = Cli::parse();
     init_tracing(cli.log_level.as_deref());
+    if let Err(err) = huge_pages {
+        tracing::warn!(error = %err, "could not turn transparent huge pages off; memory use may be higher");
+    }
     let loaded = std::fs::read_to_string(&cli.config)
         .map_err(|source| fulcrum::config::ConfigError::Read {
             path: cli.config.clone(),

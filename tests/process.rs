@@ -1,5 +1,5 @@
-//! Process-level behaviour of the real `fulcrum` binary: `--check`, `--version`, and a SIGTERM
-//! drain with a slow request in flight.
+//! Process-level behaviour of the real `fulcrum` binary: `--check`, `--version`, a SIGTERM
+//! drain with a slow request in flight, file and memory settings of the process.
 
 mod common;
 
@@ -319,6 +319,32 @@ fn open_files_soft_limit_is_raised_to_the_hard_limit() {
     let (soft, hard) = open_files_limits(child.0.id());
     assert_eq!(soft, hard, "soft limit left below the hard limit");
     assert_ne!(soft, "64");
+}
+
+/// The kernel's `THP_enabled` flag for process `pid` (`/proc/PID/status`).
+fn thp_enabled(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .expect("a THP_enabled line (Linux 5.0 or later)")
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn the_process_runs_without_transparent_huge_pages() {
+    let backend = slow_backend(Duration::from_millis(10));
+    let dir = TempDir::new("thp");
+    let path = write_config(
+        &dir,
+        &format!(
+            "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\n[pools.app]\nbackends = [\"{backend}\"]\n"
+        ),
+    );
+    // The test process itself may have them; the flag must come from fulcrum.
+    let (child, _) = start_fulcrum(&path);
+    assert_eq!(thp_enabled(child.0.id()), "0");
 }
 
 fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<i32> {
