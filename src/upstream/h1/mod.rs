@@ -93,10 +93,15 @@ impl Connection {
                 Err(err) => return Err(SendError::NotSent(Box::new(request), err)),
             }
             // The request's field map, emptied, takes the response's fields: no new allocation.
+            // Emptied now, not when the response head arrives: its values are slices of the
+            // client connection's read buffer, which hyper cannot reuse (and so allocates
+            // anew when it reads on) while a slice of it is alive.
             let (head_request, mut headers, mut writer) = {
                 let (parts, body) = request.into_parts();
                 let head_request = parts.method == Method::HEAD;
-                (head_request, parts.headers, BodyWriter::new(body, framing))
+                let mut headers = parts.headers;
+                headers.clear();
+                (head_request, headers, BodyWriter::new(body, framing))
             };
             let mut write_error = None;
             let mut streaming = !writer.done;
