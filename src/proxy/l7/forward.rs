@@ -234,10 +234,12 @@ impl Replay {
             )
             && http_body::Body::is_end_stream(request.body());
         replayable.then(|| {
+            let (uri, headers) = owned_head(request.uri(), request.headers())
+                .unwrap_or_else(|| (request.uri().clone(), request.headers().clone()));
             Box::new(Replay {
                 method: request.method().clone(),
-                uri: request.uri().clone(),
-                headers: request.headers().clone(),
+                uri,
+                headers,
             })
         })
     }
@@ -249,6 +251,49 @@ impl Replay {
         *request.headers_mut() = self.headers.clone();
         request
     }
+}
+
+/// A copy of a request's target and fields that shares no memory with the client
+/// connection's read buffer. What hyper parsed are slices of that buffer, and hyper cannot
+/// reuse a buffer a slice of which is alive: a plain clone kept for the whole exchange made it
+/// allocate a second buffer per request in flight. Here the path, authority and field values
+/// are slices of one allocation of their own (field names are already owned or static).
+/// `None` only if a part does not parse again, which a parsed request's parts always do.
+fn owned_head(uri: &http::Uri, headers: &http::HeaderMap) -> Option<(http::Uri, http::HeaderMap)> {
+    let path = uri
+        .path_and_query()
+        .map_or("", http::uri::PathAndQuery::as_str);
+    let authority = uri.authority().map_or("", http::uri::Authority::as_str);
+    let values: usize = headers.values().map(|value| value.len()).sum();
+    let mut copy = bytes::BytesMut::with_capacity(path.len() + authority.len() + values);
+    copy.extend_from_slice(path.as_bytes());
+    copy.extend_from_slice(authority.as_bytes());
+    for value in headers.values() {
+        copy.extend_from_slice(value.as_bytes());
+    }
+    let copy = copy.freeze();
+    let mut at = 0;
+    let mut next = |len: usize| {
+        let slice = copy.slice(at..at + len);
+        at += len;
+        slice
+    };
+    let mut parts = uri.clone().into_parts();
+    let path_bytes = next(path.len());
+    if parts.path_and_query.is_some() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_maybe_shared(path_bytes).ok()?);
+    }
+    let authority_bytes = next(authority.len());
+    if parts.authority.is_some() {
+        parts.authority = Some(http::uri::Authority::from_maybe_shared(authority_bytes).ok()?);
+    }
+    let mut owned = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut copied = http::HeaderValue::from_maybe_shared(next(value.len())).ok()?;
+        copied.set_sensitive(value.is_sensitive());
+        owned.append(name.clone(), copied);
+    }
+    Some((http::Uri::from_parts(parts).ok()?, owned))
 }
 
 /// The outcome of one attempt on one backend (`pool::Attempt` is the backend to try).
@@ -404,4 +449,59 @@ async fn checkout(
     backend.metrics.connected();
     backend.idle.share(&conn);
     Ok((conn, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owned_head;
+    use bytes::Bytes;
+    use http::uri::{Authority, PathAndQuery};
+    use http::{HeaderMap, HeaderValue, Uri};
+
+    /// Whether `part` lies inside `buffer`.
+    fn inside(part: &[u8], buffer: &Bytes) -> bool {
+        let range = buffer.as_ptr_range();
+        range.contains(&part.as_ptr())
+    }
+
+    #[test]
+    fn a_replay_head_equals_the_request_and_shares_nothing_with_its_buffer() {
+        // What hyper hands over: the target and the values are slices of the read buffer.
+        let buffer = Bytes::copy_from_slice(b"/search?q=1example.comtext/html, */*abc\xff");
+        let uri = Uri::from_maybe_shared(buffer.slice(0..11)).expect("a path");
+        let absolute = Uri::builder()
+            .scheme("http")
+            .authority(Authority::from_maybe_shared(buffer.slice(11..22)).expect("a host"))
+            .path_and_query(PathAndQuery::from_maybe_shared(buffer.slice(0..11)).expect("a path"))
+            .build()
+            .expect("an absolute target");
+        let mut headers = HeaderMap::new();
+        headers.append(
+            "accept",
+            HeaderValue::from_maybe_shared(buffer.slice(22..35)).expect("a value"),
+        );
+        headers.append(
+            "x-custom",
+            HeaderValue::from_maybe_shared(buffer.slice(35..)).expect("a value"),
+        );
+        let mut secret = HeaderValue::from_maybe_shared(buffer.slice(35..38)).expect("a value");
+        secret.set_sensitive(true);
+        headers.append("authorization", secret);
+        headers.append("x-custom", HeaderValue::from_static("second"));
+        for target in [uri, absolute] {
+            let (copied_uri, copied) = owned_head(&target, &headers).expect("a copy");
+            assert_eq!(copied_uri, target);
+            assert_eq!(copied, headers);
+            assert!(copied["authorization"].is_sensitive());
+            assert_eq!(copied.get_all("x-custom").iter().count(), 2);
+            let path = copied_uri.path_and_query().expect("a path").as_str();
+            assert!(!inside(path.as_bytes(), &buffer));
+            if let Some(authority) = copied_uri.authority() {
+                assert!(!inside(authority.as_str().as_bytes(), &buffer));
+            }
+            for value in copied.values() {
+                assert!(!inside(value.as_bytes(), &buffer), "{value:?}");
+            }
+        }
+    }
 }
