@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::tcp::accept_until;
 use super::{BoxError, TestBody, channel_body, full, lock, within};
 
 /// How a [`TestBackend`] treats every request (routes below apply on top of `Normal`/`Delay`).
@@ -219,12 +220,8 @@ async fn http_loop(
     connections: TaskTracker,
 ) {
     loop {
-        let stream = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
+        let Some(stream) = accept_until(&listener, &stop).await else {
+            return;
         };
         state.connections.fetch_add(1, Ordering::SeqCst);
         let state = Arc::clone(&state);

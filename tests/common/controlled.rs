@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::tcp::accept_until;
 use super::{TestBody, full, lock, within};
 
 /// What a [`ControlledBackend`] does with a request outside its probe routes. Changeable while
@@ -245,12 +246,8 @@ async fn controlled_loop(
     connections: TaskTracker,
 ) {
     loop {
-        let stream = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
+        let Some(stream) = accept_until(&listener, &stop).await else {
+            return;
         };
         if *lock(&state.mode) == Mode::ResetAfterRead {
             // Best effort: makes the close an RST; a FIN fails the exchange just as well.

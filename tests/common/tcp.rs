@@ -6,9 +6,25 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use super::client::TEST_HOST;
 use super::within;
+
+/// The next connection `listener` accepts (a failed accept is skipped), or `None` once `stop`
+/// is cancelled: the accept loop of the tests' own servers.
+pub async fn accept_until(listener: &TcpListener, stop: &CancellationToken) -> Option<TcpStream> {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    return Some(stream);
+                }
+            }
+        }
+    }
+}
 
 /// Opens a raw TCP connection to `address`, failing the test if the connect takes over 5 s;
 /// TCP_NODELAY is set so each write goes out as the test wrote it.

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use common::balancer::{TestBalancer, admin_get};
 use common::client::{TestClient, TestResponse};
 use common::dnsmasq::Dnsmasq;
+use common::tcp::accept_until;
 use common::within;
 
 /// The `refresh` of the tests' `discover` pools.
@@ -110,12 +111,8 @@ async fn serve(
     stop: CancellationToken,
 ) {
     loop {
-        let stream = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
+        let Some(stream) = accept_until(&listener, &stop).await else {
+            return;
         };
         let (name, health, held, gate) = (
             name.clone(),
