@@ -5,7 +5,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -62,10 +64,9 @@ where
                 if let Err(err) = stream.set_nodelay(true) {
                     tracing::debug!(listener = %name, error = %err, "could not set TCP_NODELAY");
                 }
-                let connection = serve(stream, peer, drain.clone());
-                tracker.spawn(async move {
-                    connection.await;
-                    drop(open);
+                tracker.spawn(Occupying {
+                    connection: serve(stream, peer, drain.clone()),
+                    _room: open,
                 });
             }
             Err(err) => {
@@ -80,4 +81,23 @@ where
     }
     tracing::debug!(listener = %name, "stopped accepting");
     listener
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's future and its room under the listener's `max_connections`, freed when the
+    /// task ends. Not an `async` block: one would keep the connection's future twice, as the
+    /// captured value and as the value it awaits (a kilobyte per connection).
+    struct Occupying<F, R> {
+        #[pin]
+        connection: F,
+        _room: R,
+    }
+}
+
+impl<F: Future<Output = ()>, R> Future for Occupying<F, R> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.project().connection.poll(cx)
+    }
 }

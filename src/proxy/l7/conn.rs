@@ -194,10 +194,14 @@ impl HttpListener {
                 return;
             }
             // hyper flushed everything it had written before ending (its shutdown only flushes).
-            let parts = conn.into_parts();
-            io = parts.io.into_inner().0;
-            io.rewind(parts.read_buf);
-            service = parts.service;
+            // In a block of its own: `Parts` must not outlive it into the waits below, or the
+            // task keeps room for it all its life.
+            {
+                let parts = conn.into_parts();
+                io = parts.io.into_inner().0;
+                io.rewind(parts.read_buf);
+                service = parts.service;
+            }
             if let Some((upstream, in_flight)) = upgrade.take() {
                 // A 101 went out: the connection is a tunnel now, run by this task, so it
                 // still counts as the listener's open connection. Boxed: only upgraded
