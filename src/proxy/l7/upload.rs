@@ -8,7 +8,9 @@
 //! (see `Activity::open_upload`), so the `408` is written before the connection closes.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Response;
@@ -76,16 +78,73 @@ impl Upload {
 
 /// Runs `forwarding` (the request's attempts), cut short with the stall's error when `upload`
 /// stalls first. Dropping the attempts closes the backend connection the body was going to.
-pub(super) async fn bound(
-    upload: Option<&Upload>,
-    forwarding: impl Future<Output = Result<Response<ProxyBody>, ProxyError>>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let Some(upload) = upload else {
-        return forwarding.await;
-    };
-    tokio::select! {
-        biased;
-        outcome = forwarding => outcome,
-        err = upload.stalled() => Err(err),
+pub(super) fn bound<'a, F>(
+    upload: Option<&'a Upload>,
+    forwarding: F,
+) -> Bounded<F, impl Future<Output = ProxyError> + 'a>
+where
+    F: Future<Output = Result<Response<ProxyBody>, ProxyError>>,
+{
+    Bounded {
+        forwarding,
+        stalled: upload.map(Upload::stalled),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`bound`]. Not an `async fn`: one would keep the attempts' future twice,
+    /// as its argument and as the value it awaits (kilobytes per request in flight).
+    pub(super) struct Bounded<F, S> {
+        #[pin]
+        forwarding: F,
+        #[pin]
+        stalled: Option<S>,
+    }
+}
+
+impl<F, S> Future for Bounded<F, S>
+where
+    F: Future<Output = Result<Response<ProxyBody>, ProxyError>>,
+    S: Future<Output = ProxyError>,
+{
+    type Output = Result<Response<ProxyBody>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(outcome) = this.forwarding.poll(cx) {
+            return Poll::Ready(outcome);
+        }
+        match this.stalled.as_pin_mut() {
+            Some(stalled) => stalled.poll(cx).map(Err),
+            None => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attempts that never end, as large as a real request's state machine.
+    struct Attempts {
+        _state: [u8; 4096],
+    }
+
+    impl Future for Attempts {
+        type Output = Result<Response<ProxyBody>, ProxyError>;
+
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn bounding_keeps_the_attempts_once() {
+        let bounded = bound(None, Attempts { _state: [0; 4096] });
+        let size = std::mem::size_of_val(&bounded);
+        assert!(
+            size < 2 * 4096,
+            "{size} bytes: the attempts are stored twice"
+        );
     }
 }

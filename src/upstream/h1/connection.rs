@@ -11,8 +11,12 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::client::TlsStream;
 
-/// Read size for heads and small bodies.
+/// Read size for small bodies.
 pub(super) const READ_CHUNK: usize = 8 * 1024;
+/// Read size while a response head is awaited: a typical head and small body fit (nginx's
+/// `proxy_buffer_size` is one 4 KiB page), and a connection waiting on a slow backend holds
+/// no more than this. A larger head grows the buffer read by read.
+pub(super) const HEAD_READ: usize = 2 * 1024;
 
 /// The transport under an upstream connection.
 #[derive(Debug)]
@@ -108,7 +112,7 @@ impl Connection {
         })
     }
 
-    /// Gives the read buffer (8 KiB or more once used) back to the allocator, for a connection
+    /// Gives the read buffer (2 KiB or more once used) back to the allocator, for a connection
     /// that has been idle for a while; its next exchange allocates a new one. Whether there
     /// was one to give back.
     pub fn shed_buffer(&mut self) -> bool {

@@ -41,7 +41,7 @@ use tokio::io::AsyncWrite;
 use tokio::time::{Instant, Sleep};
 
 use self::body_writer::{BodyWriter, Writing};
-use self::connection::{READ_CHUNK, poll_read_into};
+use self::connection::{HEAD_READ, poll_read_into};
 use self::head::{Head, Kind, MAX_HEAD, encode_head, parse_head};
 use super::request_body::RequestBody;
 use crate::http::headers::Forwarding;
@@ -166,7 +166,7 @@ impl Connection {
             if self.buf.len() >= MAX_HEAD {
                 return Poll::Ready(Err(Error::Malformed("response head too large")));
             }
-            if ready!(poll_read_into(&mut self.io, cx, &mut self.buf, READ_CHUNK))? == 0 {
+            if ready!(poll_read_into(&mut self.io, cx, &mut self.buf, HEAD_READ))? == 0 {
                 return Poll::Ready(Err(Error::Closed));
             }
         }
