@@ -1,7 +1,7 @@
 //! One certificate's life: serve what is known at once (the cache, else a self-signed
 //! stand-in), order when nothing real is served, renew at renewal time (or in the CA's ARI
 //! window), and after a failure keep serving the old certificate and retry with capped
-//! back-off.
+//! back-off, or when the CA said to.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -263,7 +263,8 @@ fn fail(
     err: &AcmeError,
     failures: u32,
 ) -> SystemTime {
-    let delay = schedule::retry_delay(failures, err.rate_limited(), fastrand::f64());
+    let retry_after = err.retry_after();
+    let delay = schedule::retry_delay(failures, err.rate_limited(), retry_after, fastrand::f64());
     metrics::counter!(names::ACME_ORDERS, "outcome" => "failed").increment(1);
     tracing::warn!(
         listener = %listener,
@@ -272,6 +273,7 @@ fn fail(
         error = %err,
         failures,
         retry_in_secs = delay.as_secs(),
+        retry_after_secs = retry_after.map(|wait| wait.as_secs()),
         rate_limited = err.rate_limited(),
         "ACME order failed; the current certificate stays and the order is retried"
     );
