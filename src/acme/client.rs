@@ -13,6 +13,7 @@ use instant_acme::{
 use super::Shared;
 use super::cache::{self, CacheError};
 use super::material::{self, MaterialError};
+use super::transport::{self, CaClient, TransportError};
 use crate::tls::{AcmeSettings, Challenge};
 
 /// How long an order may take from challenges set ready to the chain downloaded.
@@ -28,6 +29,9 @@ pub(crate) enum AcmeError {
     /// The CA answered with an error, or could not be reached.
     #[error("{0}")]
     Protocol(#[from] instant_acme::Error),
+    /// The HTTP client to the CA could not be built.
+    #[error("{0}")]
+    Transport(#[from] TransportError),
     /// The CA could not validate a domain.
     #[error("validation of {name} failed: {detail}")]
     Validation {
@@ -72,11 +76,24 @@ impl AcmeError {
         self.problem_type() == Some(UNKNOWN_ACCOUNT)
     }
 
-    fn problem_type(&self) -> Option<&str> {
+    /// How long the CA asked to wait before the next attempt, when its error answer said
+    /// (`Retry-After`).
+    pub(super) fn retry_after(&self) -> Option<Duration> {
         match self {
-            AcmeError::Protocol(instant_acme::Error::Api(problem)) => problem.r#type.as_deref(),
+            AcmeError::Protocol(err) => transport::refused(err).map(|refused| refused.wait),
             _ => None,
         }
+    }
+
+    fn problem_type(&self) -> Option<&str> {
+        let AcmeError::Protocol(err) = self else {
+            return None;
+        };
+        let problem = match err {
+            instant_acme::Error::Api(problem) => problem,
+            other => &transport::refused(other)?.problem,
+        };
+        problem.r#type.as_deref()
     }
 }
 
@@ -105,9 +122,9 @@ pub(super) async fn account(
     if let Some(account) = accounts.get(&settings.directory) {
         return Ok(account.clone());
     }
-    let builder = || match &settings.directory_ca {
-        Some(ca) => Account::builder_with_root(ca),
-        None => Account::builder(),
+    let builder = || -> Result<_, AcmeError> {
+        let http = CaClient::new(settings.directory_ca.as_deref())?;
+        Ok(Account::builder_with_http(Box::new(http)))
     };
     let path = cache::account_file(settings);
     let cached = if fresh {
@@ -293,4 +310,37 @@ pub(super) fn certificate_id(
     CertificateIdentifier::try_from(leaf)
         .ok()
         .map(CertificateIdentifier::into_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acme::transport::Refused;
+
+    fn problem(kind: &str) -> instant_acme::Problem {
+        serde_json::from_str(&format!(r#"{{"type":"{kind}","status":429}}"#)).expect("a problem")
+    }
+
+    fn refused(kind: &str, seconds: u64) -> AcmeError {
+        AcmeError::from(instant_acme::Error::Other(Box::new(Refused {
+            problem: problem(kind),
+            wait: Duration::from_secs(seconds),
+        })))
+    }
+
+    #[test]
+    fn a_refusal_keeps_the_cas_wait_and_its_problem_type() {
+        let err = refused(RATE_LIMITED, 3);
+        assert!(err.rate_limited());
+        assert!(!err.unknown_account());
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(3)));
+        assert!(refused(UNKNOWN_ACCOUNT, 1).unknown_account());
+    }
+
+    #[test]
+    fn a_problem_without_retry_after_names_no_wait() {
+        let err = AcmeError::from(instant_acme::Error::Api(problem(RATE_LIMITED)));
+        assert!(err.rate_limited());
+        assert_eq!(err.retry_after(), None);
+    }
 }

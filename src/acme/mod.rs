@@ -7,9 +7,10 @@
 //! result in the store the resolvers read, and renews it.
 //!
 //! - `client`: the account and one order (instant-acme).
+//! - `transport`: the HTTP client to the CA (trust, and `Retry-After` on error answers).
 //! - `cache`: account credentials, chains and keys on disk (0700/0600, never deleted).
 //! - `material`: keys, CSRs, validation and self-signed certificates (rcgen).
-//! - `schedule`: when to renew, how long to back off (pure).
+//! - `schedule`: when to renew, when to ask for the renewal window, how long to back off (pure).
 //! - `task`: one certificate's life; `http01`: the pending HTTP-01 tokens.
 
 mod cache;
@@ -18,6 +19,7 @@ mod http01;
 mod material;
 mod schedule;
 mod task;
+mod transport;
 
 use std::sync::Arc;
 

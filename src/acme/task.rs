@@ -1,29 +1,44 @@
 //! One certificate's life: serve what is known at once (the cache, else a self-signed
 //! stand-in), order when nothing real is served, renew at renewal time (or in the CA's ARI
-//! window), and after a failure keep serving the old certificate and retry with capped
-//! back-off.
+//! window, asked for between renewals), and after a failure keep serving the old certificate
+//! and retry with capped back-off, or when the CA said to.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use instant_acme::{Account, CertificateIdentifier};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{self, AcmeError};
-use super::{Shared, cache, material, schedule};
+use super::{Shared, cache, material, schedule, transport};
 use crate::metrics::names;
 use crate::tls::{AcmeSettings, CertificateInfo, Described, Source, unix};
 
 /// Longest single sleep: a wall clock set forward (or a suspended machine) is noticed within it.
 const MAX_SLEEP: Duration = Duration::from_secs(60 * 60);
 
+/// What the CA last said about a certificate's renewal window (RFC 9773).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ari {
+    /// Ask at this time: at once for a certificate just issued or loaded (§4.3), later after
+    /// an error.
+    AskAt(SystemTime),
+    /// The CA answered and the renewal time lies in its window; ask again at this time.
+    Answered(SystemTime),
+    /// The CA offers no renewal info, or the certificate has no identifier: only
+    /// `renew_before` decides.
+    Off,
+}
+
 /// A real (CA-issued) certificate being served, and when to renew it.
 #[derive(Debug)]
 pub(super) struct Serving {
     described: Described,
-    leaf: CertificateDer<'static>,
+    /// Its RFC 9773 §4.1 identifier; `None` without an authority key identifier.
+    id: Option<CertificateIdentifier<'static>>,
     due: SystemTime,
+    ari: Ari,
 }
 
 impl Serving {
@@ -34,11 +49,31 @@ impl Serving {
             settings.renew_before,
             fastrand::f64(),
         );
+        let id = client::certificate_id(key.cert.first()?);
+        let ari = if id.is_some() {
+            Ari::AskAt(SystemTime::now())
+        } else {
+            Ari::Off
+        };
         Some(Serving {
-            leaf: key.cert.first()?.clone().into_owned(),
             described,
+            id,
             due,
+            ari,
         })
+    }
+
+    /// When to ask the CA for the renewal window, if that comes before the renewal itself.
+    fn ask_before_due(&self) -> Option<SystemTime> {
+        match self.ari {
+            Ari::AskAt(at) | Ari::Answered(at) if at < self.due => Some(at),
+            _ => None,
+        }
+    }
+
+    /// Whether the CA's last answer still stands (its `Retry-After` has not passed).
+    fn answer_is_fresh(&self, now: SystemTime) -> bool {
+        matches!(self.ari, Ari::Answered(at) if at > now)
     }
 }
 
@@ -143,42 +178,39 @@ pub(super) async fn run(
     let mut retry_at = SystemTime::now();
     let mut fresh_account = false;
     loop {
-        let due = match (&serving, failures) {
-            (_, 1..) => retry_at,
-            (Some(serving), 0) => serving.due,
-            (None, 0) => SystemTime::now(),
+        let (due, ask) = match (&serving, failures) {
+            (_, 1..) => (retry_at, None),
+            (Some(serving), 0) => (serving.due, serving.ask_before_due()),
+            (None, 0) => (SystemTime::now(), None),
         };
         shared.book.update(&listener, &first, |info| {
             info.next_renewal_unix = Some(unix(due));
         });
-        while let Ok(left) = due.duration_since(SystemTime::now()) {
+        let wake = ask.unwrap_or(due);
+        while let Ok(left) = wake.duration_since(SystemTime::now()) {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(left.min(MAX_SLEEP)) => {}
             }
         }
+        if let (Some(_), Some(current)) = (ask, serving.as_mut()) {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = ask_renewal_info(&shared, &listener, &settings, current) => {}
+            }
+            continue;
+        }
         let attempt = async {
             let account = client::account(&shared, &settings, fresh_account).await?;
             let mut replaces = None;
             if let Some(current) = serving.as_mut() {
-                if let Some(id) = client::certificate_id(&current.leaf) {
-                    match account.renewal_info(&id).await {
-                        Ok((info, _)) => {
-                            let start = SystemTime::from(info.suggested_window.start);
-                            let end = SystemTime::from(info.suggested_window.end);
-                            if start > SystemTime::now() && failures == 0 {
-                                // RFC 9773 §4.2: renew at a random time in the CA's window.
-                                let width = end.duration_since(start).unwrap_or_default();
-                                current.due = start + width.mul_f64(fastrand::f64());
-                                return Ok(None);
-                            }
-                            replaces = Some(id);
-                        }
-                        Err(instant_acme::Error::Unsupported(_)) => {}
-                        Err(err) => {
-                            tracing::debug!(listener = %listener, error = %err, "ACME renewal info unavailable; renewing on schedule")
-                        }
+                if current.answer_is_fresh(SystemTime::now())
+                    || consult(&account, &listener, current).await
+                {
+                    if failures == 0 && current.due > SystemTime::now() {
+                        return Ok(None);
                     }
+                    replaces = current.id.clone();
                 }
             }
             client::order(&shared, &account, &settings, replaces)
@@ -217,6 +249,72 @@ pub(super) async fn run(
                 fresh_account = err.unknown_account();
                 retry_at = fail(&shared, &listener, &settings, &err, failures);
             }
+        }
+    }
+}
+
+/// Between renewals: asks the CA for the renewal window (RFC 9773 §4.3), which may move the
+/// renewal earlier (to now) or later. Not an order: a failure is logged at debug and asked
+/// again later, `renew_before` still standing.
+async fn ask_renewal_info(
+    shared: &Shared,
+    listener: &Arc<str>,
+    settings: &AcmeSettings,
+    current: &mut Serving,
+) {
+    match client::account(shared, settings, false).await {
+        Ok(account) => {
+            consult(&account, listener, current).await;
+        }
+        Err(err) => {
+            current.ari = Ari::AskAt(SystemTime::now() + schedule::MAX_RETRY);
+            tracing::debug!(listener = %listener, error = %err, "ACME renewal info not asked: no account; renewing on schedule");
+        }
+    }
+}
+
+/// Asks the CA for `current`'s renewal window and moves its renewal time into it (RFC 9773
+/// §4.2); the next ask follows the CA's `Retry-After` (§4.3). Returns whether the CA answered;
+/// otherwise `renew_before` decides (errors are logged at debug).
+async fn consult(account: &Account, listener: &Arc<str>, current: &mut Serving) -> bool {
+    let Some(id) = current.id.as_ref() else {
+        current.ari = Ari::Off;
+        return false;
+    };
+    let now = SystemTime::now();
+    match account.renewal_info(id).await {
+        Ok((info, retry_after)) => {
+            let next = now + schedule::renewal_info_interval(retry_after);
+            let start = SystemTime::from(info.suggested_window.start);
+            let end = SystemTime::from(info.suggested_window.end);
+            let Some(due) = schedule::renewal_in_window(start, end, current.due, fastrand::f64())
+            else {
+                tracing::debug!(listener = %listener, window_start = unix(start), window_end = unix(end), "ACME renewal info has an empty window; renewing on schedule");
+                current.ari = Ari::AskAt(next);
+                return false;
+            };
+            if due != current.due {
+                tracing::info!(
+                    listener = %listener,
+                    window_start = unix(start),
+                    window_end = unix(end),
+                    next_renewal = unix(due),
+                    "the CA's renewal window (ARI) moves the renewal"
+                );
+            }
+            current.due = due;
+            current.ari = Ari::Answered(next);
+            true
+        }
+        Err(instant_acme::Error::Unsupported(_)) => {
+            current.ari = Ari::Off;
+            false
+        }
+        Err(err) => {
+            let wait = transport::refused(&err).map_or(schedule::MAX_RETRY, |refused| refused.wait);
+            current.ari = Ari::AskAt(now + schedule::renewal_info_interval(wait));
+            tracing::debug!(listener = %listener, error = %err, "ACME renewal info unavailable; renewing on schedule");
+            false
         }
     }
 }
@@ -263,7 +361,8 @@ fn fail(
     err: &AcmeError,
     failures: u32,
 ) -> SystemTime {
-    let delay = schedule::retry_delay(failures, err.rate_limited(), fastrand::f64());
+    let retry_after = err.retry_after();
+    let delay = schedule::retry_delay(failures, err.rate_limited(), retry_after, fastrand::f64());
     metrics::counter!(names::ACME_ORDERS, "outcome" => "failed").increment(1);
     tracing::warn!(
         listener = %listener,
@@ -272,6 +371,7 @@ fn fail(
         error = %err,
         failures,
         retry_in_secs = delay.as_secs(),
+        retry_after_secs = retry_after.map(|wait| wait.as_secs()),
         rate_limited = err.rate_limited(),
         "ACME order failed; the current certificate stays and the order is retried"
     );

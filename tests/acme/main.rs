@@ -2,13 +2,18 @@
 //! test name with 127.0.0.1, and it validates against the ports the real `fulcrum` binary
 //! listens on). Issuance through TLS-ALPN-01 and HTTP-01, a restart serving the cache with the
 //! CA gone, renewal under load without a failed handshake, and a CA outage during renewal.
+//! Through a [`front::Front`] before Pebble: ARI renewal windows (RFC 9773) and a CA's
+//! `Retry-After` on a rate-limit refusal.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod ari;
+mod front;
 mod issue;
 mod reload;
 mod renew;
+mod retry_after;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -75,6 +80,27 @@ impl Drop for Fulcrum {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// fulcrum's config: one ACME listener at `https` for `domain` from `directory` (whose HTTPS
+/// `directory_ca` signs), renewing `renew_before` ahead (the default when `None`), proxying to
+/// `backend`, with an admin listener at `admin`.
+pub fn acme_config(
+    directory: &str,
+    directory_ca: &Path,
+    domain: &str,
+    renew_before: Option<&str>,
+    https: SocketAddr,
+    admin: SocketAddr,
+    backend: SocketAddr,
+) -> String {
+    let renew_before = renew_before.map_or(String::new(), |before| {
+        format!("renew_before = \"{before}\"\n")
+    });
+    format!(
+        "[admin]\nlisten = \"{admin}\"\n\n[[listeners]]\nname = \"https\"\nlisten = \"{https}\"\npool = \"app\"\n[listeners.tls.acme]\ndomains = [\"{domain}\"]\ndirectory = \"{directory}\"\ndirectory_ca = {:?}\ncache = \"cache\"\n{renew_before}\n[pools.app]\nbackends = [\"{backend}\"]\n",
+        directory_ca.display().to_string(),
+    )
 }
 
 /// An address on 127.0.0.1 with a free port.

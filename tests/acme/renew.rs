@@ -20,10 +20,14 @@ fn config(
     renew_before: &str,
     backend: std::net::SocketAddr,
 ) -> String {
-    format!(
-        "[admin]\nlisten = \"{admin}\"\n\n[[listeners]]\nname = \"https\"\nlisten = \"{https}\"\npool = \"app\"\n[listeners.tls.acme]\ndomains = [\"renew.example.com\"]\ndirectory = \"{}\"\ndirectory_ca = {:?}\ncache = \"cache\"\nrenew_before = \"{renew_before}\"\n\n[pools.app]\nbackends = [\"{backend}\"]\n",
-        pebble.directory,
-        pebble.directory_ca.display().to_string(),
+    crate::acme_config(
+        &pebble.directory,
+        &pebble.directory_ca,
+        "renew.example.com",
+        Some(renew_before),
+        https,
+        admin,
+        backend,
     )
 }
 
