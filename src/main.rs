@@ -18,6 +18,11 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How often free memory is given back to the operating system.
+const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// Least time between two collections of one worker's heap as it parks.
+const PARKED_COLLECT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Gives memory the allocator holds free back to the operating system four times a second, so
 /// what a parked connection gave back leaves the process within a quarter of a second.
 ///
@@ -28,12 +33,47 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// microseconds here) and costs no measurable throughput. It runs on one worker at a time:
 /// with several worker threads, a worker that stays idle keeps its freed pages until it works.
 async fn release_free_memory() {
-    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(250));
+    let mut ticker = tokio::time::interval(COLLECT_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         // SAFETY: `mi_collect` has no preconditions (mimalloc documents it as callable at any
         // time from any thread): it frees this thread's empty pages and purges free memory.
+        #[allow(unsafe_code)]
+        unsafe {
+            libmimalloc_sys::mi_collect(true);
+        }
+        // Work for an idle worker to wake for: it parks again right after, and collects its own
+        // heap then (see `collect_when_idle`). Two tasks: tokio keeps the first spawned one in
+        // this worker's LIFO slot, which no other worker steals; the second pushes it out to
+        // the run queue, which wakes an idle worker to steal it.
+        tokio::spawn(async {});
+        tokio::spawn(async {});
+    }
+}
+
+/// Gives this worker's free memory back to the operating system as it parks, at most once per
+/// [`PARKED_COLLECT_EVERY`] (less than [`COLLECT_EVERY`], so every wake-up that
+/// [`release_free_memory`] causes ends in a collection). mimalloc's heaps are per thread: memory one worker allocated and another
+/// freed (a flood's rate-limit keys, swept later on another worker) stays in the first one's
+/// heap until that one collects, and an idle worker otherwise never would.
+fn collect_when_idle() {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<std::time::Instant>> =
+            const { std::cell::Cell::new(None) };
+    }
+    let now = std::time::Instant::now();
+    let due = LAST.with(|last| {
+        let due = last
+            .get()
+            .is_none_or(|at| now.duration_since(at) >= PARKED_COLLECT_EVERY);
+        if due {
+            last.set(Some(now));
+        }
+        due
+    });
+    if due {
+        // SAFETY: as in `release_free_memory`.
         #[allow(unsafe_code)]
         unsafe {
             libmimalloc_sys::mi_collect(true);
@@ -137,7 +177,7 @@ fn run(config: Config, path: std::path::PathBuf, source: String) -> anyhow::Resu
         }
         None => tokio::runtime::Builder::new_multi_thread(),
     };
-    runtime.enable_all();
+    runtime.enable_all().on_thread_park(collect_when_idle);
     let runtime = runtime.build().context("cannot start the async runtime")?;
     runtime.block_on(async {
         tokio::spawn(release_free_memory());
