@@ -30,8 +30,8 @@ const PARKED_COLLECT_EVERY: std::time::Duration = std::time::Duration::from_mill
 /// that goes quiet (thousands of keep-alive connections parked, nothing moving) kept resident
 /// every page its connections' buffers had used: measured with 10 000 parked connections,
 /// 170 to 230 MiB instead of 31 MiB. A forced collection walks the heap's pages once (a few
-/// microseconds here) and costs no measurable throughput. It runs on one worker at a time:
-/// with several worker threads, a worker that stays idle keeps its freed pages until it works.
+/// microseconds here) and costs no measurable throughput. It runs on one worker at a time; the
+/// other workers collect their own heaps as they park (see `collect_when_idle`).
 async fn release_free_memory() {
     let mut ticker = tokio::time::interval(COLLECT_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -54,9 +54,11 @@ async fn release_free_memory() {
 
 /// Gives this worker's free memory back to the operating system as it parks, at most once per
 /// [`PARKED_COLLECT_EVERY`] (less than [`COLLECT_EVERY`], so every wake-up that
-/// [`release_free_memory`] causes ends in a collection). mimalloc's heaps are per thread: memory one worker allocated and another
-/// freed (a flood's rate-limit keys, swept later on another worker) stays in the first one's
-/// heap until that one collects, and an idle worker otherwise never would.
+/// [`release_free_memory`] causes ends in a collection). mimalloc's heaps are per thread:
+/// memory one worker allocated and another freed (a flood's rate-limit keys, swept later on
+/// another worker) stays in the first one's heap until that one collects, and an idle worker
+/// otherwise never would. Measured with the 100,000-key flood test on two workers: RSS stayed
+/// 2.6–4 MiB above its baseline after eviction, and is back at it with this.
 fn collect_when_idle() {
     thread_local! {
         static LAST: std::cell::Cell<Option<std::time::Instant>> =
