@@ -34,12 +34,13 @@
 //! - `rate_limit/`: per-client request rates (GCRA per listener and route, kept in the router),
 //!   the client `key` (the trusted `X-Forwarded-For` walk) and the sweeper of idle keys.
 //! - `http/`: wire rules: hop-by-hop and forwarding `headers`, `wire` numbers (lengths, chunk
-//!   sizes).
+//!   sizes, trailer sections), the HTTP/1.1 body `decode`r both sides use, the `body_slot` a
+//!   request body reaches its handler through.
 //! - `upstream/`: the backend side: `connect`, one `conn` of either protocol, the `idle_pool`,
 //!   the HTTP/1.1 client `h1/`, the `request_body` sent up.
 //! - `proxy/`: the client side: `l7/` (listener, conn, handler, forward, tunnel, `calm`: the
-//!   HTTP/2 budget of cancelled streams), `framing/`
-//!   (the request-smuggling checks), `activity` (client timeouts, parking), `l4`,
+//!   HTTP/2 budget of cancelled streams, `h1/`: the HTTP/1.1 server, its framing checks and
+//!   its `replay` over recorded bytes), `activity` (client timeouts, parking), `l4`,
 //!   `proxy_protocol`, the response `body`, and `error`, the one error → status mapping.
 //! - `io/`: byte-stream helpers both sides share (`rewind`).
 //! - `metrics/`: series `names`, per-listener/pool/backend `handles`, one-minute `window`s.
@@ -133,25 +134,12 @@ pub mod fuzz {
         crate::http::host::is_valid(value)
     }
 
-    /// The request-framing scanner over `input`, fed in pieces that end at `cuts` (offsets,
-    /// any order, out-of-range ones ignored): the index of the request it flags, if any.
-    pub fn scan_requests(input: &[u8], cuts: &[usize]) -> Option<u32> {
-        let mut scanner = crate::proxy::framing::HeadScanner::new(64 * 1024);
-        let mut cuts: Vec<usize> = cuts
-            .iter()
-            .copied()
-            .filter(|&cut| cut < input.len())
-            .collect();
-        cuts.sort_unstable();
-        let mut start = 0;
-        let mut flagged = None;
-        for end in cuts.into_iter().chain([input.len()]) {
-            if let Some(piece) = input.get(start..end) {
-                flagged = flagged.or(scanner.feed(piece));
-                start = end;
-            }
-        }
-        flagged
+    /// The HTTP/1.1 server over `input`, read in pieces that end at `cuts` (offsets, any
+    /// order, out-of-range ones ignored): the target of every request it served, and how the
+    /// stream ended (`clean`, `closed`, `body failed`, or the status of a refused head).
+    pub fn serve_requests(input: &[u8], cuts: &[usize]) -> (Vec<String>, String) {
+        let replayed = crate::proxy::l7::h1::replay::replay(input, cuts);
+        (replayed.targets, format!("{:?}", replayed.end))
     }
 
     /// The upstream client's response-head parser: the head's length once its fields and
@@ -160,11 +148,9 @@ pub mod fuzz {
         crate::upstream::h1::judge_response_head(buf).map_err(|err| err.to_string())
     }
 
-    /// The upstream client's trailer-section parser: the number of fields, or why refused.
-    pub fn trailer_section(section: &[u8]) -> Result<usize, String> {
-        crate::upstream::h1::parse_trailers(section)
-            .map(|fields| fields.len())
-            .map_err(|err| err.to_string())
+    /// The trailer-section parser both sides use: the number of fields, or `None` if refused.
+    pub fn trailer_section(section: &[u8]) -> Option<usize> {
+        crate::http::wire::trailers(section).map(|fields| fields.len())
     }
 
     /// The PROXY protocol (v1 or v2) parser: the header's length when whole, `Ok(None)` while

@@ -1,5 +1,5 @@
-//! Numbers on the wire: `Content-Length` values and chunk sizes (RFC 9110 §8.6, RFC 9112 §7.1),
-//! read the same way by the request-framing scanner and the upstream HTTP/1.1 client.
+//! Numbers and sections on the wire: `Content-Length` values, chunk sizes and trailer sections
+//! (RFC 9110 §8.6, RFC 9112 §7.1), read the same way from clients and from backends.
 
 /// A `Content-Length` value (RFC 9110 §8.6): one or more ASCII digits fitting in a `u64`;
 /// anything else (a sign, spaces, an empty value, an overflow) is `None`.
@@ -42,6 +42,27 @@ pub(crate) fn chunk_size(line: &[u8]) -> Option<u64> {
         .try_fold(0u64, |size, &digit| Some(size * 16 + hex_digit(digit)?))
 }
 
+/// Largest trailer section accepted after a chunked body.
+pub(crate) const MAX_TRAILERS: usize = 64 * 1024;
+
+/// The fields of a trailer section ending in its empty line (RFC 9112 §7.1.2); `None` when it
+/// does not parse or holds a field that is not valid.
+pub(crate) fn trailers(section: &[u8]) -> Option<http::HeaderMap> {
+    let mut fields = [httparse::EMPTY_HEADER; 100];
+    let httparse::Status::Complete((_, fields)) =
+        httparse::parse_headers(section, &mut fields).ok()?
+    else {
+        return None;
+    };
+    let mut trailers = http::HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        let name = http::HeaderName::from_bytes(field.name.as_bytes()).ok()?;
+        let value = http::HeaderValue::from_bytes(field.value).ok()?;
+        trailers.append(name, value);
+    }
+    Some(trailers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +103,22 @@ mod tests {
         assert_eq!(chunk_size(b"1a \t;x=y\r\n"), Some(0x1a));
         for bad in [&b"00\n\r\n"[..], b"5\r\r\n", b"5\x0c\r\n", b"5;a\rb\r\n"] {
             assert_eq!(chunk_size(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn trailer_sections_are_fields_up_to_an_empty_line() {
+        let fields = trailers(b"X-Sum: 1\r\nexpires: never\r\nX-Sum: 2\r\n\r\n").expect("valid");
+        assert_eq!(fields.get_all("x-sum").iter().count(), 2);
+        assert_eq!(fields["expires"], "never");
+        assert!(trailers(b"\r\n").expect("empty").is_empty());
+        for bad in [
+            &b"X Sum: 1\r\n\r\n"[..],
+            b"X-Sum: \x01\r\n\r\n",
+            b"X-Sum: 1\r\n",
+            b": 1\r\n\r\n",
+        ] {
+            assert!(trailers(bad).is_none(), "{bad:?}");
         }
     }
 
@@ -140,6 +177,12 @@ mod tests {
             fn every_u64_round_trips_as_a_content_length(n in any::<u64>(), zeros in 0usize..4) {
                 let text = format!("{}{n}", "0".repeat(zeros));
                 prop_assert_eq!(content_length(text.as_bytes()), Some(n));
+            }
+
+            #[test]
+            fn trailer_sections_never_panic(section in wire_bytes(64)) {
+                // Refusing is fine; only a panic fails.
+                let _ = trailers(&section);
             }
 
             #[test]

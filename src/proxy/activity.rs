@@ -5,21 +5,21 @@
 //! ticker clears it every period and reports idleness when it was already clear. A connection is
 //! therefore closed between one and two periods after its last byte.
 //!
-//! HTTP/1 connections also have a request-head deadline (slowloris protection). The framing
-//! scanner sees every byte the client sends and publishes which head is still incomplete when a
-//! read ends inside one, or while the first request is awaited; only then does the [`watchdog`]
+//! HTTP/1 connections also have a request-head deadline (slowloris protection). The HTTP/1
+//! server (`l7::h1`) publishes which head is still incomplete when a read ends inside one, or
+//! while the first request is awaited; only then does the [`watchdog`]
 //! arm a timer. Heads that arrive whole in one read, the normal case, cost one comparison and no
 //! timer at all, and a keep-alive connection waiting for its next request is governed by the
 //! idle timeout alone.
 //!
 //! An HTTP/1 connection found between requests at a watchdog tick (every [`PARK_AFTER`]: an
 //! exchange has ended, none is open, no head is half read, every write went out) is *parked*:
-//! the watchdog ends with [`Close::Park`], and the connection's task stops hyper's server on
-//! it, which gives back its read and write buffers and the request future's slot (about
-//! 24 KiB, see `benches/README.md`). The task then waits for the client's next bytes with no
+//! the watchdog ends with [`Close::Park`], and the connection's task stops the HTTP/1 server on
+//! it, which gives back the request future's slot (about 4 KiB; the server itself holds no
+//! buffer between requests, see `benches/README.md`). The task then waits for the client's next bytes with no
 //! buffer, keeping the idle timeout itself, and starts a new server and a new watchdog on the
 //! same socket. A new watchdog also looks once after a quarter of a second, so a connection
-//! that came (or woke) for one request is parked then. So a keep-alive connection holds hyper's
+//! that came (or woke) for one request is parked then. So a keep-alive connection holds the server's
 //! state for at most one tick after its last response, and a parked one is one small task, as nginx's is a small struct. A busy
 //! connection met between two requests is parked too: at most once a tick, a new server for
 //! its next request costs far less than a tick's worth of requests.
@@ -63,11 +63,11 @@ pub(crate) struct Activity {
     uploads: AtomicU32,
     /// The connection may be parked (an HTTP/1 server runs on it, see `start_serving`).
     parkable: AtomicBool,
-    /// An exchange ended since the current HTTP/1 server started: only then is hyper idle
+    /// An exchange ended since the current HTTP/1 server started: only then is the server idle
     /// between requests (a fresh server counts as busy until its first exchange).
     served: AtomicBool,
-    /// The last write or flush to the client could not complete (its socket is full): bytes
-    /// of a response may still be waiting in hyper's buffer.
+    /// The last write or flush to the client could not complete (its socket is full): the rest
+    /// of a response may still be waiting to go out.
     write_blocked: AtomicBool,
 }
 
@@ -146,8 +146,8 @@ impl Activity {
         self.served.store(false, Ordering::Relaxed);
     }
 
-    /// Whether parking now is safe: hyper's server is idle between requests. Checked by the
-    /// watchdog and again, authoritatively, by the connection task, whose task also runs hyper.
+    /// Whether parking now is safe: the HTTP/1 server is idle between requests. Checked by the
+    /// watchdog and again, authoritatively, by the connection task, which also runs the server.
     pub(crate) fn may_park(&self) -> bool {
         self.parkable.load(Ordering::Relaxed)
             && self.served.load(Ordering::Relaxed)
@@ -557,7 +557,7 @@ mod tests {
         assert!(!activity.may_park());
         drop(activity.open_exchange());
         assert!(activity.may_park());
-        // A client that stops reading leaves the response in hyper's buffer: a write that has
+        // A client that stops reading leaves the response unwritten: a write that has
         // to wait blocks parking until a write completes again.
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let written = Pin::new(&mut io).poll_write(&mut cx, &[b'x'; 16]);

@@ -63,6 +63,9 @@ pub(crate) enum ProxyError {
     /// The client failed while its request was on its way up: never counted against a backend.
     #[error("client failed: {0}")]
     Client(#[from] ClientFault),
+    /// The request head cannot be served (HTTP/1.1): answered, then the connection closes.
+    #[error(transparent)]
+    Head(#[from] crate::proxy::l7::h1::head::HeadError),
 }
 
 /// A failure the client caused after its request was accepted. The backend it was being sent
@@ -85,9 +88,9 @@ pub(crate) enum ClientFault {
 }
 
 impl ClientFault {
-    /// Classifies an error of the client's request body (hyper's server side).
-    pub(crate) fn of(err: &hyper::Error) -> ClientFault {
-        let mut source = std::error::Error::source(err);
+    /// Classifies an error of the client's request body (either server side).
+    pub(crate) fn of(err: &(dyn std::error::Error + 'static)) -> ClientFault {
+        let mut source = Some(err);
         while let Some(cause) = source {
             if let Some(io) = cause.downcast_ref::<std::io::Error>() {
                 if matches!(
@@ -149,6 +152,7 @@ impl ProxyError {
             // A client that is gone gets no response; were one read, this is what it would say.
             ProxyError::Client(ClientFault::Stalled) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) | ProxyError::Client(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Head(err) => err.status(),
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -164,7 +168,10 @@ impl ProxyError {
 
     /// Whether the failure was the client's rather than a backend's.
     pub(crate) fn is_client_error(&self) -> bool {
-        matches!(self, ProxyError::BadRequest(_) | ProxyError::Client(_))
+        matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::Client(_) | ProxyError::Head(_)
+        )
     }
 
     /// The client's fault, if this is one: counted under its own label, never a backend's.
@@ -182,6 +189,7 @@ impl ProxyError {
         let reason = status.canonical_reason().unwrap_or("error");
         let body = match self {
             ProxyError::BadRequest(detail) => format!("{} {reason}: {detail}\n", status.as_u16()),
+            ProxyError::Head(err) => format!("{} {reason}: {err}\n", status.as_u16()),
             ProxyError::Client(fault) => format!("{} {reason}: {fault}\n", status.as_u16()),
             ProxyError::NoBackend { pool, .. } => format!(
                 "{} {reason}: no healthy backend in pool {pool}\n",

@@ -24,7 +24,7 @@ pin_project! {
     pub enum RequestBody {
         Client {
             #[pin]
-            body: Incoming,
+            body: IncomingBody,
             sent: Option<Arc<Notify>>,
             // Set for an upload the proxy watches for stalls.
             progress: Option<Arc<Progress>>,
@@ -42,7 +42,7 @@ impl RequestBody {
     /// The client's body, streamed through (and copied for a mirror on the way when `copy` is
     /// given), reporting its advance to `progress` when given.
     pub(crate) fn client(
-        body: Incoming,
+        body: IncomingBody,
         copy: Option<Box<BodyCopy>>,
         progress: Option<Arc<Progress>>,
     ) -> RequestBody {
@@ -155,12 +155,12 @@ impl BodyCopy {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project() {
             RequestBodyProj::Client {
                 mut body,
@@ -220,6 +220,65 @@ impl Body for RequestBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+pin_project! {
+    /// Body of every request a client sends: read by fulcrum's own HTTP/1.1 server, or by
+    /// hyper's HTTP/2 server.
+    #[project = IncomingBodyProj]
+    #[allow(missing_docs)] // pin-project-lite cannot carry docs on pinned fields
+    #[derive(Debug)]
+    pub enum IncomingBody {
+        /// Read off an HTTP/1.1 connection.
+        Http1 {
+            body: crate::http::body_slot::Body,
+        },
+        /// A stream of an HTTP/2 connection.
+        Http2 {
+            #[pin]
+            body: Incoming,
+        },
+        /// None (the head said so).
+        Empty,
+    }
+}
+
+impl Body for IncomingBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project() {
+            IncomingBodyProj::Http1 { body } => Pin::new(body).poll_frame(cx).map(|frame| {
+                frame.map(|frame| {
+                    frame.map_err(|err| Box::new(std::io::Error::from(err)) as Self::Error)
+                })
+            }),
+            IncomingBodyProj::Http2 { body } => body
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(Self::Error::from))),
+            IncomingBodyProj::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            IncomingBody::Http1 { body } => body.is_end_stream(),
+            IncomingBody::Http2 { body } => body.is_end_stream(),
+            IncomingBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            IncomingBody::Http1 { body } => body.size_hint(),
+            IncomingBody::Http2 { body } => body.size_hint(),
+            IncomingBody::Empty => SizeHint::with_exact(0),
         }
     }
 }

@@ -112,11 +112,12 @@ async fn the_backend_sees_the_targets_authority_and_a_host_connection_cannot_rem
     .await;
 }
 
+/// Closed after (the recording backend answers once per connection).
 const CHUNKED_WITH_TRAILERS: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
-    Trailer: x-sum\r\n\r\n4\r\nabcd\r\n3;x=y\r\nefg\r\n0\r\nx-sum: 7\r\n\r\n";
+    Trailer: x-sum\r\nConnection: close\r\n\r\n4\r\nabcd\r\n3;x=y\r\nefg\r\n0\r\nx-sum: 7\r\n\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backend_trailers_reach_http1_clients() {
+async fn backend_trailers_reach_http1_clients_that_accept_them() {
     bounded(async {
         let (backend, _seen) = recording_backend(whole_head, CHUNKED_WITH_TRAILERS).await;
         let mut lb = TestBalancer::builder().backend(backend).start().await;
@@ -127,6 +128,11 @@ async fn backend_trailers_reach_http1_clients() {
         let lower = response.to_ascii_lowercase();
         assert!(lower.contains("\r\ntrailer: x-sum\r\n"), "{response}");
         assert!(lower.ends_with("\r\n0\r\nx-sum: 7\r\n\r\n"), "{response}");
+        // A client that did not ask for trailers gets the body without them.
+        let request = b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n";
+        let response = raw_exchange(lb.addr(), request, RAW_LIMIT).await;
+        assert_eq!(raw_status(&response), Some(200), "{response}");
+        assert!(response.ends_with("\r\nefg\r\n0\r\n\r\n"), "{response}");
         lb.stop().await;
     })
     .await;

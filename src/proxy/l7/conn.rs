@@ -1,15 +1,16 @@
-//! One client connection's life: TLS handshake, HTTP/1 or HTTP/2 start, hyper's server, and
+//! One client connection's life: TLS handshake, HTTP/1 (`h1`) or HTTP/2 (hyper) start, and
 //! for HTTP/1 parking while quiet and handing over to a tunnel after a 101.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::HeaderValue;
+use http::{HeaderValue, Request};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -19,6 +20,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::calm::{CalmIo, CancelBudget, StreamGuard};
+use super::h1;
 use super::handler::{ClientBody, Handler, TlsOrigin};
 use super::listener::{HttpListener, HttpSettings, TlsTermination};
 use super::tunnel::{UpgradeSlot, run_tunnel};
@@ -26,7 +28,7 @@ use crate::config::ClientLimits;
 use crate::http::headers::ClientInfo;
 use crate::io::rewind::Rewind;
 use crate::proxy::activity::{self, Activity, ActivityIo, Close};
-use crate::proxy::framing::ScannedIo;
+use crate::upstream::request_body::IncomingBody;
 
 impl HttpListener {
     /// Serves one accepted client connection until it closes, idles out, or `shutdown` fires
@@ -103,19 +105,16 @@ impl HttpListener {
     ) where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (io, framing) =
-            ScannedIo::new(io, settings.limits.max_header_bytes, Arc::clone(&activity));
         let mut io = Rewind::new(Bytes::new(), io);
         let limits = &settings.limits;
+        // The first request head counts as awaited from now (the header-read timeout).
+        activity.await_head(1);
         let mut close = watch(&activity, limits, &shutdown);
         let start = tokio::select! {
             biased;
             reason = &mut close => return self.closed_waiting(reason, peer),
             start = read_start(&mut io, true) => start,
         };
-        // HTTP/2 requests count against the connection's budget of cancelled streams.
-        let budget = matches!(start, Ok(Start::Http2(_)))
-            .then(|| CancelBudget::new(limits.http2.max_cancelled_streams));
         let upgrade = Arc::new(UpgradeSlot::default());
         let handler = Arc::new(Handler {
             listener: Arc::clone(self),
@@ -123,125 +122,164 @@ impl HttpListener {
                 ip: header_value_of(peer),
                 proto: HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
             },
-            framing,
             upgrade: Arc::clone(&upgrade),
             tls,
             activity: Arc::clone(&activity),
             idle_timeout: limits.idle_timeout,
             peer: peer.ip(),
         });
-        let mut service = {
-            let activity = Arc::clone(&activity);
-            let budget = budget.clone();
-            service_fn(move |request| {
-                // Opened as hyper hands the request over, so a park never sees it missing.
-                let exchange = activity.open_exchange();
-                let stream = budget.as_ref().map(StreamGuard::new);
-                // Not boxed: hyper keeps one slot for it per connection, reused by every
-                // request, and a parked connection drops hyper's state with the slot.
-                Arc::clone(&handler).handle(request, exchange, stream)
-            })
-        };
-        match (start, budget) {
-            (Ok(Start::Http2(preface)), Some(budget)) => {
+        let first = match start {
+            Ok(Start::Http2(preface)) => {
+                activity.await_head(0);
+                // HTTP/2 requests count against the connection's budget of cancelled streams.
+                let budget = CancelBudget::new(limits.http2.max_cancelled_streams);
                 io.rewind(preface);
                 let io = CalmIo::new(io, Arc::clone(&budget));
+                let service = {
+                    let activity = Arc::clone(&activity);
+                    let budget = Arc::clone(&budget);
+                    service_fn(move |request: Request<Incoming>| {
+                        // Opened as hyper hands the request over, so a park never sees it missing.
+                        let exchange = activity.open_exchange();
+                        let stream = Some(StreamGuard::new(&budget));
+                        Arc::clone(&handler).handle(
+                            request.map(|body| IncomingBody::Http2 { body }),
+                            exchange,
+                            stream,
+                        )
+                    })
+                };
                 return self
                     .serve_http2(io, service, settings, peer, close, budget)
                     .await;
             }
-            (Ok(Start::Http1(first)), _) => io.rewind(first),
-            _ => return,
-        }
+            Ok(Start::Http1(first)) => first,
+            Ok(Start::Closed) | Err(_) => return,
+        };
+        self.serve_http1(
+            io, first, handler, upgrade, activity, settings, peer, close, shutdown,
+        )
+        .await;
+    }
+
+    /// Serves HTTP/1.1 requests on a connection until the client is done, the connection
+    /// switches protocols, or the listener drains; parks it when it is found quiet between
+    /// two requests.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one connection's parts, handed over once"
+    )]
+    async fn serve_http1<T>(
+        &self,
+        mut io: Rewind<T>,
+        first: Bytes,
+        handler: Arc<Handler>,
+        upgrade: Arc<UpgradeSlot>,
+        activity: Arc<Activity>,
+        settings: &HttpSettings,
+        peer: SocketAddr,
+        close: oneshot::Receiver<Close>,
+        shutdown: CancellationToken,
+    ) where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let limits = &settings.limits;
+        let mut unread = first;
         let mut close = Some(close);
         let mut parked_budget = limits.idle_timeout;
+        let stop = AtomicBool::new(false);
+        let mut awaited = true;
         loop {
-            // hyper's HTTP/1 server runs until the client is done, the connection switches
-            // protocols, or it is parked. Boxed: its state is kilobytes, and a parked
-            // connection should hold none of it.
             activity.start_serving();
-            let server_io = TokioIo::new(KeepOpen(io));
-            let mut conn = Box::new(settings.http1.serve_connection(server_io, service));
+            stop.store(false, Ordering::Relaxed);
             let mut parking = false;
-            let result = loop {
-                tokio::select! {
-                    biased;
-                    result = &mut *conn => break result,
-                    reason = next_reason(&mut close) => {
-                        close = None;
-                        match reason {
-                            Ok(Close::Shutdown) | Err(_) => {
-                                // Drain: hyper finishes the exchange in progress, then ends.
-                                Pin::new(&mut *conn).graceful_shutdown();
-                            }
-                            Ok(Close::Park(budget)) => {
-                                if !parking && activity.may_park() {
-                                    parked_budget = budget;
-                                    // Idle: hyper stops at once and hands everything back.
-                                    Pin::new(&mut *conn).graceful_shutdown();
-                                    parking = true;
+            let mut server =
+                h1::Server::new(&mut io, unread, limits.max_header_bytes, &activity, awaited);
+            awaited = false;
+            let result = {
+                let serving = server.serve(
+                    &stop,
+                    |request| Arc::clone(&handler).handle(request, activity.open_exchange(), None),
+                    |err| handler.refuse(err, activity.open_exchange()),
+                );
+                // Boxed: a serving connection's state holds its exchange in flight (the handler's
+                // future, kilobytes); a parked connection's task should hold none of it.
+                let mut serving = Box::pin(serving);
+                loop {
+                    tokio::select! {
+                        biased;
+                        result = serving.as_mut() => break result,
+                        reason = next_reason(&mut close) => {
+                            close = None;
+                            match reason {
+                                Ok(Close::Shutdown) | Err(_) => {
+                                    // Drain: the exchange in progress finishes, then it ends.
+                                    stop.store(true, Ordering::Relaxed);
                                 }
-                                // Watched on either way, should hyper not stop after all.
-                                close = Some(watch(&activity, limits, &shutdown));
+                                Ok(Close::Park(budget)) => {
+                                    if !parking && activity.may_park() {
+                                        parked_budget = budget;
+                                        stop.store(true, Ordering::Relaxed);
+                                        parking = true;
+                                    }
+                                    // Watched on either way, should it not stop after all.
+                                    close = Some(watch(&activity, limits, &shutdown));
+                                }
+                                Ok(reason) => return self.closed_by(reason, peer),
                             }
-                            Ok(reason) => return self.closed_by(reason, peer),
                         }
                     }
                 }
             };
-            if let Err(err) = result {
-                tracing::debug!(listener = %self.name, client = %peer, error = %err, "client connection ended with an error");
-                return;
+            unread = server.into_unread();
+            let ended = match result {
+                Ok(ended) => ended,
+                Err(err) => {
+                    tracing::debug!(listener = %self.name, client = %peer, error = %err, "client connection ended with an error");
+                    return;
+                }
+            };
+            if ended == h1::Ended::Upgraded {
+                if let Some((upstream, in_flight)) = upgrade.take() {
+                    // A 101 went out: the connection is a tunnel now, run by this task, so it
+                    // still counts as the listener's open connection. Boxed: only upgraded
+                    // connections need its state.
+                    drop(close);
+                    io.rewind(unread);
+                    let deadline = &self.drain_deadline;
+                    return Box::pin(run_tunnel(
+                        io,
+                        upstream,
+                        in_flight,
+                        limits.idle_timeout,
+                        deadline,
+                    ))
+                    .await;
+                }
             }
-            // hyper flushed everything it had written before ending (its shutdown only flushes).
-            // In a block of its own: `Parts` must not outlive it into the waits below, or the
-            // task keeps room for it all its life.
-            {
-                let parts = conn.into_parts();
-                io = parts.io.into_inner().0;
-                io.rewind(parts.read_buf);
-                service = parts.service;
-            }
-            if let Some((upstream, in_flight)) = upgrade.take() {
-                // A 101 went out: the connection is a tunnel now, run by this task, so it
-                // still counts as the listener's open connection. Boxed: only upgraded
-                // connections need its state.
-                drop(close);
-                let deadline = &self.drain_deadline;
-                return Box::pin(run_tunnel(
-                    io,
-                    upstream,
-                    in_flight,
-                    limits.idle_timeout,
-                    deadline,
-                ))
-                .await;
-            }
-            if !parking {
-                // The client is done, or the listener drains: close our side as hyper would,
-                // but bounded (a TLS close_notify can wait on a client that stopped reading).
+            if ended != h1::Ended::Stopped || !parking {
+                // The client is done, or the listener drains: close our side, but bounded (a
+                // TLS close_notify can wait on a client that stopped reading).
                 let _ = tokio::time::timeout(CLOSE_LIMIT, io.shutdown()).await;
                 // Boxed: only a closing connection needs its buffer.
                 Box::pin(linger(&mut io)).await;
                 return;
             }
-            // The watchdog kept on while hyper stopped ends with its receiver.
+            // The watchdog kept on while serving ends with its receiver.
             drop(close.take());
-            if !io.has_prefix() {
-                // Parked: no watchdog, no hyper state, just the socket and these three waits.
-                let _parked = self.metrics.parked();
-                let woke = tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(parked_budget) => {
-                        return self.closed_by(Close::Idle, peer);
-                    }
-                    woke = read_start(&mut io, false) => woke,
-                };
-                match woke {
-                    Ok(Start::Http1(first)) => io.rewind(first),
-                    Ok(Start::Http2(_) | Start::Closed) | Err(_) => return,
+            // Parked: no watchdog, no buffer, just the socket and these three waits.
+            let _parked = self.metrics.parked();
+            let woke = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(parked_budget) => {
+                    return self.closed_by(Close::Idle, peer);
                 }
+                woke = read_start(&mut io, false) => woke,
+            };
+            match woke {
+                Ok(Start::Http1(first)) => unread = first,
+                Ok(Start::Http2(_) | Start::Closed) | Err(_) => return,
             }
             close = Some(watch(&activity, limits, &shutdown));
         }
@@ -357,24 +395,6 @@ async fn next_reason(
 /// Longest wait for a finished client connection's write side to close (a TLS close_notify).
 const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
-/// A client connection as hyper's HTTP/1 server sees it: shutting it down only flushes, so
-/// the socket outlives a server that stops for parking, and hyper still writes out everything
-/// it buffered before it ends. The connection task closes the socket itself.
-struct KeepOpen<T>(T);
-
-impl<T: AsyncRead + Unpin> AsyncRead for KeepOpen<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-// Shutting down only flushes (see above).
-crate::io::delegate_async_write!(KeepOpen, 0, poll_flush);
-
 /// Starts a watchdog on a client connection; it says on the returned channel why and when the
 /// connection should close or park, and ends then.
 fn watch(
@@ -421,7 +441,7 @@ enum Start {
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Bytes the first read of a connection (or of a parked one waking up) asks for: a whole
-/// typical request head, so hyper finds it complete without a read of its own.
+/// typical request head, so the server finds it complete without a read of its own.
 const START_READ: usize = 4096;
 
 /// Waits for a client's next bytes and reads what has arrived, holding no buffer while it

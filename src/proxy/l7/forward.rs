@@ -234,8 +234,14 @@ impl Replay {
             )
             && http_body::Body::is_end_stream(request.body());
         replayable.then(|| {
-            let (uri, headers) = owned_head(request.uri(), request.headers())
-                .unwrap_or_else(|| (request.uri().clone(), request.headers().clone()));
+            // An HTTP/1 head is already a copy of its own (see `h1::head`); an HTTP/2 one is
+            // made of slices of the connection's frames.
+            let owned = match request.version() {
+                http::Version::HTTP_2 => owned_head(request.uri(), request.headers()),
+                _ => None,
+            };
+            let (uri, headers) =
+                owned.unwrap_or_else(|| (request.uri().clone(), request.headers().clone()));
             Box::new(Replay {
                 method: request.method().clone(),
                 uri,
@@ -254,9 +260,8 @@ impl Replay {
 }
 
 /// A copy of a request's target and fields that shares no memory with the client
-/// connection's read buffer. What hyper parsed are slices of that buffer, and hyper cannot
-/// reuse a buffer a slice of which is alive: a plain clone kept for the whole exchange made it
-/// allocate a second buffer per request in flight. Here the path, authority and field values
+/// connection's read buffer. What hyper's HTTP/2 server decoded may be slices of the frames it
+/// read, and a plain clone kept for the whole exchange would keep those alive. Here the path, authority and field values
 /// are slices of one allocation of their own (field names are already owned or static).
 /// `None` only if a part does not parse again, which a parsed request's parts always do.
 fn owned_head(uri: &http::Uri, headers: &http::HeaderMap) -> Option<(http::Uri, http::HeaderMap)> {
@@ -362,7 +367,7 @@ fn send<'a>(
                         return Outcome::Failed(timed_out);
                     }
                     Err(h1::SendError::Failed(h1::Error::RequestBody(err))) => {
-                        return Outcome::Failed(ClientFault::of(&err).into());
+                        return Outcome::Failed(ClientFault::of(&*err).into());
                     }
                     Err(h1::SendError::Failed(err)) => {
                         return Outcome::Failed(ProxyError::Upstream(err.into()));

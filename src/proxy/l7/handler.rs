@@ -8,10 +8,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::h1::head::HeadError;
+use crate::upstream::request_body::IncomingBody;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
@@ -28,7 +29,6 @@ use crate::pool::{Budget, Pool};
 use crate::proxy::activity::{Activity, Exchange};
 use crate::proxy::body::{BodyError, ProxyBody};
 use crate::proxy::error::{ClientFault, ProxyError};
-use crate::proxy::framing::FramingCheck;
 use crate::rate_limit::RateLimiter;
 use crate::route::{Local, Route, Target};
 use crate::tls::SniResolver;
@@ -36,7 +36,7 @@ use crate::upstream::RequestBody;
 use crate::upstream::request_body::BodyCopy;
 
 pin_project! {
-    /// A response body that keeps its exchange open until it is dropped, which hyper does
+    /// A response body that keeps its exchange open until it is dropped, which the server does
     /// right after its end: the connection is not parked while a response is on its way. On
     /// HTTP/2 it also holds the stream's guard, finished at the body's end (dropped earlier,
     /// the client cancelled the stream).
@@ -127,7 +127,7 @@ struct AccessRequest {
 fn local_response(
     route: &Route,
     local: Local<'_>,
-    request: &Request<Incoming>,
+    request: &Request<IncomingBody>,
 ) -> Response<ProxyBody> {
     let (status, body, location) = match local {
         Local::Redirect { to, status } => {
@@ -149,12 +149,10 @@ fn local_response(
     response
 }
 
-/// The request handler of one client connection: its listener, who the client is, and the
-/// framing check.
+/// The request handler of one client connection: its listener and who the client is.
 pub(super) struct Handler {
     pub(super) listener: Arc<HttpListener>,
     pub(super) client: ClientInfo,
-    pub(super) framing: Arc<FramingCheck>,
     /// Where a 101's backend connection waits for this connection's task.
     pub(super) upgrade: Arc<UpgradeSlot>,
     /// For a TLS connection: what it was set up for.
@@ -186,7 +184,7 @@ impl TlsOrigin {
 }
 
 impl Handler {
-    /// Answers one request; `exchange` stays open until hyper drops the response body, and
+    /// Answers one request; `exchange` stays open until the server drops the response body, and
     /// `stream` (HTTP/2) counts a cancel if the request or its body is dropped unfinished.
     ///
     /// Written as one `async move` block over its arguments, not an `async fn` with nested
@@ -198,7 +196,7 @@ impl Handler {
     )]
     pub(super) fn handle(
         self: Arc<Self>,
-        mut request: Request<Incoming>,
+        mut request: Request<IncomingBody>,
         exchange: Exchange,
         stream: Option<StreamGuard>,
     ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> {
@@ -274,7 +272,7 @@ impl Handler {
     /// forwarding fields to add, the tunnel it may become and what the access log needs of it.
     fn prepare(
         &self,
-        request: &mut Request<Incoming>,
+        request: &mut Request<IncomingBody>,
         pool: &Pool,
     ) -> (
         Forwarding<'_>,
@@ -376,12 +374,7 @@ impl Handler {
 
     /// Rejects requests that must not be forwarded and routes the rest: to a pool (the route
     /// rewrites the request for it first), or to a response of the route's own.
-    fn check(&self, request: &mut Request<Incoming>) -> Result<Routed, ProxyError> {
-        if self.framing.next_request_is_bad() {
-            return Err(ProxyError::BadRequest(
-                "ambiguous message framing (Content-Length with Transfer-Encoding, or conflicting Content-Length)",
-            ));
-        }
+    fn check(&self, request: &mut Request<IncomingBody>) -> Result<Routed, ProxyError> {
         if let Some(problem) = host::refusal(request.uri(), request.version(), request.headers()) {
             // RFC 9112 §3.2: a missing, repeated or invalid Host is a 400.
             return Err(ProxyError::BadRequest(problem));
@@ -442,7 +435,7 @@ impl Handler {
     fn rate_limit(
         &self,
         limit: &RateLimiter,
-        request: &Request<Incoming>,
+        request: &Request<IncomingBody>,
     ) -> Result<(), ProxyError> {
         limit
             .check_request(self.peer, request.headers())
@@ -451,7 +444,22 @@ impl Handler {
             })
     }
 
-    fn fail(&self, err: &ProxyError, request: &Request<Incoming>) -> Response<ProxyBody> {
+    /// Answers a request head fulcrum's HTTP/1.1 server cannot serve; the connection closes
+    /// after the answer.
+    pub(super) fn refuse(&self, err: HeadError, exchange: Exchange) -> Response<ClientBody> {
+        let err = ProxyError::Head(err);
+        tracing::info!(
+            listener = %self.listener.name,
+            client = %self.peer,
+            status = err.status().as_u16(),
+            error = %err,
+            "request head refused"
+        );
+        err.to_response()
+            .map(|body| ClientBody::new(body, exchange, None))
+    }
+
+    fn fail(&self, err: &ProxyError, request: &Request<IncomingBody>) -> Response<ProxyBody> {
         if let ProxyError::RateLimited { .. } = err {
             // Logged at debug by the limiter: a flood must not flood the log.
             return err.to_response();

@@ -1,11 +1,11 @@
 //! What an HTTP listener's connections share: its name and routing state, and the client
-//! limits, TLS acceptor and hyper server builders that a reload may replace.
+//! limits, TLS acceptor and HTTP/2 server builder that a reload may replace.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,7 @@ pub(crate) struct HttpListener {
     pub(super) drain_deadline: CancellationToken,
     /// Connection and byte counters.
     pub metrics: Arc<ListenerMetrics>,
-    /// Client limits and the server builder made from them; a reload may replace both, and
+    /// Client limits and the HTTP/2 builder made from them; a reload may replace both, and
     /// each new connection uses the newest.
     pub(super) settings: ArcSwap<HttpSettings>,
     /// ACME: certificates issued at run time, and the HTTP-01 tokens this listener answers.
@@ -48,7 +48,6 @@ pub(crate) struct HttpListener {
 
 pub(super) struct HttpSettings {
     pub(super) limits: ClientLimits,
-    pub(super) http1: http1::Builder,
     pub(super) http2: http2::Builder<TokioExecutor>,
     pub(super) tls: Option<TlsTermination>,
 }
@@ -69,13 +68,6 @@ impl HttpSettings {
         tls: Option<&TlsSettings>,
         acme: &acme::Shared,
     ) -> Result<Self, TlsError> {
-        let mut http1 = http1::Builder::new();
-        // The header-read timeout is ours (see `activity::watchdog`): hyper's arms a boxed timer
-        // for every request and also runs it while a keep-alive connection waits.
-        http1
-            .header_read_timeout(None)
-            .max_buf_size(limits.max_header_bytes)
-            .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         // Every limit explicit, not left to library defaults that may change (see README's
         // "HTTP/2 limits"). h2 answers a breach with GOAWAY (ENHANCE_YOUR_CALM) itself; `calm`
@@ -116,12 +108,7 @@ impl HttpSettings {
                 })
             }
         };
-        Ok(Self {
-            limits,
-            http1,
-            http2,
-            tls,
-        })
+        Ok(Self { limits, http2, tls })
     }
 }
 

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::upstream::request_body::IncomingBody;
 use bytes::Bytes;
 use http::{Request, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 
@@ -46,7 +46,7 @@ impl Copy {
     /// around the request's body comes with it. Upgrades are never mirrored.
     pub(super) fn take(
         mirror: &Arc<Mirror>,
-        request: &Request<Incoming>,
+        request: &Request<IncomingBody>,
     ) -> Option<(Copy, Option<Box<BodyCopy>>)> {
         if request.headers().contains_key(http::header::UPGRADE) {
             return None;

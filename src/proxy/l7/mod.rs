@@ -1,9 +1,9 @@
 //! The HTTP (layer 7) proxy: serves one client connection and forwards each request to a
 //! backend of the listener's pool, retrying failed connects on other backends.
 //!
-//! [`listener`] is what a listener's connections share (limits, TLS, hyper's builders, swapped
-//! on reload); [`conn`] is one client connection's life (TLS handshake, HTTP/1 or HTTP/2
-//! start, hyper's server, parking); [`handler`] answers each request (checks, pool, errors →
+//! [`listener`] is what a listener's connections share (limits, TLS, hyper's HTTP/2 builder,
+//! swapped on reload); [`conn`] is one client connection's life (TLS handshake, HTTP/1 or HTTP/2
+//! start, the server, parking); [`h1`] is the HTTP/1.1 server; [`handler`] answers each request (checks, pool, errors →
 //! response); [`forward`] makes the attempts on backends (retries, replay, idle connections);
 //! [`tunnel`] runs an upgraded connection (WebSocket and the like) after a 101; [`upload`] answers
 //! an upload that stalls (`408`, or `504` when the backend stopped reading it); [`calm`] is
@@ -12,6 +12,7 @@
 mod calm;
 mod conn;
 mod forward;
+pub(crate) mod h1;
 mod handler;
 mod listener;
 mod mirror;

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::upstream::request_body::IncomingBody;
 use http::Response;
-use hyper::body::Incoming;
 
 use crate::proxy::activity::{self, Activity, OpenUpload};
 use crate::proxy::body::ProxyBody;
@@ -34,7 +34,7 @@ impl Upload {
     /// with no body left to send.
     pub(super) fn watch(
         activity: &Arc<Activity>,
-        body: &Incoming,
+        body: &IncomingBody,
         idle: Duration,
     ) -> Option<(Upload, Arc<Progress>)> {
         if http_body::Body::is_end_stream(body) {

@@ -21,7 +21,7 @@ pub enum Error {
     Malformed(&'static str),
     /// The client's request body failed while it was being forwarded.
     #[error("request body from the client failed: {0}")]
-    RequestBody(#[source] hyper::Error),
+    RequestBody(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// No response head arrived before the exchange's deadline.
     #[error("no response head before the deadline")]
     TimedOut,

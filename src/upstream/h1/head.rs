@@ -1,5 +1,5 @@
-//! Heads on the wire: response heads (and trailer sections) parsed from the backend, request
-//! heads encoded for it, and the body framing each declares. The only user of `httparse`.
+//! Heads on the wire: response heads parsed from the backend, request heads encoded for it,
+//! and the body framing each declares.
 
 use std::mem::MaybeUninit;
 
@@ -9,6 +9,7 @@ use http::{Method, Request, StatusCode, Version};
 use http_body::Body as _;
 
 use super::error::Error;
+use crate::http::decode::Decoder;
 use crate::http::headers::Forwarding;
 use crate::http::wire::content_length;
 use crate::upstream::request_body::RequestBody;
@@ -98,44 +99,17 @@ impl Fields {
     }
 
     /// How a response that has a body delimits it (RFC 9112 §6.3).
-    pub(super) fn body_framing(&self) -> Result<Kind, Error> {
+    pub(super) fn body_framing(&self) -> Result<Decoder, Error> {
         match (self.chunked, self.length) {
             (Some(_), Some(_)) => Err(Error::Malformed(
                 "both Transfer-Encoding and Content-Length",
             )),
-            (Some(true), None) => Ok(Kind::Chunked(Chunked::Size)),
+            (Some(true), None) => Ok(Decoder::Size),
             (Some(false), None) => Err(Error::Malformed("transfer coding other than chunked last")),
-            (None, Some(0)) => Ok(Kind::Done),
-            (None, Some(length)) => Ok(Kind::Length(length)),
-            (None, None) => Ok(Kind::Close),
+            (None, Some(length)) => Ok(Decoder::length(length)),
+            (None, None) => Ok(Decoder::UntilClose),
         }
     }
-}
-
-/// Where a response body stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
-    /// This many bytes are still due.
-    Length(u64),
-    /// Chunked transfer coding.
-    Chunked(Chunked),
-    /// Everything until the backend closes the connection.
-    Close,
-    /// The body has ended.
-    Done,
-}
-
-/// Where a chunked body stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Chunked {
-    /// A chunk-size line is next.
-    Size,
-    /// This many bytes of chunk data are due.
-    Data(u64),
-    /// The CRLF after chunk data is next.
-    DataEnd,
-    /// The trailer section (possibly empty) is next.
-    Trailers,
 }
 
 /// Copies parsed fields into `headers`, noting the ones that frame the message.
@@ -195,19 +169,6 @@ pub(crate) fn judge_response_head(buf: &[u8]) -> Result<Option<usize>, Error> {
     };
     head.fields.body_framing()?;
     Ok(Some(head.len))
-}
-
-/// The fields of a trailer section (ending in an empty line).
-pub(crate) fn parse_trailers(section: &[u8]) -> Result<HeaderMap, Error> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::parse_headers(section, &mut fields) {
-        Ok(httparse::Status::Complete((_, fields))) => {
-            let mut trailers = HeaderMap::new();
-            read_fields(fields, &mut trailers)?;
-            Ok(trailers)
-        }
-        _ => Err(Error::Malformed("invalid trailer section")),
-    }
 }
 
 /// How a request body goes on the wire.
@@ -417,22 +378,15 @@ mod tests {
                     };
                     prop_assert!(head.len <= buf.len());
                     match head.fields.body_framing() {
-                        Ok(Kind::Length(n)) => prop_assert_eq!(Some(n), head.fields.length),
-                        Ok(Kind::Chunked(Chunked::Size)) => prop_assert_eq!(head.fields.length, None),
-                        Ok(Kind::Done) => prop_assert_eq!(head.fields.length, Some(0)),
-                        Ok(Kind::Close) => prop_assert_eq!(head.fields.length, None),
-                        Ok(kind) => prop_assert!(false, "{:?}", kind),
+                        Ok(Decoder::Length(n)) => prop_assert_eq!(Some(n), head.fields.length),
+                        Ok(Decoder::Size | Decoder::UntilClose) => prop_assert_eq!(head.fields.length, None),
+                        Ok(Decoder::Done) => prop_assert_eq!(head.fields.length, Some(0)),
+                        Ok(decoder) => prop_assert!(false, "{:?}", decoder),
                         Err(_) => {}
                     }
                     prop_assert!(!headers.contains_key(header::CONTENT_LENGTH));
                     prop_assert!(!headers.contains_key(header::DATE));
                 }
-            }
-
-            #[test]
-            fn trailer_sections_never_panic(bytes in head_like()) {
-                // Refusing is fine; only a panic fails.
-                let _ = parse_trailers(&bytes);
             }
         }
     }

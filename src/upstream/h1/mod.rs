@@ -27,7 +27,7 @@ mod response_body;
 
 pub(crate) use self::connection::{Connection, Stream};
 pub(crate) use self::error::{Error, SendError};
-pub(crate) use self::head::{judge_response_head, parse_trailers};
+pub(crate) use self::head::judge_response_head;
 pub(crate) use self::response_body::{Body, Upgraded};
 
 use std::io;
@@ -42,8 +42,9 @@ use tokio::time::{Instant, Sleep};
 
 use self::body_writer::{BodyWriter, Writing};
 use self::connection::{HEAD_READ, poll_read_into};
-use self::head::{Head, Kind, MAX_HEAD, encode_head, parse_head};
+use self::head::{Head, MAX_HEAD, encode_head, parse_head};
 use super::request_body::RequestBody;
+use crate::http::decode::Decoder;
 use crate::http::headers::Forwarding;
 
 /// How long an exchange waits for its response head.
@@ -192,7 +193,7 @@ impl Connection {
             // The connection now carries another protocol: see `Body::into_upgraded`.
             let mut response = Response::new(Body {
                 conn: Some(self),
-                kind: Kind::Done,
+                decoder: Decoder::Done,
                 keep_alive: false,
                 writing,
             });
@@ -206,8 +207,8 @@ impl Connection {
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let kind = if bodiless {
-            Kind::Done
+        let decoder = if bodiless {
+            Decoder::Done
         } else {
             fields.body_framing()?
         };
@@ -215,10 +216,10 @@ impl Connection {
             // A body framed by this length carries it to hyper's encoder, which writes the
             // field (`content-length: 0` too). A HEAD or 304 answer's length describes a body
             // not sent: the field goes back as the backend sent it.
-            let carried = match kind {
-                Kind::Length(framed) => framed == length,
-                Kind::Done => length == 0 && !bodiless,
-                Kind::Chunked(_) | Kind::Close => false,
+            let carried = match decoder {
+                Decoder::Length(framed) => framed == length,
+                Decoder::Done => length == 0 && !bodiless,
+                _ => false,
             };
             if !carried {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
@@ -226,7 +227,7 @@ impl Connection {
         }
         let mut response = Response::new(Body {
             conn: Some(self),
-            kind,
+            decoder,
             keep_alive,
             writing,
         });

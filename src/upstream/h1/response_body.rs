@@ -4,30 +4,27 @@
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::BytesMut;
 use http_body::{Frame, SizeHint};
 
 use super::body_writer::Writing;
 use super::connection::{Connection, READ_CHUNK, Stream, poll_read_into};
 use super::error::Error;
-use super::head::{Chunked, Kind, MAX_HEAD, parse_trailers};
-use crate::http::wire;
+use crate::http::decode::{DecodeError, Decoded, Decoder};
 use crate::io::rewind::Rewind;
+use bytes::Bytes;
 
 /// Bodies with at least this much left are read into buffers of their own, handed on whole.
-const LARGE_READ: usize = 16 * 1024;
+const LARGE_READ: u64 = 16 * 1024;
 /// Largest single read of body bytes.
 const MAX_READ: usize = 64 * 1024;
-/// Data already buffered up to this size is copied out, keeping the connection's buffer.
-const COPY_LIMIT: usize = 4 * 1024;
-/// Longest chunk-size line (with extensions) accepted.
-const MAX_CHUNK_LINE: usize = 1024;
 
 /// A response body read from a backend connection.
 pub struct Body {
     /// The connection, until the body ends or fails.
     pub(super) conn: Option<Box<Connection>>,
-    pub(super) kind: Kind,
+    /// Where the body stands (the same decoder reads clients' request bodies).
+    pub(super) decoder: Decoder,
     /// Whether the backend lets the connection carry another request after this response.
     pub(super) keep_alive: bool,
     /// The request body, when it was still being sent as the response began.
@@ -37,7 +34,7 @@ pub struct Body {
 impl std::fmt::Debug for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Body")
-            .field("kind", &self.kind)
+            .field("decoder", &self.decoder)
             .field("keep_alive", &self.keep_alive)
             .field("writing", &matches!(self.writing, Writing::Body(_)))
             .finish_non_exhaustive()
@@ -53,7 +50,7 @@ impl Body {
     /// the body is at its end; afterwards the body no longer holds the connection.
     pub fn take_idle(&mut self) -> Option<Box<Connection>> {
         let request_sent = matches!(self.writing, Writing::Done { complete: true });
-        if self.kind != Kind::Done || !self.keep_alive || !request_sent {
+        if !self.decoder.is_done() || !self.keep_alive || !request_sent {
             return None;
         }
         self.conn.take().filter(|conn| conn.buf.is_empty())
@@ -69,7 +66,7 @@ impl Body {
     /// be reused (a request body still unsent is abandoned with it).
     pub(super) fn settle(&mut self) {
         let request_sent = matches!(self.writing, Writing::Done { complete: true });
-        if self.kind == Kind::Done && !(self.keep_alive && request_sent) {
+        if self.decoder.is_done() && !(self.keep_alive && request_sent) {
             self.conn = None;
             self.writing = Writing::Done { complete: false };
         }
@@ -97,54 +94,21 @@ impl Body {
 
     /// Marks the body finished.
     fn end(&mut self) {
-        self.kind = Kind::Done;
+        self.decoder = Decoder::Done;
         self.settle();
     }
 
-    /// Reads more body bytes into the connection's buffer; an end of stream is an error.
-    fn fill(conn: &mut Connection, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if ready!(poll_read_into(&mut conn.io, cx, &mut conn.buf, READ_CHUNK))? == 0 {
-            return Poll::Ready(Err(Error::Closed));
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Up to `limit` bytes of body data: from the buffer when it has some, else read, into a
-    /// buffer of their own when plenty is due. `Ok(None)` at end of stream.
-    fn poll_data(
-        conn: &mut Connection,
-        cx: &mut Context<'_>,
-        limit: u64,
-    ) -> Poll<Result<Option<Bytes>, Error>> {
-        if conn.buf.is_empty() {
-            if limit >= LARGE_READ as u64 {
-                let want = usize::try_from(limit).unwrap_or(MAX_READ).min(MAX_READ);
-                let mut own = BytesMut::with_capacity(want);
-                if ready!(tokio_util::io::poll_read_buf(
-                    Pin::new(&mut conn.io),
-                    cx,
-                    &mut own
-                ))? == 0
-                {
-                    return Poll::Ready(Ok(None));
-                }
-                return Poll::Ready(Ok(Some(own.freeze())));
+    /// The end of the stream came: the end of a body that runs to the close (the connection
+    /// then goes), an error inside any other.
+    fn closed(&mut self) -> Option<Result<Frame<Bytes>, Error>> {
+        match self.decoder.closed() {
+            Ok(()) => {
+                self.keep_alive = false;
+                self.end();
+                None
             }
-            if ready!(poll_read_into(&mut conn.io, cx, &mut conn.buf, READ_CHUNK))? == 0 {
-                return Poll::Ready(Ok(None));
-            }
+            Err(_) => Some(Err(Error::Closed)),
         }
-        let take = usize::try_from(limit)
-            .unwrap_or(usize::MAX)
-            .min(conn.buf.len());
-        let data = if take <= COPY_LIMIT {
-            let data = Bytes::copy_from_slice(&conn.buf[..take]);
-            conn.buf.advance(take);
-            data
-        } else {
-            conn.buf.split_to(take).freeze()
-        };
-        Poll::Ready(Ok(Some(data)))
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
@@ -153,99 +117,53 @@ impl Body {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match self.kind {
-                Kind::Done => return Poll::Ready(None),
-                Kind::Length(remaining) => {
-                    let Some(data) = ready!(Self::poll_data(conn, cx, remaining))? else {
-                        return Poll::Ready(Some(Err(Error::Closed)));
-                    };
-                    let left = remaining - data.len() as u64;
-                    if left == 0 {
+            let due = match self.decoder.decode(&mut conn.buf) {
+                Ok(Decoded::Data(data)) => {
+                    if self.decoder.is_done() {
                         self.end();
-                    } else {
-                        self.kind = Kind::Length(left);
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Kind::Close => match ready!(Self::poll_data(conn, cx, MAX_READ as u64))? {
-                    Some(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    None => {
-                        self.keep_alive = false;
-                        self.end();
-                        return Poll::Ready(None);
-                    }
-                },
-                Kind::Chunked(Chunked::Data(remaining)) => {
-                    let Some(data) = ready!(Self::poll_data(conn, cx, remaining))? else {
-                        return Poll::Ready(Some(Err(Error::Closed)));
-                    };
-                    let left = remaining - data.len() as u64;
-                    self.kind = Kind::Chunked(if left == 0 {
-                        Chunked::DataEnd
-                    } else {
-                        Chunked::Data(left)
-                    });
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Kind::Chunked(Chunked::Size) => {
-                    let Some(line_end) = memchr::memchr(b'\n', &conn.buf) else {
-                        if conn.buf.len() > MAX_CHUNK_LINE {
-                            return Poll::Ready(Some(Err(Error::Malformed(
-                                "chunk size line too long",
-                            ))));
-                        }
-                        ready!(Self::fill(conn, cx))?;
-                        continue;
-                    };
-                    let size = parse_chunk_size(&conn.buf[..=line_end])?;
-                    conn.buf.advance(line_end + 1);
-                    self.kind = Kind::Chunked(if size == 0 {
-                        Chunked::Trailers
-                    } else {
-                        Chunked::Data(size)
-                    });
-                }
-                Kind::Chunked(Chunked::DataEnd) => {
-                    if conn.buf.len() < 2 {
-                        ready!(Self::fill(conn, cx))?;
-                        continue;
-                    }
-                    if &conn.buf[..2] != b"\r\n" {
-                        return Poll::Ready(Some(Err(Error::Malformed(
-                            "chunk data not followed by CRLF",
-                        ))));
-                    }
-                    conn.buf.advance(2);
-                    self.kind = Kind::Chunked(Chunked::Size);
-                }
-                Kind::Chunked(Chunked::Trailers) => {
-                    if conn.buf.starts_with(b"\r\n") {
-                        conn.buf.advance(2);
-                        self.end();
-                        return Poll::Ready(None);
-                    }
-                    let Some(end) = memchr::memmem::find(&conn.buf, b"\r\n\r\n") else {
-                        if conn.buf.len() >= MAX_HEAD {
-                            return Poll::Ready(Some(Err(Error::Malformed(
-                                "trailer section too large",
-                            ))));
-                        }
-                        ready!(Self::fill(conn, cx))?;
-                        continue;
-                    };
-                    let trailers = parse_trailers(&conn.buf[..end + 4])?;
-                    conn.buf.advance(end + 4);
+                Ok(Decoded::Trailers(trailers)) => {
                     self.end();
                     return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                Ok(Decoded::End) => {
+                    self.end();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::More(due)) => due,
+                Err(DecodeError::Malformed(what)) => {
+                    return Poll::Ready(Some(Err(Error::Malformed(what))));
+                }
+            };
+            match due {
+                Some(due) if due >= LARGE_READ => {
+                    // Plenty of data is due: read into a buffer of its own, handed on whole.
+                    let want = usize::try_from(due).unwrap_or(MAX_READ).min(MAX_READ);
+                    let mut own = BytesMut::with_capacity(want);
+                    let read = ready!(tokio_util::io::poll_read_buf(
+                        Pin::new(&mut conn.io),
+                        cx,
+                        &mut own
+                    ))?;
+                    if read == 0 {
+                        return Poll::Ready(self.closed());
+                    }
+                    self.decoder.consumed(read as u64);
+                    if self.decoder.is_done() {
+                        self.end();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(own.freeze()))));
+                }
+                _ => {
+                    if ready!(poll_read_into(&mut conn.io, cx, &mut conn.buf, READ_CHUNK))? == 0 {
+                        return Poll::Ready(self.closed());
+                    }
                 }
             }
         }
     }
-}
-
-/// The size on a chunk-size line, as [`wire::chunk_size`] reads it.
-fn parse_chunk_size(line: &[u8]) -> Result<u64, Error> {
-    wire::chunk_size(line).ok_or(Error::Malformed("invalid chunk size line"))
 }
 
 impl http_body::Body for Body {
@@ -260,22 +178,20 @@ impl http_body::Body for Body {
         let next = ready!(this.poll_next(cx));
         if let Some(Err(_)) = &next {
             this.conn = None;
-            this.kind = Kind::Done;
+            this.decoder = Decoder::Done;
             this.keep_alive = false;
         }
         Poll::Ready(next)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.kind == Kind::Done
+        self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.kind {
-            Kind::Length(remaining) => SizeHint::with_exact(remaining),
-            Kind::Done => SizeHint::with_exact(0),
-            Kind::Chunked(_) | Kind::Close => SizeHint::default(),
-        }
+        self.decoder
+            .remaining()
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 
@@ -366,22 +282,6 @@ mod tests {
             memchr::memmem::find(head, b"\r\nupgrade: echo\r\n").is_some(),
             "{head:?}"
         );
-    }
-
-    #[test]
-    fn chunk_sizes_parse_strictly() {
-        assert_eq!(parse_chunk_size(b"0\r\n").ok(), Some(0));
-        assert_eq!(parse_chunk_size(b"1aF\r\n").ok(), Some(0x1af));
-        assert_eq!(parse_chunk_size(b"10 ;name=value\r\n").ok(), Some(16));
-        for bad in [
-            &b"\r\n"[..],
-            b"g\r\n",
-            b"10\n",
-            b"-1\r\n",
-            b"1000000000000000\r\n",
-        ] {
-            assert!(parse_chunk_size(bad).is_err(), "{bad:?}");
-        }
     }
 
     mod properties {
@@ -585,7 +485,7 @@ mod tests {
                     (Ok((data, _)), None) => prop_assert!(false, "accepted {:?} as {:?}", String::from_utf8_lossy(&reply), data),
                     (Err(_), Some((_, trailers))) => {
                         // Only a trailer section the field parser refuses may differ.
-                        let valid = trailers.as_slice() == b"\r\n" || parse_trailers(&trailers).is_ok();
+                        let valid = trailers.as_slice() == b"\r\n" || crate::http::wire::trailers(&trailers).is_some();
                         prop_assert!(!valid, "refused {:?}", String::from_utf8_lossy(&reply));
                     }
                     (Err(_), None) => {}

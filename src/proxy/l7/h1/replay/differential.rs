@@ -1,6 +1,7 @@
-//! The scanner against hyper: the same request bytes go to a [`HeadScanner`] and to hyper's
-//! HTTP/1 server, and each request hyper dispatches must be one the scanner saw start at the
-//! same place, unless the scanner flagged it or an earlier one (fulcrum then refuses it).
+//! Fulcrum's HTTP/1 server against hyper's: the same request bytes go to both, and the requests
+//! each hands on must be the same ones, in the same order, for as long as both go on (where
+//! fulcrum refuses framing hyper accepts, the stream ends there for fulcrum). A request that
+//! started at another place in one of them would be a request smuggled past the other.
 
 use std::sync::{Arc, Mutex};
 
@@ -8,7 +9,7 @@ use http_body_util::BodyExt;
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{HeadScanner, State};
+use super::{End, replay};
 use crate::testing::proptest_config;
 
 /// A request as generated: head fields chosen to confuse framing, and a body written the way
@@ -146,27 +147,6 @@ fn pipeline() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
-/// What the scanner makes of `input` fed one byte at a time: where each request head it
-/// followed starts, and the index it flagged, if any.
-fn scanner_view(input: &[u8]) -> (Vec<usize>, Option<u32>) {
-    let mut scanner = HeadScanner::new(64 * 1024);
-    let mut starts = Vec::new();
-    let mut flagged = None;
-    for (offset, byte) in input.iter().enumerate() {
-        let before = scanner.state;
-        if let Some(index) = scanner.feed(std::slice::from_ref(byte)) {
-            flagged = Some(index);
-        }
-        let idle_before = matches!(before, State::Idle | State::IdleCr);
-        if idle_before && matches!(scanner.state, State::Head { .. }) {
-            starts.push(offset);
-        }
-    }
-    let mut whole = HeadScanner::new(64 * 1024);
-    assert_eq!(whole.feed(input), flagged, "fed whole and byte by byte");
-    (starts, flagged)
-}
-
 /// The request targets hyper's HTTP/1 server dispatches for `input`, in order.
 fn hyper_view(input: &[u8]) -> Vec<String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -213,55 +193,38 @@ fn hyper_view(input: &[u8]) -> Vec<String> {
     })
 }
 
-/// The request target on the request line starting at `start`.
-fn target_at(input: &[u8], start: usize) -> String {
-    let line = &input[start..];
-    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
-    let target = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
-    String::from_utf8_lossy(target).into_owned()
-}
-
 proptest! {
     #![proptest_config(proptest_config(256))]
 
-    /// Every request hyper dispatches before the one the scanner flags is a request the
-    /// scanner followed, starting where hyper's does: the two agree on where each request
-    /// ends, or fulcrum refuses the request.
+    /// Fulcrum's server and hyper's agree on where each request starts for as long as both go
+    /// on: every request one of them served before either stopped is the same request in the
+    /// other, and a stream fulcrum reads whole no matter how it was split.
     #[test]
-    fn the_scanner_and_hyper_agree_on_request_boundaries(input in pipeline()) {
-        let (starts, flagged) = scanner_view(&input);
-        let dispatched = hyper_view(&input);
-        for (index, target) in dispatched.iter().enumerate() {
-            if flagged.is_some_and(|flagged| index as u32 >= flagged) {
-                break;
-            }
-            let Some(&start) = starts.get(index) else {
-                prop_assert!(
-                    false,
-                    "hyper dispatched request {} ({}) the scanner never saw start: {:?}",
-                    index, target, String::from_utf8_lossy(&input)
-                );
-                unreachable!();
-            };
-            prop_assert_eq!(
-                &target_at(&input, start),
-                target,
-                "request {} of {:?}",
-                index,
-                String::from_utf8_lossy(&input)
-            );
-        }
+    fn fulcrum_and_hyper_agree_on_request_boundaries(input in pipeline(), step in 1usize..16) {
+        let ours = replay(&input, &[]);
+        let cuts: Vec<usize> = (step..input.len()).step_by(step).collect();
+        prop_assert_eq!(&replay(&input, &cuts), &ours, "split every {} bytes", step);
+        let theirs = hyper_view(&input);
+        let common = ours.targets.len().min(theirs.len());
+        prop_assert_eq!(
+            &ours.targets[..common],
+            &theirs[..common],
+            "{:?}",
+            String::from_utf8_lossy(&input)
+        );
     }
 }
 
 /// The harness itself: hyper's view of a clean pipeline is every request, and of a smuggling
-/// attempt the request it took from the body; the scanner flags that attempt.
+/// attempt the request it took from the body; fulcrum refuses that attempt.
 #[test]
 fn the_harness_sees_what_hyper_dispatches() {
     let clean = b"GET /r0 HTTP/1.1\r\nHost: a\r\n\r\nPOST /r1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /r2 HTTP/1.0\r\n\r\n";
     assert_eq!(hyper_view(clean), ["/r0", "/r1", "/r2"]);
-    assert_eq!(scanner_view(clean), (vec![0, 29, 72], None));
+    assert_eq!(replay(clean, &[]).targets, ["/r0", "/r1", "/r2"]);
     let smuggled = b"POST /r0 HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n";
     assert_eq!(hyper_view(smuggled), ["/r0"]);
-    assert_eq!(scanner_view(smuggled).1, Some(0));
+    let refused = replay(smuggled, &[]);
+    assert!(refused.targets.is_empty());
+    assert_eq!(refused.end, End::Refused(http::StatusCode::BAD_REQUEST));
 }
