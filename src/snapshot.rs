@@ -85,14 +85,14 @@ impl Snapshot {
     }
 
     /// Closes every backend's upstream connections that have been idle for their pool's
-    /// `idle_timeout` at `now`, and frees the read buffers of those idle for a second.
+    /// `idle_timeout` at `now`.
     pub fn reap_idle(&self, now: tokio::time::Instant) {
         for pool in &self.pools {
             for endpoint in pool.endpoints.iter() {
                 let backend = &endpoint.backend;
-                let (closed, buffers_freed) = backend.idle.reap(now);
-                if closed + buffers_freed > 0 {
-                    tracing::debug!(pool = %pool.name, backend = %backend.name, closed, buffers_freed, still_idle = backend.idle.len(), "idle upstream connections swept");
+                let closed = backend.idle.reap(now);
+                if closed > 0 {
+                    tracing::debug!(pool = %pool.name, backend = %backend.name, closed, still_idle = backend.idle.len(), "idle upstream connections swept");
                 }
             }
         }

@@ -9,9 +9,6 @@ use tokio::time::Instant;
 use super::conn::Conn;
 use super::h1;
 
-/// How long an idle HTTP/1.1 connection keeps its read buffer (see [`IdleConnections::reap`]).
-pub(crate) const SHED_AFTER: Duration = Duration::from_secs(1);
-
 /// Idle keep-alive connections to one backend, ready for reuse.
 ///
 /// Last in, first out: a request takes the connection that went idle most recently, so a
@@ -112,13 +109,10 @@ impl IdleConnections {
         drop(conn);
     }
 
-    /// Closes the connections that have been idle for `idle_timeout` at `now`, and frees the
-    /// read buffers of those idle for [`SHED_AFTER`] (the few that steady traffic reuses keep
-    /// theirs, so the hot path allocates nothing). Returns how many were closed and how many
-    /// buffers freed.
-    pub fn reap(&self, now: Instant) -> (usize, usize) {
+    /// Closes the connections that have been idle for `idle_timeout` at `now`; how many.
+    pub fn reap(&self, now: Instant) -> usize {
         let Some(mut stack) = self.lock() else {
-            return (0, 0);
+            return 0;
         };
         let idle_for = |idle: &Idle| now.saturating_duration_since(idle.since);
         let expired = stack
@@ -127,17 +121,8 @@ impl IdleConnections {
             .count();
         // Closed after the lock is released: dropping a connection closes its socket.
         let closed: Vec<Idle> = stack.drain(..expired).collect();
-        let mut shed = 0;
-        for idle in stack.iter_mut() {
-            if idle_for(idle) < SHED_AFTER {
-                break;
-            }
-            if let Conn::Http1(conn) = &mut idle.conn {
-                shed += usize::from(conn.shed_buffer());
-            }
-        }
         drop(stack);
-        (closed.len(), shed)
+        closed.len()
     }
 
     /// Closes every idle connection.
@@ -159,11 +144,9 @@ impl IdleConnections {
 
 #[cfg(test)]
 mod tests {
-    use http::Request;
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
-    use crate::upstream::RequestBody;
 
     /// A connection accepted by `listener`, with the backend's end of it.
     async fn connection_pair(listener: &TcpListener) -> (Box<h1::Connection>, TcpStream) {
@@ -185,66 +168,6 @@ mod tests {
             Some(Conn::Http1(conn)) => &raw const *conn,
             other => panic!("expected an idle HTTP/1.1 connection, got {other:?}"),
         }
-    }
-
-    /// An HTTP/1.1 connection that has carried one exchange (so it holds a read buffer), with
-    /// the backend's end of it.
-    async fn exchanged(listener: &TcpListener) -> (Box<h1::Connection>, TcpStream) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (conn, mut backend) = connection_pair(listener).await;
-        let reply = tokio::spawn(async move {
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                head.push(backend.read_u8().await.expect("request head"));
-            }
-            backend
-                .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
-                .await
-                .expect("reply");
-            backend
-        });
-        let forwarding = crate::http::headers::test_forwarding();
-        let request = Request::get("/")
-            .header("host", "app.test")
-            .body(RequestBody::Empty)
-            .expect("request");
-        let wait = h1::HeadWait {
-            deadline: Instant::now() + Duration::from_secs(5),
-            after_body: Duration::from_secs(5),
-        };
-        let Ok(mut response) = conn.send(request, &forwarding, wait).await else {
-            panic!("the exchange failed");
-        };
-        let conn = response.body_mut().take_idle().expect("reusable");
-        (conn, reply.await.expect("backend task"))
-    }
-
-    #[tokio::test]
-    async fn reap_frees_the_buffers_of_connections_idle_for_a_second() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let idle = IdleConnections::new(4, Duration::from_secs(60));
-        let (quiet, _backend_quiet) = exchanged(&listener).await;
-        let (recent, _backend_recent) = exchanged(&listener).await;
-        idle.put(quiet);
-        let quiet_since = Instant::now();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        idle.put(recent);
-        let later = quiet_since + SHED_AFTER + Duration::from_millis(100);
-        assert_eq!(
-            idle.reap(later),
-            (0, 1),
-            "only the older one has been idle for 1 s"
-        );
-        assert_eq!(
-            idle.reap(later + Duration::from_millis(500)),
-            (0, 1),
-            "then the other; a freed buffer is not counted twice"
-        );
-        assert_eq!(idle.len(), 2, "both stay pooled");
-        let Some(Conn::Http1(mut conn)) = idle.take(Instant::now()) else {
-            panic!("a pooled connection");
-        };
-        assert!(!conn.shed_buffer(), "already freed by the sweep");
     }
 
     #[tokio::test]
@@ -287,16 +210,16 @@ mod tests {
         tokio::time::advance(Duration::from_secs(40)).await;
         idle.put(second);
         tokio::time::advance(Duration::from_secs(19)).await;
-        assert_eq!(idle.reap(Instant::now()).0, 0, "nothing idle for 60 s yet");
+        assert_eq!(idle.reap(Instant::now()), 0, "nothing idle for 60 s yet");
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(idle.reap(Instant::now()).0, 1);
+        assert_eq!(idle.reap(Instant::now()), 1);
         assert_eq!(idle.len(), 1);
         assert!(
             closed(&mut backend_first).await,
             "the reaped connection is closed"
         );
         tokio::time::advance(Duration::from_secs(40)).await;
-        assert_eq!(idle.reap(Instant::now()).0, 1);
+        assert_eq!(idle.reap(Instant::now()), 1);
         assert!(idle.is_empty());
         assert!(closed(&mut backend_second).await);
     }

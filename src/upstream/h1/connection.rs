@@ -3,7 +3,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -112,15 +112,6 @@ impl Connection {
         })
     }
 
-    /// Gives the read buffer (2 KiB or more once used) back to the allocator, for a connection
-    /// that has been idle for a while; its next exchange allocates a new one. Whether there
-    /// was one to give back.
-    pub fn shed_buffer(&mut self) -> bool {
-        let had = self.buf.capacity() > 0;
-        self.buf = BytesMut::new();
-        had
-    }
-
     /// Whether an idle connection can no longer carry a request: the backend closed it, reset
     /// it, or sent bytes nobody asked for. Costs no system call while the socket has no news.
     pub fn is_closed(&mut self) -> bool {
@@ -137,13 +128,22 @@ impl Connection {
     }
 }
 
-/// Reads into `buf`, making room for `want` bytes first; `Ok(0)` at end of stream.
+/// Reads into `buf`, making room for `want` bytes first; `Ok(0)` at end of stream. An empty
+/// `buf` holds no allocation while the backend is awaited: a buffer is taken for each read
+/// attempt and dropped again if nothing came, so a thousand requests waiting on their
+/// backends hold no read buffers.
 pub(super) fn poll_read_into(
     io: &mut Stream,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
     want: usize,
 ) -> Poll<io::Result<usize>> {
+    if buf.is_empty() {
+        let mut fresh = BytesMut::with_capacity(want);
+        let read = ready!(tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut fresh))?;
+        *buf = fresh;
+        return Poll::Ready(Ok(read));
+    }
     buf.reserve(want);
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
@@ -181,5 +181,33 @@ mod tests {
             response.body_mut().take_idle().is_none(),
             "stray bytes buffered"
         );
+    }
+
+    #[tokio::test]
+    async fn a_read_that_finds_nothing_holds_no_buffer() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let mut io = super::Stream::Tcp(client.expect("connect"));
+        let (mut backend, _) = accepted.expect("accept");
+        let mut buf = bytes::BytesMut::new();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(super::poll_read_into(&mut io, &mut cx, &mut buf, super::HEAD_READ).is_pending());
+        assert_eq!(buf.capacity(), 0, "nothing came, so no buffer is kept");
+        backend
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .expect("write");
+        let read = std::future::poll_fn(|cx| {
+            super::poll_read_into(&mut io, cx, &mut buf, super::HEAD_READ)
+        })
+        .await
+        .expect("read");
+        assert_eq!(&buf[..read], b"HTTP/1.1 204 No Content\r\n\r\n");
+        assert!(buf.capacity() >= super::HEAD_READ);
     }
 }

@@ -47,13 +47,16 @@ pub(crate) type Upgraded = Rewind<Stream>;
 
 impl Body {
     /// The connection, when the body has ended and the exchange left it reusable. Called once
-    /// the body is at its end; afterwards the body no longer holds the connection.
+    /// the body is at its end; afterwards the body no longer holds the connection. It goes idle
+    /// without a read buffer (its next response takes one as it arrives).
     pub fn take_idle(&mut self) -> Option<Box<Connection>> {
         let request_sent = matches!(self.writing, Writing::Done { complete: true });
         if !self.decoder.is_done() || !self.keep_alive || !request_sent {
             return None;
         }
-        self.conn.take().filter(|conn| conn.buf.is_empty())
+        let mut conn = self.conn.take().filter(|conn| conn.buf.is_empty())?;
+        conn.buf = BytesMut::new();
+        Some(conn)
     }
 
     /// For a 101 response: the connection, now carrying the upgraded protocol.
