@@ -63,6 +63,26 @@ pub(crate) fn trailers(section: &[u8]) -> Option<http::HeaderMap> {
     Some(trailers)
 }
 
+/// Whether a `Transfer-Encoding` value's last coding is chunked. Several fields form one list
+/// (RFC 9110 §5.3), so the last field's value decides.
+pub(crate) fn last_coding_is_chunked(value: &[u8]) -> bool {
+    let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+    last.trim_ascii().eq_ignore_ascii_case(b"chunked")
+}
+
+/// What a `Connection` value says: `(close, keep_alive)`.
+pub(crate) fn connection_options(value: &[u8]) -> (bool, bool) {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).fold(
+        (false, false),
+        |(close, keep_alive), token| {
+            (
+                close || token.eq_ignore_ascii_case(b"close"),
+                keep_alive || token.eq_ignore_ascii_case(b"keep-alive"),
+            )
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +124,16 @@ mod tests {
         for bad in [&b"00\n\r\n"[..], b"5\r\r\n", b"5\x0c\r\n", b"5;a\rb\r\n"] {
             assert_eq!(chunk_size(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn transfer_codings_and_connection_options_are_lists() {
+        assert!(last_coding_is_chunked(b"gzip, Chunked "));
+        assert!(!last_coding_is_chunked(b"chunked, gzip"));
+        assert!(!last_coding_is_chunked(b"xchunked"));
+        assert_eq!(connection_options(b"Upgrade, CLOSE"), (true, false));
+        assert_eq!(connection_options(b" keep-alive ,te"), (false, true));
+        assert_eq!(connection_options(b"closed"), (false, false));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use http_body::Body as _;
 use super::error::Error;
 use crate::http::decode::Decoder;
 use crate::http::headers::Forwarding;
-use crate::http::wire::content_length;
+use crate::http::wire::{self, content_length};
 use crate::upstream::request_body::RequestBody;
 
 /// Largest response head (status line and fields) accepted from a backend.
@@ -143,17 +143,11 @@ fn read_fields(fields: &[httparse::Header<'_>], headers: &mut HeaderMap) -> Resu
         let value = HeaderValue::from_bytes(field.value)
             .map_err(|_| Error::Malformed("invalid header value"))?;
         if name == header::CONNECTION {
-            for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                facts.close |= token.eq_ignore_ascii_case(b"close");
-                facts.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            let (close, keep_alive) = wire::connection_options(field.value);
+            facts.close |= close;
+            facts.keep_alive |= keep_alive;
         } else if name == header::TRANSFER_ENCODING {
-            let last = field
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .unwrap_or_default();
-            facts.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            facts.chunked = Some(wire::last_coding_is_chunked(field.value));
         }
         headers.append(name, value);
     }

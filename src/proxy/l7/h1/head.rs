@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
-use crate::http::wire::content_length;
+use crate::http::wire::{self, content_length};
 
 /// Most fields a request head may have (hyper's server allows 100 as well).
 pub(crate) const MAX_FIELDS: usize = 100;
@@ -213,18 +213,11 @@ fn read_fields(
             }
             facts.length = Some(length);
         } else if name == header::TRANSFER_ENCODING {
-            // Several fields form one list, so the last field's last coding is final.
-            let last = field
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .unwrap_or_default();
-            facts.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            facts.chunked = Some(wire::last_coding_is_chunked(field.value));
         } else if name == header::CONNECTION {
-            for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                facts.close |= token.eq_ignore_ascii_case(b"close");
-                facts.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            let (close, keep_alive) = wire::connection_options(field.value);
+            facts.close |= close;
+            facts.keep_alive |= keep_alive;
         } else if name == header::TE {
             facts.trailers |= field.value.split(|&b| b == b',').any(|coding| {
                 let coding = coding.split(|&b| b == b';').next().unwrap_or_default();
