@@ -83,6 +83,26 @@ pub(crate) fn connection_options(value: &[u8]) -> (bool, bool) {
     )
 }
 
+/// Appends one field line, `name: value` and CRLF, to `out`.
+pub(crate) fn field_line(out: &mut Vec<u8>, name: &http::HeaderName, value: &http::HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The end of a chunked body: the last chunk, `trailers` as its trailer section, the empty line.
+pub(crate) fn last_chunk<'a>(
+    trailers: impl IntoIterator<Item = (&'a http::HeaderName, &'a http::HeaderValue)>,
+) -> Vec<u8> {
+    let mut end = b"0\r\n".to_vec();
+    for (name, value) in trailers {
+        field_line(&mut end, name, value);
+    }
+    end.extend_from_slice(b"\r\n");
+    end
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +154,17 @@ mod tests {
         assert_eq!(connection_options(b"Upgrade, CLOSE"), (true, false));
         assert_eq!(connection_options(b" keep-alive ,te"), (false, true));
         assert_eq!(connection_options(b"closed"), (false, false));
+    }
+
+    #[test]
+    fn a_last_chunk_carries_its_trailers_and_reads_back() {
+        let mut fields = http::HeaderMap::new();
+        fields.append("x-sum", http::HeaderValue::from_static("7"));
+        fields.append("x-sum", http::HeaderValue::from_static("8"));
+        let end = last_chunk(&fields);
+        assert_eq!(end, b"0\r\nx-sum: 7\r\nx-sum: 8\r\n\r\n");
+        assert_eq!(trailers(&end[3..]), Some(fields));
+        assert_eq!(last_chunk(&http::HeaderMap::new()), b"0\r\n\r\n");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio::io::AsyncWrite;
 use super::connection::Stream;
 use super::error::Error;
 use super::head::Framing;
+use crate::http::wire;
 use crate::upstream::request_body::RequestBody;
 
 /// Streams a request body to the backend in its framing.
@@ -110,15 +111,7 @@ impl BodyWriter {
                 ));
             }
             Framing::Chunked => {
-                let mut end = b"0\r\n".to_vec();
-                for (name, value) in trailers.iter().flatten() {
-                    end.extend_from_slice(name.as_str().as_bytes());
-                    end.extend_from_slice(b": ");
-                    end.extend_from_slice(value.as_bytes());
-                    end.extend_from_slice(b"\r\n");
-                }
-                end.extend_from_slice(b"\r\n");
-                self.pending[0] = Bytes::from(end);
+                self.pending[0] = Bytes::from(wire::last_chunk(trailers.iter().flatten()));
             }
             Framing::Empty | Framing::Length(_) => {}
         }

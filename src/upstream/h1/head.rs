@@ -222,10 +222,7 @@ pub(super) fn encode_head(
         } else if name == header::HOST {
             host = Some(value);
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        wire::field_line(out, name, value);
     }
     match framing {
         Framing::Empty if !has_length && expects_body(request.method()) => {

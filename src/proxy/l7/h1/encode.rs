@@ -10,6 +10,8 @@ use http::response::Parts;
 use http::{StatusCode, Version};
 use http_body::SizeHint;
 
+use crate::http::wire;
+
 /// How a response body goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Framing {
@@ -101,10 +103,7 @@ pub(crate) fn head(
     }
     status_line(parts, out);
     for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        wire::field_line(out, name, value);
     }
     out.extend_from_slice(b"\r\n");
     (framing, keep_alive)

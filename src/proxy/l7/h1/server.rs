@@ -18,6 +18,7 @@ use super::encode::{self, Exchange, Framing as Out};
 use super::head::{self, Framing, HeadError};
 use crate::http::body_slot::{self as body, BodyError, Feeder, Wanted};
 use crate::http::decode::{Decoded, Decoder};
+use crate::http::wire;
 use crate::proxy::activity::Activity;
 
 /// Bytes a read for a request head asks for: a whole typical head (browsers' with cookies
@@ -343,14 +344,7 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Server<'a, T> {
                         if let (Ok(trailers), Out::Chunked) = (frame.into_trailers(), framing) {
                             // Only a client whose `TE` accepts trailers gets them (as hyper did).
                             let trailers = trailers.iter().filter(|_| exchange.trailers);
-                            let mut end = b"0\r\n".to_vec();
-                            for (name, value) in trailers {
-                                end.extend_from_slice(name.as_str().as_bytes());
-                                end.extend_from_slice(b": ");
-                                end.extend_from_slice(value.as_bytes());
-                                end.extend_from_slice(b"\r\n");
-                            }
-                            end.extend_from_slice(b"\r\n");
+                            let end = wire::last_chunk(trailers);
                             self.write(head.take().as_deref(), b"", b"", &end).await?;
                             break;
                         }
