@@ -7,36 +7,41 @@
 //!
 //! HTTP/1 connections also have a request-head deadline (slowloris protection). The HTTP/1
 //! server (`l7::h1`) publishes which head is still incomplete when a read ends inside one, or
-//! while the first request is awaited; only then does the [`watchdog`]
-//! arm a timer. Heads that arrive whole in one read, the normal case, cost one comparison and no
-//! timer at all, and a keep-alive connection waiting for its next request is governed by the
-//! idle timeout alone.
+//! while the first request is awaited; only then does the [`Watchdog`] move its timer for the
+//! head. Heads that arrive whole in one read, the normal case, cost no timer at all, and a
+//! keep-alive connection waiting for its next request is governed by the idle timeout alone.
+//!
+//! The watchdog is a future the connection's own task polls next to its server, not a task of
+//! its own: a busy connection costs its one timer, not a second task, a channel and an
+//! interval's timer.
 //!
 //! An HTTP/1 connection found between requests at a watchdog tick (every [`PARK_AFTER`]: an
 //! exchange has ended, none is open, no head is half read, every write went out) is *parked*:
-//! the watchdog ends with [`Close::Park`], and the connection's task stops the HTTP/1 server on
-//! it, which gives back the request future's slot (about 4 KiB; the server itself holds no
-//! buffer between requests, see `benches/README.md`). The task then waits for the client's next bytes with no
-//! buffer, keeping the idle timeout itself, and starts a new server and a new watchdog on the
-//! same socket. A new watchdog also looks once after a quarter of a second, so a connection
-//! that came (or woke) for one request is parked then. So a keep-alive connection holds the server's
-//! state for at most one tick after its last response, and a parked one is one small task, as nginx's is a small struct. A busy
+//! the watchdog resolves to [`Close::Park`], and the connection's task stops the HTTP/1 server
+//! on it, which gives back the request future's slot (about 4 KiB; the server itself holds no
+//! buffer between requests, see `benches/README.md`). The task then waits for the client's
+//! next bytes with no buffer, the watchdog's timer keeping the idle timeout, and starts a new
+//! server and a fresh watch on the same socket. A fresh watch also looks once after a quarter
+//! of a second, so a connection that came (or woke) for one request is parked then. So a
+//! keep-alive connection holds the server's state for at most one tick after its last
+//! response, and a parked one is one small task, as nginx's is a small struct. A busy
 //! connection met between two requests is parked too: at most once a tick, a new server for
 //! its next request costs far less than a tick's worth of requests.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use metrics::Counter;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Notify, oneshot};
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Sleep};
+
+use crate::config::ClientLimits;
 
 /// The watchdog's tick: an HTTP/1 connection between requests is parked at the first tick
 /// after its last exchange ended, so within one of these.
@@ -54,8 +59,6 @@ pub(crate) struct Activity {
     moved: AtomicBool,
     /// The request head being waited for (see [`Activity::await_head`]), 0 for none.
     head: AtomicU32,
-    /// Signalled when `head` goes from none to some head.
-    head_started: Notify,
     /// Exchanges open on the connection: from the request to the end of its response body.
     exchanges: AtomicU32,
     /// Uploads the proxy watches for stalls (`l7::upload`): while one is open, the idle close
@@ -93,19 +96,16 @@ impl Drop for OpenUpload {
     }
 }
 
-/// Why the [`watchdog`] ends a client connection.
+/// Why the [`Watchdog`] ends or parks a client connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Close {
     /// No byte moved either way for the idle timeout.
     Idle,
     /// A request head was not complete within the header-read timeout.
     HeadTimeout,
-    /// The listener is shutting down: finish in-flight requests, then close.
-    Shutdown,
     /// Between requests, with no exchange open and no head started: park the connection,
     /// which may then wait this much longer for its next bytes (the idle timeout, less the
-    /// quiet time already counted). The watchdog has ended; a new one watches the connection
-    /// once it wakes.
+    /// quiet time already counted).
     Park(Duration),
 }
 
@@ -120,10 +120,7 @@ impl Activity {
     /// Publishes which request head is incomplete: `head` identifies it (any value but 0, a new
     /// value for each head) and 0 means none is. Called only when the value changes.
     pub(crate) fn await_head(&self, head: u32) {
-        let previous = self.head.swap(head, Ordering::Relaxed);
-        if previous == 0 && head != 0 {
-            self.head_started.notify_one();
-        }
+        self.head.store(head, Ordering::Relaxed);
     }
 
     /// Opens an exchange, held until the guard drops.
@@ -174,72 +171,6 @@ impl Activity {
             }
         }
     }
-
-    /// Resolves when the connection has been quiet for `idle` ([`Close::Idle`]) or one request
-    /// head has stayed incomplete for `head_timeout` ([`Close::HeadTimeout`]). The head deadline
-    /// counts from when the watchdog learns of the head, promptly; if that head completes and the
-    /// next one is already incomplete when the deadline passes, the next one gets a fresh
-    /// deadline, so no head ever gets more than twice `head_timeout`.
-    ///
-    /// Quiet time is counted in ticks of [`PARK_AFTER`] (or `idle`, when shorter), so the idle
-    /// close comes between `idle` and one tick later. A parkable connection at [`FIRST_LOOK`]
-    /// resolves to [`Close::Park`] with the whole `idle` left. At the first tick that finds the
-    /// connection parkable ([`Activity::may_park`]) this resolves to [`Close::Park`] with the
-    /// idle time left: the whole `idle` if a byte moved during the last tick, less one tick per
-    /// quiet tick counted otherwise, so a parked connection still closes between `idle` and one
-    /// tick after its last byte.
-    pub(crate) async fn expired(&self, idle: Duration, head_timeout: Duration) -> Close {
-        let (tick, idle_ticks) = quiet_ticks(idle);
-        let mut ticker = idle_ticker(tick);
-        let first_look = tokio::time::sleep(FIRST_LOOK.min(tick));
-        tokio::pin!(first_look);
-        let mut looked = false;
-        let mut quiet = 0u32;
-        let mut deadline: Option<(u32, Instant)> = None;
-        loop {
-            let armed = deadline;
-            let head_timer = async move {
-                match armed {
-                    Some((_, at)) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = &mut first_look, if !looked => {
-                    looked = true;
-                    if self.may_park() {
-                        return Close::Park(idle);
-                    }
-                }
-                _ = ticker.tick() => {
-                    if self.moved.swap(false, Ordering::Relaxed) {
-                        quiet = 0;
-                    } else {
-                        quiet += 1;
-                        let upload_answers = self.uploads.load(Ordering::Relaxed) > 0
-                            && quiet < idle_ticks.saturating_mul(2);
-                        if quiet >= idle_ticks && !upload_answers {
-                            return Close::Idle;
-                        }
-                    }
-                    if self.may_park() {
-                        return Close::Park(idle.saturating_sub(tick.saturating_mul(quiet)));
-                    }
-                }
-                () = head_timer => {
-                    let current = self.head.load(Ordering::Relaxed);
-                    if armed.is_some_and(|(head, _)| head == current) {
-                        return Close::HeadTimeout;
-                    }
-                    deadline = (current != 0).then(|| (current, Instant::now() + head_timeout));
-                }
-                () = self.head_started.notified(), if armed.is_none() => {
-                    let current = self.head.load(Ordering::Relaxed);
-                    deadline = (current != 0).then(|| (current, Instant::now() + head_timeout));
-                }
-            }
-        }
-    }
 }
 
 /// The tick for counting quiet time up to `idle`, and how many quiet ticks make `idle`.
@@ -263,23 +194,152 @@ pub(crate) fn idle_ticker(period: Duration) -> tokio::time::Interval {
     ticker
 }
 
-/// Watches one client connection on its own task, so the connection's task never polls a timer
-/// per request: sends the reason to close on `close`, or ends quietly when the connection is gone
-/// (the receiver dropped).
-pub(crate) async fn watchdog(
-    activity: Arc<Activity>,
-    idle: Duration,
-    head_timeout: Duration,
-    shutdown: CancellationToken,
-    mut close: oneshot::Sender<Close>,
-) {
-    let reason = tokio::select! {
-        reason = activity.expired(idle, head_timeout) => reason,
-        () = shutdown.cancelled() => Close::Shutdown,
-        () = close.closed() => return,
-    };
-    // The connection may end meanwhile; then nobody needs telling.
-    let _ = close.send(reason);
+pin_project! {
+    /// Watches one client connection from inside the connection's own task, polled alongside
+    /// the server: resolves with why the connection should close or park ([`Close`]; the
+    /// listener's shutdown the task watches for itself).
+    ///
+    /// One timer serves every wait, moved only when it fires or a head starts: the first look
+    /// ([`FIRST_LOOK`]), the idle ticks ([`PARK_AFTER`], or `idle` when shorter) and the request
+    /// head deadline. Between firings a poll reads one atomic and checks the timer. A head
+    /// started by the server gets its deadline at the poll that follows in the same task, so
+    /// the deadline counts from the read that left the head incomplete. If that head completes
+    /// and the next one is already incomplete when the deadline passes, the next one gets a
+    /// fresh deadline, so no head ever gets more than twice `header_read_timeout`.
+    ///
+    /// Quiet time is counted in ticks, so the idle close comes between `idle` and one tick
+    /// later. A parkable connection ([`Activity::may_park`]) at the first look resolves to
+    /// [`Close::Park`] with the whole `idle` left; at a later tick, with the idle time left: the
+    /// whole `idle` if a byte moved during the last tick, less one tick per quiet tick counted
+    /// otherwise, so a parked connection still closes between `idle` and one tick after its
+    /// last byte. [`Watchdog::park`] turns it into that parked connection's idle deadline and
+    /// [`Watchdog::restart`] back into a fresh watch.
+    #[derive(Debug)]
+    pub(crate) struct Watchdog {
+        activity: Arc<Activity>,
+        idle: Duration,
+        head_timeout: Duration,
+        #[pin]
+        timer: Sleep,
+        next_tick: Instant,
+        // The incomplete head being timed (0: none) and its deadline.
+        head: u32,
+        head_deadline: Instant,
+        quiet: u32,
+        // The first look is still to come, one tick before `next_tick` plus `FIRST_LOOK`.
+        looking: bool,
+        parked: bool,
+    }
+}
+
+impl Watchdog {
+    /// A fresh watch over `activity` with `limits`' idle and header-read timeouts.
+    pub(crate) fn new(activity: Arc<Activity>, limits: &ClientLimits) -> Self {
+        let now = Instant::now();
+        let tick = tick_for(limits.idle_timeout);
+        Self {
+            activity,
+            idle: limits.idle_timeout,
+            head_timeout: limits.header_read_timeout,
+            timer: tokio::time::sleep_until(now + FIRST_LOOK.min(tick)),
+            next_tick: now + tick,
+            head: 0,
+            head_deadline: now,
+            quiet: 0,
+            looking: true,
+            parked: false,
+        }
+    }
+
+    /// Starts watching afresh, as [`Watchdog::new`] does: after a park, or a park the task did
+    /// not take.
+    pub(crate) fn restart(self: Pin<&mut Self>) {
+        let mut this = self.project();
+        let now = Instant::now();
+        let tick = tick_for(*this.idle);
+        *this.next_tick = now + tick;
+        *this.head = 0;
+        *this.quiet = 0;
+        *this.looking = true;
+        *this.parked = false;
+        this.timer.as_mut().reset(now + FIRST_LOOK.min(tick));
+    }
+
+    /// Turns the watch into a parked connection's idle deadline: it resolves to
+    /// [`Close::Idle`] once `budget` passes, until [`Watchdog::restart`].
+    pub(crate) fn park(self: Pin<&mut Self>, budget: Duration) {
+        let mut this = self.project();
+        *this.parked = true;
+        this.timer.as_mut().reset(Instant::now() + budget);
+    }
+}
+
+impl Future for Watchdog {
+    type Output = Close;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Close> {
+        let mut this = self.project();
+        if !*this.parked && *this.head == 0 {
+            let current = this.activity.head.load(Ordering::Relaxed);
+            if current != 0 {
+                let at = Instant::now() + *this.head_timeout;
+                (*this.head, *this.head_deadline) = (current, at);
+                if at < this.timer.deadline() {
+                    this.timer.as_mut().reset(at);
+                }
+            }
+        }
+        loop {
+            ready!(this.timer.as_mut().poll(cx));
+            if *this.parked {
+                return Poll::Ready(Close::Idle);
+            }
+            let now = Instant::now();
+            let idle = *this.idle;
+            let tick = tick_for(idle);
+            let first_look = *this.next_tick - tick + FIRST_LOOK.min(tick);
+            if *this.looking && first_look <= now {
+                *this.looking = false;
+                if this.activity.may_park() {
+                    return Poll::Ready(Close::Park(idle));
+                }
+            }
+            if *this.next_tick <= now {
+                *this.next_tick = now + tick;
+                if this.activity.moved.swap(false, Ordering::Relaxed) {
+                    *this.quiet = 0;
+                } else {
+                    *this.quiet += 1;
+                    let idle_ticks = quiet_ticks(idle).1;
+                    let upload_answers = this.activity.uploads.load(Ordering::Relaxed) > 0
+                        && *this.quiet < idle_ticks.saturating_mul(2);
+                    if *this.quiet >= idle_ticks && !upload_answers {
+                        return Poll::Ready(Close::Idle);
+                    }
+                }
+                if this.activity.may_park() {
+                    return Poll::Ready(Close::Park(
+                        idle.saturating_sub(tick.saturating_mul(*this.quiet)),
+                    ));
+                }
+            }
+            if *this.head != 0 && *this.head_deadline <= now {
+                let current = this.activity.head.load(Ordering::Relaxed);
+                if *this.head == current {
+                    return Poll::Ready(Close::HeadTimeout);
+                }
+                (*this.head, *this.head_deadline) = (current, now + *this.head_timeout);
+            }
+            let mut next = *this.next_tick;
+            if *this.looking {
+                next = next.min(first_look);
+            }
+            if *this.head != 0 {
+                next = next.min(*this.head_deadline);
+            }
+            this.timer.as_mut().reset(next);
+        }
+    }
 }
 
 pin_project! {
@@ -406,7 +466,20 @@ mod tests {
         assert!(fired_at <= quiet_since + 2 * period, "fired too late");
     }
 
-    /// Runs `expired` on its own task; returns when and why it fired.
+    /// A listener's client limits with these idle and header-read timeouts.
+    fn limits(idle: Duration, head: Duration) -> ClientLimits {
+        ClientLimits {
+            header_read_timeout: head,
+            idle_timeout: idle,
+            max_header_bytes: 8192,
+            http2: crate::config::Http2Limits {
+                max_concurrent_streams: 100,
+                max_cancelled_streams: 100,
+            },
+        }
+    }
+
+    /// Runs a [`Watchdog`] on its own task; returns when and why it fired.
     fn watch(
         activity: &Arc<Activity>,
         idle: Duration,
@@ -414,7 +487,7 @@ mod tests {
     ) -> tokio::task::JoinHandle<(Close, Instant)> {
         let activity = Arc::clone(activity);
         tokio::spawn(async move {
-            let close = activity.expired(idle, head).await;
+            let close = Watchdog::new(activity, &limits(idle, head)).await;
             (close, Instant::now())
         })
     }
@@ -624,31 +697,41 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn watchdog_reports_shutdown_and_ends_with_its_connection() {
+    async fn a_parked_watch_closes_at_its_budget_and_a_restarted_one_watches_afresh() {
         let activity = Arc::new(Activity::default());
-        let shutdown = CancellationToken::new();
-        let (tx, rx) = oneshot::channel();
-        let dog = tokio::spawn(watchdog(
-            Arc::clone(&activity),
-            Duration::from_secs(60),
-            Duration::from_secs(10),
-            shutdown.clone(),
-            tx,
-        ));
-        shutdown.cancel();
-        assert_eq!(rx.await.expect("a reason"), Close::Shutdown);
-        dog.await.expect("watchdog ended");
+        let limits = limits(Duration::from_secs(60), Duration::from_secs(10));
+        let dog = Watchdog::new(Arc::clone(&activity), &limits);
+        tokio::pin!(dog);
+        activity.start_serving();
+        drop(activity.open_exchange());
+        let start = Instant::now();
+        assert_eq!(dog.as_mut().await, Close::Park(Duration::from_secs(60)));
+        assert_eq!(Instant::now() - start, FIRST_LOOK);
 
-        let (tx, rx) = oneshot::channel();
-        let dog = tokio::spawn(watchdog(
-            activity,
-            Duration::from_secs(60),
-            Duration::from_secs(10),
-            CancellationToken::new(),
-            tx,
-        ));
-        drop(rx);
-        dog.await
-            .expect("watchdog ended once its connection was gone");
+        dog.as_mut().park(Duration::from_secs(7));
+        let start = Instant::now();
+        assert_eq!(dog.as_mut().await, Close::Idle);
+        assert_eq!(Instant::now() - start, Duration::from_secs(7));
+
+        // Woken by a head that stays incomplete: a fresh watch times it from its next poll
+        // and parks nothing meanwhile (a new server has served nothing yet).
+        dog.as_mut().restart();
+        activity.start_serving();
+        activity.await_head(1);
+        let start = Instant::now();
+        assert_eq!(dog.as_mut().await, Close::HeadTimeout);
+        assert_eq!(Instant::now() - start, Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_shorter_than_the_first_look_is_timed_on_its_own() {
+        let activity = Arc::new(Activity::default());
+        let limits = limits(Duration::from_secs(60), Duration::from_millis(100));
+        let dog = Watchdog::new(Arc::clone(&activity), &limits);
+        tokio::pin!(dog);
+        let start = Instant::now();
+        activity.await_head(1);
+        assert_eq!(dog.as_mut().await, Close::HeadTimeout);
+        assert_eq!(Instant::now() - start, Duration::from_millis(100));
     }
 }

@@ -16,335 +16,117 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use super::calm::{CalmIo, CancelBudget, StreamGuard};
 use super::h1;
-use super::handler::{ClientBody, Handler, TlsOrigin};
-use super::listener::{HttpListener, HttpSettings, TlsTermination};
+use super::handler::{Handler, TlsOrigin};
+use super::listener::{HttpListener, HttpSettings};
 use super::tunnel::{UpgradeSlot, run_tunnel};
-use crate::config::ClientLimits;
 use crate::http::headers::ClientInfo;
 use crate::io::rewind::Rewind;
-use crate::proxy::activity::{self, Activity, ActivityIo, Close};
+use crate::metrics::ConnectionGuard;
+use crate::proxy::activity::{Activity, ActivityIo, Close, Watchdog};
 use crate::upstream::request_body::IncomingBody;
+
+/// One client connection's parts, kept for its whole life: all a parked connection holds
+/// besides its watchdog and its three waits (bytes, the idle deadline, shutdown).
+struct Conn<T> {
+    listener: Arc<HttpListener>,
+    io: Rewind<T>,
+    activity: Arc<Activity>,
+    /// The listener's settings when the connection was accepted.
+    settings: Arc<HttpSettings>,
+    peer: SocketAddr,
+    tls: Option<Arc<TlsOrigin>>,
+    shutdown: CancellationToken,
+    _open: ConnectionGuard,
+}
 
 impl HttpListener {
     /// Serves one accepted client connection until it closes, idles out, or `shutdown` fires
     /// (then in-flight requests finish and the connection closes gracefully).
-    pub(crate) async fn serve(
+    ///
+    /// Not an `async fn`, nor is [`serve_conn`]: one keeps its arguments twice, as arguments
+    /// and as locals, and a connection's task keeps its future's largest state for its whole
+    /// life. A plain connection's future is its [`Conn`], its watchdog and its parked wait;
+    /// a TLS connection's is boxed, and so is everything a connection does while awake.
+    pub(crate) fn serve(
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
         shutdown: CancellationToken,
-    ) {
+    ) -> impl Future<Output = ()> + Send + 'static {
         let settings = self.settings.load_full();
-        let _open = self.metrics.connection();
+        let open = self.metrics.connection();
         let (io, activity) = ActivityIo::new(
             stream,
             self.metrics.bytes_in.clone(),
             self.metrics.bytes_out.clone(),
         );
-        let Some(tls) = &settings.tls else {
-            return self
-                .serve_io(io, peer, activity, &settings, None, shutdown)
-                .await;
-        };
-        self.serve_tls(tls, io, peer, activity, &settings, shutdown)
-            .await;
+        if settings.tls.is_some() {
+            return Either::Left(Box::pin(
+                self.serve_tls(io, peer, activity, settings, shutdown, open),
+            ));
+        }
+        Either::Right(serve_conn(Conn {
+            listener: self,
+            io: Rewind::new(Bytes::new(), io),
+            activity,
+            settings,
+            peer,
+            tls: None,
+            shutdown,
+            _open: open,
+        }))
     }
 
-    /// Completes the TLS handshake within its timeout, then serves the connection. Boxed, and
-    /// built outside `serve`'s future: its TLS state is a kilobyte, and a plain connection's
-    /// task holds its future's largest state for its whole life.
-    fn serve_tls<'a>(
-        self: &'a Arc<Self>,
-        tls: &'a TlsTermination,
+    /// Completes the TLS handshake within its timeout, then serves the connection.
+    async fn serve_tls(
+        self: Arc<Self>,
         io: ActivityIo<TcpStream>,
         peer: SocketAddr,
         activity: Arc<Activity>,
-        settings: &'a HttpSettings,
+        settings: Arc<HttpSettings>,
         shutdown: CancellationToken,
-    ) -> Pin<Box<impl Future<Output = ()> + Send + 'a>> {
-        Box::pin(async move {
-            match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)).await {
-                Ok(Ok(mut io)) => {
-                    if io.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
-                        // A CA's TLS-ALPN-01 validation (RFC 8737 §3): it only checks the
-                        // certificate; nothing is proxied on this connection.
-                        tracing::debug!(listener = %self.name, client = %peer, "ACME TLS-ALPN-01 validation handshake answered");
-                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
-                        return;
-                    }
-                    let tls = TlsOrigin {
-                        server_name: io.get_ref().1.server_name().map(Box::from),
-                        certificates: Arc::clone(&tls.certificates),
-                    };
-                    self.serve_io(io, peer, activity, settings, Some(tls), shutdown)
-                        .await;
-                }
-                Ok(Err(err)) => {
-                    tracing::debug!(listener = %self.name, client = %peer, error = %err, "TLS handshake failed");
-                }
-                Err(_) => {
-                    tracing::debug!(listener = %self.name, client = %peer, "TLS handshake timed out");
-                }
-            }
-        })
-    }
-
-    async fn serve_io<T>(
-        self: &Arc<Self>,
-        io: T,
-        peer: SocketAddr,
-        activity: Arc<Activity>,
-        settings: &HttpSettings,
-        tls: Option<TlsOrigin>,
-        shutdown: CancellationToken,
-    ) where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let mut io = Rewind::new(Bytes::new(), io);
-        let limits = &settings.limits;
-        // The first request head counts as awaited from now (the header-read timeout).
-        activity.await_head(1);
-        let mut close = watch(&activity, limits, &shutdown);
-        let start = tokio::select! {
-            biased;
-            reason = &mut close => return self.closed_waiting(reason, peer),
-            start = read_start(&mut io, true) => start,
-        };
-        let upgrade = Arc::new(UpgradeSlot::default());
-        let handler = Arc::new(Handler {
-            listener: Arc::clone(self),
-            client: ClientInfo {
-                ip: header_value_of(peer),
-                proto: HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
-            },
-            upgrade: Arc::clone(&upgrade),
-            tls,
-            activity: Arc::clone(&activity),
-            idle_timeout: limits.idle_timeout,
-            peer: peer.ip(),
-        });
-        let first = match start {
-            Ok(Start::Http2(preface)) => {
-                activity.await_head(0);
-                // HTTP/2 requests count against the connection's budget of cancelled streams.
-                let budget = CancelBudget::new(limits.http2.max_cancelled_streams);
-                io.rewind(preface);
-                let io = CalmIo::new(io, Arc::clone(&budget));
-                let service = {
-                    let activity = Arc::clone(&activity);
-                    let budget = Arc::clone(&budget);
-                    service_fn(move |request: Request<Incoming>| {
-                        // Opened as hyper hands the request over, so a park never sees it missing.
-                        let exchange = activity.open_exchange();
-                        let stream = Some(StreamGuard::new(&budget));
-                        Arc::clone(&handler).handle(
-                            request.map(|body| IncomingBody::Http2 { body }),
-                            exchange,
-                            stream,
-                        )
-                    })
-                };
-                return self
-                    .serve_http2(io, service, settings, peer, close, budget)
-                    .await;
-            }
-            Ok(Start::Http1(first)) => first,
-            Ok(Start::Closed) | Err(_) => return,
-        };
-        self.serve_http1(
-            io, first, handler, upgrade, activity, settings, peer, close, shutdown,
-        )
-        .await;
-    }
-
-    /// Serves HTTP/1.1 requests on a connection until the client is done, the connection
-    /// switches protocols, or the listener drains; parks it when it is found quiet between
-    /// two requests.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one connection's parts, handed over once"
-    )]
-    async fn serve_http1<T>(
-        &self,
-        mut io: Rewind<T>,
-        first: Bytes,
-        handler: Arc<Handler>,
-        upgrade: Arc<UpgradeSlot>,
-        activity: Arc<Activity>,
-        settings: &HttpSettings,
-        peer: SocketAddr,
-        close: oneshot::Receiver<Close>,
-        shutdown: CancellationToken,
-    ) where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let limits = &settings.limits;
-        let mut unread = first;
-        let mut close = Some(close);
-        let mut parked_budget = limits.idle_timeout;
-        let stop = AtomicBool::new(false);
-        let mut awaited = true;
-        loop {
-            activity.start_serving();
-            stop.store(false, Ordering::Relaxed);
-            let mut parking = false;
-            let mut server =
-                h1::Server::new(&mut io, unread, limits.max_header_bytes, &activity, awaited);
-            awaited = false;
-            let result = {
-                let serving = server.serve(
-                    &stop,
-                    |request| Arc::clone(&handler).handle(request, activity.open_exchange(), None),
-                    |err| handler.refuse(err, activity.open_exchange()),
-                );
-                // Boxed: a serving connection's state holds its exchange in flight (the handler's
-                // future, kilobytes); a parked connection's task should hold none of it.
-                let mut serving = Box::pin(serving);
-                loop {
-                    tokio::select! {
-                        biased;
-                        result = serving.as_mut() => break result,
-                        reason = next_reason(&mut close) => {
-                            close = None;
-                            match reason {
-                                Ok(Close::Shutdown) | Err(_) => {
-                                    // Drain: the exchange in progress finishes, then it ends.
-                                    stop.store(true, Ordering::Relaxed);
-                                }
-                                Ok(Close::Park(budget)) => {
-                                    if !parking && activity.may_park() {
-                                        parked_budget = budget;
-                                        stop.store(true, Ordering::Relaxed);
-                                        parking = true;
-                                    }
-                                    // Watched on either way, should it not stop after all.
-                                    close = Some(watch(&activity, limits, &shutdown));
-                                }
-                                Ok(reason) => return self.closed_by(reason, peer),
-                            }
-                        }
-                    }
-                }
-            };
-            unread = server.into_unread();
-            let ended = match result {
-                Ok(ended) => ended,
-                Err(err) => {
-                    tracing::debug!(listener = %self.name, client = %peer, error = %err, "client connection ended with an error");
-                    return;
-                }
-            };
-            if ended == h1::Ended::Upgraded {
-                if let Some((upstream, in_flight)) = upgrade.take() {
-                    // A 101 went out: the connection is a tunnel now, run by this task, so it
-                    // still counts as the listener's open connection. Boxed: only upgraded
-                    // connections need its state.
-                    drop(close);
-                    io.rewind(unread);
-                    let deadline = &self.drain_deadline;
-                    return Box::pin(run_tunnel(
-                        io,
-                        upstream,
-                        in_flight,
-                        limits.idle_timeout,
-                        deadline,
-                    ))
-                    .await;
-                }
-            }
-            if ended != h1::Ended::Stopped || !parking {
-                // The client is done, or the listener drains: close our side, but bounded (a
-                // TLS close_notify can wait on a client that stopped reading).
-                let _ = tokio::time::timeout(CLOSE_LIMIT, io.shutdown()).await;
-                // Boxed: only a closing connection needs its buffer.
-                Box::pin(linger(&mut io)).await;
+        open: ConnectionGuard,
+    ) {
+        let Some(tls) = &settings.tls else { return };
+        let io = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(err)) => {
+                tracing::debug!(listener = %self.name, client = %peer, error = %err, "TLS handshake failed");
                 return;
             }
-            // The watchdog kept on while serving ends with its receiver.
-            drop(close.take());
-            // Parked: no watchdog, no buffer, just the socket and these three waits.
-            let _parked = self.metrics.parked();
-            let woke = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(parked_budget) => {
-                    return self.closed_by(Close::Idle, peer);
-                }
-                woke = read_start(&mut io, false) => woke,
-            };
-            match woke {
-                Ok(Start::Http1(first)) => unread = first,
-                Ok(Start::Http2(_) | Start::Closed) | Err(_) => return,
+            Err(_) => {
+                tracing::debug!(listener = %self.name, client = %peer, "TLS handshake timed out");
+                return;
             }
-            close = Some(watch(&activity, limits, &shutdown));
+        };
+        if io.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+            // A CA's TLS-ALPN-01 validation (RFC 8737 §3): it only checks the certificate;
+            // nothing is proxied on this connection.
+            tracing::debug!(listener = %self.name, client = %peer, "ACME TLS-ALPN-01 validation handshake answered");
+            let mut io = io;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+            return;
         }
-    }
-
-    /// Serves a connection that opened with HTTP/2's preface (cleartext prior knowledge, or
-    /// ALPN `h2` over TLS) until it ends or the watchdog closes it. Boxed outside the caller's
-    /// future, so HTTP/1 connections' tasks do not carry this state.
-    fn serve_http2<'a, I, S>(
-        &'a self,
-        io: I,
-        service: S,
-        settings: &'a HttpSettings,
-        peer: SocketAddr,
-        close: oneshot::Receiver<Close>,
-        budget: Arc<CancelBudget>,
-    ) -> Pin<Box<impl Future<Output = ()> + Send + 'a>>
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::HttpService<Incoming, ResBody = ClientBody> + Send + 'static,
-        S::Future: Send + 'static,
-    {
-        Box::pin(async move {
-            let mut conn = Box::pin(settings.http2.serve_connection(TokioIo::new(io), service));
-            let result = tokio::select! {
-                biased;
-                result = conn.as_mut() => result,
-                reason = close => match reason {
-                    Ok(Close::Shutdown) | Err(_) => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                    Ok(reason) => return self.closed_by(reason, peer),
-                },
-                () = budget.spent() => {
-                    self.metrics.goaway(CANCELLED_STREAMS);
-                    tracing::warn!(
-                        listener = %self.name,
-                        client = %peer,
-                        cancelled_streams = budget.count(),
-                        max_cancelled_streams = settings.limits.http2.max_cancelled_streams,
-                        "HTTP/2 client cancelled too many dispatched streams; closing with GOAWAY (ENHANCE_YOUR_CALM)"
-                    );
-                    // hyper writes its GOAWAY; `CalmIo` puts ours in its place and ends it.
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(CLOSE_LIMIT, conn).await;
-                    return;
-                }
-            };
-            if let Err(err) = result {
-                if let Some(reason) = h2_goaway(&err) {
-                    self.metrics.goaway(&reason);
-                    tracing::info!(listener = %self.name, client = %peer, reason = %reason, error = %err, "HTTP/2 connection closed with GOAWAY");
-                } else {
-                    tracing::debug!(listener = %self.name, client = %peer, error = %err, "client connection ended with an error");
-                }
-            }
+        let origin = TlsOrigin {
+            server_name: io.get_ref().1.server_name().map(Box::from),
+            certificates: Arc::clone(&tls.certificates),
+        };
+        serve_conn(Conn {
+            listener: self,
+            io: Rewind::new(Bytes::new(), io),
+            activity,
+            settings,
+            peer,
+            tls: Some(Arc::new(origin)),
+            shutdown,
+            _open: open,
         })
-    }
-
-    /// Counts and logs a connection the watchdog closed before its first request.
-    fn closed_waiting(&self, reason: Result<Close, oneshot::error::RecvError>, peer: SocketAddr) {
-        if let Ok(reason) = reason {
-            self.closed_by(reason, peer);
-        }
+        .await;
     }
 
     /// Counts and logs a connection closed for `reason`.
@@ -358,7 +140,243 @@ impl HttpListener {
                 self.metrics.header_read_timeouts.increment(1);
                 tracing::debug!(listener = %self.name, client = %peer, "request head not complete within header_read_timeout; closing");
             }
-            Close::Shutdown | Close::Park(_) => {}
+            Close::Park(_) => {}
+        }
+    }
+}
+
+/// Serves a connection: its first request (HTTP/2 for its whole life), then HTTP/1 requests,
+/// parked whenever it is found quiet between two of them.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its argument twice: the connection's parts, for its whole life"
+)]
+fn serve_conn<T>(mut conn: Conn<T>) -> impl Future<Output = ()> + Send
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    async move {
+        // The first request head counts as awaited from now (the header-read timeout).
+        conn.activity.await_head(1);
+        let watchdog = Watchdog::new(Arc::clone(&conn.activity), &conn.settings.limits);
+        tokio::pin!(watchdog);
+        let mut first_wait = true;
+        loop {
+            // Waiting for the first bytes, or parked: no buffer, no server, just the socket,
+            // the watchdog's timer (a parked connection's idle deadline) and the shutdown.
+            // One wait, written out here: as a function's future it would cost the parked
+            // task its arguments twice.
+            let parked = (!first_wait).then(|| conn.listener.metrics.parked());
+            let start = tokio::select! {
+                biased;
+                () = conn.shutdown.cancelled() => return,
+                reason = watchdog.as_mut() => return conn.listener.closed_by(reason, conn.peer),
+                start = read_start(&mut conn.io, first_wait) => start,
+            };
+            drop(parked);
+            let first = match start {
+                Ok(Start::Http1(first)) => first,
+                Ok(Start::Http2(preface)) if first_wait => {
+                    return Box::pin(conn.serve_http2(preface, watchdog)).await;
+                }
+                Ok(Start::Http2(_) | Start::Closed) | Err(_) => return,
+            };
+            if !first_wait {
+                watchdog.as_mut().restart();
+            }
+            // Boxed: an awake connection's state (its server, the exchange in flight, the
+            // handler's future: kilobytes) is given back when it parks.
+            let served = Box::pin(conn.serve_http1(first, watchdog.as_mut(), first_wait)).await;
+            let Some(budget) = served else { return };
+            watchdog.as_mut().park(budget);
+            first_wait = false;
+        }
+    }
+}
+
+impl<T> Conn<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// The request handler of the connection's next requests, with `upgrade` the slot where
+    /// a 101's backend connection waits.
+    fn handler(&self, upgrade: &Arc<UpgradeSlot>) -> Arc<Handler> {
+        Arc::new(Handler {
+            listener: Arc::clone(&self.listener),
+            client: ClientInfo {
+                ip: header_value_of(self.peer),
+                proto: HeaderValue::from_static(if self.tls.is_some() { "https" } else { "http" }),
+            },
+            upgrade: Arc::clone(upgrade),
+            tls: self.tls.clone(),
+            activity: Arc::clone(&self.activity),
+            idle_timeout: self.settings.limits.idle_timeout,
+            peer: self.peer.ip(),
+        })
+    }
+
+    /// Serves HTTP/1.1 requests, starting with the bytes `first`, until the client is done,
+    /// the connection switches protocols, or the listener drains (then `None`: the connection
+    /// is over), or until it is found quiet between two requests: then it returns the idle
+    /// time left, for its park. `awaited`: the first request head is timed from the
+    /// connection's start, not from its first bytes.
+    async fn serve_http1(
+        &mut self,
+        first: Bytes,
+        mut watchdog: Pin<&mut Watchdog>,
+        awaited: bool,
+    ) -> Option<Duration> {
+        let upgrade = Arc::new(UpgradeSlot::default());
+        let handler = self.handler(&upgrade);
+        let limits = &self.settings.limits;
+        let activity = &self.activity;
+        activity.start_serving();
+        let stop = AtomicBool::new(false);
+        let mut parking = None;
+        let mut draining = false;
+        let mut server = h1::Server::new(
+            &mut self.io,
+            first,
+            limits.max_header_bytes,
+            activity,
+            awaited,
+        );
+        let result = {
+            let serving = server.serve(
+                &stop,
+                |request| Arc::clone(&handler).handle(request, activity.open_exchange(), None),
+                |err| handler.refuse(err, activity.open_exchange()),
+            );
+            tokio::pin!(serving);
+            loop {
+                tokio::select! {
+                    biased;
+                    result = serving.as_mut() => break result,
+                    reason = watchdog.as_mut() => match reason {
+                        Close::Park(budget) => {
+                            if parking.is_none() && !draining && activity.may_park() {
+                                parking = Some(budget);
+                                stop.store(true, Ordering::Relaxed);
+                            }
+                            // Watched on either way, should it not stop after all.
+                            watchdog.as_mut().restart();
+                        }
+                        reason => {
+                            self.listener.closed_by(reason, self.peer);
+                            return None;
+                        }
+                    },
+                    () = self.shutdown.cancelled(), if !draining => {
+                        // Drain: the exchange in progress finishes, then it ends.
+                        draining = true;
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+        };
+        let unread = server.into_unread();
+        let ended = match result {
+            Ok(ended) => ended,
+            Err(err) => {
+                tracing::debug!(listener = %self.listener.name, client = %self.peer, error = %err, "client connection ended with an error");
+                return None;
+            }
+        };
+        if ended == h1::Ended::Upgraded {
+            if let Some((upstream, in_flight)) = upgrade.take() {
+                // A 101 went out: the connection is a tunnel now, run by this task, so it
+                // still counts as the listener's open connection. Boxed: only upgraded
+                // connections need its state.
+                self.io.rewind(unread);
+                let deadline = &self.listener.drain_deadline;
+                Box::pin(run_tunnel(
+                    &mut self.io,
+                    upstream,
+                    in_flight,
+                    limits.idle_timeout,
+                    deadline,
+                ))
+                .await;
+                return None;
+            }
+        }
+        if let (h1::Ended::Stopped, Some(budget)) = (ended, parking) {
+            self.io.rewind(unread);
+            return Some(budget);
+        }
+        // The client is done, or the listener drains: close our side, but bounded (a TLS
+        // close_notify can wait on a client that stopped reading).
+        let _ = tokio::time::timeout(CLOSE_LIMIT, self.io.shutdown()).await;
+        // Boxed: only a closing connection needs its buffer.
+        Box::pin(linger(&mut self.io)).await;
+        None
+    }
+
+    /// Serves a connection that opened with HTTP/2's preface (cleartext prior knowledge, or
+    /// ALPN `h2` over TLS) until it ends or the watchdog closes it (HTTP/2 connections are
+    /// never parked).
+    async fn serve_http2(self, preface: Bytes, watchdog: Pin<&mut Watchdog>) {
+        let handler = self.handler(&Arc::new(UpgradeSlot::default()));
+        let Conn {
+            listener,
+            mut io,
+            activity,
+            settings,
+            peer,
+            shutdown,
+            _open,
+            ..
+        } = self;
+        activity.await_head(0);
+        let limits = &settings.limits;
+        // HTTP/2 requests count against the connection's budget of cancelled streams.
+        let budget = CancelBudget::new(limits.http2.max_cancelled_streams);
+        io.rewind(preface);
+        let io = CalmIo::new(io, Arc::clone(&budget));
+        let service = {
+            let budget = Arc::clone(&budget);
+            service_fn(move |request: Request<Incoming>| {
+                // Opened as hyper hands the request over, so a park never sees it missing.
+                let exchange = activity.open_exchange();
+                let stream = Some(StreamGuard::new(&budget));
+                Arc::clone(&handler).handle(
+                    request.map(|body| IncomingBody::Http2 { body }),
+                    exchange,
+                    stream,
+                )
+            })
+        };
+        let mut conn = Box::pin(settings.http2.serve_connection(TokioIo::new(io), service));
+        let result = tokio::select! {
+            biased;
+            result = conn.as_mut() => result,
+            reason = watchdog => return listener.closed_by(reason, peer),
+            () = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            () = budget.spent() => {
+                listener.metrics.goaway(CANCELLED_STREAMS);
+                tracing::warn!(
+                    listener = %listener.name,
+                    client = %peer,
+                    cancelled_streams = budget.count(),
+                    max_cancelled_streams = limits.http2.max_cancelled_streams,
+                    "HTTP/2 client cancelled too many dispatched streams; closing with GOAWAY (ENHANCE_YOUR_CALM)"
+                );
+                // hyper writes its GOAWAY; `CalmIo` puts ours in its place and ends it.
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(CLOSE_LIMIT, conn).await;
+                return;
+            }
+        };
+        if let Err(err) = result {
+            if let Some(reason) = h2_goaway(&err) {
+                listener.metrics.goaway(&reason);
+                tracing::info!(listener = %listener.name, client = %peer, reason = %reason, error = %err, "HTTP/2 connection closed with GOAWAY");
+            } else {
+                tracing::debug!(listener = %listener.name, client = %peer, error = %err, "client connection ended with an error");
+            }
         }
     }
 }
@@ -382,36 +400,8 @@ fn h2_goaway(err: &hyper::Error) -> Option<String> {
     None
 }
 
-/// The watchdog's next word; never, when no watchdog is on.
-async fn next_reason(
-    close: &mut Option<oneshot::Receiver<Close>>,
-) -> Result<Close, oneshot::error::RecvError> {
-    match close {
-        Some(close) => close.await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Longest wait for a finished client connection's write side to close (a TLS close_notify).
 const CLOSE_LIMIT: Duration = Duration::from_secs(5);
-
-/// Starts a watchdog on a client connection; it says on the returned channel why and when the
-/// connection should close or park, and ends then.
-fn watch(
-    activity: &Arc<Activity>,
-    limits: &ClientLimits,
-    shutdown: &CancellationToken,
-) -> oneshot::Receiver<Close> {
-    let (close, reason) = oneshot::channel();
-    tokio::spawn(activity::watchdog(
-        Arc::clone(activity),
-        limits.idle_timeout,
-        limits.header_read_timeout,
-        shutdown.clone(),
-        close,
-    ));
-    reason
-}
 
 /// How long a closing connection reads on (see [`linger`]).
 const LINGER: Duration = Duration::from_secs(2);

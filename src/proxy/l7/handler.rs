@@ -156,7 +156,7 @@ pub(super) struct Handler {
     /// Where a 101's backend connection waits for this connection's task.
     pub(super) upgrade: Arc<UpgradeSlot>,
     /// For a TLS connection: what it was set up for.
-    pub(super) tls: Option<TlsOrigin>,
+    pub(super) tls: Option<Arc<TlsOrigin>>,
     /// The connection's activity, which watched uploads hold back from its idle close.
     pub(super) activity: Arc<Activity>,
     /// The listener's `idle_timeout` when the connection started: an upload quiet that long

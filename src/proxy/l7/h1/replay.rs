@@ -262,6 +262,12 @@ mod tests {
                 refused(400),
             ),
             (
+                "a malformed line the client's close cuts short",
+                "GET / HTTP/1.1\r\n\r:".into(),
+                0,
+                refused(400),
+            ),
+            (
                 "TE before CL",
                 "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n".into(),
                 0,

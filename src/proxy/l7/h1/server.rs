@@ -248,7 +248,16 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Server<'a, T> {
             .await?;
             match read {
                 None => return Ok(Next::Stopped),
-                Some(0) => return Ok(Next::Closed),
+                Some(0) => {
+                    // The client closed inside a line: a head already malformed gets the
+                    // answer it would have had, had it come in one read.
+                    if parsed < self.buf.len() {
+                        if let Err(err) = head::parse(&self.buf, self.max_head) {
+                            return Ok(Next::Refused(err));
+                        }
+                    }
+                    return Ok(Next::Closed);
+                }
                 Some(_) => {}
             }
         }
