@@ -222,10 +222,14 @@ impl Handler {
                     copy,
                     budget,
                 }) => {
-                    let (copy, copier) = copy.unzip();
-                    if let Some(copy) = copy {
-                        copy.send(self.client.clone(), Arc::clone(&self.listener.name));
-                    }
+                    // In a block: the mirror's copy takes no room in this future once sent.
+                    let copier = {
+                        let (copy, copier) = copy.unzip();
+                        if let Some(copy) = copy {
+                            copy.send(self.client.clone(), Arc::clone(&self.listener.name));
+                        }
+                        copier
+                    };
                     let selection = pool.selection(request.uri(), request.headers(), &self.client);
                     let (forwarding, tunnel, access) = self.prepare(&mut request, &pool);
                     let mut served_by = None;

@@ -31,6 +31,53 @@ const LARGE_READ: u64 = 16 * 1024;
 /// Largest such read.
 const MAX_READ: usize = 64 * 1024;
 
+/// The request a head starts, how its response is to be written, and the feeding of its body
+/// (none without one). A function of its own, so the head's parts take no room in the
+/// server's future while the handler runs.
+fn start_exchange(head: head::Head) -> (Request<Incoming>, Exchange, Option<Feeding>) {
+    let head::Head {
+        request,
+        framing,
+        keep_alive,
+        expects_continue,
+        trailers,
+        ..
+    } = head;
+    let exchange = Exchange {
+        head: request.method() == Method::HEAD,
+        version: request.version(),
+        keep_alive,
+        trailers,
+    };
+    let (incoming, feeding) = match framing {
+        Framing::Empty => (Incoming::Empty, None),
+        Framing::Length(length) => {
+            let (body, feeder) = body::channel(Some(length));
+            let feeding = Feeding::new(feeder, Decoder::length(length), expects_continue);
+            (Incoming::Http1 { body }, Some(feeding))
+        }
+        Framing::Chunked => {
+            let (body, feeder) = body::channel(None);
+            let feeding = Feeding::new(feeder, Decoder::Size, expects_continue);
+            (Incoming::Http1 { body }, Some(feeding))
+        }
+    };
+    (request.map(|()| incoming), exchange, feeding)
+}
+
+/// `feed`'s next step; never, without one (a disabled `select!` branch still builds its
+/// future).
+async fn step_if<T: AsyncRead + AsyncWrite + Unpin>(
+    feed: Option<&mut Feeding>,
+    io: &mut T,
+    buf: &mut BytesMut,
+) -> Fed {
+    match feed {
+        Some(feed) => feed.step(io, buf).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How the exchanges on a connection ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Ended {
@@ -126,49 +173,10 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Server<'a, T> {
                     return Ok(Ended::Close);
                 }
             };
-            let head::Head {
-                request,
-                framing,
-                keep_alive,
-                expects_continue,
-                trailers,
-                ..
-            } = head;
-            let mut exchange = Exchange {
-                head: request.method() == Method::HEAD,
-                version: request.version(),
-                keep_alive,
-                trailers,
-            };
-            let (incoming, mut feeding) = match framing {
-                Framing::Empty => (Incoming::Empty, None),
-                Framing::Length(length) => {
-                    let (body, feeder) = body::channel(Some(length));
-                    let feeding = Feeding::new(feeder, Decoder::length(length), expects_continue);
-                    (Incoming::Http1 { body }, Some(feeding))
-                }
-                Framing::Chunked => {
-                    let (body, feeder) = body::channel(None);
-                    let feeding = Feeding::new(feeder, Decoder::Size, expects_continue);
-                    (Incoming::Http1 { body }, Some(feeding))
-                }
-            };
-            let mut answer = pin!(handle(request.map(|()| incoming)));
-            let response = loop {
-                let Some(feed) = feeding.as_mut().filter(|feed| feed.outcome.is_none()) else {
-                    let Ok(response) = answer.as_mut().await;
-                    break response;
-                };
-                tokio::select! {
-                    biased;
-                    Ok(response) = answer.as_mut() => break response,
-                    fed = feed.step(self.io, &mut self.buf) => {
-                        if fed != Fed::More {
-                            feed.outcome = Some(fed);
-                        }
-                    }
-                }
-            };
+            let (request, mut exchange, mut feeding) = start_exchange(head);
+            // A future of its own: the handler's (kilobytes) is gone before the response is
+            // written, and the two share their room in this one.
+            let response = self.answer(&mut handle, request, &mut feeding).await;
             // A connection asked to stop (the listener drains) ends after this response.
             exchange.keep_alive &= !stop.load(Ordering::Relaxed);
             let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -259,6 +267,34 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Server<'a, T> {
                     return Ok(Next::Closed);
                 }
                 Some(_) => {}
+            }
+        }
+    }
+
+    /// `handle`'s answer to `request`, feeding it the request body meanwhile as it asks. The
+    /// handler's future is made here, not passed in: an argument would be kept twice.
+    async fn answer<H, Fut, B>(
+        &mut self,
+        handle: &mut H,
+        request: Request<Incoming>,
+        feeding: &mut Option<Feeding>,
+    ) -> Response<B>
+    where
+        H: FnMut(Request<Incoming>) -> Fut,
+        Fut: Future<Output = Result<Response<B>, Infallible>>,
+    {
+        let mut answer = pin!(handle(request));
+        loop {
+            let feed = feeding.as_mut().filter(|feed| feed.outcome.is_none());
+            let feeds = feed.is_some();
+            tokio::select! {
+                biased;
+                Ok(response) = answer.as_mut() => return response,
+                fed = step_if(feed, self.io, &mut self.buf), if feeds => {
+                    if let Some(feed) = feeding.as_mut().filter(|_| fed != Fed::More) {
+                        feed.outcome = Some(fed);
+                    }
+                }
             }
         }
     }
