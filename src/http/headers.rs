@@ -36,27 +36,94 @@ pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-for
 /// `X-Forwarded-Host`: the `Host` the client asked for.
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Whether `name` is one of [`HOP_BY_HOP`]; the length filter settles most names at once.
+/// Where `name` stands in [`HOP_BY_HOP`], if it is one; the length filter settles most names
+/// at once.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    if !matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19) {
+        return None;
+    }
+    HOP_BY_HOP.iter().position(|fixed| fixed == name)
+}
+
+/// Whether `name` is one of [`HOP_BY_HOP`].
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19) && HOP_BY_HOP.contains(name)
+    hop_by_hop_index(name).is_some()
+}
+
+/// Which of [`HOP_BY_HOP`] a message carries (bit `i` for `HOP_BY_HOP[i]`), and whether its
+/// `Connection` lists other fields ([`HopByHop::LISTS_MORE`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct HopByHop(u16);
+
+impl HopByHop {
+    /// `Connection`'s bit; `TE`'s.
+    const CONNECTION: u16 = 1 << 0;
+    const TE: u16 = 1 << 3;
+    /// `Connection` names a field beyond the fixed ones (see [`listed_names`]).
+    const LISTS_MORE: u16 = 1 << 8;
+
+    fn add(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if let Some(index) = hop_by_hop_index(name) {
+            self.0 |= 1 << index;
+            if 1 << index == Self::CONNECTION && listed_names(value).next().is_some() {
+                self.0 |= Self::LISTS_MORE;
+            }
+        }
+    }
+
+    fn of(headers: &HeaderMap) -> Self {
+        let mut present = Self::default();
+        for (name, value) in headers {
+            present.add(name, value);
+        }
+        present
+    }
+
+    fn has(self, bit: u16) -> bool {
+        self.0 & bit != 0
+    }
 }
 
 /// Removes every hop-by-hop field, including the ones `Connection` lists.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names is far cheaper than nine hashed
-    // removals.
-    if headers.keys().any(is_hop_by_hop) {
-        strip_hop_by_hop(headers, false);
+    // Most messages carry none or only `Connection: keep-alive`: one pass over the fields,
+    // then a removal for each one found, is far cheaper than nine hashed removals.
+    let present = HopByHop::of(headers);
+    if present != HopByHop::default() {
+        strip_hop_by_hop(headers, false, present);
     }
 }
 
-/// Removes the hop-by-hop fields; returns whether `TE` asked for trailers, which an HTTP/2
-/// backend is told again ([`Forwarding::apply`]).
-/// Removes the hop-by-hop fields; for a `request`, also says whether its `TE` asked for
-/// trailers (a response's `TE` means nothing, so it is not read).
-fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) -> bool {
+/// The field names a `Connection` value lists that are not removed anyway: not the fixed
+/// hop-by-hop ones, not `close`, and never `Host`, which routes the request: a client must not
+/// be able to strip it after the check that it is there (RFC 9112 §3.2).
+fn listed_names(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty() && !removed_anyway(name))
+}
+
+/// Whether a name `Connection` lists is `Host`, `close` or a fixed hop-by-hop field; the
+/// length filter settles most names at once.
+fn removed_anyway(name: &str) -> bool {
+    matches!(name.len(), 2 | 4 | 5 | 7 | 10 | 16..=19)
+        && (name.eq_ignore_ascii_case("host")
+            || name.eq_ignore_ascii_case("close")
+            || HOP_BY_HOP
+                .iter()
+                .any(|fixed| name.eq_ignore_ascii_case(fixed.as_str())))
+}
+
+/// Removes the hop-by-hop fields, `present` saying which of the fixed ones are there; for a
+/// `request`, also says whether its `TE` asked for trailers, which an HTTP/2 backend is told
+/// again ([`Forwarding::apply`]); a response's `TE` means nothing, so it is not read.
+fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool, present: HopByHop) -> bool {
     // Read before `Connection` is: a client sending TE also lists it there (RFC 9110 §10.1.4).
     let te_trailers = request
+        && present.has(HopByHop::TE)
         && headers
             .get_all(header::TE)
             .iter()
@@ -66,26 +133,20 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) -> bool {
                 let coding = coding.split(';').next().unwrap_or_default();
                 coding.trim().eq_ignore_ascii_case("trailers")
             });
-    if headers.contains_key(header::CONNECTION) {
+    if present.has(HopByHop::LISTS_MORE) {
         let listed: Vec<HeaderValue> = headers
             .get_all(header::CONNECTION)
             .iter()
             .cloned()
             .collect();
-        for value in &listed {
-            let Ok(value) = value.to_str() else {
-                continue;
-            };
-            let listed = value.split(',').map(str::trim);
-            // `Host` routes the request: a client must not be able to strip it after the
-            // check that it is there (RFC 9112 §3.2).
-            for name in listed.filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case("host")) {
-                headers.remove(name);
-            }
+        for name in listed.iter().flat_map(listed_names) {
+            headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
+        if present.has(1 << index) {
+            headers.remove(name);
+        }
     }
     te_trailers
 }
@@ -183,17 +244,17 @@ pub(crate) fn is_managed(name: &HeaderName) -> bool {
 struct Names {
     host: bool,
     cookie: bool,
-    hop_by_hop: bool,
+    hop_by_hop: HopByHop,
     forwarding: bool,
 }
 
 impl Names {
     fn of(headers: &HeaderMap) -> Self {
         let mut names = Names::default();
-        for name in headers.keys() {
+        for (name, value) in headers {
             names.host |= name == header::HOST;
             names.cookie |= name == header::COOKIE;
-            names.hop_by_hop |= is_hop_by_hop(name);
+            names.hop_by_hop.add(name, value);
             names.forwarding |= is_forwarding(name);
         }
         names
@@ -255,7 +316,8 @@ pub fn prepare_request<'a>(
     client: &'a ClientInfo,
 ) -> Forwarding<'a> {
     let names = Names::of(headers);
-    let te_trailers = names.hop_by_hop && strip_hop_by_hop(headers, true);
+    let te_trailers = names.hop_by_hop != HopByHop::default()
+        && strip_hop_by_hop(headers, true, names.hop_by_hop);
     if let Some(authority) = uri.authority() {
         let same = headers
             .get(header::HOST)
@@ -454,6 +516,27 @@ mod tests {
             X_FORWARDED_FOR.clone(),
         ] {
             assert!(!is_hop_by_hop(&name), "{name}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_bits_name_their_fields() {
+        let mut connection = HopByHop::default();
+        connection.add(&header::CONNECTION, &HeaderValue::from_static("keep-alive"));
+        assert_eq!(connection, HopByHop(HopByHop::CONNECTION));
+        let mut te = HopByHop::default();
+        te.add(&header::TE, &HeaderValue::from_static("trailers"));
+        assert_eq!(te, HopByHop(HopByHop::TE));
+        let mut listing = HopByHop::default();
+        listing.add(
+            &header::CONNECTION,
+            &HeaderValue::from_static("close, X-Secret"),
+        );
+        assert!(listing.has(HopByHop::LISTS_MORE));
+        for value in ["close", "Keep-Alive, TE", " upgrade ,", "host", ""] {
+            let mut fixed = HopByHop::default();
+            fixed.add(&header::CONNECTION, &HeaderValue::from_static(value));
+            assert!(!fixed.has(HopByHop::LISTS_MORE), "{value:?}");
         }
     }
 

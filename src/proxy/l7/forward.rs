@@ -90,7 +90,8 @@ pub(super) fn forward(
                 .settings
                 .try_timeout
                 .map_or(timeout, |t| t.min(timeout));
-            match send(
+            // Pinned where it is made rather than moved into this future's state.
+            let attempt = std::pin::pin!(send(
                 backend,
                 request,
                 forwarding,
@@ -98,9 +99,8 @@ pub(super) fn forward(
                 Some(attempt_start),
                 &mut overall,
                 timeout,
-            )
-            .await
-            {
+            ));
+            match attempt.await {
                 Outcome::Response(response) => {
                     let status = response.status().as_u16();
                     let arrived = backend.metrics.record_response(listener, status, started);

@@ -235,20 +235,28 @@ impl Handler {
                     let mut served_by = None;
                     let (upload, progress) =
                         Upload::watch(&self.activity, request.body(), self.idle_timeout).unzip();
-                    let attempts = forward(
-                        &pool,
-                        request.map(|body| RequestBody::client(body, copier.flatten(), progress)),
-                        &forwarding,
-                        Arrival {
-                            listener: &self.listener.name,
-                            started,
-                            selection,
-                        },
-                        tunnel,
-                        &mut served_by,
-                        budget,
-                    );
-                    let outcome = upload::bound(upload.as_ref(), attempts).await;
+                    let outcome = {
+                        // Pinned where it is made: moving it into `bound` and then into this
+                        // future's state would copy its kilobytes twice per request.
+                        let attempts = std::pin::pin!(forward(
+                            &pool,
+                            request.map(|body| RequestBody::client(
+                                body,
+                                copier.flatten(),
+                                progress
+                            )),
+                            &forwarding,
+                            Arrival {
+                                listener: &self.listener.name,
+                                started,
+                                selection,
+                            },
+                            tunnel,
+                            &mut served_by,
+                            budget,
+                        ));
+                        upload::bound(upload.as_ref(), attempts).await
+                    };
                     if let Err(ProxyError::Client(fault @ ClientFault::Stalled)) = &outcome {
                         pool.metrics
                             .record_client(&self.listener.name, &pool.name, fault.label());

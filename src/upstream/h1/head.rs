@@ -230,7 +230,7 @@ pub(super) fn encode_head(
         }
         Framing::Length(length) if !has_length => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa(length, &mut [0; 20]));
+            out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -239,19 +239,6 @@ pub(super) fn encode_head(
     forwarding.write(host, out);
     out.extend_from_slice(b"\r\n");
     framing
-}
-
-/// `value` in decimal, written into `digits`.
-fn itoa(mut value: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            return &digits[start..];
-        }
-    }
 }
 
 #[cfg(test)]
@@ -317,8 +304,6 @@ mod tests {
         );
         assert_eq!(framing, Framing::Empty);
         assert_eq!(out, sent("GET /x HTTP/1.1\r\nhost: app.test\r\n"));
-        assert_eq!(itoa(0, &mut [0; 20]), b"0");
-        assert_eq!(itoa(u64::MAX, &mut [0; 20]), b"18446744073709551615");
     }
 
     mod properties {

@@ -38,72 +38,111 @@ pub(crate) struct Exchange {
     pub(crate) trailers: bool,
 }
 
+/// What a response's own fields say about its framing and connection, from one pass over
+/// them.
+#[derive(Default)]
+struct Said {
+    /// `Connection` carries `close`.
+    closing: bool,
+    /// The first `Content-Length` value, when there is one and it is a length.
+    length: Option<u64>,
+    /// A `Date` field is there.
+    dated: bool,
+}
+
+impl Said {
+    fn of(parts: &Parts) -> Self {
+        let mut said = Said::default();
+        let mut first_length = true;
+        for (name, value) in &parts.headers {
+            if name == header::CONNECTION {
+                said.closing |= value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+            } else if name == header::CONTENT_LENGTH && first_length {
+                first_length = false;
+                said.length = wire::content_length(value.as_bytes());
+            } else if name == header::DATE {
+                said.dated = true;
+            }
+        }
+        said
+    }
+}
+
 /// Writes the head of a response to `exchange` into `out`, with a body whose size hint is
 /// `hint`; the body's framing, and whether the connection stays open after it.
+///
+/// The response's fields go out as they are, less `Transfer-Encoding` (the framing is
+/// fulcrum's own), less `Content-Length` on a bodiless status other than 304, and less
+/// `Connection` where fulcrum says `close` or `keep-alive` itself; the fields fulcrum adds
+/// (`Content-Length` or chunked, `Connection`, `Date`) follow them, written straight into
+/// `out`.
 pub(crate) fn head(
-    parts: &mut Parts,
+    parts: &Parts,
     hint: &SizeHint,
     exchange: Exchange,
     out: &mut Vec<u8>,
 ) -> (Framing, bool) {
     let status = parts.status;
-    let headers = &mut parts.headers;
+    let said = Said::of(parts);
     let bodiless = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let closing = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
-    let mut keep_alive = exchange.keep_alive && !closing;
-    let framing = if bodiless {
-        if status != StatusCode::NOT_MODIFIED {
-            headers.remove(header::CONTENT_LENGTH);
-        }
-        headers.remove(header::TRANSFER_ENCODING);
-        Framing::None
-    } else if exchange.head {
-        headers.remove(header::TRANSFER_ENCODING);
+    let mut keep_alive = exchange.keep_alive && !said.closing;
+    let mut added_length = None;
+    let framing = if bodiless || exchange.head {
         Framing::None
     } else {
-        headers.remove(header::TRANSFER_ENCODING);
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|value| crate::http::wire::content_length(value.as_bytes()));
-        match (declared, hint.exact()) {
+        match (said.length, hint.exact()) {
             (Some(length), _) => Framing::Length(length),
             (None, Some(length)) => {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+                added_length = Some(length);
                 Framing::Length(length)
             }
-            (None, None) if exchange.version == Version::HTTP_11 => {
-                headers.insert(
-                    header::TRANSFER_ENCODING,
-                    HeaderValue::from_static("chunked"),
-                );
-                Framing::Chunked
-            }
+            (None, None) if exchange.version == Version::HTTP_11 => Framing::Chunked,
             (None, None) => {
                 keep_alive = false;
                 Framing::UntilClose
             }
         }
     };
-    if status == StatusCode::SWITCHING_PROTOCOLS {
+    let connection: Option<&[u8]> = if status == StatusCode::SWITCHING_PROTOCOLS {
         // The connection carries another protocol from here; its `Connection: upgrade` stays.
         keep_alive = false;
+        None
     } else if !keep_alive {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Some(b"close")
     } else if exchange.version == Version::HTTP_10 {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
-    }
-    if !headers.contains_key(header::DATE) {
-        headers.insert(header::DATE, now());
-    }
+        Some(b"keep-alive")
+    } else {
+        None
+    };
+    let drop_length = bodiless && status != StatusCode::NOT_MODIFIED;
     status_line(parts, out);
     for (name, value) in &parts.headers {
-        wire::field_line(out, name, value);
+        let dropped = name == header::TRANSFER_ENCODING
+            || (drop_length && name == header::CONTENT_LENGTH)
+            || (connection.is_some() && name == header::CONNECTION);
+        if !dropped {
+            wire::field_line(out, name, value);
+        }
+    }
+    if let Some(length) = added_length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    } else if framing == Framing::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if let Some(connection) = connection {
+        out.extend_from_slice(b"connection: ");
+        out.extend_from_slice(connection);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !said.dated {
+        wire::field_line(out, &header::DATE, &now());
     }
     out.extend_from_slice(b"\r\n");
     (framing, keep_alive)

@@ -307,9 +307,9 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Server<'a, T> {
         exchange: Exchange,
         feeding: &mut Option<Feeding>,
     ) -> io::Result<bool> {
-        let (mut parts, body) = response.into_parts();
+        let (parts, body) = response.into_parts();
         let mut out = Vec::with_capacity(encode::size_of(&parts));
-        let (framing, keep_alive) = encode::head(&mut parts, &body.size_hint(), exchange, &mut out);
+        let (framing, keep_alive) = encode::head(&parts, &body.size_hint(), exchange, &mut out);
         let mut body = pin!(body);
         let mut head = Some(out);
         let mut written = 0u64;
