@@ -55,7 +55,7 @@ pub(super) fn forward(
     budget: Budget,
 ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
     async move {
-        let replay = Replay::of(&request, pool, budget.retries);
+        let replayable = replayable(&request, pool, budget.retries);
         let mut tried = selection;
         let mut last_error = None;
         let mut last_backend: Option<&Arc<Backend>> = None;
@@ -99,6 +99,7 @@ pub(super) fn forward(
                 Some(attempt_start),
                 &mut overall,
                 timeout,
+                replayable,
             ));
             match attempt.await {
                 Outcome::Response(response) => {
@@ -157,7 +158,7 @@ pub(super) fn forward(
                     request = unsent;
                     last_error = Some(err);
                 }
-                Outcome::Failed(err) => {
+                Outcome::Failed(err, head) => {
                     if let Some(fault) = err.client_fault() {
                         // The client's doing: its own label, and never the backend's failure.
                         pool.metrics
@@ -167,10 +168,10 @@ pub(super) fn forward(
                     all_refused = false;
                     pool.record_failure(backend, &err);
                     pool.record_latency_failure(backend, failed_after(&err), attempt_timeout);
-                    match (&replay, &err) {
-                        (Some(replay), ProxyError::Upstream(_) | ProxyError::TryTimeout(_)) => {
+                    match (head, &err) {
+                        (Some(head), ProxyError::Upstream(_) | ProxyError::TryTimeout(_)) => {
                             tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend failed before answering; replaying idempotent request elsewhere");
-                            request = replay.request();
+                            request = Request::from_parts(*head, RequestBody::Empty);
                             last_error = Some(err);
                         }
                         _ => {
@@ -214,91 +215,29 @@ fn failed_after(err: &ProxyError) -> Duration {
     }
 }
 
-/// The head of a request that may be replayed on another backend: bodiless GET, HEAD or
-/// OPTIONS (RFC 9110 §9.2.2 idempotent methods whose replay cannot duplicate a body).
-struct Replay {
-    method: http::Method,
-    uri: http::Uri,
-    headers: http::HeaderMap,
+/// Whether `request` may be replayed on another backend should one fail before answering:
+/// a bodiless GET, HEAD or OPTIONS (RFC 9110 §9.2.2 idempotent methods whose replay cannot
+/// duplicate a body), with another backend and a retry left to replay it on.
+fn replayable(request: &Request<RequestBody>, pool: &Pool, retries: u32) -> bool {
+    use http::Method;
+    retries > 0
+        && pool.endpoints.len() > 1
+        && matches!(
+            *request.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS
+        )
+        && http_body::Body::is_end_stream(request.body())
 }
 
-impl Replay {
-    fn of(request: &Request<RequestBody>, pool: &Pool, retries: u32) -> Option<Box<Replay>> {
-        use http::Method;
-        // Only worth a copy of the head when there is another backend to replay on.
-        let replayable = retries > 0
-            && pool.endpoints.len() > 1
-            && matches!(
-                *request.method(),
-                Method::GET | Method::HEAD | Method::OPTIONS
-            )
-            && http_body::Body::is_end_stream(request.body());
-        replayable.then(|| {
-            // An HTTP/1 head is already a copy of its own (see `h1::head`); an HTTP/2 one is
-            // made of slices of the connection's frames.
-            let owned = match request.version() {
-                http::Version::HTTP_2 => owned_head(request.uri(), request.headers()),
-                _ => None,
-            };
-            let (uri, headers) =
-                owned.unwrap_or_else(|| (request.uri().clone(), request.headers().clone()));
-            Box::new(Replay {
-                method: request.method().clone(),
-                uri,
-                headers,
-            })
-        })
-    }
-
-    fn request(&self) -> Request<RequestBody> {
-        let mut request = Request::new(RequestBody::Empty);
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.headers_mut() = self.headers.clone();
-        request
-    }
-}
-
-/// A copy of a request's target and fields that shares no memory with the client
-/// connection's read buffer. What hyper's HTTP/2 server decoded may be slices of the frames it
-/// read, and a plain clone kept for the whole exchange would keep those alive. Here the path, authority and field values
-/// are slices of one allocation of their own (field names are already owned or static).
-/// `None` only if a part does not parse again, which a parsed request's parts always do.
-fn owned_head(uri: &http::Uri, headers: &http::HeaderMap) -> Option<(http::Uri, http::HeaderMap)> {
-    let path = uri
-        .path_and_query()
-        .map_or("", http::uri::PathAndQuery::as_str);
-    let authority = uri.authority().map_or("", http::uri::Authority::as_str);
-    let values: usize = headers.values().map(|value| value.len()).sum();
-    let mut copy = bytes::BytesMut::with_capacity(path.len() + authority.len() + values);
-    copy.extend_from_slice(path.as_bytes());
-    copy.extend_from_slice(authority.as_bytes());
-    for value in headers.values() {
-        copy.extend_from_slice(value.as_bytes());
-    }
-    let copy = copy.freeze();
-    let mut at = 0;
-    let mut next = |len: usize| {
-        let slice = copy.slice(at..at + len);
-        at += len;
-        slice
-    };
-    let mut parts = uri.clone().into_parts();
-    let path_bytes = next(path.len());
-    if parts.path_and_query.is_some() {
-        parts.path_and_query = Some(http::uri::PathAndQuery::from_maybe_shared(path_bytes).ok()?);
-    }
-    let authority_bytes = next(authority.len());
-    if parts.authority.is_some() {
-        parts.authority = Some(http::uri::Authority::from_maybe_shared(authority_bytes).ok()?);
-    }
-    let mut owned = http::HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let mut copied = http::HeaderValue::from_maybe_shared(next(value.len())).ok()?;
-        copied.set_sensitive(value.is_sensitive());
-        owned.append(name.clone(), copied);
-    }
-    Some((http::Uri::from_parts(parts).ok()?, owned))
+/// A copy of `request`'s head, to replay it with should the backend fail before answering
+/// (hyper's HTTP/2 client keeps a request once it is sent).
+fn head_copy(request: &Request<RequestBody>) -> Box<http::request::Parts> {
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.method = request.method().clone();
+    head.uri = request.uri().clone();
+    head.version = request.version();
+    head.headers = request.headers().clone();
+    Box::new(head)
 }
 
 /// The outcome of one attempt on one backend (`pool::Attempt` is the backend to try).
@@ -307,17 +246,23 @@ enum Outcome {
     Response(Response<ResponseBody>),
     /// Nothing reached the backend; the request is handed back for another backend.
     NotSent(Request<RequestBody>, ProxyError),
-    /// The request was (possibly partly) sent and then failed; it cannot be replayed.
-    Failed(ProxyError),
+    /// The request was (possibly partly) sent and then failed before a response head came; its
+    /// head comes back when it may be replayed on another backend.
+    Failed(ProxyError, Option<Box<http::request::Parts>>),
 }
 
 /// One attempt on `backend`: reuse an idle connection or open one, then send (with the proxy's
 /// `forwarding` fields) and wait for the response head within `request_timeout` (the pool's or
-/// its route's; it ends at `overall`, set by the first attempt) and the pool's `try_timeout`. `now`, when given, is
-/// a clock reading taken just before the attempt.
+/// its route's; it ends at `overall`, set by the first attempt) and the pool's `try_timeout`.
+/// `now`, when given, is a clock reading taken just before the attempt; a `replayable`
+/// request's head comes back with a failure (see [`Outcome::Failed`]).
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn would store its arguments twice"
+)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "borrows and copies the attempt's future keeps; bundled, they would be kept the same"
 )]
 fn send<'a>(
     backend: &'a Arc<Backend>,
@@ -327,6 +272,7 @@ fn send<'a>(
     now: Option<Instant>,
     overall: &'a mut Option<Instant>,
     request_timeout: Duration,
+    replayable: bool,
 ) -> impl Future<Output = Outcome> + 'a {
     async move {
         let settings = &pool.settings;
@@ -363,17 +309,19 @@ fn send<'a>(
                 Conn::Http1(conn) => match conn.send(request, forwarding, wait).await {
                     Ok(response) => return Outcome::Response(response.map(ResponseBody::Http1)),
                     Err(h1::SendError::NotSent(unsent, err)) => (*unsent, UpstreamError::from(err)),
-                    Err(h1::SendError::Failed(h1::Error::TimedOut)) => {
-                        return Outcome::Failed(timed_out);
+                    Err(h1::SendError::Failed(h1::Error::RequestBody(err), _)) => {
+                        return Outcome::Failed(ClientFault::of(&*err).into(), None);
                     }
-                    Err(h1::SendError::Failed(h1::Error::RequestBody(err))) => {
-                        return Outcome::Failed(ClientFault::of(&*err).into());
-                    }
-                    Err(h1::SendError::Failed(err)) => {
-                        return Outcome::Failed(ProxyError::Upstream(err.into()));
+                    Err(h1::SendError::Failed(err, head)) => {
+                        let head = head.filter(|_| replayable);
+                        return match err {
+                            h1::Error::TimedOut => Outcome::Failed(timed_out, head),
+                            err => Outcome::Failed(ProxyError::Upstream(err.into()), head),
+                        };
                     }
                 },
                 Conn::Http2(mut sender) => {
+                    let head = replayable.then(|| head_copy(&request));
                     forwarding.apply(request.headers_mut());
                     let sent = request.body_mut().track_sent();
                     let attempt = sender.try_send_request(request);
@@ -391,7 +339,7 @@ fn send<'a>(
                         }
                     };
                     match answered {
-                        Err(_) => return Outcome::Failed(timed_out),
+                        Err(_) => return Outcome::Failed(timed_out, head),
                         Ok(Ok(mut response)) => {
                             // The client gets the proxy's Date, as from HTTP/1.1 backends.
                             response.headers_mut().remove(http::header::DATE);
@@ -401,10 +349,10 @@ fn send<'a>(
                             Some(unsent) => (unsent, UpstreamError::from(err.into_error())),
                             None => {
                                 let err = err.into_error();
-                                return Outcome::Failed(match ClientFault::of_upstream_h2(&err) {
-                                    Some(fault) => fault.into(),
-                                    None => ProxyError::Upstream(err.into()),
-                                });
+                                return match ClientFault::of_upstream_h2(&err) {
+                                    Some(fault) => Outcome::Failed(fault.into(), None),
+                                    None => Outcome::Failed(ProxyError::Upstream(err.into()), head),
+                                };
                             }
                         },
                     }
@@ -454,59 +402,4 @@ async fn checkout(
     backend.metrics.connected();
     backend.idle.share(&conn);
     Ok((conn, true))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::owned_head;
-    use bytes::Bytes;
-    use http::uri::{Authority, PathAndQuery};
-    use http::{HeaderMap, HeaderValue, Uri};
-
-    /// Whether `part` lies inside `buffer`.
-    fn inside(part: &[u8], buffer: &Bytes) -> bool {
-        let range = buffer.as_ptr_range();
-        range.contains(&part.as_ptr())
-    }
-
-    #[test]
-    fn a_replay_head_equals_the_request_and_shares_nothing_with_its_buffer() {
-        // What hyper hands over: the target and the values are slices of the read buffer.
-        let buffer = Bytes::copy_from_slice(b"/search?q=1example.comtext/html, */*abc\xff");
-        let uri = Uri::from_maybe_shared(buffer.slice(0..11)).expect("a path");
-        let absolute = Uri::builder()
-            .scheme("http")
-            .authority(Authority::from_maybe_shared(buffer.slice(11..22)).expect("a host"))
-            .path_and_query(PathAndQuery::from_maybe_shared(buffer.slice(0..11)).expect("a path"))
-            .build()
-            .expect("an absolute target");
-        let mut headers = HeaderMap::new();
-        headers.append(
-            "accept",
-            HeaderValue::from_maybe_shared(buffer.slice(22..35)).expect("a value"),
-        );
-        headers.append(
-            "x-custom",
-            HeaderValue::from_maybe_shared(buffer.slice(35..)).expect("a value"),
-        );
-        let mut secret = HeaderValue::from_maybe_shared(buffer.slice(35..38)).expect("a value");
-        secret.set_sensitive(true);
-        headers.append("authorization", secret);
-        headers.append("x-custom", HeaderValue::from_static("second"));
-        for target in [uri, absolute] {
-            let (copied_uri, copied) = owned_head(&target, &headers).expect("a copy");
-            assert_eq!(copied_uri, target);
-            assert_eq!(copied, headers);
-            assert!(copied["authorization"].is_sensitive());
-            assert_eq!(copied.get_all("x-custom").iter().count(), 2);
-            let path = copied_uri.path_and_query().expect("a path").as_str();
-            assert!(!inside(path.as_bytes(), &buffer));
-            if let Some(authority) = copied_uri.authority() {
-                assert!(!inside(authority.as_str().as_bytes(), &buffer));
-            }
-            for value in copied.values() {
-                assert!(!inside(value.as_bytes(), &buffer), "{value:?}");
-            }
-        }
-    }
 }

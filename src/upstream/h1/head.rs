@@ -11,7 +11,7 @@ use http_body::Body as _;
 use super::error::Error;
 use crate::http::decode::Decoder;
 use crate::http::headers::Forwarding;
-use crate::http::wire::{self, content_length};
+use crate::http::wire::{self, HeadCopy, content_length};
 use crate::upstream::request_body::RequestBody;
 
 /// Largest response head (status line and fields) accepted from a backend.
@@ -66,7 +66,7 @@ pub(super) fn parse_head(buf: &[u8], headers: &mut HeaderMap) -> Result<Option<H
             hyper::ext::ReasonPhrase::try_from(Bytes::copy_from_slice(reason.as_bytes())).ok()
         });
     headers.clear();
-    let fields = read_fields(response.headers, headers)?;
+    let fields = read_fields(&HeadCopy::new(&buf[..len]), response.headers, headers)?;
     Ok(Some(Head {
         len,
         status,
@@ -112,13 +112,18 @@ impl Fields {
     }
 }
 
-/// Copies parsed fields into `headers`, noting the ones that frame the message.
+/// Puts parsed fields into `headers`, their values slices of `copy` (the head's one copy),
+/// noting the ones that frame the message.
 ///
-/// `Date` is left out: the client gets the proxy's own, from hyper's once-a-second cache (as
-/// nginx does), which costs less than carrying the backend's through. So is `Content-Length`,
-/// noted in the facts: `Connection::respond` puts it back unless the body's own length says
-/// the same (hyper writes the field from that).
-fn read_fields(fields: &[httparse::Header<'_>], headers: &mut HeaderMap) -> Result<Fields, Error> {
+/// `Date` is left out: the client gets the proxy's own, rendered once a second (as nginx
+/// does), which costs less than carrying the backend's through. So is `Content-Length`, noted
+/// in the facts: `Connection::respond` puts it back unless the body's own length says the same
+/// (the client's response head is written with that length).
+fn read_fields(
+    copy: &HeadCopy,
+    fields: &[httparse::Header<'_>],
+    headers: &mut HeaderMap,
+) -> Result<Fields, Error> {
     let mut facts = Fields::default();
     headers.reserve(fields.len());
     for field in fields {
@@ -140,7 +145,7 @@ fn read_fields(fields: &[httparse::Header<'_>], headers: &mut HeaderMap) -> Resu
         }
         let name =
             HeaderName::from_bytes(raw).map_err(|_| Error::Malformed("invalid header name"))?;
-        let value = HeaderValue::from_bytes(field.value)
+        let value = HeaderValue::from_maybe_shared(copy.of(field.value))
             .map_err(|_| Error::Malformed("invalid header value"))?;
         if name == header::CONNECTION {
             let (close, keep_alive) = wire::connection_options(field.value);

@@ -88,22 +88,19 @@ impl Connection {
                 before(self.deadline.as_mut(), cx, write.map_err(Error::from))
             })
             .await;
-            match wrote {
-                Ok(()) => {}
-                Err(Error::TimedOut) => return Err(SendError::Failed(Error::TimedOut)),
+            let (parts, body) = match wrote {
+                Ok(()) => request.into_parts(),
+                Err(Error::TimedOut) => {
+                    let (parts, _) = request.into_parts();
+                    return Err(SendError::Failed(Error::TimedOut, Some(Box::new(parts))));
+                }
                 Err(err) => return Err(SendError::NotSent(Box::new(request), err)),
-            }
-            // The request's field map, emptied, takes the response's fields: no new allocation.
-            // Emptied now, not when the response head arrives: its values are slices of the
-            // client connection's read buffer, which hyper cannot reuse (and so allocates
-            // anew when it reads on) while a slice of it is alive.
-            let (head_request, mut headers, mut writer) = {
-                let (parts, body) = request.into_parts();
-                let head_request = parts.method == Method::HEAD;
-                let mut headers = parts.headers;
-                headers.clear();
-                (head_request, headers, BodyWriter::new(body, framing))
             };
+            // The request's head is kept until the response's arrives, for the caller to
+            // replay should none come; the response's fields get a map of their own.
+            let head_request = parts.method == Method::HEAD;
+            let mut writer = BodyWriter::new(body, framing);
+            let mut headers = HeaderMap::new();
             let mut write_error = None;
             let mut streaming = !writer.done;
             let parsed = std::future::poll_fn(|cx| {
@@ -134,8 +131,14 @@ impl Connection {
             .await;
             let head = match (parsed, write_error) {
                 (Ok(head), _) => head,
-                (Err(_), Some(err)) | (Err(err), None) => return Err(SendError::Failed(err)),
+                (Err(Error::RequestBody(err)), _) => {
+                    return Err(SendError::Failed(Error::RequestBody(err), None));
+                }
+                (Err(_), Some(err)) | (Err(err), None) => {
+                    return Err(SendError::Failed(err, Some(Box::new(parts))));
+                }
             };
+            drop(parts);
             let writing = if writer.done {
                 Writing::Done {
                     complete: writer.complete,
@@ -144,7 +147,7 @@ impl Connection {
                 Writing::Body(Box::new(writer))
             };
             self.respond(head, headers, head_request, writing)
-                .map_err(SendError::Failed)
+                .map_err(|err| SendError::Failed(err, None))
         }
     }
 
@@ -167,7 +170,13 @@ impl Connection {
             if self.buf.len() >= MAX_HEAD {
                 return Poll::Ready(Err(Error::Malformed("response head too large")));
             }
-            if ready!(poll_read_into(&mut self.io, cx, &mut self.buf, HEAD_READ))? == 0 {
+            // Waiting for a head holds no buffer: a read takes one of the size of what came.
+            let read = if self.buf.is_empty() {
+                crate::io::poll_read_landing(&mut self.io, cx, &mut self.buf)
+            } else {
+                poll_read_into(&mut self.io, cx, &mut self.buf, HEAD_READ)
+            };
+            if ready!(read)? == 0 {
                 return Poll::Ready(Err(Error::Closed));
             }
         }
@@ -369,9 +378,12 @@ mod tests {
             )
             .await
         {
-            Err(SendError::Failed(Error::TimedOut)) => {}
+            // The head comes back, for a replay on another backend.
+            Err(SendError::Failed(Error::TimedOut, Some(head))) => {
+                assert_eq!(head.method, Method::GET);
+            }
             Ok(_) => panic!("a silent backend answered"),
-            Err(SendError::NotSent(_, err) | SendError::Failed(err)) => panic!("{err}"),
+            Err(SendError::NotSent(_, err) | SendError::Failed(err, _)) => panic!("{err}"),
         }
         let waited = started.elapsed();
         assert!(

@@ -80,7 +80,7 @@ pub(super) async fn send(
     };
     match conn.send(request, &forwarding(), wait).await {
         Ok(response) => Ok(response),
-        Err(SendError::NotSent(_, err) | SendError::Failed(err)) => Err(err),
+        Err(SendError::NotSent(_, err) | SendError::Failed(err, _)) => Err(err),
     }
 }
 

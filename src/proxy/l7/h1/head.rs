@@ -4,11 +4,10 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
-use crate::http::wire::{self, content_length};
+use crate::http::wire::{self, HeadCopy, content_length};
 
 /// Most fields a request head may have (hyper's server allows 100 as well).
 pub(crate) const MAX_FIELDS: usize = 100;
@@ -93,10 +92,7 @@ pub(crate) fn parse(buf: &[u8], max_len: usize) -> Result<Option<Head>, HeadErro
         Err(httparse::Error::Version) => return Err(HeadError::Version),
         Err(_) => return Err(HeadError::Malformed("unparsable request head")),
     };
-    let owned = Owned {
-        bytes: Bytes::copy_from_slice(&buf[..len]),
-        base: buf.as_ptr() as usize,
-    };
+    let owned = HeadCopy::new(&buf[..len]);
     let version = match parsed.version {
         Some(1) => Version::HTTP_11,
         Some(0) => Version::HTTP_10,
@@ -128,23 +124,9 @@ pub(crate) fn parse(buf: &[u8], max_len: usize) -> Result<Option<Head>, HeadErro
     }))
 }
 
-/// The copy of a head's bytes, and where the parsed original lay.
-struct Owned {
-    bytes: Bytes,
-    base: usize,
-}
-
-impl Owned {
-    /// The copy of `part`, a slice of the parsed original.
-    fn of(&self, part: &[u8]) -> Bytes {
-        let start = part.as_ptr() as usize - self.base;
-        self.bytes.slice(start..start + part.len())
-    }
-}
-
 /// The request target as a URI (RFC 9112 §3.2): origin-form, absolute-form, authority-form for
 /// `CONNECT` only, and `*` for `OPTIONS` only.
-fn target_uri(owned: &Owned, target: &str, method: &Method) -> Result<Uri, HeadError> {
+fn target_uri(owned: &HeadCopy, target: &str, method: &Method) -> Result<Uri, HeadError> {
     let malformed = HeadError::Malformed("invalid request target");
     let bytes = owned.of(target.as_bytes());
     let authority_form = !target.starts_with('/') && !target.contains("://") && target != "*";
@@ -195,7 +177,7 @@ impl Facts {
 /// Copies parsed fields into `headers` (values sharing the head's copy), noting the ones that
 /// frame the message or speak about the connection.
 fn read_fields(
-    owned: &Owned,
+    owned: &HeadCopy,
     fields: &[httparse::Header<'_>],
     headers: &mut HeaderMap,
 ) -> Result<Facts, HeadError> {
@@ -239,6 +221,7 @@ fn read_fields(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn parse_all(head: &str) -> Result<Option<Head>, HeadError> {
         parse(head.as_bytes(), 8192)

@@ -236,16 +236,10 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Server<'a, T> {
                     return Poll::Ready(Ok(None));
                 }
                 if self.buf.is_empty() {
-                    // Between requests no buffer is held: one is taken for each read attempt
-                    // and dropped again if nothing came.
-                    let mut fresh = BytesMut::with_capacity(HEAD_READ);
-                    let read = std::task::ready!(tokio_util::io::poll_read_buf(
-                        std::pin::Pin::new(&mut *self.io),
-                        cx,
-                        &mut fresh
-                    ))?;
-                    self.buf = fresh;
-                    return Poll::Ready(Ok(Some(read)));
+                    // Between requests no buffer is held: a read takes one of the size of
+                    // what came.
+                    return crate::io::poll_read_landing(&mut *self.io, cx, &mut self.buf)
+                        .map_ok(Some);
                 }
                 if self.buf.capacity() - self.buf.len() < 512 {
                     self.buf.reserve(HEAD_READ);
