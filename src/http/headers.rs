@@ -65,7 +65,7 @@ impl HopByHop {
     fn add(&mut self, name: &HeaderName, value: &HeaderValue) {
         if let Some(index) = hop_by_hop_index(name) {
             self.0 |= 1 << index;
-            if 1 << index == Self::CONNECTION && listed_names(value).next().is_some() {
+            if 1 << index == Self::CONNECTION && connection_lists_fields(value) {
                 self.0 |= Self::LISTS_MORE;
             }
         }
@@ -106,15 +106,30 @@ fn listed_names(value: &HeaderValue) -> impl Iterator<Item = &str> {
         .filter(|name| !name.is_empty() && !removed_anyway(name))
 }
 
-/// Whether a name `Connection` lists is `Host`, `close` or a fixed hop-by-hop field; the
-/// length filter settles most names at once.
+/// Whether a name `Connection` lists is `Host`, `close` or a fixed hop-by-hop field: by its
+/// length first, so most names meet one comparison at most.
 fn removed_anyway(name: &str) -> bool {
-    matches!(name.len(), 2 | 4 | 5 | 7 | 10 | 16..=19)
-        && (name.eq_ignore_ascii_case("host")
-            || name.eq_ignore_ascii_case("close")
-            || HOP_BY_HOP
-                .iter()
-                .any(|fixed| name.eq_ignore_ascii_case(fixed.as_str())))
+    let candidates: &[&str] = match name.len() {
+        2 => &["te"],
+        4 => &["host"],
+        5 => &["close"],
+        7 => &["upgrade"],
+        10 => &["keep-alive", "connection"],
+        16 => &["proxy-connection"],
+        17 => &["transfer-encoding"],
+        18 => &["proxy-authenticate"],
+        19 => &["proxy-authorization"],
+        _ => &[],
+    };
+    candidates
+        .iter()
+        .any(|candidate| name.eq_ignore_ascii_case(candidate))
+}
+
+/// Whether a `Connection` value names fields beyond the hop-by-hop ones every message loses
+/// anyway (mostly it says only `keep-alive` or `close`).
+pub(crate) fn connection_lists_fields(value: &HeaderValue) -> bool {
+    listed_names(value).next().is_some()
 }
 
 /// Removes the hop-by-hop fields, `present` saying which of the fixed ones are there; for a
@@ -516,6 +531,21 @@ mod tests {
             X_FORWARDED_FOR.clone(),
         ] {
             assert!(!is_hop_by_hop(&name), "{name}");
+        }
+    }
+
+    #[test]
+    fn every_fixed_hop_by_hop_name_is_removed_anyway() {
+        for name in HOP_BY_HOP
+            .iter()
+            .map(HeaderName::as_str)
+            .chain(["host", "close"])
+        {
+            assert!(removed_anyway(name), "{name}");
+            assert!(removed_anyway(&name.to_ascii_uppercase()), "{name}");
+        }
+        for name in ["x-secret", "keep-alives", "tE ", "cookie", ""] {
+            assert!(!removed_anyway(name), "{name}");
         }
     }
 

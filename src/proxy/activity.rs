@@ -265,6 +265,12 @@ impl Watchdog {
         this.timer.as_mut().reset(now + FIRST_LOOK.min(tick));
     }
 
+    /// Whether the server started a head this watch has not timed yet: polled at once, the
+    /// watch gives it its deadline (see [`Watchdog`]); otherwise only its timer needs it polled.
+    pub(crate) fn wants_poll(&self) -> bool {
+        !self.parked && self.head == 0 && self.activity.head.load(Ordering::Relaxed) != 0
+    }
+
     /// Turns the watch into a parked connection's idle deadline: it resolves to
     /// [`Close::Idle`] once `budget` passes, until [`Watchdog::restart`].
     pub(crate) fn park(self: Pin<&mut Self>, budget: Duration) {

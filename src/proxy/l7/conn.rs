@@ -194,6 +194,54 @@ where
     }
 }
 
+/// What woke an awake HTTP/1 connection's wait: its server finished, or one of its side
+/// futures resolved.
+enum Turn<R> {
+    Served(R),
+    Watchdog(Close),
+    Shutdown,
+}
+
+/// The waker an awake connection gives its side futures (watchdog, shutdown wait): it notes
+/// that one of them may be ready, then wakes the connection's task. Polling them only then
+/// spares every other wake a timer registration and the shutdown wait's lock.
+struct SideWake {
+    woken: AtomicBool,
+    task: std::task::Waker,
+}
+
+impl SideWake {
+    /// A side waker for the task that awaits this, noted as woken so the first poll looks.
+    async fn new() -> Arc<Self> {
+        let task = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+        Arc::new(Self {
+            woken: AtomicBool::new(true),
+            task,
+        })
+    }
+
+    /// Whether a side future was woken since the last call.
+    fn take(&self) -> bool {
+        self.woken.swap(false, Ordering::AcqRel)
+    }
+
+    /// Has the side futures polled at the next look, as if woken (from inside the task).
+    fn look_again(&self) {
+        self.woken.store(true, Ordering::Release);
+    }
+}
+
+impl std::task::Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake_by_ref();
+    }
+}
+
 impl<T> Conn<T>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -248,25 +296,47 @@ where
                 |err| handler.refuse(err, activity.open_exchange()),
             );
             tokio::pin!(serving);
+            let shutdown = self.shutdown.cancelled();
+            tokio::pin!(shutdown);
+            // The watchdog and the shutdown wait are polled when their own waker fired (or a
+            // head started, which the watchdog times), not at every wake of the connection:
+            // most wakes are the client's or the backend's bytes.
+            let side = SideWake::new().await;
+            let side_waker = std::task::Waker::from(Arc::clone(&side));
             loop {
-                tokio::select! {
-                    biased;
-                    result = serving.as_mut() => break result,
-                    reason = watchdog.as_mut() => match reason {
-                        Close::Park(budget) => {
-                            if parking.is_none() && !draining && activity.may_park() {
-                                parking = Some(budget);
-                                stop.store(true, Ordering::Relaxed);
-                            }
-                            // Watched on either way, should it not stop after all.
-                            watchdog.as_mut().restart();
+                let turn = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(result) = serving.as_mut().poll(cx) {
+                        return Poll::Ready(Turn::Served(result));
+                    }
+                    if side.take() || watchdog.wants_poll() {
+                        let mut side_cx = std::task::Context::from_waker(&side_waker);
+                        if let Poll::Ready(reason) = watchdog.as_mut().poll(&mut side_cx) {
+                            return Poll::Ready(Turn::Watchdog(reason));
                         }
-                        reason => {
-                            self.listener.closed_by(reason, self.peer);
-                            return None;
+                        if !draining && shutdown.as_mut().poll(&mut side_cx).is_ready() {
+                            return Poll::Ready(Turn::Shutdown);
                         }
-                    },
-                    () = self.shutdown.cancelled(), if !draining => {
+                    }
+                    Poll::Pending
+                })
+                .await;
+                match turn {
+                    Turn::Served(result) => break result,
+                    Turn::Watchdog(Close::Park(budget)) => {
+                        if parking.is_none() && !draining && activity.may_park() {
+                            parking = Some(budget);
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                        // Watched on either way, should it not stop after all; its timer
+                        // moved, so it is polled again at once.
+                        watchdog.as_mut().restart();
+                        side.look_again();
+                    }
+                    Turn::Watchdog(reason) => {
+                        self.listener.closed_by(reason, self.peer);
+                        return None;
+                    }
+                    Turn::Shutdown => {
                         // Drain: the exchange in progress finishes, then it ends.
                         draining = true;
                         stop.store(true, Ordering::Relaxed);

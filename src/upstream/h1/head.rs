@@ -10,7 +10,7 @@ use http_body::Body as _;
 
 use super::error::Error;
 use crate::http::decode::Decoder;
-use crate::http::headers::Forwarding;
+use crate::http::headers::{self, Forwarding};
 use crate::http::wire::{self, HeadCopy, content_length};
 use crate::upstream::request_body::RequestBody;
 
@@ -18,6 +18,9 @@ use crate::upstream::request_body::RequestBody;
 pub(super) const MAX_HEAD: usize = 64 * 1024;
 /// Most fields a response head or trailer section may have.
 const MAX_HEADERS: usize = 100;
+
+/// `Keep-Alive` (RFC 2068 §19.7.1): a backend's hint about this connection alone.
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// A parsed response head.
 pub(super) struct Head {
@@ -113,7 +116,11 @@ impl Fields {
 }
 
 /// Puts parsed fields into `headers`, their values slices of `copy` (the head's one copy),
-/// noting the ones that frame the message.
+/// noting the ones that frame the message and the connection.
+///
+/// `Transfer-Encoding`, `Keep-Alive` and a `Connection` that says only `keep-alive` or `close`
+/// describe this connection alone and are left out (the proxy removes hop-by-hop fields
+/// anyway).
 ///
 /// `Date` is left out: the client gets the proxy's own, rendered once a second (as nginx
 /// does), which costs less than carrying the backend's through. So is `Content-Length`, noted
@@ -147,12 +154,20 @@ fn read_fields(
             HeaderName::from_bytes(raw).map_err(|_| Error::Malformed("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(copy.of(field.value))
             .map_err(|_| Error::Malformed("invalid header value"))?;
+        // This connection's own business, noted here: the proxy would take them out again.
+        // Not a `Connection` that names other fields, which the proxy removes with it.
         if name == header::CONNECTION {
             let (close, keep_alive) = wire::connection_options(field.value);
             facts.close |= close;
             facts.keep_alive |= keep_alive;
+            if !headers::connection_lists_fields(&value) {
+                continue;
+            }
         } else if name == header::TRANSFER_ENCODING {
             facts.chunked = Some(wire::last_coding_is_chunked(field.value));
+            continue;
+        } else if name == KEEP_ALIVE {
+            continue;
         }
         headers.append(name, value);
     }
