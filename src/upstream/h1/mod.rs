@@ -97,7 +97,9 @@ impl Connection {
                 Err(err) => return Err(SendError::NotSent(Box::new(request), err)),
             };
             // The request's head is kept until the response's arrives, for the caller to
-            // replay should none come; the response's fields get a map of their own.
+            // replay should none come (boxed: this future is moved and kept per request in
+            // flight); the response's fields get a map of their own.
+            let parts = Box::new(parts);
             let head_request = parts.method == Method::HEAD;
             let mut writer = BodyWriter::new(body, framing);
             let mut headers = HeaderMap::new();
@@ -135,7 +137,7 @@ impl Connection {
                     return Err(SendError::Failed(Error::RequestBody(err), None));
                 }
                 (Err(_), Some(err)) | (Err(err), None) => {
-                    return Err(SendError::Failed(err, Some(Box::new(parts))));
+                    return Err(SendError::Failed(err, Some(parts)));
                 }
             };
             drop(parts);
