@@ -121,9 +121,10 @@ fn removed_anyway(name: &[u8]) -> bool {
         19 => &[b"proxy-authorization"],
         _ => &[],
     };
+    // Senders mostly write these in lower case: the exact comparison settles that at once.
     candidates
         .iter()
-        .any(|candidate| name.eq_ignore_ascii_case(candidate))
+        .any(|candidate| name == *candidate || name.eq_ignore_ascii_case(candidate))
 }
 
 /// Whether a `Connection` value names fields beyond the hop-by-hop ones every message loses

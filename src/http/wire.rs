@@ -102,10 +102,9 @@ pub(crate) fn connection_options(value: &[u8]) -> (bool, bool) {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii).fold(
         (false, false),
         |(close, keep_alive), token| {
-            (
-                close || token.eq_ignore_ascii_case(b"close"),
-                keep_alive || token.eq_ignore_ascii_case(b"keep-alive"),
-            )
+            // Mostly lower case: the exact comparison settles that at once.
+            let is = |name: &[u8]| token == name || token.eq_ignore_ascii_case(name);
+            (close || is(b"close"), keep_alive || is(b"keep-alive"))
         },
     )
 }
