@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,9 +20,22 @@ use crate::limit::ConnectionLimit;
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Binds a TCP listener on `address`.
+/// The accept backlog a listener asks for: as long as the kernel allows (it caps the value at
+/// `net.core.somaxconn`, 4096 by default since Linux 5.4). `TcpListener::bind` asks for 128, and
+/// a burst of clients larger than that (a thousand reconnecting at once) overflows the queue
+/// before one accept loop takes them: the kernel drops their SYNs and they retry a second later.
+const BACKLOG: u32 = 65_535;
+
+/// Binds a TCP listener on `address`, with address reuse (as `TcpListener::bind`) and the
+/// largest accept backlog the kernel allows.
 pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(address).await
+    let socket = match address {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(BACKLOG)
 }
 
 /// Accepts connections on `listener` until `shutdown` fires, handing each to `serve` with
@@ -99,5 +112,38 @@ impl<F: Future<Output = ()>, R> Future for Occupying<F, R> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         self.project().connection.poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three hundred clients connect at once to a listener that accepts nothing yet: with
+    /// `TcpListener::bind`'s backlog of 128 the rest would wait a second for a SYN retry; with
+    /// the kernel's largest backlog every handshake completes at once.
+    #[tokio::test]
+    async fn a_burst_of_clients_fits_the_accept_backlog() {
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..300 {
+            clients.spawn(tokio::time::timeout(
+                Duration::from_millis(500),
+                TcpStream::connect(address),
+            ));
+        }
+        let mut connected = Vec::new();
+        while let Some(client) = clients.join_next().await {
+            let stream = client
+                .expect("client task")
+                .expect("connected without a SYN retry")
+                .expect("connect");
+            connected.push(stream);
+        }
+        assert_eq!(connected.len(), 300);
+        drop(listener);
     }
 }
