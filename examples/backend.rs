@@ -32,7 +32,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use http::header::HeaderValue;
-use tokio::net::TcpListener;
 
 /// Command-line options.
 #[derive(Parser, Debug)]
@@ -69,7 +68,9 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    let listener = TcpListener::bind(SocketAddr::new(args.host, args.port)).await?;
+    // fulcrum's own bind: the longest accept backlog the kernel allows, so a proxy opening a
+    // thousand connections at once does not wait a second for SYN retries.
+    let listener = fulcrum::server::accept::bind(SocketAddr::new(args.host, args.port)).await?;
     let name = String::from_utf8_lossy(args.name.as_bytes()).into_owned();
     println!("listening on http://{} name={name}", listener.local_addr()?);
     std::io::stdout().flush().expect("flush stdout");
