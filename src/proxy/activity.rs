@@ -514,6 +514,36 @@ mod tests {
         assert_eq!(at - start, Duration::from_secs(10));
     }
 
+    /// The connection polls its watchdog only when the watchdog's own waker fired or
+    /// `wants_poll` says a head started that it has not timed yet.
+    #[tokio::test(start_paused = true)]
+    async fn a_started_head_asks_for_a_poll_until_the_watch_times_it() {
+        let activity = Arc::new(Activity::default());
+        let head_timeout = Duration::from_secs(10);
+        let watchdog = Watchdog::new(
+            Arc::clone(&activity),
+            &limits(Duration::from_secs(60), head_timeout),
+        );
+        tokio::pin!(watchdog);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(watchdog.as_mut().poll(&mut cx).is_pending());
+        assert!(!watchdog.wants_poll(), "no head started");
+        let start = Instant::now();
+        activity.await_head(1);
+        assert!(watchdog.wants_poll(), "a head started and is not timed yet");
+        assert!(watchdog.as_mut().poll(&mut cx).is_pending());
+        assert!(!watchdog.wants_poll(), "timed: only its timer wakes it now");
+        tokio::time::advance(head_timeout).await;
+        assert_eq!(
+            watchdog.as_mut().poll(&mut cx),
+            Poll::Ready(Close::HeadTimeout)
+        );
+        assert_eq!(Instant::now() - start, head_timeout);
+        watchdog.as_mut().park(Duration::from_secs(5));
+        activity.await_head(2);
+        assert!(!watchdog.wants_poll(), "a parked watch times no head");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_open_upload_holds_the_idle_close_back_for_one_more_period() {
         let activity = Arc::new(Activity::default());
