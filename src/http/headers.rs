@@ -46,7 +46,7 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 }
 
 /// Whether `name` is one of [`HOP_BY_HOP`].
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     hop_by_hop_index(name).is_some()
 }
 

@@ -19,9 +19,6 @@ pub(super) const MAX_HEAD: usize = 64 * 1024;
 /// Most fields a response head or trailer section may have.
 const MAX_HEADERS: usize = 100;
 
-/// `Keep-Alive` (RFC 2068 §19.7.1): a backend's hint about this connection alone.
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-
 /// A parsed response head.
 pub(super) struct Head {
     /// Bytes the head takes in the buffer.
@@ -118,9 +115,9 @@ impl Fields {
 /// Puts parsed fields into `headers`, their values slices of `copy` (the head's one copy),
 /// noting the ones that frame the message and the connection.
 ///
-/// `Transfer-Encoding`, `Keep-Alive` and a `Connection` that says only `keep-alive` or `close`
-/// describe this connection alone and are left out (the proxy removes hop-by-hop fields
-/// anyway).
+/// The hop-by-hop fields describe this connection alone and are left out (the proxy would
+/// remove them anyway): all but `Upgrade`, which a 101 needs, and a `Connection` that names
+/// other fields, which go with it.
 ///
 /// `Date` is left out: the client gets the proxy's own, rendered once a second (as nginx
 /// does), which costs less than carrying the backend's through. So is `Content-Length`, noted
@@ -166,7 +163,8 @@ fn read_fields(
         } else if name == header::TRANSFER_ENCODING {
             facts.chunked = Some(wire::last_coding_is_chunked(field.value));
             continue;
-        } else if name == KEEP_ALIVE {
+        } else if name != header::UPGRADE && headers::is_hop_by_hop(&name) {
+            // `Upgrade` stays: a 101's protocol is read from it.
             continue;
         }
         headers.append(name, value);
