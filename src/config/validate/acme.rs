@@ -307,7 +307,14 @@ fn cache_problem(cache: &Path) -> Option<String> {
             Err(err) => return Some(format!("cannot read {}: {err}", probe.display())),
         }
     }
-    let test = existing.join(format!(".fulcrum-write-test-{}", std::process::id()));
+    // A name of this check's own: two checks at once in one process (tests run side by side, a
+    // reload's validation next to another) must not meet at the same probe.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let probe = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let test = existing.join(format!(
+        ".fulcrum-write-test-{}-{probe}",
+        std::process::id()
+    ));
     match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -324,9 +331,26 @@ fn cache_problem(cache: &Path) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{dns_name_problem, email_problem};
+    use super::{cache_problem, dns_name_problem, email_problem};
     use crate::config::Config;
     use crate::tls::Challenge;
+
+    /// Checks of one directory at once (the tests of this module run side by side in one
+    /// process, as may a reload's validation) each probe with a file of their own: a shared
+    /// probe name made one of them report the directory as not writable.
+    #[test]
+    fn simultaneous_cache_checks_of_one_directory_all_pass() {
+        let dir = std::env::temp_dir();
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..200 {
+                        assert_eq!(cache_problem(&dir.join("fulcrum-acme-cache")), None);
+                    }
+                });
+            }
+        });
+    }
 
     /// A config with an HTTPS listener whose `[listeners.tls.acme]` holds `acme` (cache in a
     /// fresh temp dir), plus `extra` listeners.
