@@ -56,10 +56,7 @@ impl Said {
         let mut first_length = true;
         for (name, value) in &parts.headers {
             if name == header::CONNECTION {
-                said.closing |= value
-                    .as_bytes()
-                    .split(|&b| b == b',')
-                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+                said.closing |= wire::connection_options(value.as_bytes()).0;
             } else if name == header::CONTENT_LENGTH && first_length {
                 first_length = false;
                 said.length = wire::content_length(value.as_bytes());
