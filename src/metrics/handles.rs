@@ -249,7 +249,7 @@ impl PoolMetrics {
     }
 
     /// Counts a request in the queue-length gauge until the guard drops.
-    pub fn queued(&self) -> GaugeGuard {
+    pub fn queued(&self) -> GaugeGuard<'_> {
         GaugeGuard::hold(&self.queue_length)
     }
 
@@ -401,10 +401,8 @@ pub(crate) struct ListenerMetrics {
     active_gauge: Gauge,
     /// Idle HTTP/1 connections parked now.
     parked: Gauge,
-    /// Bytes read from clients.
-    pub bytes_in: Counter,
-    /// Bytes written to clients.
-    pub bytes_out: Counter,
+    /// Bytes read from and written to clients, shared by the listener's connections.
+    pub bytes: Arc<ByteCounters>,
     /// Connections closed for an incomplete request head.
     pub header_read_timeouts: Counter,
     /// Connections closed for idling.
@@ -430,14 +428,16 @@ impl ListenerMetrics {
                 std::slice::from_ref(&listener)
             ),
             parked: metrics::gauge!(names::CONNECTIONS_PARKED, std::slice::from_ref(&listener)),
-            bytes_in: metrics::counter!(
-                names::BYTES,
-                &[listener.clone(), ("direction", "in".to_owned())]
-            ),
-            bytes_out: metrics::counter!(
-                names::BYTES,
-                &[listener.clone(), ("direction", "out".to_owned())]
-            ),
+            bytes: Arc::new(ByteCounters {
+                read: metrics::counter!(
+                    names::BYTES,
+                    &[listener.clone(), ("direction", "in".to_owned())]
+                ),
+                written: metrics::counter!(
+                    names::BYTES,
+                    &[listener.clone(), ("direction", "out".to_owned())]
+                ),
+            }),
             header_read_timeouts: metrics::counter!(
                 names::CLIENT_TIMEOUTS,
                 &[listener.clone(), ("kind", "header_read".to_owned())]
@@ -469,26 +469,37 @@ impl ListenerMetrics {
     }
 
     /// Counts a connection as parked until the guard drops.
-    pub(crate) fn parked(&self) -> GaugeGuard {
+    pub(crate) fn parked(&self) -> GaugeGuard<'_> {
         GaugeGuard::hold(&self.parked)
     }
 }
 
-/// Holds one unit of a gauge (a parked connection, a queued request) until it drops.
+/// Holds one unit of a gauge (a parked connection, a queued request) until it drops. It
+/// borrows the gauge: a parked connection keeps it for as long as it waits.
 #[derive(Debug)]
-pub struct GaugeGuard(Gauge);
+pub struct GaugeGuard<'a>(&'a Gauge);
 
-impl GaugeGuard {
-    fn hold(gauge: &Gauge) -> Self {
+impl<'a> GaugeGuard<'a> {
+    fn hold(gauge: &'a Gauge) -> Self {
         gauge.increment(1.0);
-        GaugeGuard(gauge.clone())
+        GaugeGuard(gauge)
     }
 }
 
-impl Drop for GaugeGuard {
+impl Drop for GaugeGuard<'_> {
     fn drop(&mut self) {
         self.0.decrement(1.0);
     }
+}
+
+/// Bytes read from and written to one listener's clients: one allocation per listener, so
+/// each connection's IO holds a single pointer to them.
+#[derive(Debug)]
+pub(crate) struct ByteCounters {
+    /// Bytes read from clients.
+    pub read: Counter,
+    /// Bytes written to clients.
+    pub written: Counter,
 }
 
 /// Holds one open connection in [`ListenerMetrics::active`].

@@ -17,8 +17,8 @@ use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub(crate) use handles::{
-    BackendMetrics, ConnectionGuard, ListenerMetrics, MirrorMetrics, MirrorOutcome, PoolMetrics,
-    QueueOutcome, RateLimitMetrics, RetryOutcome, RouteMetrics,
+    BackendMetrics, ByteCounters, ConnectionGuard, ListenerMetrics, MirrorMetrics, MirrorOutcome,
+    PoolMetrics, QueueOutcome, RateLimitMetrics, RetryOutcome, RouteMetrics,
 };
 pub(crate) use window::WindowSummary;
 

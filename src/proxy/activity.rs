@@ -36,12 +36,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use metrics::Counter;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::ClientLimits;
+use crate::metrics::ByteCounters;
 
 /// The watchdog's tick: an HTTP/1 connection between requests is parked at the first tick
 /// after its last exchange ended, so within one of these.
@@ -194,54 +194,47 @@ pub(crate) fn idle_ticker(period: Duration) -> tokio::time::Interval {
     ticker
 }
 
-pin_project! {
-    /// Watches one client connection from inside the connection's own task, polled alongside
-    /// the server: resolves with why the connection should close or park ([`Close`]; the
-    /// listener's shutdown the task watches for itself).
-    ///
-    /// One timer serves every wait, moved only when it fires or a head starts: the first look
-    /// ([`FIRST_LOOK`]), the idle ticks ([`PARK_AFTER`], or `idle` when shorter) and the request
-    /// head deadline. Between firings a poll reads one atomic and checks the timer. A head
-    /// started by the server gets its deadline at the poll that follows in the same task, so
-    /// the deadline counts from the read that left the head incomplete. If that head completes
-    /// and the next one is already incomplete when the deadline passes, the next one gets a
-    /// fresh deadline, so no head ever gets more than twice `header_read_timeout`.
-    ///
-    /// Quiet time is counted in ticks, so the idle close comes between `idle` and one tick
-    /// later. A parkable connection ([`Activity::may_park`]) at the first look resolves to
-    /// [`Close::Park`] with the whole `idle` left; at a later tick, with the idle time left: the
-    /// whole `idle` if a byte moved during the last tick, less one tick per quiet tick counted
-    /// otherwise, so a parked connection still closes between `idle` and one tick after its
-    /// last byte. [`Watchdog::park`] turns it into that parked connection's idle deadline and
-    /// [`Watchdog::restart`] back into a fresh watch.
-    #[derive(Debug)]
-    pub(crate) struct Watchdog {
-        activity: Arc<Activity>,
-        idle: Duration,
-        head_timeout: Duration,
-        #[pin]
-        timer: Sleep,
-        next_tick: Instant,
-        // The incomplete head being timed (0: none) and its deadline.
-        head: u32,
-        head_deadline: Instant,
-        quiet: u32,
-        // The first look is still to come, one tick before `next_tick` plus `FIRST_LOOK`.
-        looking: bool,
-        parked: bool,
-    }
+/// Watches one client connection from inside the connection's own task, polled alongside
+/// the server: resolves with why the connection should close or park ([`Close`]; the
+/// listener's shutdown the task watches for itself).
+///
+/// One timer serves every wait, moved only when it fires or a head starts: the first look
+/// ([`FIRST_LOOK`]), the idle ticks ([`PARK_AFTER`], or `idle` when shorter) and the request
+/// head deadline. Between firings a poll reads one atomic and checks the timer. A head
+/// started by the server gets its deadline at the poll that follows in the same task, so
+/// the deadline counts from the read that left the head incomplete. If that head completes
+/// and the next one is already incomplete when the deadline passes, the next one gets a
+/// fresh deadline, so no head ever gets more than twice `header_read_timeout`.
+///
+/// Quiet time is counted in ticks, so the idle close comes between `idle` and one tick
+/// later. A parkable connection ([`Activity::may_park`]) at the first look resolves to
+/// [`Close::Park`] with the whole `idle` left; at a later tick, with the idle time left: the
+/// whole `idle` if a byte moved during the last tick, less one tick per quiet tick counted
+/// otherwise, so a parked connection still closes between `idle` and one tick after its
+/// last byte. [`Watchdog::park`] turns it into that parked connection's idle deadline and
+/// [`Watchdog::restart`] back into a fresh watch.
+#[derive(Debug)]
+pub(crate) struct Watchdog {
+    // Boxed: a parked connection's task keeps the watchdog, and the timer is the bulk of it.
+    timer: Pin<Box<Sleep>>,
+    next_tick: Instant,
+    // The incomplete head being timed (0: none) and its deadline.
+    head: u32,
+    head_deadline: Instant,
+    quiet: u32,
+    // The first look is still to come, one tick before `next_tick` plus `FIRST_LOOK`.
+    looking: bool,
+    parked: bool,
 }
 
 impl Watchdog {
-    /// A fresh watch over `activity` with `limits`' idle and header-read timeouts.
-    pub(crate) fn new(activity: Arc<Activity>, limits: &ClientLimits) -> Self {
+    /// A fresh watch with `limits`' idle timeout (the connection's activity and limits are
+    /// handed to every poll: [`Watchdog::watch`]).
+    pub(crate) fn new(limits: &ClientLimits) -> Self {
         let now = Instant::now();
         let tick = tick_for(limits.idle_timeout);
         Self {
-            activity,
-            idle: limits.idle_timeout,
-            head_timeout: limits.header_read_timeout,
-            timer: tokio::time::sleep_until(now + FIRST_LOOK.min(tick)),
+            timer: Box::pin(tokio::time::sleep_until(now + FIRST_LOOK.min(tick))),
             next_tick: now + tick,
             head: 0,
             head_deadline: now,
@@ -253,97 +246,107 @@ impl Watchdog {
 
     /// Starts watching afresh, as [`Watchdog::new`] does: after a park, or a park the task did
     /// not take.
-    pub(crate) fn restart(self: Pin<&mut Self>) {
-        let mut this = self.project();
+    pub(crate) fn restart(&mut self, limits: &ClientLimits) {
         let now = Instant::now();
-        let tick = tick_for(*this.idle);
-        *this.next_tick = now + tick;
-        *this.head = 0;
-        *this.quiet = 0;
-        *this.looking = true;
-        *this.parked = false;
-        this.timer.as_mut().reset(now + FIRST_LOOK.min(tick));
+        let tick = tick_for(limits.idle_timeout);
+        self.next_tick = now + tick;
+        self.head = 0;
+        self.quiet = 0;
+        self.looking = true;
+        self.parked = false;
+        self.timer.as_mut().reset(now + FIRST_LOOK.min(tick));
     }
 
     /// Whether the server started a head this watch has not timed yet: polled at once, the
     /// watch gives it its deadline (see [`Watchdog`]); otherwise only its timer needs it polled.
-    pub(crate) fn wants_poll(&self) -> bool {
-        !self.parked && self.head == 0 && self.activity.head.load(Ordering::Relaxed) != 0
+    pub(crate) fn wants_poll(&self, activity: &Activity) -> bool {
+        !self.parked && self.head == 0 && activity.head.load(Ordering::Relaxed) != 0
     }
 
     /// Turns the watch into a parked connection's idle deadline: it resolves to
     /// [`Close::Idle`] once `budget` passes, until [`Watchdog::restart`].
-    pub(crate) fn park(self: Pin<&mut Self>, budget: Duration) {
-        let mut this = self.project();
-        *this.parked = true;
-        this.timer.as_mut().reset(Instant::now() + budget);
+    pub(crate) fn park(&mut self, budget: Duration) {
+        self.parked = true;
+        self.timer.as_mut().reset(Instant::now() + budget);
     }
-}
 
-impl Future for Watchdog {
-    type Output = Close;
+    /// The watch over `activity` with `limits` as a future (borrowing all three), for a
+    /// `select!` or an `await`.
+    pub(crate) fn watch<'a>(
+        &'a mut self,
+        activity: &'a Activity,
+        limits: &'a ClientLimits,
+    ) -> impl Future<Output = Close> + 'a {
+        std::future::poll_fn(move |cx| self.poll_watch(cx, activity, limits))
+    }
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Close> {
-        let mut this = self.project();
-        if !*this.parked && *this.head == 0 {
-            let current = this.activity.head.load(Ordering::Relaxed);
+    /// Polls the watch over the connection's `activity` with its `limits` (the same ones at
+    /// every poll): why the connection should close or park, once it should.
+    pub(crate) fn poll_watch(
+        &mut self,
+        cx: &mut Context<'_>,
+        activity: &Activity,
+        limits: &ClientLimits,
+    ) -> Poll<Close> {
+        if !self.parked && self.head == 0 {
+            let current = activity.head.load(Ordering::Relaxed);
             if current != 0 {
-                let at = Instant::now() + *this.head_timeout;
-                (*this.head, *this.head_deadline) = (current, at);
-                if at < this.timer.deadline() {
-                    this.timer.as_mut().reset(at);
+                let at = Instant::now() + limits.header_read_timeout;
+                (self.head, self.head_deadline) = (current, at);
+                if at < self.timer.deadline() {
+                    self.timer.as_mut().reset(at);
                 }
             }
         }
         loop {
-            ready!(this.timer.as_mut().poll(cx));
-            if *this.parked {
+            ready!(self.timer.as_mut().poll(cx));
+            if self.parked {
                 return Poll::Ready(Close::Idle);
             }
             let now = Instant::now();
-            let idle = *this.idle;
+            let idle = limits.idle_timeout;
             let tick = tick_for(idle);
-            let first_look = *this.next_tick - tick + FIRST_LOOK.min(tick);
-            if *this.looking && first_look <= now {
-                *this.looking = false;
-                if this.activity.may_park() {
+            let first_look = self.next_tick - tick + FIRST_LOOK.min(tick);
+            if self.looking && first_look <= now {
+                self.looking = false;
+                if activity.may_park() {
                     return Poll::Ready(Close::Park(idle));
                 }
             }
-            if *this.next_tick <= now {
-                *this.next_tick = now + tick;
-                if this.activity.moved.swap(false, Ordering::Relaxed) {
-                    *this.quiet = 0;
+            if self.next_tick <= now {
+                self.next_tick = now + tick;
+                if activity.moved.swap(false, Ordering::Relaxed) {
+                    self.quiet = 0;
                 } else {
-                    *this.quiet += 1;
+                    self.quiet += 1;
                     let idle_ticks = quiet_ticks(idle).1;
-                    let upload_answers = this.activity.uploads.load(Ordering::Relaxed) > 0
-                        && *this.quiet < idle_ticks.saturating_mul(2);
-                    if *this.quiet >= idle_ticks && !upload_answers {
+                    let upload_answers = activity.uploads.load(Ordering::Relaxed) > 0
+                        && self.quiet < idle_ticks.saturating_mul(2);
+                    if self.quiet >= idle_ticks && !upload_answers {
                         return Poll::Ready(Close::Idle);
                     }
                 }
-                if this.activity.may_park() {
+                if activity.may_park() {
                     return Poll::Ready(Close::Park(
-                        idle.saturating_sub(tick.saturating_mul(*this.quiet)),
+                        idle.saturating_sub(tick.saturating_mul(self.quiet)),
                     ));
                 }
             }
-            if *this.head != 0 && *this.head_deadline <= now {
-                let current = this.activity.head.load(Ordering::Relaxed);
-                if *this.head == current {
+            if self.head != 0 && self.head_deadline <= now {
+                let current = activity.head.load(Ordering::Relaxed);
+                if self.head == current {
                     return Poll::Ready(Close::HeadTimeout);
                 }
-                (*this.head, *this.head_deadline) = (current, now + *this.head_timeout);
+                (self.head, self.head_deadline) = (current, now + limits.header_read_timeout);
             }
-            let mut next = *this.next_tick;
-            if *this.looking {
+            let mut next = self.next_tick;
+            if self.looking {
                 next = next.min(first_look);
             }
-            if *this.head != 0 {
-                next = next.min(*this.head_deadline);
+            if self.head != 0 {
+                next = next.min(self.head_deadline);
             }
-            this.timer.as_mut().reset(next);
+            self.timer.as_mut().reset(next);
         }
     }
 }
@@ -355,21 +358,20 @@ pin_project! {
         #[pin]
         inner: T,
         activity: Arc<Activity>,
-        bytes_in: Counter,
-        bytes_out: Counter,
+        bytes: Option<Arc<ByteCounters>>,
     }
 }
 
 impl<T> ActivityIo<T> {
-    /// Wraps `inner`, counting bytes read into `bytes_in` and written into `bytes_out`; the
-    /// returned [`Activity`] is shared with the idle ticker.
-    pub(crate) fn new(inner: T, bytes_in: Counter, bytes_out: Counter) -> (Self, Arc<Activity>) {
+    /// Wraps `inner`, counting bytes read and written into `bytes` (when given: a tunnel's
+    /// bytes are counted by the connection it runs on); the returned [`Activity`] is shared
+    /// with the idle ticker.
+    pub(crate) fn new(inner: T, bytes: Option<Arc<ByteCounters>>) -> (Self, Arc<Activity>) {
         let activity = Arc::new(Activity::default());
         let io = Self {
             inner,
             activity: Arc::clone(&activity),
-            bytes_in,
-            bytes_out,
+            bytes,
         };
         (io, activity)
     }
@@ -386,8 +388,9 @@ impl<T: AsyncRead> AsyncRead for ActivityIo<T> {
         let result = this.inner.poll_read(cx, buf);
         if result.is_ready() {
             this.activity.touch();
-            this.bytes_in
-                .increment((buf.filled().len() - before) as u64);
+            if let Some(bytes) = this.bytes {
+                bytes.read.increment((buf.filled().len() - before) as u64);
+            }
         }
         result
     }
@@ -404,7 +407,9 @@ impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
         this.activity.write_outcome(&result);
         if let Poll::Ready(Ok(written)) = result {
             this.activity.touch();
-            this.bytes_out.increment(written as u64);
+            if let Some(bytes) = this.bytes {
+                bytes.written.increment(written as u64);
+            }
         }
         result
     }
@@ -419,7 +424,9 @@ impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
         this.activity.write_outcome(&result);
         if let Poll::Ready(Ok(written)) = result {
             this.activity.touch();
-            this.bytes_out.increment(written as u64);
+            if let Some(bytes) = this.bytes {
+                bytes.written.increment(written as u64);
+            }
         }
         result
     }
@@ -448,7 +455,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_fires_only_after_a_quiet_period() {
         let (client, server) = tokio::io::duplex(64);
-        let (mut io, activity) = ActivityIo::new(server, Counter::noop(), Counter::noop());
+        let (mut io, activity) = ActivityIo::new(server, None);
         let mut client = client;
         let period = Duration::from_secs(10);
         let watcher = tokio::spawn({
@@ -493,7 +500,8 @@ mod tests {
     ) -> tokio::task::JoinHandle<(Close, Instant)> {
         let activity = Arc::clone(activity);
         tokio::spawn(async move {
-            let close = Watchdog::new(activity, &limits(idle, head)).await;
+            let limits = limits(idle, head);
+            let close = Watchdog::new(&limits).watch(&activity, &limits).await;
             (close, Instant::now())
         })
     }
@@ -520,28 +528,32 @@ mod tests {
     async fn a_started_head_asks_for_a_poll_until_the_watch_times_it() {
         let activity = Arc::new(Activity::default());
         let head_timeout = Duration::from_secs(10);
-        let watchdog = Watchdog::new(
-            Arc::clone(&activity),
-            &limits(Duration::from_secs(60), head_timeout),
-        );
-        tokio::pin!(watchdog);
+        let limits = limits(Duration::from_secs(60), head_timeout);
+        let mut watchdog = Watchdog::new(&limits);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        assert!(watchdog.as_mut().poll(&mut cx).is_pending());
-        assert!(!watchdog.wants_poll(), "no head started");
+        let mut poll = |dog: &mut Watchdog| dog.poll_watch(&mut cx, &activity, &limits);
+        assert!(poll(&mut watchdog).is_pending());
+        assert!(!watchdog.wants_poll(&activity), "no head started");
         let start = Instant::now();
         activity.await_head(1);
-        assert!(watchdog.wants_poll(), "a head started and is not timed yet");
-        assert!(watchdog.as_mut().poll(&mut cx).is_pending());
-        assert!(!watchdog.wants_poll(), "timed: only its timer wakes it now");
-        tokio::time::advance(head_timeout).await;
-        assert_eq!(
-            watchdog.as_mut().poll(&mut cx),
-            Poll::Ready(Close::HeadTimeout)
+        assert!(
+            watchdog.wants_poll(&activity),
+            "a head started and is not timed yet"
         );
+        assert!(poll(&mut watchdog).is_pending());
+        assert!(
+            !watchdog.wants_poll(&activity),
+            "timed: only its timer wakes it now"
+        );
+        tokio::time::advance(head_timeout).await;
+        assert_eq!(poll(&mut watchdog), Poll::Ready(Close::HeadTimeout));
         assert_eq!(Instant::now() - start, head_timeout);
-        watchdog.as_mut().park(Duration::from_secs(5));
+        watchdog.park(Duration::from_secs(5));
         activity.await_head(2);
-        assert!(!watchdog.wants_poll(), "a parked watch times no head");
+        assert!(
+            !watchdog.wants_poll(&activity),
+            "a parked watch times no head"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -660,7 +672,7 @@ mod tests {
     #[tokio::test]
     async fn parking_waits_for_a_served_exchange_and_flushed_writes() {
         let (client, server) = tokio::io::duplex(16);
-        let (mut io, activity) = ActivityIo::new(server, Counter::noop(), Counter::noop());
+        let (mut io, activity) = ActivityIo::new(server, None);
         activity.start_serving();
         // A fresh server is busy until its first exchange ends (a stray CRLF is no request).
         assert!(!activity.may_park());
@@ -736,26 +748,28 @@ mod tests {
     async fn a_parked_watch_closes_at_its_budget_and_a_restarted_one_watches_afresh() {
         let activity = Arc::new(Activity::default());
         let limits = limits(Duration::from_secs(60), Duration::from_secs(10));
-        let dog = Watchdog::new(Arc::clone(&activity), &limits);
-        tokio::pin!(dog);
+        let mut dog = Watchdog::new(&limits);
         activity.start_serving();
         drop(activity.open_exchange());
         let start = Instant::now();
-        assert_eq!(dog.as_mut().await, Close::Park(Duration::from_secs(60)));
+        assert_eq!(
+            dog.watch(&activity, &limits).await,
+            Close::Park(Duration::from_secs(60))
+        );
         assert_eq!(Instant::now() - start, FIRST_LOOK);
 
-        dog.as_mut().park(Duration::from_secs(7));
+        dog.park(Duration::from_secs(7));
         let start = Instant::now();
-        assert_eq!(dog.as_mut().await, Close::Idle);
+        assert_eq!(dog.watch(&activity, &limits).await, Close::Idle);
         assert_eq!(Instant::now() - start, Duration::from_secs(7));
 
         // Woken by a head that stays incomplete: a fresh watch times it from its next poll
         // and parks nothing meanwhile (a new server has served nothing yet).
-        dog.as_mut().restart();
+        dog.restart(&limits);
         activity.start_serving();
         activity.await_head(1);
         let start = Instant::now();
-        assert_eq!(dog.as_mut().await, Close::HeadTimeout);
+        assert_eq!(dog.watch(&activity, &limits).await, Close::HeadTimeout);
         assert_eq!(Instant::now() - start, Duration::from_secs(10));
     }
 
@@ -763,11 +777,10 @@ mod tests {
     async fn a_head_shorter_than_the_first_look_is_timed_on_its_own() {
         let activity = Arc::new(Activity::default());
         let limits = limits(Duration::from_secs(60), Duration::from_millis(100));
-        let dog = Watchdog::new(Arc::clone(&activity), &limits);
-        tokio::pin!(dog);
+        let mut dog = Watchdog::new(&limits);
         let start = Instant::now();
         activity.await_head(1);
-        assert_eq!(dog.as_mut().await, Close::HeadTimeout);
+        assert_eq!(dog.watch(&activity, &limits).await, Close::HeadTimeout);
         assert_eq!(Instant::now() - start, Duration::from_millis(100));
     }
 }

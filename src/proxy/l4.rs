@@ -112,11 +112,8 @@ impl TcpListener {
             tracing::debug!(listener = %self.name, backend = %backend.name, error = %err, "backend closed before the stream started");
             return;
         }
-        let (mut client_io, activity) = ActivityIo::new(
-            stream,
-            self.metrics.bytes_in.clone(),
-            self.metrics.bytes_out.clone(),
-        );
+        let (mut client_io, activity) =
+            ActivityIo::new(stream, Some(Arc::clone(&self.metrics.bytes)));
         let copy = tokio::io::copy_bidirectional_with_sizes(
             &mut client_io,
             &mut upstream,

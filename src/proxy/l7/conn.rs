@@ -34,7 +34,7 @@ use crate::upstream::request_body::IncomingBody;
 /// besides its watchdog and its three waits (bytes, the idle deadline, shutdown).
 struct Conn<T> {
     listener: Arc<HttpListener>,
-    io: Rewind<T>,
+    io: T,
     activity: Arc<Activity>,
     /// The listener's settings when the connection was accepted.
     settings: Arc<HttpSettings>,
@@ -60,11 +60,7 @@ impl HttpListener {
     ) -> impl Future<Output = ()> + Send + 'static {
         let settings = self.settings.load_full();
         let open = self.metrics.connection();
-        let (io, activity) = ActivityIo::new(
-            stream,
-            self.metrics.bytes_in.clone(),
-            self.metrics.bytes_out.clone(),
-        );
+        let (io, activity) = ActivityIo::new(stream, Some(Arc::clone(&self.metrics.bytes)));
         if settings.tls.is_some() {
             return Either::Left(Box::pin(
                 self.serve_tls(io, peer, activity, settings, shutdown, open),
@@ -72,7 +68,7 @@ impl HttpListener {
         }
         Either::Right(serve_conn(Conn {
             listener: self,
-            io: Rewind::new(Bytes::new(), io),
+            io,
             activity,
             settings,
             peer,
@@ -118,7 +114,7 @@ impl HttpListener {
         };
         serve_conn(Conn {
             listener: self,
-            io: Rewind::new(Bytes::new(), io),
+            io,
             activity,
             settings,
             peer,
@@ -158,46 +154,69 @@ where
     async move {
         // The first request head counts as awaited from now (the header-read timeout).
         conn.activity.await_head(1);
-        let watchdog = Watchdog::new(Arc::clone(&conn.activity), &conn.settings.limits);
-        tokio::pin!(watchdog);
+        let mut watchdog = Watchdog::new(&conn.settings.limits);
         let mut first_wait = true;
-        loop {
+        let preface = loop {
             // Waiting for the first bytes, or parked: no buffer, no server, just the socket,
             // the watchdog's timer (a parked connection's idle deadline) and the shutdown.
-            // One wait, written out here: as a function's future it would cost the parked
-            // task its arguments twice.
-            let parked = (!first_wait).then(|| conn.listener.metrics.parked());
-            let start = tokio::select! {
-                biased;
-                () = conn.shutdown.cancelled() => return,
-                reason = watchdog.as_mut() => return conn.listener.closed_by(reason, conn.peer),
-                start = read_start(&mut conn.io, first_wait) => start,
-            };
-            drop(parked);
-            let first = match start {
-                Ok(Start::Http1(first)) => first,
-                Ok(Start::Http2(preface)) if first_wait => {
-                    return Box::pin(conn.serve_http2(preface, watchdog)).await;
+            // One poll of the three, written out here: every future awaited here is kept by
+            // the connection's task for its whole life, and a value kept across two awaits
+            // takes room in all of them (so the turn is matched in a block of its own, and
+            // HTTP/2 served after the loop).
+            let mut first = {
+                let turn = {
+                    let _parked = (!first_wait).then(|| conn.listener.metrics.parked());
+                    let shutdown = conn.shutdown.cancelled();
+                    tokio::pin!(shutdown);
+                    // A first read that is part of HTTP/2's preface, kept until it is whole.
+                    let mut preface = None;
+                    std::future::poll_fn(|cx| {
+                        if shutdown.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Turn::Shutdown);
+                        }
+                        let limits = &conn.settings.limits;
+                        if let Poll::Ready(reason) = watchdog.poll_watch(cx, &conn.activity, limits)
+                        {
+                            return Poll::Ready(Turn::Watchdog(reason));
+                        }
+                        poll_start(&mut conn.io, cx, first_wait, &mut preface).map(Turn::Ready)
+                    })
+                    .await
+                };
+                match turn {
+                    Turn::Ready(Ok(Start::Http1(first))) => first,
+                    Turn::Ready(Ok(Start::Http2(preface))) => break preface,
+                    Turn::Watchdog(reason) => return conn.listener.closed_by(reason, conn.peer),
+                    Turn::Ready(Ok(Start::Closed) | Err(_)) | Turn::Shutdown => return,
                 }
-                Ok(Start::Http2(_) | Start::Closed) | Err(_) => return,
             };
-            if !first_wait {
-                watchdog.as_mut().restart();
+            loop {
+                if !first_wait {
+                    watchdog.restart(&conn.settings.limits);
+                }
+                // Boxed: an awake connection's state (its server, the exchange in flight,
+                // the handler's future: kilobytes) is given back when it parks.
+                let served = Box::pin(conn.serve_http1(first, &mut watchdog, first_wait)).await;
+                let Some((budget, unread)) = served else {
+                    return;
+                };
+                first_wait = false;
+                if unread.is_empty() {
+                    watchdog.park(budget);
+                    break;
+                }
+                // Bytes came as the server stopped to park: served at once instead.
+                first = unread;
             }
-            // Boxed: an awake connection's state (its server, the exchange in flight, the
-            // handler's future: kilobytes) is given back when it parks.
-            let served = Box::pin(conn.serve_http1(first, watchdog.as_mut(), first_wait)).await;
-            let Some(budget) = served else { return };
-            watchdog.as_mut().park(budget);
-            first_wait = false;
-        }
+        };
+        Box::pin(conn.serve_http2(preface, &mut watchdog)).await;
     }
 }
 
-/// What woke an awake HTTP/1 connection's wait: its server finished, or one of its side
-/// futures resolved.
+/// What woke a connection's wait: what it waits for (its HTTP/1 server, or its next bytes)
+/// is ready, or one of its side futures (the watchdog, the shutdown wait) resolved.
 enum Turn<R> {
-    Served(R),
+    Ready(R),
     Watchdog(Close),
     Shutdown,
 }
@@ -266,14 +285,14 @@ where
     /// Serves HTTP/1.1 requests, starting with the bytes `first`, until the client is done,
     /// the connection switches protocols, or the listener drains (then `None`: the connection
     /// is over), or until it is found quiet between two requests: then it returns the idle
-    /// time left, for its park. `awaited`: the first request head is timed from the
-    /// connection's start, not from its first bytes.
+    /// time left, for its park, and any bytes the server had read but not used. `awaited`:
+    /// the first request head is timed from the connection's start, not from its first bytes.
     async fn serve_http1(
         &mut self,
         first: Bytes,
-        mut watchdog: Pin<&mut Watchdog>,
+        watchdog: &mut Watchdog,
         awaited: bool,
-    ) -> Option<Duration> {
+    ) -> Option<(Duration, Bytes)> {
         let upgrade = Arc::new(UpgradeSlot::default());
         let handler = self.handler(&upgrade);
         let limits = &self.settings.limits;
@@ -306,11 +325,12 @@ where
             loop {
                 let turn = std::future::poll_fn(|cx| {
                     if let Poll::Ready(result) = serving.as_mut().poll(cx) {
-                        return Poll::Ready(Turn::Served(result));
+                        return Poll::Ready(Turn::Ready(result));
                     }
-                    if side.take() || watchdog.wants_poll() {
+                    if side.take() || watchdog.wants_poll(activity) {
                         let mut side_cx = std::task::Context::from_waker(&side_waker);
-                        if let Poll::Ready(reason) = watchdog.as_mut().poll(&mut side_cx) {
+                        let watched = watchdog.poll_watch(&mut side_cx, activity, limits);
+                        if let Poll::Ready(reason) = watched {
                             return Poll::Ready(Turn::Watchdog(reason));
                         }
                         if !draining && shutdown.as_mut().poll(&mut side_cx).is_ready() {
@@ -321,7 +341,7 @@ where
                 })
                 .await;
                 match turn {
-                    Turn::Served(result) => break result,
+                    Turn::Ready(result) => break result,
                     Turn::Watchdog(Close::Park(budget)) => {
                         if parking.is_none() && !draining && activity.may_park() {
                             parking = Some(budget);
@@ -329,7 +349,7 @@ where
                         }
                         // Watched on either way, should it not stop after all; its timer
                         // moved, so it is polled again at once.
-                        watchdog.as_mut().restart();
+                        watchdog.restart(limits);
                         side.look_again();
                     }
                     Turn::Watchdog(reason) => {
@@ -357,10 +377,9 @@ where
                 // A 101 went out: the connection is a tunnel now, run by this task, so it
                 // still counts as the listener's open connection. Boxed: only upgraded
                 // connections need its state.
-                self.io.rewind(unread);
                 let deadline = &self.listener.drain_deadline;
                 Box::pin(run_tunnel(
-                    &mut self.io,
+                    Rewind::new(unread, &mut self.io),
                     upstream,
                     in_flight,
                     limits.idle_timeout,
@@ -371,8 +390,7 @@ where
             }
         }
         if let (h1::Ended::Stopped, Some(budget)) = (ended, parking) {
-            self.io.rewind(unread);
-            return Some(budget);
+            return Some((budget, unread));
         }
         // The client is done, or the listener drains: close our side, but bounded (a TLS
         // close_notify can wait on a client that stopped reading).
@@ -385,11 +403,11 @@ where
     /// Serves a connection that opened with HTTP/2's preface (cleartext prior knowledge, or
     /// ALPN `h2` over TLS) until it ends or the watchdog closes it (HTTP/2 connections are
     /// never parked).
-    async fn serve_http2(self, preface: Bytes, watchdog: Pin<&mut Watchdog>) {
+    async fn serve_http2(self, preface: Bytes, watchdog: &mut Watchdog) {
         let handler = self.handler(&Arc::new(UpgradeSlot::default()));
         let Conn {
             listener,
-            mut io,
+            io,
             activity,
             settings,
             peer,
@@ -401,10 +419,10 @@ where
         let limits = &settings.limits;
         // HTTP/2 requests count against the connection's budget of cancelled streams.
         let budget = CancelBudget::new(limits.http2.max_cancelled_streams);
-        io.rewind(preface);
-        let io = CalmIo::new(io, Arc::clone(&budget));
+        let io = CalmIo::new(Rewind::new(preface, io), Arc::clone(&budget));
         let service = {
             let budget = Arc::clone(&budget);
+            let activity = Arc::clone(&activity);
             service_fn(move |request: Request<Incoming>| {
                 // Opened as hyper hands the request over, so a park never sees it missing.
                 let exchange = activity.open_exchange();
@@ -420,7 +438,7 @@ where
         let result = tokio::select! {
             biased;
             result = conn.as_mut() => result,
-            reason = watchdog => return listener.closed_by(reason, peer),
+            reason = watchdog.watch(&activity, limits) => return listener.closed_by(reason, peer),
             () = shutdown.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
@@ -500,42 +518,42 @@ enum Start {
 /// The client's connection preface in HTTP/2 (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Bytes the first read of a connection (or of a parked one waking up) asks for: a whole
-/// typical request head, so the server finds it complete without a read of its own.
-const START_READ: usize = 4096;
-
-/// Waits for a client's next bytes and reads what has arrived, holding no buffer while it
-/// waits (a buffer is taken for each read attempt and dropped again if nothing came). With
-/// `sniff`, reads on until HTTP/2's preface is whole or ruled out.
-async fn read_start<T: AsyncRead + Unpin>(io: &mut T, sniff: bool) -> std::io::Result<Start> {
-    let mut start = BytesMut::new();
+/// Reads what arrived of a quiet client's next bytes, holding no buffer while nothing comes
+/// (the read lands on the stack: [`crate::io::poll_read_landing`]). With `sniff` it also
+/// tells HTTP/2's preface from HTTP/1: a first read that is only part of the preface waits in
+/// `preface` (boxed: rare) for the reads that complete it or rule it out.
+fn poll_start<T: AsyncRead + Unpin>(
+    io: &mut T,
+    cx: &mut std::task::Context<'_>,
+    sniff: bool,
+    preface: &mut Option<Box<BytesMut>>,
+) -> Poll<std::io::Result<Start>> {
     loop {
-        let read = std::future::poll_fn(|cx| {
-            if !start.is_empty() {
-                // Part of a preface came; the rest is a few bytes away.
-                start.reserve(H2_PREFACE.len());
-                return tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut start);
+        let (read, start) = match preface.as_deref_mut() {
+            Some(part) => {
+                part.reserve(H2_PREFACE.len());
+                let read = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, part))?;
+                (read, std::mem::take(part))
             }
-            let mut fresh = BytesMut::with_capacity(START_READ);
-            let read = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut *io),
-                cx,
-                &mut fresh
-            ))?;
-            start = fresh;
-            Poll::Ready(Ok(read))
-        })
-        .await?;
+            None => {
+                let mut start = BytesMut::new();
+                let read = ready!(crate::io::poll_read_landing(io, cx, &mut start))?;
+                (read, start)
+            }
+        };
+        *preface = None;
         if start.is_empty() {
-            return Ok(Start::Closed);
+            return Poll::Ready(Ok(Start::Closed));
         }
         let seen = start.len().min(H2_PREFACE.len());
         if read == 0 || !sniff || start[..seen] != H2_PREFACE[..seen] {
-            return Ok(Start::Http1(start.freeze()));
+            // Anything but the preface, or part of it and then the end: HTTP/1's bytes.
+            return Poll::Ready(Ok(Start::Http1(start.freeze())));
         }
         if seen == H2_PREFACE.len() {
-            return Ok(Start::Http2(start.freeze()));
+            return Poll::Ready(Ok(Start::Http2(start.freeze())));
         }
+        *preface = Some(Box::new(start));
     }
 }
 
@@ -567,11 +585,17 @@ fn header_value_of(peer: SocketAddr) -> HeaderValue {
 
 #[cfg(test)]
 mod tests {
-    use super::{H2_PREFACE, Start, header_value_of, read_start};
+    use super::{H2_PREFACE, Start, header_value_of, poll_start};
     use std::net::SocketAddr;
     use std::time::Duration;
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
+
+    /// Reads a connection's start as its wait does.
+    async fn read_start(io: &mut TcpStream, sniff: bool) -> std::io::Result<Start> {
+        let mut preface = None;
+        std::future::poll_fn(|cx| poll_start(io, cx, sniff, &mut preface)).await
+    }
 
     /// A connected pair on loopback: (the proxy's end, the client's end).
     async fn pair() -> (TcpStream, TcpStream) {

@@ -4,7 +4,6 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
@@ -51,7 +50,7 @@ pub(super) async fn run_tunnel<T: AsyncRead + AsyncWrite + Unpin>(
     deadline: &CancellationToken,
 ) {
     let backend = Arc::clone(in_flight.backend());
-    let (mut client, activity) = ActivityIo::new(client, Counter::noop(), Counter::noop());
+    let (mut client, activity) = ActivityIo::new(client, None);
     tokio::select! {
         result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(err) = result {
