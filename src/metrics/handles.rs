@@ -399,8 +399,8 @@ pub(crate) struct ListenerMetrics {
     /// Open client connections (for the status API).
     pub active: AtomicU64,
     active_gauge: Gauge,
-    /// Idle HTTP/1 connections parked now.
-    parked: Gauge,
+    /// Idle HTTP/1 connections parked now (held by the listener's quiet connections).
+    pub(crate) parked: Gauge,
     /// Bytes read from and written to clients, shared by the listener's connections.
     pub bytes: Arc<ByteCounters>,
     /// Connections closed for an incomplete request head.
@@ -467,15 +467,9 @@ impl ListenerMetrics {
         )
         .increment(1);
     }
-
-    /// Counts a connection as parked until the guard drops.
-    pub(crate) fn parked(&self) -> GaugeGuard<'_> {
-        GaugeGuard::hold(&self.parked)
-    }
 }
 
-/// Holds one unit of a gauge (a parked connection, a queued request) until it drops. It
-/// borrows the gauge: a parked connection keeps it for as long as it waits.
+/// Holds one unit of a gauge (a queued request) until it drops.
 #[derive(Debug)]
 pub struct GaugeGuard<'a>(&'a Gauge);
 

@@ -129,7 +129,10 @@ impl Runtime {
                 self.deadline.clone(),
                 Arc::clone(&self.acme_shared),
             ) {
-                Ok(http) => Handler::Http(Arc::new(http)),
+                Ok(http) => {
+                    http.wake_quiet_on(stop.clone());
+                    Handler::Http(Arc::new(http))
+                }
                 Err(err) => {
                     tracing::error!(listener = %name, error = %err, "cannot start listener: TLS setup failed");
                     return;

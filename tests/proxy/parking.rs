@@ -179,3 +179,39 @@ async fn a_stray_empty_line_between_requests_neither_closes_nor_parks_a_busy_ser
     })
     .await;
 }
+
+/// A drain closes connections that wait quietly (parked, or not yet spoken) at once: they are
+/// woken through their listener, not through a wait of their own, and none is left to the
+/// shutdown timeout or its idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_closes_parked_and_silent_connections_at_once() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let mut lb = TestBalancer::builder()
+            .backend(backend.addr())
+            .listener("idle_timeout", "\"60s\"")
+            .listener("header_read_timeout", "\"60s\"")
+            .start()
+            .await;
+        let mut parked = raw_connect(lb.addr()).await;
+        raw_get(&mut parked, "/").await;
+        let mut silent = raw_connect(lb.addr()).await;
+        tokio::time::sleep(PAST_PARKING).await;
+        let task = lb.begin_shutdown();
+        let began = Instant::now();
+        for (name, stream) in [("parked", &mut parked), ("silent", &mut silent)] {
+            let rest = within(
+                Duration::from_secs(1),
+                "the drain's close",
+                read_until_closed(stream),
+            )
+            .await;
+            assert!(rest.is_empty(), "{name}: {}", String::from_utf8_lossy(&rest));
+        }
+        within(Duration::from_secs(1), "the drain to end", task)
+            .await
+            .expect("the balancer task");
+        assert!(began.elapsed() < Duration::from_secs(2), "{:?}", began.elapsed());
+    })
+    .await;
+}

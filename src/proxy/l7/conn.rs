@@ -165,21 +165,33 @@ where
             // HTTP/2 served after the loop).
             let mut first = {
                 let turn = {
-                    let _parked = (!first_wait).then(|| conn.listener.metrics.parked());
-                    let shutdown = conn.shutdown.cancelled();
-                    tokio::pin!(shutdown);
+                    // Written out as one `move` closure holding what it needs: its size is
+                    // what a parked connection's task holds besides the connection itself.
+                    let mut place = conn.listener.quiet.place(!first_wait);
+                    let (io, activity, limits) =
+                        (&mut conn.io, &conn.activity, &conn.settings.limits);
+                    let (shutdown, watchdog) = (&conn.shutdown, &mut watchdog);
                     // A first read that is part of HTTP/2's preface, kept until it is whole.
                     let mut preface = None;
-                    std::future::poll_fn(|cx| {
-                        if shutdown.as_mut().poll(cx).is_ready() {
+                    std::future::poll_fn(move |cx| {
+                        if shutdown.is_cancelled() {
                             return Poll::Ready(Turn::Shutdown);
                         }
-                        let limits = &conn.settings.limits;
-                        if let Poll::Ready(reason) = watchdog.poll_watch(cx, &conn.activity, limits)
-                        {
+                        if let Poll::Ready(reason) = watchdog.poll_watch(cx, activity, limits) {
                             return Poll::Ready(Turn::Watchdog(reason));
                         }
-                        poll_start(&mut conn.io, cx, first_wait, &mut preface).map(Turn::Ready)
+                        // Only a connection's first bytes may be HTTP/2's preface.
+                        let sniff = !place.parked();
+                        if let Poll::Ready(start) = poll_start(io, cx, sniff, &mut preface) {
+                            return Poll::Ready(Turn::Ready(start));
+                        }
+                        // Left before the last look at the drain: one that begins after it
+                        // finds the waker.
+                        place.leave(cx.waker());
+                        if shutdown.is_cancelled() {
+                            return Poll::Ready(Turn::Shutdown);
+                        }
+                        Poll::Pending
                     })
                     .await
                 };

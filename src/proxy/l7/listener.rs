@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::acme;
 use crate::config::ClientLimits;
 use crate::metrics::ListenerMetrics;
+use crate::proxy::l7::quiet::QuietConns;
 use crate::snapshot::SharedState;
 use crate::tls::SniResolver;
 use crate::tls::{self, TlsError, TlsSettings};
@@ -44,6 +45,8 @@ pub(crate) struct HttpListener {
     pub(super) settings: ArcSwap<HttpSettings>,
     /// ACME: certificates issued at run time, and the HTTP-01 tokens this listener answers.
     pub(super) acme: Arc<acme::Shared>,
+    /// The wakers of connections waiting for their first bytes or parked, for the drain.
+    pub(super) quiet: Arc<QuietConns>,
 }
 
 pub(super) struct HttpSettings {
@@ -124,14 +127,22 @@ impl HttpListener {
         acme: Arc<acme::Shared>,
     ) -> Result<Self, TlsError> {
         let settings = HttpSettings::new(&name, limits, tls, &acme)?;
+        let metrics = Arc::new(ListenerMetrics::new(&name));
         Ok(Self {
-            metrics: Arc::new(ListenerMetrics::new(&name)),
+            quiet: Arc::new(QuietConns::new(metrics.parked.clone())),
+            metrics,
             name,
             state,
             drain_deadline,
             settings: ArcSwap::from_pointee(settings),
             acme,
         })
+    }
+
+    /// Has the connections that wait quietly (for their first bytes, or parked) woken when
+    /// `drain` is cancelled, so each sees it and closes.
+    pub(crate) fn wake_quiet_on(&self, drain: CancellationToken) {
+        self.quiet.wake_on_drain(drain);
     }
 
     /// Applies new limits and re-reads TLS certificates, for connections accepted from now on.

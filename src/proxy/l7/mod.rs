@@ -3,7 +3,7 @@
 //!
 //! [`listener`] is what a listener's connections share (limits, TLS, hyper's HTTP/2 builder,
 //! swapped on reload); [`conn`] is one client connection's life (TLS handshake, HTTP/1 or HTTP/2
-//! start, the server, parking); [`h1`] is the HTTP/1.1 server; [`handler`] answers each request (checks, pool, errors →
+//! start, the server, parking); [`quiet`] keeps the wakers of its quiet connections for the drain; [`h1`] is the HTTP/1.1 server; [`handler`] answers each request (checks, pool, errors →
 //! response); [`forward`] makes the attempts on backends (retries, replay, idle connections);
 //! [`tunnel`] runs an upgraded connection (WebSocket and the like) after a 101; [`upload`] answers
 //! an upload that stalls (`408`, or `504` when the backend stopped reading it); [`calm`] is
@@ -16,6 +16,7 @@ pub(crate) mod h1;
 mod handler;
 mod listener;
 mod mirror;
+mod quiet;
 mod tunnel;
 mod upload;
 
