@@ -206,12 +206,20 @@ async fn a_drain_closes_parked_and_silent_connections_at_once() {
                 read_until_closed(stream),
             )
             .await;
-            assert!(rest.is_empty(), "{name}: {}", String::from_utf8_lossy(&rest));
+            assert!(
+                rest.is_empty(),
+                "{name}: {}",
+                String::from_utf8_lossy(&rest)
+            );
         }
         within(Duration::from_secs(1), "the drain to end", task)
             .await
             .expect("the balancer task");
-        assert!(began.elapsed() < Duration::from_secs(2), "{:?}", began.elapsed());
+        assert!(
+            began.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            began.elapsed()
+        );
     })
     .await;
 }

@@ -31,7 +31,8 @@ use crate::proxy::activity::{Activity, ActivityIo, Close, Watchdog};
 use crate::upstream::request_body::IncomingBody;
 
 /// One client connection's parts, kept for its whole life: all a parked connection holds
-/// besides its watchdog and its three waits (bytes, the idle deadline, shutdown).
+/// besides its watchdog (the idle deadline) and its wait for bytes (the drain wakes it through
+/// the listener's [`super::quiet::QuietConns`]).
 struct Conn<T> {
     listener: Arc<HttpListener>,
     io: T,
@@ -50,8 +51,10 @@ impl HttpListener {
     ///
     /// Not an `async fn`, nor is [`serve_conn`]: one keeps its arguments twice, as arguments
     /// and as locals, and a connection's task keeps its future's largest state for its whole
-    /// life. A plain connection's future is its [`Conn`], its watchdog and its parked wait;
-    /// a TLS connection's is boxed, and so is everything a connection does while awake.
+    /// life. A plain connection's future is its [`Conn`], its watchdog and its parked wait
+    /// (256 bytes, a task cell of 384: a few bytes more would make it 512, see
+    /// `benches/README.md`); a TLS connection's is boxed, and so is everything a connection
+    /// does while awake.
     pub(crate) fn serve(
         self: Arc<Self>,
         stream: TcpStream,
@@ -664,6 +667,44 @@ mod tests {
             Start::Http1(first) => assert_eq!(first, &H2_PREFACE[..3]),
             other => panic!("a waking connection is HTTP/1 already, got {other:?}"),
         }
+    }
+
+    /// What a quiet connection costs is mostly its task's cell, which tokio aligns to 128
+    /// bytes: the connection's future plus 128 (tokio's header 32, scheduler and task id 16,
+    /// stage 8, trailer 48; the accept loop's room and tracker token 16; `serve`'s choice of
+    /// plain or TLS 8). A future of 264 bytes here (in a release build) fills a 384-byte
+    /// cell; eight more would take the next one (512).
+    #[tokio::test]
+    async fn a_quiet_connection_fits_a_384_byte_task_cell() {
+        let config = crate::config::Config::parse(
+            "test.toml",
+            "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\n\
+             [pools.app]\nbackends = [\"127.0.0.1:9\"]\n",
+        )
+        .expect("config");
+        let limits = config.listeners[0].limits.clone();
+        let state = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
+            crate::snapshot::Snapshot::build(std::sync::Arc::new(config), None),
+        ));
+        let listener = std::sync::Arc::new(
+            super::HttpListener::new(
+                "web".into(),
+                state,
+                limits,
+                None,
+                tokio_util::sync::CancellationToken::new(),
+                std::sync::Arc::new(crate::acme::Shared::default()),
+            )
+            .expect("listener"),
+        );
+        let (server, client) = pair().await;
+        let peer = client.local_addr().expect("address");
+        let serving = listener.serve(server, peer, tokio_util::sync::CancellationToken::new());
+        let size = std::mem::size_of_val(&serving);
+        // A debug build lays it out 8 bytes larger (its MIR is not optimised); the release
+        // build's size is the one that counts.
+        let limit = if cfg!(debug_assertions) { 272 } else { 264 };
+        assert!(size <= limit, "{size} bytes: the task cell grows to 512");
     }
 
     #[test]
