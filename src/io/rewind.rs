@@ -1,14 +1,14 @@
 //! An IO object with bytes put back in front of what it reads.
 //!
 //! Bytes read ahead of the code that will parse them (an HTTP/2 preface sniffed before the
-//! server starts, what hyper had buffered when a connection was parked, what followed a `101`
-//! response) are handed back this way, so the next reader sees the stream exactly as sent.
+//! server starts, what followed a `101` response on either side) are handed back this way, so
+//! the next reader sees the stream exactly as sent.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// `inner`, with `prefix` read first.
@@ -22,27 +22,6 @@ impl<T> Rewind<T> {
     /// `inner` with `prefix` in front of its bytes.
     pub fn new(prefix: Bytes, inner: T) -> Self {
         Self { prefix, inner }
-    }
-
-    /// Puts `bytes` back in front of everything not yet read.
-    pub fn rewind(&mut self, bytes: Bytes) {
-        if bytes.is_empty() {
-            // An empty `Bytes` may still own a whole buffer (hyper's, frozen): let it go.
-            return;
-        }
-        if self.prefix.is_empty() {
-            self.prefix = bytes;
-        } else {
-            let mut joined = BytesMut::with_capacity(bytes.len() + self.prefix.len());
-            joined.extend_from_slice(&bytes);
-            joined.extend_from_slice(&self.prefix);
-            self.prefix = joined.freeze();
-        }
-    }
-
-    /// Whether bytes are waiting in front of `inner`.
-    pub fn has_prefix(&self) -> bool {
-        !self.prefix.is_empty()
     }
 }
 
@@ -75,35 +54,22 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
-    async fn rewound_bytes_come_first_in_stream_order() {
+    async fn the_prefix_comes_first_in_stream_order() {
         let (mut client, server) = tokio::io::duplex(64);
-        let mut io = Rewind::new(Bytes::from_static(b"cd"), server);
-        // What was read after "ab" but before "cd" goes back in front of both.
-        io.rewind(Bytes::from_static(b"ab"));
-        assert!(io.has_prefix());
+        let mut io = Rewind::new(Bytes::from_static(b"abcd"), server);
         client.write_all(b"ef").await.expect("write");
         drop(client);
         let mut all = Vec::new();
         io.read_to_end(&mut all).await.expect("read");
         assert_eq!(all, b"abcdef");
-        assert!(!io.has_prefix());
     }
 
     #[test]
-    fn empty_and_drained_prefixes_release_their_buffers() {
-        let (_client, server) = tokio::io::duplex(64);
+    fn a_drained_prefix_releases_its_buffer() {
+        let (_client, io) = tokio::io::duplex(64);
         let mut held = bytes::BytesMut::with_capacity(8192);
         held.extend_from_slice(b"x");
         let buffer = held.freeze();
-        let empty = buffer.slice(1..);
-        let mut io = Rewind::new(Bytes::new(), server);
-        io.rewind(empty);
-        assert!(!io.has_prefix());
-        assert!(
-            buffer.is_unique(),
-            "the rewound empty slice kept the buffer"
-        );
-
         let mut io = Rewind::new(buffer.clone(), io);
         assert!(!buffer.is_unique());
         let mut byte = [0u8; 1];
