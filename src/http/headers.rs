@@ -65,7 +65,7 @@ impl HopByHop {
     fn add(&mut self, name: &HeaderName, value: &HeaderValue) {
         if let Some(index) = hop_by_hop_index(name) {
             self.0 |= 1 << index;
-            if 1 << index == Self::CONNECTION && connection_lists_fields(value) {
+            if 1 << index == Self::CONNECTION && connection_lists_fields(value.as_bytes()) {
                 self.0 |= Self::LISTS_MORE;
             }
         }
@@ -97,9 +97,8 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// The field names a `Connection` value lists that are not removed anyway: not the fixed
 /// hop-by-hop ones, not `close`, and never `Host`, which routes the request: a client must not
 /// be able to strip it after the check that it is there (RFC 9112 §3.2).
-fn listed_names(value: &HeaderValue) -> impl Iterator<Item = &str> {
+fn listed_names(value: &[u8]) -> impl Iterator<Item = &str> {
     value
-        .as_bytes()
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)
         .filter(|name| !name.is_empty() && !removed_anyway(name))
@@ -129,7 +128,7 @@ fn removed_anyway(name: &[u8]) -> bool {
 
 /// Whether a `Connection` value names fields beyond the hop-by-hop ones every message loses
 /// anyway (mostly it says only `keep-alive` or `close`).
-pub(crate) fn connection_lists_fields(value: &HeaderValue) -> bool {
+pub(crate) fn connection_lists_fields(value: &[u8]) -> bool {
     listed_names(value).next().is_some()
 }
 
@@ -155,7 +154,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool, present: HopByHop) -
             .iter()
             .cloned()
             .collect();
-        for name in listed.iter().flat_map(listed_names) {
+        for name in listed
+            .iter()
+            .flat_map(|value| listed_names(value.as_bytes()))
+        {
             headers.remove(name);
         }
     }

@@ -147,26 +147,29 @@ fn read_fields(
             }
             continue;
         }
-        let name =
-            HeaderName::from_bytes(raw).map_err(|_| Error::Malformed("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(copy.of(field.value))
-            .map_err(|_| Error::Malformed("invalid header value"))?;
-        // This connection's own business, noted here: the proxy would take them out again.
-        // Not a `Connection` that names other fields, which the proxy removes with it.
-        if name == header::CONNECTION {
+        // This connection's own business, noted here: the proxy would take it out again. Not
+        // a `Connection` that names other fields, which the proxy removes with it.
+        if raw.eq_ignore_ascii_case(b"connection") {
             let (close, keep_alive) = wire::connection_options(field.value);
             facts.close |= close;
             facts.keep_alive |= keep_alive;
-            if !headers::connection_lists_fields(&value) {
+            if !headers::connection_lists_fields(field.value) {
                 continue;
             }
-        } else if name == header::TRANSFER_ENCODING {
+        }
+        let name =
+            HeaderName::from_bytes(raw).map_err(|_| Error::Malformed("invalid header name"))?;
+        if name == header::TRANSFER_ENCODING {
             facts.chunked = Some(wire::last_coding_is_chunked(field.value));
             continue;
-        } else if name != header::UPGRADE && headers::is_hop_by_hop(&name) {
+        }
+        if name != header::CONNECTION && name != header::UPGRADE && headers::is_hop_by_hop(&name) {
             // `Upgrade` stays: a 101's protocol is read from it.
             continue;
         }
+        // Built for the fields kept only.
+        let value = HeaderValue::from_maybe_shared(copy.of(field.value))
+            .map_err(|_| Error::Malformed("invalid header value"))?;
         headers.append(name, value);
     }
     Ok(facts)
@@ -264,6 +267,28 @@ mod tests {
     use super::super::test_support::{backend, connect, read, request, send, sent};
     use super::*;
     use crate::http::headers::test_forwarding as forwarding;
+
+    #[test]
+    fn a_responses_own_connection_fields_are_noted_and_left_out() {
+        let mut headers = HeaderMap::new();
+        let plain = b"HTTP/1.1 200 OK\r\nServer: s\r\nConnection: keep-alive\r\n\
+                      Keep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n";
+        let head = parse_head(plain, &mut headers).unwrap().unwrap();
+        assert!(head.fields.keep_alive && !head.fields.close);
+        let names: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            names,
+            ["server"],
+            "Connection and Keep-Alive are this hop's"
+        );
+
+        // A `Connection` naming other fields stays, for the proxy to remove them with it.
+        let listing = b"HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\r\n";
+        let head = parse_head(listing, &mut headers).unwrap().unwrap();
+        assert!(head.fields.close);
+        assert_eq!(headers[header::CONNECTION], "close, X-Hop");
+        assert_eq!(headers["x-hop"], "1");
+    }
 
     #[tokio::test]
     async fn connections_the_backend_will_close_are_not_reused() {
