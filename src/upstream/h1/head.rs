@@ -273,7 +273,9 @@ mod tests {
         let mut headers = HeaderMap::new();
         let plain = b"HTTP/1.1 200 OK\r\nServer: s\r\nConnection: keep-alive\r\n\
                       Keep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n";
-        let head = parse_head(plain, &mut headers).unwrap().unwrap();
+        let head = parse_head(plain, &mut headers)
+            .expect("valid")
+            .expect("whole");
         assert!(head.fields.keep_alive && !head.fields.close);
         let names: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(
@@ -284,7 +286,9 @@ mod tests {
 
         // A `Connection` naming other fields stays, for the proxy to remove them with it.
         let listing = b"HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\r\n";
-        let head = parse_head(listing, &mut headers).unwrap().unwrap();
+        let head = parse_head(listing, &mut headers)
+            .expect("valid")
+            .expect("whole");
         assert!(head.fields.close);
         assert_eq!(headers[header::CONNECTION], "close, X-Hop");
         assert_eq!(headers["x-hop"], "1");
