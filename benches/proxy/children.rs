@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::Result;
 
@@ -39,6 +40,22 @@ impl ChildGuard {
     pub fn kill_now(&mut self) {
         // Already exited is fine: there is nothing left to kill.
         let _ = self.child.kill();
+    }
+
+    /// Asks the process to exit (SIGTERM) and waits up to `grace` for it to; one still
+    /// running is killed when dropped. A profile-instrumented fulcrum writes its profile as
+    /// it exits, which a SIGKILL would lose.
+    pub fn terminate(&mut self, grace: Duration) {
+        // Already exited is fine: the wait below returns at once.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + grace;
+        while !self.exited() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Its stdout, when piped: taken once, by whoever reads what it announces or reports.

@@ -136,11 +136,22 @@ pub fn fulcrum_binary(options: &Options) -> Result<PathBuf> {
     if let Some(path) = &options.fulcrum {
         return Ok(path.clone());
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("building fulcrum: cargo build --release --bin fulcrum");
+    let status = cargo_command()
+        .args(["build", "--release", "--bin", "fulcrum"])
+        .status()?;
+    if !status.success() {
+        return Err("cargo build --release --bin fulcrum failed".into());
+    }
+    Ok(target_dir().join("release").join("fulcrum"))
+}
+
+/// Cargo, run in the package's directory without the variables `cargo bench` set for this
+/// executable: build scripts that watch the environment (ring's, via cc) would see a change
+/// and rebuild everything each time.
+pub fn cargo_command() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
-    // `cargo bench` runs this with its package variables set; build scripts that watch the
-    // environment (ring's, via cc) would see a change and rebuild everything each time.
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
         if [
@@ -158,12 +169,6 @@ pub fn fulcrum_binary(options: &Options) -> Result<PathBuf> {
             command.env_remove(&*name);
         }
     }
-    let status = command
-        .args(["build", "--release", "--bin", "fulcrum"])
-        .current_dir(manifest_dir())
-        .status()?;
-    if !status.success() {
-        return Err("cargo build --release --bin fulcrum failed".into());
-    }
-    Ok(target_dir().join("release").join("fulcrum"))
+    command.current_dir(manifest_dir());
+    command
 }

@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo bench --bench proxy -- --quick     # 1 round of 1 s per contender: a few minutes
 //! cargo bench --bench proxy                # 3 rounds of 10 s (+1 s warm-up), medians reported
+//! cargo bench --bench proxy -- --pgo       # the same, measuring a profile-guided build
 //! cargo bench --bench proxy -- --help      # every option
 //! ```
 //!
@@ -17,7 +18,7 @@
 //! own when their parent is gone or after an hour. All traffic stays on 127.0.0.1.
 //!
 //! The modules follow a run: `options` (flags), `environment` (what the machine has, the
-//! fulcrum binary, the TLS files), `scenarios`, `contenders` and `configs` (starting the
+//! fulcrum binary, the TLS files), `pgo` (`--pgo`'s training and build), `scenarios`, `contenders` and `configs` (starting the
 //! backends and each proxy with its config), `measure` and `idle` (one measured run), `load`
 //! (driving and reading the load generators), `sampling` (CPU and RSS from `/proc`), `report`
 //! (medians and the JSON file), `tables` (what is printed), `html` (the HTML report drawn from
@@ -34,6 +35,7 @@ mod idle;
 mod load;
 mod measure;
 mod options;
+mod pgo;
 mod report;
 mod sampling;
 mod scenarios;
@@ -69,11 +71,15 @@ fn main() {
 /// then the JSON report.
 fn orchestrate(args: &[String]) -> Result<()> {
     let options = options::parse_options(args)?;
-    let fulcrum = fulcrum_binary(&options)?;
     let temp = std::env::temp_dir().join(format!("fulcrum-bench-{}", std::process::id()));
     std::fs::create_dir_all(&temp)?;
     let _temp_guard = TempDir(temp.clone());
     install_signal_handler(temp.clone());
+    let fulcrum = if options.pgo {
+        pgo::optimized_fulcrum(&options, &temp)?
+    } else {
+        fulcrum_binary(&options)?
+    };
     let env = Environment::discover(&options, fulcrum, temp)?;
     load::write_wrk_script(&env.temp)?;
 

@@ -16,6 +16,9 @@ use crate::sampling::{
 };
 use crate::scenarios::{BackendKind, IDLE_CAPACITY, Scenario, Traffic};
 
+/// How long a proxy is given to exit once asked, after its run.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs `scenario` for `options.rounds` rounds; a skipped scenario or contender is reported
 /// with the reason, a failed run with its error.
 pub fn run_scenario(env: &Environment, options: &Options, scenario: &Scenario) -> ScenarioReport {
@@ -160,11 +163,14 @@ fn measure(
         )
     });
     let peak_rss_kib = proxy_pid.and_then(peak_rss_kib);
-    if let Some(proxy) = &proxy {
+    if let Some(mut proxy) = proxy {
         if result.requests == 0 && result.bytes == 0 {
             let said = std::fs::read_to_string(&proxy.log).unwrap_or_default();
             return Err(format!("no traffic got through; proxy said: {said}").into());
         }
+        // Measured already: stopped the way an operator would (`--pgo`'s training needs
+        // fulcrum to exit on its own to write its profile).
+        proxy.guard.terminate(STOP_GRACE);
     }
 
     let ops = if scenario.traffic == Traffic::Tcp {

@@ -20,6 +20,11 @@ usage: cargo bench --bench proxy -- [options]
   --contenders NAME,... subset of: direct fulcrum nginx haproxy (default all that are installed)
   --fulcrum PATH        the fulcrum binary (default: target/release/fulcrum, built first with
                         `cargo build --release --bin fulcrum`)
+  --pgo                 measure a profile-guided build of fulcrum instead: cargo-pgo builds it
+                        instrumented, it serves every HTTP and TCP scenario once (2 s each) as
+                        training, and the build optimized from that profile is measured; it
+                        stays at target/<host triple>/release/fulcrum, to deploy (needs
+                        `cargo install cargo-pgo` and `rustup component add llvm-tools`)
   --builtin-load        use the built-in HTTP/1.1 load generator even where wrk is installed
   --no-pin              do not pin processes to cores with taskset
   --json PATH           where to write the JSON report (default target/bench/proxy-<time>.json);
@@ -41,6 +46,8 @@ pub struct Options {
     pub contenders: Option<Vec<String>>,
     /// A fulcrum binary to measure instead of building the release one.
     pub fulcrum: Option<PathBuf>,
+    /// Measure a profile-guided build (`--pgo`).
+    pub pgo: bool,
     /// Use the built-in HTTP/1.1 load generator even where wrk is installed.
     pub builtin_load: bool,
     /// Pin processes to cores (when `taskset` and two cores are there).
@@ -60,6 +67,7 @@ pub fn parse_options(args: &[String]) -> Result<Options> {
         only: None,
         contenders: None,
         fulcrum: None,
+        pgo: false,
         builtin_load: false,
         pin: true,
         json: None,
@@ -84,6 +92,7 @@ pub fn parse_options(args: &[String]) -> Result<Options> {
             "--only" => options.only = Some(list(value()?)),
             "--contenders" => options.contenders = Some(list(value()?)),
             "--fulcrum" => options.fulcrum = Some(PathBuf::from(value()?)),
+            "--pgo" => options.pgo = true,
             "--builtin-load" => options.builtin_load = true,
             "--no-pin" => options.pin = false,
             "--json" => options.json = Some(PathBuf::from(value()?)),
@@ -93,6 +102,9 @@ pub fn parse_options(args: &[String]) -> Result<Options> {
             }
             other => return Err(format!("unknown option {other}\n\n{USAGE}").into()),
         }
+    }
+    if options.pgo && options.fulcrum.is_some() {
+        return Err("--pgo builds the fulcrum it measures: it cannot be given --fulcrum".into());
     }
     if options.quick {
         (options.rounds, options.duration, options.warmup) = (1, 1, 0);
