@@ -18,12 +18,13 @@
 //! own when their parent is gone or after an hour. All traffic stays on 127.0.0.1.
 //!
 //! The modules follow a run: `options` (flags), `environment` (what the machine has, the
-//! fulcrum binary, the TLS files), `pgo` (`--pgo`'s training and build), `scenarios`, `contenders` and `configs` (starting the
-//! backends and each proxy with its config), `measure` and `idle` (one measured run), `load`
-//! (driving and reading the load generators), `sampling` (CPU and RSS from `/proc`), `report`
-//! (medians and the JSON file), `tables` (what is printed), `html` (the HTML report drawn from
-//! the JSON, shared with `tests/bench_report.rs`); `children` keeps every child process
-//! accounted for, and `helpers` are the roles this executable plays as a child.
+//! fulcrum binary, the TLS files), `pgo` (`--pgo`'s training and build), `scenarios`,
+//! `contenders` and `configs` (starting the backends and each proxy with its config),
+//! `measure` and `idle` (one measured run), `load` (driving and reading the load generators),
+//! `sampling` (CPU and RSS from `/proc`), `report` (medians and the JSON file), `tables` (what
+//! is printed), `html` (the HTML report drawn from the JSON, shared with
+//! `tests/bench_report.rs`); `children` keeps every child process accounted for, and `helpers`
+//! are the roles this executable plays as a child.
 
 mod children;
 mod configs;
