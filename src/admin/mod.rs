@@ -40,6 +40,7 @@ pub(crate) use access::Access;
 pub(crate) use status::{ListenerView, ReloadResult, ReloadStatus, Status};
 
 use crate::backend::Backend;
+use crate::limit::OpenConnection;
 use crate::metrics::names;
 use crate::reload::{ReloadHandle, ReloadOutcome};
 use crate::snapshot::SharedState;
@@ -209,12 +210,14 @@ impl AdminState {
     }
 }
 
-/// Serves one admin connection until it closes or `shutdown` fires.
+/// Serves one admin connection, holding its `room` under the admin listener's
+/// `max_connections`, until it closes or `shutdown` fires.
 pub(crate) async fn serve(
     admin: Arc<AdminState>,
     stream: TcpStream,
     peer: SocketAddr,
     shutdown: CancellationToken,
+    _room: OpenConnection,
 ) {
     let header_read_timeout = admin.access.load().header_read_timeout;
     let service = service_fn(move |request| {

@@ -19,12 +19,13 @@
 //! exchange has ended, none is open, no head is half read, every write went out) is *parked*:
 //! the watchdog resolves to [`Close::Park`], and the connection's task stops the HTTP/1 server
 //! on it, which gives back the request future's slot (about 4 KiB; the server itself holds no
-//! buffer between requests, see `benches/README.md`). The task then waits for the client's
-//! next bytes with no buffer, the watchdog's timer keeping the idle timeout, and starts a new
-//! server and a fresh watch on the same socket. A fresh watch also looks once after a quarter
-//! of a second, so a connection that came (or woke) for one request is parked then. So a
-//! keep-alive connection holds the server's state for at most one tick after its last
-//! response, and a parked one is one small task, as nginx's is a small struct. A busy
+//! buffer between requests, see `benches/README.md`), hands the connection to the listener's
+//! parked set (`l7::parked`, which keeps its idle deadline and waits for its next bytes with
+//! no buffer and no task) and ends. Woken, the connection gets a new task, server and watch.
+//! A fresh watch also looks once after a quarter of a second, so a connection that came (or
+//! woke) for one request is parked then. So a keep-alive connection holds the server's state
+//! for at most one tick after its last response, and a parked one is its socket and a few
+//! pointers in a set, as nginx's is a small struct. A busy
 //! connection met between two requests is parked too: at most once a tick, a new server for
 //! its next request costs far less than a tick's worth of requests.
 
@@ -211,11 +212,11 @@ pub(crate) fn idle_ticker(period: Duration) -> tokio::time::Interval {
 /// [`Close::Park`] with the whole `idle` left; at a later tick, with the idle time left: the
 /// whole `idle` if a byte moved during the last tick, less one tick per quiet tick counted
 /// otherwise, so a parked connection still closes between `idle` and one tick after its
-/// last byte. [`Watchdog::park`] turns it into that parked connection's idle deadline and
-/// [`Watchdog::restart`] back into a fresh watch.
+/// last byte. [`Watchdog::restart`] makes a fresh watch again when the park was not taken.
 #[derive(Debug)]
 pub(crate) struct Watchdog {
-    // Boxed: a parked connection's task keeps the watchdog, and the timer is the bulk of it.
+    // Boxed: a connection waiting for its first bytes keeps the watchdog, and the timer is
+    // the bulk of it.
     timer: Pin<Box<Sleep>>,
     next_tick: Instant,
     // The incomplete head being timed (0: none) and its deadline.
@@ -224,7 +225,6 @@ pub(crate) struct Watchdog {
     quiet: u32,
     // The first look is still to come, one tick before `next_tick` plus `FIRST_LOOK`.
     looking: bool,
-    parked: bool,
 }
 
 impl Watchdog {
@@ -240,12 +240,11 @@ impl Watchdog {
             head_deadline: now,
             quiet: 0,
             looking: true,
-            parked: false,
         }
     }
 
-    /// Starts watching afresh, as [`Watchdog::new`] does: after a park, or a park the task did
-    /// not take.
+    /// Starts watching afresh, as [`Watchdog::new`] does: after a park the task did not take
+    /// (bytes came as it stopped its server).
     pub(crate) fn restart(&mut self, limits: &ClientLimits) {
         let now = Instant::now();
         let tick = tick_for(limits.idle_timeout);
@@ -253,21 +252,13 @@ impl Watchdog {
         self.head = 0;
         self.quiet = 0;
         self.looking = true;
-        self.parked = false;
         self.timer.as_mut().reset(now + FIRST_LOOK.min(tick));
     }
 
     /// Whether the server started a head this watch has not timed yet: polled at once, the
     /// watch gives it its deadline (see [`Watchdog`]); otherwise only its timer needs it polled.
     pub(crate) fn wants_poll(&self, activity: &Activity) -> bool {
-        !self.parked && self.head == 0 && activity.head.load(Ordering::Relaxed) != 0
-    }
-
-    /// Turns the watch into a parked connection's idle deadline: it resolves to
-    /// [`Close::Idle`] once `budget` passes, until [`Watchdog::restart`].
-    pub(crate) fn park(&mut self, budget: Duration) {
-        self.parked = true;
-        self.timer.as_mut().reset(Instant::now() + budget);
+        self.head == 0 && activity.head.load(Ordering::Relaxed) != 0
     }
 
     /// The watch over `activity` with `limits` as a future (borrowing all three), for a
@@ -288,7 +279,7 @@ impl Watchdog {
         activity: &Activity,
         limits: &ClientLimits,
     ) -> Poll<Close> {
-        if !self.parked && self.head == 0 {
+        if self.head == 0 {
             let current = activity.head.load(Ordering::Relaxed);
             if current != 0 {
                 let at = Instant::now() + limits.header_read_timeout;
@@ -300,9 +291,6 @@ impl Watchdog {
         }
         loop {
             ready!(self.timer.as_mut().poll(cx));
-            if self.parked {
-                return Poll::Ready(Close::Idle);
-            }
             let now = Instant::now();
             let idle = limits.idle_timeout;
             let tick = tick_for(idle);
@@ -374,6 +362,16 @@ impl<T> ActivityIo<T> {
             bytes,
         };
         (io, activity)
+    }
+
+    /// The wrapped IO object.
+    pub(crate) fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// The activity this records.
+    pub(crate) fn activity(&self) -> &Activity {
+        &self.activity
     }
 }
 
@@ -548,12 +546,6 @@ mod tests {
         tokio::time::advance(head_timeout).await;
         assert_eq!(poll(&mut watchdog), Poll::Ready(Close::HeadTimeout));
         assert_eq!(Instant::now() - start, head_timeout);
-        watchdog.park(Duration::from_secs(5));
-        activity.await_head(2);
-        assert!(
-            !watchdog.wants_poll(&activity),
-            "a parked watch times no head"
-        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -745,7 +737,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_parked_watch_closes_at_its_budget_and_a_restarted_one_watches_afresh() {
+    async fn a_restarted_watch_watches_afresh() {
         let activity = Arc::new(Activity::default());
         let limits = limits(Duration::from_secs(60), Duration::from_secs(10));
         let mut dog = Watchdog::new(&limits);
@@ -758,13 +750,9 @@ mod tests {
         );
         assert_eq!(Instant::now() - start, FIRST_LOOK);
 
-        dog.park(Duration::from_secs(7));
-        let start = Instant::now();
-        assert_eq!(dog.watch(&activity, &limits).await, Close::Idle);
-        assert_eq!(Instant::now() - start, Duration::from_secs(7));
-
-        // Woken by a head that stays incomplete: a fresh watch times it from its next poll
-        // and parks nothing meanwhile (a new server has served nothing yet).
+        // The park not taken (bytes came), and they are a head that stays incomplete: a
+        // fresh watch times it from its next poll and parks nothing meanwhile (a new server
+        // has served nothing yet).
         dog.restart(&limits);
         activity.start_serving();
         activity.await_head(1);

@@ -18,6 +18,7 @@ use super::activity::ActivityIo;
 use super::proxy_protocol;
 use super::sni::{self, Hello};
 use crate::backend::{Backend, InFlight};
+use crate::limit::OpenConnection;
 use crate::metrics::ListenerMetrics;
 use crate::pool::Pool;
 use crate::snapshot::SharedState;
@@ -63,13 +64,15 @@ impl TcpListener {
         }
     }
 
-    /// Proxies one client connection. Shutdown does not cut it: open TCP connections are drained
-    /// until they end or the shutdown timeout passes.
+    /// Proxies one client connection, holding its `room` under the listener's
+    /// `max_connections`. Shutdown does not cut it: open TCP connections are drained until they
+    /// end or the shutdown timeout passes.
     pub(crate) async fn serve(
         self: Arc<Self>,
         mut stream: TcpStream,
         peer: SocketAddr,
         _shutdown: CancellationToken,
+        _room: OpenConnection,
     ) {
         let _open = self.metrics.connection();
         let started = Instant::now();

@@ -5,16 +5,14 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::limit::ConnectionLimit;
+use crate::limit::{ConnectionLimit, OpenConnection};
 
 /// Back-off after the first failed accept; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
@@ -39,7 +37,8 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts connections on `listener` until `shutdown` fires, handing each to `serve` with
-/// `drain` (which tells it to finish and close) on a task registered with `tracker` (so a
+/// `drain` (which tells it to finish and close) and its room under `limit` (held for as long
+/// as the connection is open, wherever it goes) on a task registered with `tracker` (so a
 /// drain can wait for it). The two differ for a hand-over to a new process, which stops
 /// accepting before it drains. At `limit`'s cap it stops accepting until a connection closes,
 /// so new clients wait in the kernel's accept backlog. Returns the socket, so a reload can hand
@@ -54,7 +53,7 @@ pub async fn accept_loop<F, Fut>(
     serve: F,
 ) -> TcpListener
 where
-    F: Fn(TcpStream, SocketAddr, CancellationToken) -> Fut,
+    F: Fn(TcpStream, SocketAddr, CancellationToken, OpenConnection) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut backoff = MIN_BACKOFF;
@@ -77,10 +76,7 @@ where
                 if let Err(err) = stream.set_nodelay(true) {
                     tracing::debug!(listener = %name, error = %err, "could not set TCP_NODELAY");
                 }
-                tracker.spawn(Occupying {
-                    connection: serve(stream, peer, drain.clone()),
-                    _room: open,
-                });
+                tracker.spawn(serve(stream, peer, drain.clone(), open));
             }
             Err(err) => {
                 tracing::warn!(listener = %name, error = %err, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
@@ -94,25 +90,6 @@ where
     }
     tracing::debug!(listener = %name, "stopped accepting");
     listener
-}
-
-pin_project_lite::pin_project! {
-    /// A connection's future and its room under the listener's `max_connections`, freed when the
-    /// task ends. Not an `async` block: one would keep the connection's future twice, as the
-    /// captured value and as the value it awaits (a kilobyte per connection).
-    struct Occupying<F, R> {
-        #[pin]
-        connection: F,
-        _room: R,
-    }
-}
-
-impl<F: Future<Output = ()>, R> Future for Occupying<F, R> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.project().connection.poll(cx)
-    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use super::upgrade::Handoff;
 use crate::admin::{self, Access, AdminState, ListenerView};
 use crate::config::{AdminConfig, AdminToken, Config, ListenerConfig, Protocol};
 use crate::health::checker::Supervisor;
-use crate::limit::ConnectionLimit;
+use crate::limit::{ConnectionLimit, OpenConnection};
 use crate::metrics::ListenerMetrics;
 use crate::proxy::l4;
 use crate::proxy::l7::HttpListener;
@@ -130,7 +130,7 @@ impl Runtime {
                 Arc::clone(&self.acme_shared),
             ) {
                 Ok(http) => {
-                    http.wake_quiet_on(stop.clone());
+                    http.start(stop.clone(), &self.connections);
                     Handler::Http(Arc::new(http))
                 }
                 Err(err) => {
@@ -188,7 +188,7 @@ impl Runtime {
         stop: &CancellationToken,
         limit: &Arc<ConnectionLimit>,
         handler: Arc<H>,
-        serve: fn(Arc<H>, TcpStream, SocketAddr, CancellationToken) -> Fut,
+        serve: fn(Arc<H>, TcpStream, SocketAddr, CancellationToken, OpenConnection) -> Fut,
     ) -> (JoinHandle<TcpListener>, CancellationToken)
     where
         H: Send + Sync + 'static,
@@ -202,7 +202,9 @@ impl Runtime {
             stop.clone(),
             self.connections.clone(),
             Arc::clone(limit),
-            move |stream, peer, shutdown| serve(Arc::clone(&handler), stream, peer, shutdown),
+            move |stream, peer, shutdown, room| {
+                serve(Arc::clone(&handler), stream, peer, shutdown, room)
+            },
         ));
         (accept, accepting)
     }
@@ -229,7 +231,9 @@ impl Runtime {
             stop.clone(),
             self.connections.clone(),
             Arc::clone(&limit),
-            move |stream, peer, shutdown| admin::serve(Arc::clone(&state), stream, peer, shutdown),
+            move |stream, peer, shutdown, room| {
+                admin::serve(Arc::clone(&state), stream, peer, shutdown, room)
+            },
         ));
         self.admin = Some(RunningAdmin {
             listen: config.listen,

@@ -5,6 +5,8 @@
 use super::*;
 
 use common::PAST_PARKING;
+use common::balancer::admin_get;
+use common::tcp::{backlogged_request, backlogged_response};
 
 /// Sends `GET path` on a raw keep-alive connection and reads its small response: a 200.
 async fn raw_get(stream: &mut tokio::net::TcpStream, path: &str) {
@@ -220,6 +222,41 @@ async fn a_drain_closes_parked_and_silent_connections_at_once() {
             "{:?}",
             began.elapsed()
         );
+    })
+    .await;
+}
+
+/// A parked connection (held in the listener's parked set, with no task of its own) still
+/// holds its room under the listener's `max_connections` until its client closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_keeps_its_room_under_the_listeners_max_connections() {
+    bounded(async {
+        let backend = TestBackend::spawn("a").await;
+        let (mut lb, admin) = TestBalancer::builder()
+            .backend(backend.addr())
+            .listener("max_connections", "1")
+            .start_with_admin()
+            .await;
+        let mut first = lb.client().await;
+        let response = first.get("/").await.expect("a response");
+        assert_eq!(response.status, StatusCode::OK);
+        tokio::time::sleep(PAST_PARKING).await;
+
+        let second = backlogged_request(lb.addr(), "/").await;
+        assert_eq!(backend.request_count(), 1);
+        let status = admin_get(admin, "/status").await;
+        let status: serde_json::Value = serde_json::from_slice(&status.body).expect("JSON");
+        assert_eq!(status["listeners"][0]["connections_active"], 1);
+        // The parked connection wakes for its next request, still the one admitted.
+        let again = first.get("/again").await.expect("a response");
+        assert_eq!(again.status, StatusCode::OK);
+        assert_eq!(backend.request_count(), 2);
+
+        drop(first);
+        let response = backlogged_response(second).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert_eq!(backend.request_count(), 3);
+        lb.stop().await;
     })
     .await;
 }

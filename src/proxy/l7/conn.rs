@@ -23,26 +23,29 @@ use super::calm::{CalmIo, CancelBudget, StreamGuard};
 use super::h1;
 use super::handler::{Handler, TlsOrigin};
 use super::listener::{HttpListener, HttpSettings};
+use super::parked::{ParkIo, Plain};
 use super::tunnel::{UpgradeSlot, run_tunnel};
 use crate::http::headers::ClientInfo;
 use crate::io::rewind::Rewind;
+use crate::limit::OpenConnection;
 use crate::metrics::ConnectionGuard;
 use crate::proxy::activity::{Activity, ActivityIo, Close, Watchdog};
 use crate::upstream::request_body::IncomingBody;
 
 /// One client connection's parts, kept for its whole life: all a parked connection holds
-/// besides its watchdog (the idle deadline) and its wait for bytes (the drain wakes it through
-/// the listener's [`super::quiet::QuietConns`]).
-struct Conn<T> {
-    listener: Arc<HttpListener>,
-    io: T,
+/// besides its idle deadline (see [`super::parked`]).
+pub(super) struct Conn<T> {
+    pub(super) listener: Arc<HttpListener>,
+    pub(super) io: T,
     activity: Arc<Activity>,
     /// The listener's settings when the connection was accepted.
     settings: Arc<HttpSettings>,
-    peer: SocketAddr,
+    pub(super) peer: SocketAddr,
     tls: Option<Arc<TlsOrigin>>,
     shutdown: CancellationToken,
     _open: ConnectionGuard,
+    /// The connection's room under the listener's `max_connections`.
+    _room: OpenConnection,
 }
 
 impl HttpListener {
@@ -51,85 +54,26 @@ impl HttpListener {
     ///
     /// Not an `async fn`, nor is [`serve_conn`]: one keeps its arguments twice, as arguments
     /// and as locals, and a connection's task keeps its future's largest state for its whole
-    /// life. A plain connection's future is its [`Conn`], its watchdog and its parked wait
-    /// (256 bytes, a task cell of 384: a few bytes more would make it 512, see
-    /// `benches/README.md`); a TLS connection's is boxed, and so is everything a connection
-    /// does while awake.
+    /// life. A plain connection's future, while it waits for its first bytes, is its [`Conn`],
+    /// its watchdog and its wait (a task cell of 384 bytes: a few bytes more would make it 512,
+    /// see `benches/README.md`); a TLS connection's is boxed, and so is everything a
+    /// connection does while awake. A parked connection has no task (see [`super::parked`]).
     pub(crate) fn serve(
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
         shutdown: CancellationToken,
+        room: OpenConnection,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let settings = self.settings.load_full();
-        let open = self.metrics.connection();
-        let (io, activity) = ActivityIo::new(stream, Some(Arc::clone(&self.metrics.bytes)));
-        if settings.tls.is_some() {
-            return Either::Left(Box::pin(
-                self.serve_tls(io, peer, activity, settings, shutdown, open),
-            ));
+        let conn = Conn::accepted(self, stream, peer, shutdown, room);
+        if conn.settings.tls.is_some() {
+            return Either::Left(Box::pin(serve_tls(conn)));
         }
-        Either::Right(serve_conn(Conn {
-            listener: self,
-            io,
-            activity,
-            settings,
-            peer,
-            tls: None,
-            shutdown,
-            _open: open,
-        }))
-    }
-
-    /// Completes the TLS handshake within its timeout, then serves the connection.
-    async fn serve_tls(
-        self: Arc<Self>,
-        io: ActivityIo<TcpStream>,
-        peer: SocketAddr,
-        activity: Arc<Activity>,
-        settings: Arc<HttpSettings>,
-        shutdown: CancellationToken,
-        open: ConnectionGuard,
-    ) {
-        let Some(tls) = &settings.tls else { return };
-        let io = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)).await {
-            Ok(Ok(io)) => io,
-            Ok(Err(err)) => {
-                tracing::debug!(listener = %self.name, client = %peer, error = %err, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(listener = %self.name, client = %peer, "TLS handshake timed out");
-                return;
-            }
-        };
-        if io.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
-            // A CA's TLS-ALPN-01 validation (RFC 8737 §3): it only checks the certificate;
-            // nothing is proxied on this connection.
-            tracing::debug!(listener = %self.name, client = %peer, "ACME TLS-ALPN-01 validation handshake answered");
-            let mut io = io;
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
-            return;
-        }
-        let origin = TlsOrigin {
-            server_name: io.get_ref().1.server_name().map(Box::from),
-            certificates: Arc::clone(&tls.certificates),
-        };
-        serve_conn(Conn {
-            listener: self,
-            io,
-            activity,
-            settings,
-            peer,
-            tls: Some(Arc::new(origin)),
-            shutdown,
-            _open: open,
-        })
-        .await;
+        Either::Right(serve_conn(conn, false))
     }
 
     /// Counts and logs a connection closed for `reason`.
-    fn closed_by(&self, reason: Close, peer: SocketAddr) {
+    pub(super) fn closed_by(&self, reason: Close, peer: SocketAddr) {
         match reason {
             Close::Idle => {
                 self.metrics.idle_timeouts.increment(1);
@@ -144,35 +88,121 @@ impl HttpListener {
     }
 }
 
-/// Serves a connection: its first request (HTTP/2 for its whole life), then HTTP/1 requests,
-/// parked whenever it is found quiet between two of them.
+impl Conn<Plain> {
+    /// A connection `listener` accepted from `peer`, counted open from now, under the
+    /// listener's current settings.
+    pub(super) fn accepted(
+        listener: Arc<HttpListener>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+        room: OpenConnection,
+    ) -> Self {
+        let settings = listener.settings.load_full();
+        let open = listener.metrics.connection();
+        let bytes = Some(Arc::clone(&listener.metrics.bytes));
+        let (io, activity) = ActivityIo::new(stream, bytes);
+        Self {
+            listener,
+            io,
+            activity,
+            settings,
+            peer,
+            tls: None,
+            shutdown,
+            _open: open,
+            _room: room,
+        }
+    }
+}
+
+/// Completes a TLS connection's handshake within its timeout, then serves it.
+async fn serve_tls(conn: Conn<Plain>) {
+    let Conn {
+        listener,
+        io,
+        activity,
+        settings,
+        peer,
+        shutdown,
+        _open,
+        _room,
+        ..
+    } = conn;
+    let Some(tls) = &settings.tls else { return };
+    let io = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)).await {
+        Ok(Ok(io)) => io,
+        Ok(Err(err)) => {
+            tracing::debug!(listener = %listener.name, client = %peer, error = %err, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(listener = %listener.name, client = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    if io.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+        // A CA's TLS-ALPN-01 validation (RFC 8737 §3): it only checks the certificate;
+        // nothing is proxied on this connection.
+        tracing::debug!(listener = %listener.name, client = %peer, "ACME TLS-ALPN-01 validation handshake answered");
+        let mut io = io;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+        return;
+    }
+    let origin = TlsOrigin {
+        server_name: io.get_ref().1.server_name().map(Box::from),
+        certificates: Arc::clone(&tls.certificates),
+    };
+    serve_conn(
+        Conn {
+            listener,
+            io,
+            activity,
+            settings,
+            peer,
+            tls: Some(Arc::new(origin)),
+            shutdown,
+            _open,
+            _room,
+        },
+        false,
+    )
+    .await;
+}
+
+/// Serves a connection: its first request (HTTP/2 for its whole life), then HTTP/1 requests
+/// until it is found quiet between two of them: then it is handed to the listener's parked
+/// set, and this task ends. `woken`: the connection comes from the set, where bytes arrived
+/// for it (it is HTTP/1's already); otherwise it is new.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn would keep its argument twice: the connection's parts, for its whole life"
 )]
-fn serve_conn<T>(mut conn: Conn<T>) -> impl Future<Output = ()> + Send
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+pub(super) fn serve_conn<T: ParkIo>(
+    mut conn: Conn<T>,
+    woken: bool,
+) -> impl Future<Output = ()> + Send {
     async move {
-        // The first request head counts as awaited from now (the header-read timeout).
-        conn.activity.await_head(1);
         let mut watchdog = Watchdog::new(&conn.settings.limits);
-        let mut first_wait = true;
-        let preface = loop {
-            // Waiting for the first bytes, or parked: no buffer, no server, just the socket,
-            // the watchdog's timer (a parked connection's idle deadline) and the shutdown.
-            // One poll of the three, written out here: every future awaited here is kept by
-            // the connection's task for its whole life, and a value kept across two awaits
-            // takes room in all of them (so the turn is matched in a block of its own, and
-            // HTTP/2 served after the loop).
-            let mut first = {
+        if !woken {
+            // The first request head counts as awaited from now (the header-read timeout).
+            conn.activity.await_head(1);
+        }
+        // `awaited`: the first head is timed from the connection's start.
+        let (mut first, mut awaited) = 'http1: {
+            // Waiting for the first bytes (or, woken, reading those that came): no buffer, no
+            // server, just the socket, the watchdog's timer and the shutdown. One poll of the
+            // three, written out here: every future awaited here is kept by the connection's
+            // task for its whole life, and a value kept across two awaits takes room in all
+            // of them (so the turn ends in a block of its own before HTTP/2 is served).
+            let preface = {
                 let turn = {
                     // Written out as one `move` closure holding what it needs: its size is
-                    // what a parked connection's task holds besides the connection itself.
-                    let mut place = conn.listener.quiet.place(!first_wait);
-                    let (io, activity, limits) =
-                        (&mut conn.io, &conn.activity, &conn.settings.limits);
+                    // what a quiet connection's task holds besides the connection itself.
+                    // (The activity is reached through `io`, which records it: one capture
+                    // less keeps room for `woken`.)
+                    let mut place = conn.listener.quiet.place();
+                    let (io, limits) = (&mut conn.io, &conn.settings.limits);
                     let (shutdown, watchdog) = (&conn.shutdown, &mut watchdog);
                     // A first read that is part of HTTP/2's preface, kept until it is whole.
                     let mut preface = None;
@@ -180,12 +210,12 @@ where
                         if shutdown.is_cancelled() {
                             return Poll::Ready(Turn::Shutdown);
                         }
-                        if let Poll::Ready(reason) = watchdog.poll_watch(cx, activity, limits) {
+                        let watched = watchdog.poll_watch(cx, io.activity(), limits);
+                        if let Poll::Ready(reason) = watched {
                             return Poll::Ready(Turn::Watchdog(reason));
                         }
                         // Only a connection's first bytes may be HTTP/2's preface.
-                        let sniff = !place.parked();
-                        if let Poll::Ready(start) = poll_start(io, cx, sniff, &mut preface) {
+                        if let Poll::Ready(start) = poll_start(io, cx, !woken, &mut preface) {
                             return Poll::Ready(Turn::Ready(start));
                         }
                         // Left before the last look at the drain: one that begins after it
@@ -199,32 +229,32 @@ where
                     .await
                 };
                 match turn {
-                    Turn::Ready(Ok(Start::Http1(first))) => first,
-                    Turn::Ready(Ok(Start::Http2(preface))) => break preface,
+                    Turn::Ready(Ok(Start::Http1(first))) => break 'http1 (first, !woken),
+                    Turn::Ready(Ok(Start::Http2(preface))) => preface,
                     Turn::Watchdog(reason) => return conn.listener.closed_by(reason, conn.peer),
                     Turn::Ready(Ok(Start::Closed) | Err(_)) | Turn::Shutdown => return,
                 }
             };
-            loop {
-                if !first_wait {
-                    watchdog.restart(&conn.settings.limits);
-                }
-                // Boxed: an awake connection's state (its server, the exchange in flight,
-                // the handler's future: kilobytes) is given back when it parks.
-                let served = Box::pin(conn.serve_http1(first, &mut watchdog, first_wait)).await;
-                let Some((budget, unread)) = served else {
-                    return;
-                };
-                first_wait = false;
-                if unread.is_empty() {
-                    watchdog.park(budget);
-                    break;
-                }
-                // Bytes came as the server stopped to park: served at once instead.
-                first = unread;
-            }
+            return Box::pin(conn.serve_http2(preface, &mut watchdog)).await;
         };
-        Box::pin(conn.serve_http2(preface, &mut watchdog)).await;
+        loop {
+            // Boxed: an awake connection's state (its server, the exchange in flight, the
+            // handler's future: kilobytes) is given back when it parks.
+            let served = Box::pin(conn.serve_http1(first, &mut watchdog, awaited)).await;
+            let Some((idle_left, unread)) = served else {
+                return;
+            };
+            if unread.is_empty() {
+                let listener = Arc::clone(&conn.listener);
+                if let Some(parking) = listener.parking.get() {
+                    parking.park(conn, idle_left);
+                }
+                return;
+            }
+            // Bytes came as the server stopped to park: served at once instead.
+            (first, awaited) = (unread, false);
+            watchdog.restart(&conn.settings.limits);
+        }
     }
 }
 
@@ -521,7 +551,7 @@ async fn linger<T: AsyncRead + Unpin>(io: &mut T) {
 
 /// How a client connection starts, or goes on after being parked.
 #[derive(Debug)]
-enum Start {
+pub(super) enum Start {
     /// HTTP/1 bytes (the start of a request).
     Http1(Bytes),
     /// HTTP/2's connection preface, whole, and whatever came with it.
@@ -537,7 +567,7 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// (the read lands on the stack: [`crate::io::poll_read_landing`]). With `sniff` it also
 /// tells HTTP/2's preface from HTTP/1: a first read that is only part of the preface waits in
 /// `preface` (boxed: rare) for the reads that complete it or rule it out.
-fn poll_start<T: AsyncRead + Unpin>(
+pub(super) fn poll_start<T: AsyncRead + Unpin>(
     io: &mut T,
     cx: &mut std::task::Context<'_>,
     sniff: bool,
@@ -669,41 +699,29 @@ mod tests {
         }
     }
 
-    /// What a quiet connection costs is mostly its task's cell, which tokio aligns to 128
-    /// bytes: the connection's future plus 128 (tokio's header 32, scheduler and task id 16,
-    /// stage 8, trailer 48; the accept loop's room and tracker token 16; `serve`'s choice of
-    /// plain or TLS 8). A future of 264 bytes here (in a release build) fills a 384-byte
-    /// cell; eight more would take the next one (512).
+    /// What a connection waiting for its first bytes costs is mostly its task's cell, which
+    /// tokio aligns to 128 bytes: the future measured here (`serve`'s choice of plain or TLS
+    /// included) plus 112 (tokio's header 32, scheduler and task id 16, stage 8, trailer 48;
+    /// the tracker's token 8). A future of 272 bytes here (in a release build) fills a
+    /// 384-byte cell; eight more would take the next one (512).
     #[tokio::test]
     async fn a_quiet_connection_fits_a_384_byte_task_cell() {
-        let config = crate::config::Config::parse(
-            "test.toml",
-            "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\n\
-             [pools.app]\nbackends = [\"127.0.0.1:9\"]\n",
-        )
-        .expect("config");
-        let limits = config.listeners[0].limits.clone();
-        let state = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
-            crate::snapshot::Snapshot::build(std::sync::Arc::new(config), None),
-        ));
-        let listener = std::sync::Arc::new(
-            super::HttpListener::new(
-                "web".into(),
-                state,
-                limits,
-                None,
-                tokio_util::sync::CancellationToken::new(),
-                std::sync::Arc::new(crate::acme::Shared::default()),
-            )
-            .expect("listener"),
-        );
+        let listener = super::super::listener::tests::listener("60s");
         let (server, client) = pair().await;
         let peer = client.local_addr().expect("address");
-        let serving = listener.serve(server, peer, tokio_util::sync::CancellationToken::new());
+        let room = crate::limit::ConnectionLimit::new(None, metrics::Counter::noop())
+            .try_open()
+            .expect("unlimited");
+        let serving = listener.serve(
+            server,
+            peer,
+            tokio_util::sync::CancellationToken::new(),
+            room,
+        );
         let size = std::mem::size_of_val(&serving);
         // A debug build lays it out 8 bytes larger (its MIR is not optimised); the release
         // build's size is the one that counts.
-        let limit = if cfg!(debug_assertions) { 272 } else { 264 };
+        let limit = if cfg!(debug_assertions) { 280 } else { 272 };
         assert!(size <= limit, "{size} bytes: the task cell grows to 512");
     }
 

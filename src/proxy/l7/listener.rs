@@ -1,7 +1,7 @@
 //! What an HTTP listener's connections share: its name and routing state, and the client
 //! limits, TLS acceptor and HTTP/2 server builder that a reload may replace.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -9,10 +9,12 @@ use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::acme;
 use crate::config::ClientLimits;
 use crate::metrics::ListenerMetrics;
+use crate::proxy::l7::parked::Parking;
 use crate::proxy::l7::quiet::QuietConns;
 use crate::snapshot::SharedState;
 use crate::tls::SniResolver;
@@ -45,8 +47,11 @@ pub(crate) struct HttpListener {
     pub(super) settings: ArcSwap<HttpSettings>,
     /// ACME: certificates issued at run time, and the HTTP-01 tokens this listener answers.
     pub(super) acme: Arc<acme::Shared>,
-    /// The wakers of connections waiting for their first bytes or parked, for the drain.
+    /// The wakers of connections waiting for their first bytes, for the drain.
     pub(super) quiet: Arc<QuietConns>,
+    /// The way into the listener's parked set, once its task runs ([`HttpListener::start`]);
+    /// a connection found quiet before that closes.
+    pub(super) parking: OnceLock<Parking>,
 }
 
 pub(super) struct HttpSettings {
@@ -129,7 +134,8 @@ impl HttpListener {
         let settings = HttpSettings::new(&name, limits, tls, &acme)?;
         let metrics = Arc::new(ListenerMetrics::new(&name));
         Ok(Self {
-            quiet: Arc::new(QuietConns::new(metrics.parked.clone())),
+            quiet: Arc::default(),
+            parking: OnceLock::new(),
             metrics,
             name,
             state,
@@ -139,10 +145,14 @@ impl HttpListener {
         })
     }
 
-    /// Has the connections that wait quietly (for their first bytes, or parked) woken when
-    /// `drain` is cancelled, so each sees it and closes.
-    pub(crate) fn wake_quiet_on(&self, drain: CancellationToken) {
-        self.quiet.wake_on_drain(drain);
+    /// Starts what holds the listener's quiet connections: the parked set's task, on
+    /// `tracker`, and the wait that wakes connections waiting for their first bytes, so each
+    /// sees `drain` and closes. Once `drain` is cancelled the parked set closes what it holds.
+    pub(crate) fn start(&self, drain: CancellationToken, tracker: &TaskTracker) {
+        self.quiet.wake_on_drain(drain.clone());
+        let _ = self
+            .parking
+            .get_or_init(|| Parking::start(self.metrics.parked.clone(), drain, tracker));
     }
 
     /// Applies new limits and re-reads TLS certificates, for connections accepted from now on.
@@ -163,5 +173,39 @@ impl HttpListener {
             &self.acme,
         )?));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// A plain listener `web` of one pool (its backend `127.0.0.1:9`, where nothing listens),
+    /// with `idle_timeout`.
+    pub(in crate::proxy::l7) fn listener(idle_timeout: &str) -> Arc<HttpListener> {
+        let config = crate::config::Config::parse(
+            "test.toml",
+            &format!(
+                "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"app\"\n\
+                 idle_timeout = \"{idle_timeout}\"\n\n[pools.app]\nbackends = [\"127.0.0.1:9\"]\n"
+            ),
+        )
+        .expect("config");
+        let limits = config.listeners[0].limits.clone();
+        let state = Arc::new(ArcSwap::from_pointee(crate::snapshot::Snapshot::build(
+            Arc::new(config),
+            None,
+        )));
+        Arc::new(
+            HttpListener::new(
+                "web".into(),
+                state,
+                limits,
+                None,
+                CancellationToken::new(),
+                Arc::new(acme::Shared::default()),
+            )
+            .expect("listener"),
+        )
     }
 }

@@ -16,6 +16,7 @@ pub(crate) mod h1;
 mod handler;
 mod listener;
 mod mirror;
+mod parked;
 mod quiet;
 mod tunnel;
 mod upload;

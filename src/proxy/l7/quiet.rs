@@ -1,31 +1,22 @@
-//! A listener's quiet connections: those waiting for their first bytes or parked between
-//! requests. Each leaves its task's waker here while it waits, so the listener's drain wakes
-//! them all from one wait of its own ([`QuietConns::wake_on_drain`]) instead of each keeping a
-//! wait on the drain token (64 bytes in every parked connection's task).
+//! A listener's quiet connections: those waiting for their first bytes (parked ones wait in
+//! the listener's parked set, [`super::parked`], which the drain closes itself). Each leaves
+//! its task's waker here while it waits, so the listener's drain wakes them all from one wait
+//! of its own ([`QuietConns::wake_on_drain`]) instead of each keeping a wait on the drain
+//! token (64 bytes in every such connection's task).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Waker;
 
-use metrics::Gauge;
 use slab::Slab;
 use tokio_util::sync::CancellationToken;
 
-/// The wakers of a listener's quiet connections, and the gauge of its parked ones.
-#[derive(Debug)]
+/// The wakers of a listener's quiet connections.
+#[derive(Debug, Default)]
 pub(super) struct QuietConns {
     wakers: Mutex<Slab<Waker>>,
-    parked: Gauge,
 }
 
 impl QuietConns {
-    /// No quiet connection yet; parked ones are counted in `parked`.
-    pub(super) fn new(parked: Gauge) -> Self {
-        Self {
-            wakers: Mutex::new(Slab::new()),
-            parked,
-        }
-    }
-
     /// Wakes every quiet connection once `drain` is cancelled (each then sees the drain and
     /// closes), on a task of its own that ends then.
     pub(super) fn wake_on_drain(self: &Arc<Self>, drain: CancellationToken) {
@@ -42,16 +33,11 @@ impl QuietConns {
         wakers.into_iter().for_each(Waker::wake);
     }
 
-    /// A place for one connection's waker while it is quiet; a `parked` one counts in the
-    /// parked gauge until the place is given back (dropped).
-    pub(super) fn place(&self, parked: bool) -> QuietPlace<'_> {
-        if parked {
-            self.parked.increment(1.0);
-        }
+    /// A place for one connection's waker while it is quiet, given back when dropped.
+    pub(super) fn place(&self) -> QuietPlace<'_> {
         QuietPlace {
             conns: self,
             key: NONE,
-            parked,
         }
     }
 
@@ -68,15 +54,9 @@ const NONE: u32 = u32::MAX;
 pub(super) struct QuietPlace<'a> {
     conns: &'a QuietConns,
     key: u32,
-    parked: bool,
 }
 
 impl QuietPlace<'_> {
-    /// Whether the connection is parked (not waiting for its first bytes).
-    pub(super) fn parked(&self) -> bool {
-        self.parked
-    }
-
     /// Leaves `waker` to be woken by the drain (replacing the one left before, if it would
     /// wake another task). Called before the connection looks at the drain token for the last
     /// time before it waits, so a drain that begins after that look finds the waker here.
@@ -104,9 +84,6 @@ impl Drop for QuietPlace<'_> {
         if self.key != NONE {
             self.conns.lock().try_remove(self.key as usize);
         }
-        if self.parked {
-            self.conns.parked.decrement(1.0);
-        }
     }
 }
 
@@ -128,7 +105,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_drain_wakes_every_connection_waiting_and_none_that_left() {
-        let conns = Arc::new(QuietConns::new(Gauge::noop()));
+        let conns = Arc::new(QuietConns::default());
         let drain = CancellationToken::new();
         conns.wake_on_drain(drain.clone());
         let (first, second, gone) = (
@@ -136,14 +113,14 @@ mod tests {
             Arc::new(Counter::default()),
             Arc::new(Counter::default()),
         );
-        let mut waiting = conns.place(false);
+        let mut waiting = conns.place();
         waiting.leave(&Waker::from(Arc::clone(&first)));
         // Left again by the same task: still one place.
         waiting.leave(&Waker::from(Arc::clone(&first)));
-        let mut parked = conns.place(true);
-        parked.leave(&Waker::from(Arc::clone(&second)));
+        let mut also = conns.place();
+        also.leave(&Waker::from(Arc::clone(&second)));
         {
-            let mut left = conns.place(true);
+            let mut left = conns.place();
             left.leave(&Waker::from(Arc::clone(&gone)));
         }
         assert_eq!(conns.lock().len(), 2, "the place given back is free again");
@@ -157,15 +134,15 @@ mod tests {
         assert_eq!(first.0.load(Ordering::Relaxed), 1);
         assert_eq!(second.0.load(Ordering::Relaxed), 1);
         assert_eq!(gone.0.load(Ordering::Relaxed), 0);
-        drop((waiting, parked));
+        drop((waiting, also));
         assert!(conns.lock().is_empty());
     }
 
     #[test]
     fn a_waker_for_another_task_replaces_the_one_left() {
-        let conns = QuietConns::new(Gauge::noop());
+        let conns = QuietConns::default();
         let (before, after) = (Arc::new(Counter::default()), Arc::new(Counter::default()));
-        let mut place = conns.place(false);
+        let mut place = conns.place();
         place.leave(&Waker::from(Arc::clone(&before)));
         place.leave(&Waker::from(Arc::clone(&after)));
         conns.wake_all();
