@@ -93,10 +93,50 @@ pub struct Connection {
     pub(super) buf: BytesMut,
     /// Where request heads are encoded; kept for the next request.
     pub(super) head: Vec<u8>,
-    /// The response-head deadline: one timer for the connection's life. Moving a registered
-    /// timer later is one atomic update; a new timer per request costs two timer-wheel
-    /// updates (insert, remove). Set by [`Connection::send`] before it is ever polled.
-    pub(super) deadline: Pin<Box<Sleep>>,
+    /// The response-head deadline, set by [`Connection::send`] before it is ever polled.
+    pub(super) deadline: Deadline,
+}
+
+/// A deadline with one timer for a connection's life, moved only when it must: a deadline
+/// later than the timer's is only noted, and the timer moves on to it when it fires early.
+/// So a connection busy with one request after another moves its timer about once per
+/// timeout, not once per request (a move is an update of the timer wheel's entry, and
+/// converting the instant to its tick).
+#[derive(Debug)]
+pub(super) struct Deadline {
+    timer: Pin<Box<Sleep>>,
+    at: Instant,
+}
+
+impl Deadline {
+    /// A deadline that has passed, to be set before it is polled. Called within the runtime
+    /// (the timer belongs to its time driver).
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            timer: Box::pin(tokio::time::sleep_until(now)),
+            at: now,
+        }
+    }
+
+    /// Moves the deadline to `at`.
+    pub(super) fn set(&mut self, at: Instant) {
+        self.at = at;
+        if at < self.timer.deadline() {
+            self.timer.as_mut().reset(at);
+        }
+    }
+
+    /// Ready once the deadline has passed.
+    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            ready!(self.timer.as_mut().poll(cx));
+            if self.at <= self.timer.deadline() {
+                return Poll::Ready(());
+            }
+            self.timer.as_mut().reset(self.at);
+        }
+    }
 }
 
 impl Connection {
@@ -108,7 +148,7 @@ impl Connection {
             io,
             buf: BytesMut::new(),
             head: Vec::new(),
-            deadline: Box::pin(tokio::time::sleep_until(Instant::now())),
+            deadline: Deadline::new(),
         })
     }
 
@@ -151,7 +191,37 @@ pub(super) fn poll_read_into(
 #[cfg(test)]
 mod tests {
     use super::super::test_support::{backend, connect, request, send};
+    use super::Deadline;
     use http::Method;
+    use std::task::{Context, Waker};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_fires_at_the_last_time_set_later_or_earlier() {
+        let mut deadline = Deadline::new();
+        let start = Instant::now();
+        let fired = |deadline: &mut Deadline| {
+            deadline
+                .poll(&mut Context::from_waker(Waker::noop()))
+                .is_ready()
+        };
+        deadline.set(start + Duration::from_secs(5));
+        assert!(!fired(&mut deadline));
+        // Moved later before the timer fires: only noted; the early firing is not the deadline.
+        deadline.set(start + Duration::from_secs(8));
+        tokio::time::sleep_until(start + Duration::from_secs(6)).await;
+        assert!(!fired(&mut deadline));
+        std::future::poll_fn(|cx| deadline.poll(cx)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(8));
+        // A timer that fired, set later again, and then earlier than that: the earlier one.
+        deadline.set(Instant::now() + Duration::from_secs(30));
+        assert!(!fired(&mut deadline));
+        deadline.set(Instant::now() + Duration::from_secs(2));
+        let from = Instant::now();
+        std::future::poll_fn(|cx| deadline.poll(cx)).await;
+        assert_eq!(from.elapsed(), Duration::from_secs(2));
+    }
 
     #[tokio::test]
     async fn idle_connections_report_closes_and_stray_bytes() {

@@ -38,10 +38,10 @@ use bytes::Buf;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use tokio::io::AsyncWrite;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use self::body_writer::{BodyWriter, Writing};
-use self::connection::{HEAD_READ, poll_read_into};
+use self::connection::{Deadline, HEAD_READ, poll_read_into};
 use self::head::{Head, MAX_HEAD, encode_head, parse_head};
 use super::request_body::RequestBody;
 use crate::http::decode::Decoder;
@@ -80,12 +80,12 @@ impl Connection {
         wait: HeadWait,
     ) -> impl Future<Output = Result<Response<Body>, SendError>> {
         async move {
-            self.deadline.as_mut().reset(wait.deadline);
+            self.deadline.set(wait.deadline);
             let framing = encode_head(&request, forwarding, &mut self.head);
             let mut written = 0;
             let wrote = std::future::poll_fn(|cx| {
                 let write = poll_write_head(&mut self.io, cx, &self.head, &mut written);
-                before(self.deadline.as_mut(), cx, write.map_err(Error::from))
+                before(&mut self.deadline, cx, write.map_err(Error::from))
             })
             .await;
             let (parts, body) = match wrote {
@@ -122,13 +122,13 @@ impl Connection {
                 if streaming && writer.done {
                     streaming = false;
                     let deadline = Instant::now() + wait.after_body;
-                    self.deadline.as_mut().reset(deadline);
+                    self.deadline.set(deadline);
                 }
                 let head = self.poll_head(cx, &mut headers);
                 if streaming {
                     return head;
                 }
-                before(self.deadline.as_mut(), cx, head)
+                before(&mut self.deadline, cx, head)
             })
             .await;
             let head = match (parsed, write_error) {
@@ -272,7 +272,7 @@ fn poll_write_head(
 
 /// `work`, or [`Error::TimedOut`] once `deadline` has passed while it is still pending.
 fn before<T>(
-    deadline: Pin<&mut Sleep>,
+    deadline: &mut Deadline,
     cx: &mut Context<'_>,
     work: Poll<Result<T, Error>>,
 ) -> Poll<Result<T, Error>> {
