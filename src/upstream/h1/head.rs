@@ -4,7 +4,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, StatusCode, Version};
 use http_body::Body as _;
 
@@ -168,7 +168,7 @@ fn read_fields(
             continue;
         }
         // Built for the fields kept only.
-        let value = HeaderValue::from_maybe_shared(copy.of(field.value))
+        let value = wire::field_value(copy.of(field.value))
             .map_err(|_| Error::Malformed("invalid header value"))?;
         headers.append(name, value);
     }

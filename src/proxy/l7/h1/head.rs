@@ -4,7 +4,7 @@
 
 use std::mem::MaybeUninit;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, Uri, Version};
 
 use crate::http::wire::{self, HeadCopy, content_length};
@@ -211,7 +211,7 @@ fn read_fields(
                 .trim_ascii()
                 .eq_ignore_ascii_case(b"100-continue");
         }
-        let value = HeaderValue::from_maybe_shared(owned.of(field.value))
+        let value = wire::field_value(owned.of(field.value))
             .map_err(|_| HeadError::Malformed("invalid field value"))?;
         headers.append(name, value);
     }
