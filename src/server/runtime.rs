@@ -120,52 +120,54 @@ impl Runtime {
         let handoff = duplicate(&config.name, &socket);
         let stop = self.stop.child_token();
         let name = Arc::clone(&config.name);
-        let handler = match config.protocol {
-            Protocol::Http => match HttpListener::new(
-                Arc::clone(&name),
-                Arc::clone(&self.state),
-                config.limits.clone(),
-                config.tls.as_ref(),
-                self.deadline.clone(),
-                Arc::clone(&self.acme_shared),
-            ) {
-                Ok(http) => {
-                    http.start(stop.clone(), &self.connections);
-                    Handler::Http(Arc::new(http))
-                }
-                Err(err) => {
-                    tracing::error!(listener = %name, error = %err, "cannot start listener: TLS setup failed");
-                    return;
-                }
-            },
-            Protocol::Tcp => Handler::Tcp(Arc::new(l4::TcpListener::new(
-                Arc::clone(&name),
-                Arc::clone(&self.state),
-                config.accept_proxy_protocol,
-                self.deadline.clone(),
-            ))),
+        let limit = |metrics: &ListenerMetrics| {
+            ConnectionLimit::new(config.max_connections, metrics.saturations.clone())
         };
-        let limit = ConnectionLimit::new(
-            config.max_connections,
-            handler.metrics().saturations.clone(),
-        );
-        let (accept, accepting) = match &handler {
-            Handler::Http(http) => self.spawn_accept(
-                name,
-                socket,
-                &stop,
-                &limit,
-                Arc::clone(http),
-                HttpListener::serve,
-            ),
-            Handler::Tcp(tcp) => self.spawn_accept(
-                name,
-                socket,
-                &stop,
-                &limit,
-                Arc::clone(tcp),
-                l4::TcpListener::serve,
-            ),
+        let (handler, limit, (accept, accepting)) = match config.protocol {
+            Protocol::Http => {
+                let http = match HttpListener::new(
+                    Arc::clone(&name),
+                    Arc::clone(&self.state),
+                    config.limits.clone(),
+                    config.tls.as_ref(),
+                    self.deadline.clone(),
+                    Arc::clone(&self.acme_shared),
+                ) {
+                    Ok(http) => Arc::new(http),
+                    Err(err) => {
+                        tracing::error!(listener = %name, error = %err, "cannot start listener: TLS setup failed");
+                        return;
+                    }
+                };
+                let limit = limit(&http.metrics);
+                let parkings = http.start(stop.clone(), &self.connections);
+                let listener = Arc::clone(&http);
+                let accept =
+                    self.spawn_accept(name, socket, &stop, &limit, move |stream, peer, _, room| {
+                        Arc::clone(&listener).serve(Arc::clone(&parkings), stream, peer, room)
+                    });
+                (Handler::Http(http), limit, accept)
+            }
+            Protocol::Tcp => {
+                let tcp = Arc::new(l4::TcpListener::new(
+                    Arc::clone(&name),
+                    Arc::clone(&self.state),
+                    config.accept_proxy_protocol,
+                    self.deadline.clone(),
+                ));
+                let limit = limit(&tcp.metrics);
+                let listener = Arc::clone(&tcp);
+                let accept = self.spawn_accept(
+                    name,
+                    socket,
+                    &stop,
+                    &limit,
+                    move |stream, peer, drain, room| {
+                        Arc::clone(&listener).serve(stream, peer, drain, room)
+                    },
+                );
+                (Handler::Tcp(tcp), limit, accept)
+            }
         };
         self.listeners.push(RunningListener {
             config,
@@ -179,19 +181,19 @@ impl Runtime {
         });
     }
 
-    /// Runs the accept loop of `socket`, handing each connection to `serve` on `handler`, until
-    /// `stop` or the returned token (which stops accepting only) is cancelled.
-    pub(crate) fn spawn_accept<H, Fut>(
+    /// Runs the accept loop of `socket`, handing each connection to `serve` (with the drain
+    /// token and its room under `limit`), until `stop` or the returned token (which stops
+    /// accepting only) is cancelled.
+    pub(crate) fn spawn_accept<F, Fut>(
         &self,
         name: Arc<str>,
         socket: TcpListener,
         stop: &CancellationToken,
         limit: &Arc<ConnectionLimit>,
-        handler: Arc<H>,
-        serve: fn(Arc<H>, TcpStream, SocketAddr, CancellationToken, OpenConnection) -> Fut,
+        serve: F,
     ) -> (JoinHandle<TcpListener>, CancellationToken)
     where
-        H: Send + Sync + 'static,
+        F: Fn(TcpStream, SocketAddr, CancellationToken, OpenConnection) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let accepting = stop.child_token();
@@ -202,9 +204,7 @@ impl Runtime {
             stop.clone(),
             self.connections.clone(),
             Arc::clone(limit),
-            move |stream, peer, shutdown, room| {
-                serve(Arc::clone(&handler), stream, peer, shutdown, room)
-            },
+            serve,
         ));
         (accept, accepting)
     }

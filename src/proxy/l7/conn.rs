@@ -18,12 +18,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::calm::{CalmIo, CancelBudget, StreamGuard};
 use super::h1;
 use super::handler::{Handler, TlsOrigin};
 use super::listener::{HttpListener, HttpSettings};
-use super::parked::{ParkIo, Plain};
+use super::parked::{Parkable, Parking};
 use super::tunnel::{UpgradeSlot, run_tunnel};
 use crate::http::headers::ClientInfo;
 use crate::io::rewind::Rewind;
@@ -35,22 +36,131 @@ use crate::upstream::request_body::IncomingBody;
 /// One client connection's parts, kept for its whole life: all a parked connection holds
 /// besides its idle deadline (see [`super::parked`]).
 pub(super) struct Conn<T> {
-    pub(super) listener: Arc<HttpListener>,
-    pub(super) io: T,
+    listener: Arc<HttpListener>,
+    io: T,
     activity: Arc<Activity>,
     /// The listener's settings when the connection was accepted.
     settings: Arc<HttpSettings>,
-    pub(super) peer: SocketAddr,
+    peer: SocketAddr,
     tls: Option<Arc<TlsOrigin>>,
-    shutdown: CancellationToken,
+    /// The listener's parked sets and its drain.
+    parkings: Arc<Parkings>,
     _open: ConnectionGuard,
     /// The connection's room under the listener's `max_connections`.
     _room: OpenConnection,
 }
 
+/// A plain client connection's transport.
+type Plain = ActivityIo<TcpStream>;
+/// A TLS client connection's transport.
+type Tls = tokio_rustls::server::TlsStream<Plain>;
+
+/// A listener's parked sets, one per transport, and its drain: what every connection of the
+/// listener needs to park, and to see the drain begin.
+pub(crate) struct Parkings {
+    plain: Parking<Conn<Plain>>,
+    tls: Parking<Conn<Tls>>,
+    drain: CancellationToken,
+}
+
+/// A client connection's transport, as a parked connection keeps it.
+pub(super) trait ParkIo: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
+    /// The TCP socket underneath.
+    fn socket(&self) -> &TcpStream;
+
+    /// The connection's activity, which the plain transport underneath records.
+    fn activity(&self) -> &Activity;
+
+    /// Whether something can be read already without the socket (TLS: plaintext decrypted
+    /// from records read before, or the client's close_notify).
+    fn readable_now(&mut self) -> bool;
+
+    /// The parked set for connections of this kind.
+    fn parking(parkings: &Parkings) -> &Parking<Conn<Self>>;
+}
+
+impl ParkIo for Plain {
+    fn socket(&self) -> &TcpStream {
+        self.get_ref()
+    }
+
+    fn activity(&self) -> &Activity {
+        ActivityIo::activity(self)
+    }
+
+    fn readable_now(&mut self) -> bool {
+        false
+    }
+
+    fn parking(parkings: &Parkings) -> &Parking<Conn<Self>> {
+        &parkings.plain
+    }
+}
+
+impl ParkIo for Tls {
+    fn socket(&self) -> &TcpStream {
+        self.get_ref().0.get_ref()
+    }
+
+    fn activity(&self) -> &Activity {
+        self.get_ref().0.activity()
+    }
+
+    fn readable_now(&mut self) -> bool {
+        // Processes whole records left in rustls' buffer, if any; an error is the next read's.
+        self.get_mut()
+            .1
+            .process_new_packets()
+            .map_or(true, |state| {
+                state.plaintext_bytes_to_read() > 0 || state.peer_has_closed()
+            })
+    }
+
+    fn parking(parkings: &Parkings) -> &Parking<Conn<Self>> {
+        &parkings.tls
+    }
+}
+
+impl<T: ParkIo> Parkable for Conn<T> {
+    fn socket(&self) -> &TcpStream {
+        self.io.socket()
+    }
+
+    fn readable_now(&mut self) -> bool {
+        self.io.readable_now()
+    }
+
+    fn closed_idle(&self) {
+        self.listener.closed_by(Close::Idle, self.peer);
+    }
+
+    fn resume(self, tracker: &TaskTracker) {
+        tracker.spawn(serve_conn(self, true));
+    }
+
+    fn failed(&self, err: &std::io::Error) {
+        tracing::debug!(listener = %self.listener.name, client = %self.peer, error = %err, "parked client connection ended with an error");
+    }
+}
+
 impl HttpListener {
-    /// Serves one accepted client connection until it closes, idles out, or `shutdown` fires
-    /// (then in-flight requests finish and the connection closes gracefully).
+    /// Starts what holds the listener's quiet connections: its parked sets' tasks, on
+    /// `tracker`, and the wait that wakes connections waiting for their first bytes, so each
+    /// sees `drain` and closes. Once `drain` is cancelled the parked sets close what they hold.
+    /// The returned sets go to every connection [`HttpListener::serve`] serves.
+    pub(crate) fn start(&self, drain: CancellationToken, tracker: &TaskTracker) -> Arc<Parkings> {
+        self.quiet.wake_on_drain(drain.clone());
+        let gauge = &self.metrics.parked;
+        Arc::new(Parkings {
+            plain: Parking::start(gauge.clone(), drain.clone(), tracker),
+            tls: Parking::start(gauge.clone(), drain.clone(), tracker),
+            drain,
+        })
+    }
+
+    /// Serves one accepted client connection until it closes, idles out, or the listener
+    /// drains (then in-flight requests finish and the connection closes gracefully); between
+    /// requests it may wait in `parkings`, the listener's parked sets.
     ///
     /// Not an `async fn`, nor is [`serve_conn`]: one keeps its arguments twice, as arguments
     /// and as locals, and a connection's task keeps its future's largest state for its whole
@@ -60,12 +170,12 @@ impl HttpListener {
     /// connection does while awake. A parked connection has no task (see [`super::parked`]).
     pub(crate) fn serve(
         self: Arc<Self>,
+        parkings: Arc<Parkings>,
         stream: TcpStream,
         peer: SocketAddr,
-        shutdown: CancellationToken,
         room: OpenConnection,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let conn = Conn::accepted(self, stream, peer, shutdown, room);
+        let conn = Conn::accepted(self, parkings, stream, peer, room);
         if conn.settings.tls.is_some() {
             return Either::Left(Box::pin(serve_tls(conn)));
         }
@@ -91,11 +201,11 @@ impl HttpListener {
 impl Conn<Plain> {
     /// A connection `listener` accepted from `peer`, counted open from now, under the
     /// listener's current settings.
-    pub(super) fn accepted(
+    fn accepted(
         listener: Arc<HttpListener>,
+        parkings: Arc<Parkings>,
         stream: TcpStream,
         peer: SocketAddr,
-        shutdown: CancellationToken,
         room: OpenConnection,
     ) -> Self {
         let settings = listener.settings.load_full();
@@ -109,7 +219,7 @@ impl Conn<Plain> {
             settings,
             peer,
             tls: None,
-            shutdown,
+            parkings,
             _open: open,
             _room: room,
         }
@@ -124,7 +234,7 @@ async fn serve_tls(conn: Conn<Plain>) {
         activity,
         settings,
         peer,
-        shutdown,
+        parkings,
         _open,
         _room,
         ..
@@ -161,7 +271,7 @@ async fn serve_tls(conn: Conn<Plain>) {
             settings,
             peer,
             tls: Some(Arc::new(origin)),
-            shutdown,
+            parkings,
             _open,
             _room,
         },
@@ -203,7 +313,7 @@ pub(super) fn serve_conn<T: ParkIo>(
                     // less keeps room for `woken`.)
                     let mut place = conn.listener.quiet.place();
                     let (io, limits) = (&mut conn.io, &conn.settings.limits);
-                    let (shutdown, watchdog) = (&conn.shutdown, &mut watchdog);
+                    let (shutdown, watchdog) = (&conn.parkings.drain, &mut watchdog);
                     // A first read that is part of HTTP/2's preface, kept until it is whole.
                     let mut preface = None;
                     std::future::poll_fn(move |cx| {
@@ -245,11 +355,8 @@ pub(super) fn serve_conn<T: ParkIo>(
                 return;
             };
             if unread.is_empty() {
-                let listener = Arc::clone(&conn.listener);
-                if let Some(parking) = listener.parking.get() {
-                    parking.park(conn, idle_left);
-                }
-                return;
+                let parkings = Arc::clone(&conn.parkings);
+                return T::parking(&parkings).park(conn, idle_left);
             }
             // Bytes came as the server stopped to park: served at once instead.
             (first, awaited) = (unread, false);
@@ -360,7 +467,7 @@ where
                 |err| handler.refuse(err, activity.open_exchange()),
             );
             tokio::pin!(serving);
-            let shutdown = self.shutdown.cancelled();
+            let shutdown = self.parkings.drain.cancelled();
             tokio::pin!(shutdown);
             // The watchdog and the shutdown wait are polled when their own waker fired (or a
             // head started, which the watchdog times), not at every wake of the connection:
@@ -456,7 +563,7 @@ where
             activity,
             settings,
             peer,
-            shutdown,
+            parkings,
             _open,
             ..
         } = self;
@@ -484,7 +591,7 @@ where
             biased;
             result = conn.as_mut() => result,
             reason = watchdog.watch(&activity, limits) => return listener.closed_by(reason, peer),
-            () = shutdown.cancelled() => {
+            () = parkings.drain.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
@@ -712,12 +819,9 @@ mod tests {
         let room = crate::limit::ConnectionLimit::new(None, metrics::Counter::noop())
             .try_open()
             .expect("unlimited");
-        let serving = listener.serve(
-            server,
-            peer,
-            tokio_util::sync::CancellationToken::new(),
-            room,
-        );
+        let tracker = tokio_util::task::TaskTracker::new();
+        let parkings = listener.start(tokio_util::sync::CancellationToken::new(), &tracker);
+        let serving = listener.serve(parkings, server, peer, room);
         let size = std::mem::size_of_val(&serving);
         // A debug build lays it out 8 bytes larger (its MIR is not optimised); the release
         // build's size is the one that counts.

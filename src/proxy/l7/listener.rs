@@ -1,7 +1,7 @@
 //! What an HTTP listener's connections share: its name and routing state, and the client
 //! limits, TLS acceptor and HTTP/2 server builder that a reload may replace.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -9,12 +9,10 @@ use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::acme;
 use crate::config::ClientLimits;
 use crate::metrics::ListenerMetrics;
-use crate::proxy::l7::parked::Parking;
 use crate::proxy::l7::quiet::QuietConns;
 use crate::snapshot::SharedState;
 use crate::tls::SniResolver;
@@ -49,9 +47,6 @@ pub(crate) struct HttpListener {
     pub(super) acme: Arc<acme::Shared>,
     /// The wakers of connections waiting for their first bytes, for the drain.
     pub(super) quiet: Arc<QuietConns>,
-    /// The way into the listener's parked set, once its task runs ([`HttpListener::start`]);
-    /// a connection found quiet before that closes.
-    pub(super) parking: OnceLock<Parking>,
 }
 
 pub(super) struct HttpSettings {
@@ -135,7 +130,6 @@ impl HttpListener {
         let metrics = Arc::new(ListenerMetrics::new(&name));
         Ok(Self {
             quiet: Arc::default(),
-            parking: OnceLock::new(),
             metrics,
             name,
             state,
@@ -143,16 +137,6 @@ impl HttpListener {
             settings: ArcSwap::from_pointee(settings),
             acme,
         })
-    }
-
-    /// Starts what holds the listener's quiet connections: the parked set's task, on
-    /// `tracker`, and the wait that wakes connections waiting for their first bytes, so each
-    /// sees `drain` and closes. Once `drain` is cancelled the parked set closes what it holds.
-    pub(crate) fn start(&self, drain: CancellationToken, tracker: &TaskTracker) {
-        self.quiet.wake_on_drain(drain.clone());
-        let _ = self
-            .parking
-            .get_or_init(|| Parking::start(self.metrics.parked.clone(), drain, tracker));
     }
 
     /// Applies new limits and re-reads TLS certificates, for connections accepted from now on.
