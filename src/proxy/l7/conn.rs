@@ -3,13 +3,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Poll, ready};
+use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderValue, Request};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -25,6 +24,8 @@ use super::h1;
 use super::handler::{Handler, TlsOrigin};
 use super::listener::{HttpListener, HttpSettings};
 use super::parked::{Parkable, Parking};
+use super::side_wake::SideWake;
+use super::start::{Start, poll_start};
 use super::tunnel::{UpgradeSlot, run_tunnel};
 use crate::http::headers::ClientInfo;
 use crate::io::rewind::Rewind;
@@ -373,46 +374,6 @@ enum Turn<R> {
     Shutdown,
 }
 
-/// The waker an awake connection gives its side futures (watchdog, shutdown wait): it notes
-/// that one of them may be ready, then wakes the connection's task. Polling them only then
-/// spares every other wake a timer registration and the shutdown wait's lock.
-struct SideWake {
-    woken: AtomicBool,
-    task: std::task::Waker,
-}
-
-impl SideWake {
-    /// A side waker for the task that awaits this, noted as woken so the first poll looks.
-    async fn new() -> Arc<Self> {
-        let task = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-        Arc::new(Self {
-            woken: AtomicBool::new(true),
-            task,
-        })
-    }
-
-    /// Whether a side future was woken since the last call.
-    fn take(&self) -> bool {
-        self.woken.swap(false, Ordering::AcqRel)
-    }
-
-    /// Has the side futures polled at the next look, as if woken (from inside the task).
-    fn look_again(&self) {
-        self.woken.store(true, Ordering::Release);
-    }
-}
-
-impl std::task::Wake for SideWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake_by_ref();
-    }
-}
-
 impl<T> Conn<T>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -423,7 +384,7 @@ where
         Arc::new(Handler {
             listener: Arc::clone(&self.listener),
             client: ClientInfo {
-                ip: header_value_of(self.peer),
+                ip: crate::http::headers::ip_value(self.peer.ip()),
                 proto: HeaderValue::from_static(if self.tls.is_some() { "https" } else { "http" }),
             },
             upgrade: Arc::clone(upgrade),
@@ -656,155 +617,9 @@ async fn linger<T: AsyncRead + Unpin>(io: &mut T) {
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
-/// How a client connection starts, or goes on after being parked.
-#[derive(Debug)]
-pub(super) enum Start {
-    /// HTTP/1 bytes (the start of a request).
-    Http1(Bytes),
-    /// HTTP/2's connection preface, whole, and whatever came with it.
-    Http2(Bytes),
-    /// The client closed the connection.
-    Closed,
-}
-
-/// The client's connection preface in HTTP/2 (RFC 9113 §3.4).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Reads what arrived of a quiet client's next bytes, holding no buffer while nothing comes
-/// (the read lands on the stack: [`crate::io::poll_read_landing`]). With `sniff` it also
-/// tells HTTP/2's preface from HTTP/1: a first read that is only part of the preface waits in
-/// `preface` (boxed: rare) for the reads that complete it or rule it out.
-pub(super) fn poll_start<T: AsyncRead + Unpin>(
-    io: &mut T,
-    cx: &mut std::task::Context<'_>,
-    sniff: bool,
-    preface: &mut Option<Box<BytesMut>>,
-) -> Poll<std::io::Result<Start>> {
-    loop {
-        let (read, start) = match preface.as_deref_mut() {
-            Some(part) => {
-                part.reserve(H2_PREFACE.len());
-                let read = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, part))?;
-                (read, std::mem::take(part))
-            }
-            None => {
-                let mut start = BytesMut::new();
-                let read = ready!(crate::io::poll_read_landing(io, cx, &mut start))?;
-                (read, start)
-            }
-        };
-        *preface = None;
-        if start.is_empty() {
-            return Poll::Ready(Ok(Start::Closed));
-        }
-        let seen = start.len().min(H2_PREFACE.len());
-        if read == 0 || !sniff || start[..seen] != H2_PREFACE[..seen] {
-            // Anything but the preface, or part of it and then the end: HTTP/1's bytes.
-            return Poll::Ready(Ok(Start::Http1(start.freeze())));
-        }
-        if seen == H2_PREFACE.len() {
-            return Poll::Ready(Ok(Start::Http2(start.freeze())));
-        }
-        *preface = Some(Box::new(start));
-    }
-}
-
-/// The client's IP as a header value, rendered once per connection. IPv4, the common case, is
-/// written digit by digit: the formatting machinery costs more than the rest of accepting.
-fn header_value_of(peer: SocketAddr) -> HeaderValue {
-    let rendered = match peer.ip() {
-        std::net::IpAddr::V4(ip) => {
-            let mut text = [0u8; 15];
-            let mut len = 0;
-            for (i, octet) in ip.octets().into_iter().enumerate() {
-                if i > 0 {
-                    text[len] = b'.';
-                    len += 1;
-                }
-                for divisor in [100, 10, 1] {
-                    if octet >= divisor || divisor == 1 {
-                        text[len] = b'0' + octet / divisor % 10;
-                        len += 1;
-                    }
-                }
-            }
-            HeaderValue::from_bytes(&text[..len])
-        }
-        ip @ std::net::IpAddr::V6(_) => HeaderValue::from_str(&ip.to_string()),
-    };
-    rendered.unwrap_or(HeaderValue::from_static("unknown"))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{H2_PREFACE, Start, header_value_of, poll_start};
-    use std::net::SocketAddr;
-    use std::time::Duration;
-    use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
-
-    /// Reads a connection's start as its wait does.
-    async fn read_start(io: &mut TcpStream, sniff: bool) -> std::io::Result<Start> {
-        let mut preface = None;
-        std::future::poll_fn(|cx| poll_start(io, cx, sniff, &mut preface)).await
-    }
-
-    /// A connected pair on loopback: (the proxy's end, the client's end).
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let client = TcpStream::connect(listener.local_addr().expect("address"))
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
-        (server, client)
-    }
-
-    #[tokio::test]
-    async fn the_first_read_takes_a_whole_request_head() {
-        let (mut server, mut client) = pair().await;
-        let head = format!(
-            "GET / HTTP/1.1\r\nhost: app.test\r\ncookie: {}\r\n\r\n",
-            "c".repeat(2000)
-        );
-        client.write_all(head.as_bytes()).await.expect("write");
-        match read_start(&mut server, true).await.expect("read") {
-            Start::Http1(first) => assert_eq!(first, head.as_bytes(), "all of it, in one read"),
-            other => panic!("expected HTTP/1, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_preface_split_across_writes_is_http2() {
-        let (mut server, mut client) = pair().await;
-        let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
-        tokio::spawn(async move {
-            client.write_all(&H2_PREFACE[..10]).await.expect("write");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            client.write_all(&H2_PREFACE[10..]).await.expect("write");
-            client.write_all(&settings).await.expect("write");
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        });
-        match read_start(&mut server, true).await.expect("read") {
-            Start::Http2(first) => assert!(first.starts_with(H2_PREFACE), "{first:?}"),
-            other => panic!("expected HTTP/2, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_client_gone_before_a_byte_is_closed_and_a_parked_one_needs_no_sniffing() {
-        let (mut server, client) = pair().await;
-        drop(client);
-        assert!(matches!(
-            read_start(&mut server, true).await.expect("read"),
-            Start::Closed
-        ));
-        let (mut server, mut client) = pair().await;
-        client.write_all(&H2_PREFACE[..3]).await.expect("write");
-        match read_start(&mut server, false).await.expect("read") {
-            Start::Http1(first) => assert_eq!(first, &H2_PREFACE[..3]),
-            other => panic!("a waking connection is HTTP/1 already, got {other:?}"),
-        }
-    }
 
     /// What a connection waiting for its first bytes costs is mostly its task's cell, which
     /// tokio aligns to 128 bytes: the future measured here (`serve`'s choice of plain or TLS
@@ -814,7 +629,11 @@ mod tests {
     #[tokio::test]
     async fn a_quiet_connection_fits_a_384_byte_task_cell() {
         let listener = super::super::listener::tests::listener("60s");
-        let (server, client) = pair().await;
+        let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(socket.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (server, _) = socket.accept().await.expect("accept");
         let peer = client.local_addr().expect("address");
         let room = crate::limit::ConnectionLimit::new(None, metrics::Counter::noop())
             .try_open()
@@ -827,23 +646,5 @@ mod tests {
         // build's size is the one that counts.
         let limit = if cfg!(debug_assertions) { 280 } else { 272 };
         assert!(size <= limit, "{size} bytes: the task cell grows to 512");
-    }
-
-    #[test]
-    fn client_ip_renders_like_display() {
-        for text in [
-            "0.0.0.0:1",
-            "127.0.0.1:80",
-            "10.20.30.40:1",
-            "100.9.99.255:1",
-            "255.255.255.255:1",
-            "1.100.10.0:1",
-            "[::1]:80",
-            "[2001:db8::7]:443",
-            "[::ffff:192.0.2.1]:1",
-        ] {
-            let peer: SocketAddr = text.parse().expect("address");
-            assert_eq!(header_value_of(peer), peer.ip().to_string(), "{text}");
-        }
     }
 }
