@@ -399,7 +399,7 @@ pub(crate) struct ListenerMetrics {
     /// Open client connections (for the status API).
     pub active: AtomicU64,
     active_gauge: Gauge,
-    /// Idle HTTP/1 connections parked now (held by the listener's quiet connections).
+    /// Idle HTTP/1 connections parked now (held in the listener's parked sets).
     pub(crate) parked: Gauge,
     /// Bytes read from and written to clients, shared by the listener's connections.
     pub bytes: Arc<ByteCounters>,
