@@ -424,7 +424,7 @@ where
         let result = {
             let serving = server.serve(
                 &stop,
-                |request| Arc::clone(&handler).handle(request, activity.open_exchange(), None),
+                |request| handler.handle(request, activity.open_exchange(), None),
                 |err| handler.refuse(err, activity.open_exchange()),
             );
             tokio::pin!(serving);
@@ -540,11 +540,11 @@ where
                 // Opened as hyper hands the request over, so a park never sees it missing.
                 let exchange = activity.open_exchange();
                 let stream = Some(StreamGuard::new(&budget));
-                Arc::clone(&handler).handle(
-                    request.map(|body| IncomingBody::Http2 { body }),
-                    exchange,
-                    stream,
-                )
+                let handler = Arc::clone(&handler);
+                async move {
+                    let request = request.map(|body| IncomingBody::Http2 { body });
+                    handler.handle(request, exchange, stream).await
+                }
             })
         };
         let mut conn = Box::pin(settings.http2.serve_connection(TokioIo::new(io), service));

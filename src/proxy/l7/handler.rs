@@ -185,7 +185,9 @@ impl TlsOrigin {
 
 impl Handler {
     /// Answers one request; `exchange` stays open until the server drops the response body, and
-    /// `stream` (HTTP/2) counts a cancel if the request or its body is dropped unfinished.
+    /// `stream` (HTTP/2) counts a cancel if the request or its body is dropped unfinished. The
+    /// future borrows the handler: HTTP/1's server runs it inside the connection's own future,
+    /// so no reference count moves per request (HTTP/2's, spawned, holds an `Arc` around it).
     ///
     /// Written as one `async move` block over its arguments, not an `async fn` with nested
     /// ones: an `async fn` keeps a second copy of every argument it moves, and each copy is
@@ -195,11 +197,11 @@ impl Handler {
         reason = "an async fn would store its arguments twice"
     )]
     pub(super) fn handle(
-        self: Arc<Self>,
+        &self,
         mut request: Request<IncomingBody>,
         exchange: Exchange,
         stream: Option<StreamGuard>,
-    ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> {
+    ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> + '_ {
         async move {
             let started = Instant::now();
             let response = match self.check(&mut request) {
