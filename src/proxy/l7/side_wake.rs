@@ -24,7 +24,8 @@ impl SideWake {
 
     /// Whether a side future was woken since the last call.
     pub(super) fn take(&self) -> bool {
-        self.woken.swap(false, Ordering::AcqRel)
+        // Looked at first: most polls find it unset, and a load takes no bus lock.
+        self.woken.load(Ordering::Acquire) && self.woken.swap(false, Ordering::AcqRel)
     }
 
     /// Has the side futures polled at the next look, as if woken (from inside the task).

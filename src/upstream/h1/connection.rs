@@ -158,13 +158,19 @@ impl Connection {
         if !self.buf.is_empty() {
             return true;
         }
-        let mut cx = Context::from_waker(Waker::noop());
         let mut byte = [0u8; 1];
-        let mut probe = ReadBuf::new(&mut byte);
-        !matches!(
-            Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
-            Poll::Pending
-        )
+        match &mut self.io {
+            // Read only if the runtime saw the socket become readable; no waker is registered
+            // (the request's own read registers the task's).
+            Stream::Tcp(io) => {
+                !matches!(io.try_read(&mut byte), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
+            }
+            Stream::Tls(io) => {
+                let mut cx = Context::from_waker(Waker::noop());
+                let mut probe = ReadBuf::new(&mut byte);
+                !matches!(Pin::new(io).poll_read(&mut cx, &mut probe), Poll::Pending)
+            }
+        }
     }
 }
 
