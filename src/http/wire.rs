@@ -1,34 +1,10 @@
 //! Numbers and sections on the wire: `Content-Length` values, chunk sizes and trailer sections
-//! (RFC 9110 §8.6, RFC 9112 §7.1), read the same way from clients and from backends, and the
-//! one copy a parsed head's parts are sliced from, with its field values.
+//! (RFC 9110 §8.6, RFC 9112 §7.1), read the same way from clients and from backends, and field
+//! values.
 
 use bytes::Bytes;
 use http::HeaderValue;
 use http::header::InvalidHeaderValue;
-
-/// A parsed head's bytes copied into one allocation of their own, whose slices become its
-/// target and field values: one allocation per head instead of one per value, and no read
-/// buffer kept alive by them.
-pub(crate) struct HeadCopy {
-    bytes: Bytes,
-    base: usize,
-}
-
-impl HeadCopy {
-    /// A copy of `head`, the bytes the parts to be copied are slices of.
-    pub(crate) fn new(head: &[u8]) -> Self {
-        Self {
-            bytes: Bytes::copy_from_slice(head),
-            base: head.as_ptr() as usize,
-        }
-    }
-
-    /// The copy of `part`, a slice of the head this copy was made of.
-    pub(crate) fn of(&self, part: &[u8]) -> Bytes {
-        let start = part.as_ptr() as usize - self.base;
-        self.bytes.slice(start..start + part.len())
-    }
-}
 
 /// A field value as a `HeaderValue`, checked for the bytes `HeaderValue` accepts (HTAB,
 /// 0x20–0x7E, 0x80–0xFF; not CR, LF, NUL or other controls). The common value, all visible

@@ -11,7 +11,7 @@ use http_body::Body as _;
 use super::error::Error;
 use crate::http::decode::Decoder;
 use crate::http::headers::{self, Forwarding};
-use crate::http::wire::{self, HeadCopy, content_length};
+use crate::http::wire::{self, content_length};
 use crate::upstream::request_body::RequestBody;
 
 /// Largest response head (status line and fields) accepted from a backend.
@@ -66,7 +66,7 @@ pub(super) fn parse_head(buf: &[u8], headers: &mut HeaderMap) -> Result<Option<H
             hyper::ext::ReasonPhrase::try_from(Bytes::copy_from_slice(reason.as_bytes())).ok()
         });
     headers.clear();
-    let fields = read_fields(&HeadCopy::new(&buf[..len]), response.headers, headers)?;
+    let fields = read_fields(response.headers, headers)?;
     Ok(Some(Head {
         len,
         status,
@@ -112,8 +112,8 @@ impl Fields {
     }
 }
 
-/// Puts parsed fields into `headers`, their values slices of `copy` (the head's one copy),
-/// noting the ones that frame the message and the connection.
+/// Puts parsed fields into `headers`, each value a copy of its own (a reference count shared
+/// by a head's values cost more than an allocation each for the few a response keeps), noting the ones that frame the message and the connection.
 ///
 /// The hop-by-hop fields describe this connection alone and are left out (the proxy would
 /// remove them anyway): all but `Upgrade`, which a 101 needs, and a `Connection` that names
@@ -123,11 +123,7 @@ impl Fields {
 /// does), which costs less than carrying the backend's through. So is `Content-Length`, noted
 /// in the facts: `Connection::respond` puts it back unless the body's own length says the same
 /// (the client's response head is written with that length).
-fn read_fields(
-    copy: &HeadCopy,
-    fields: &[httparse::Header<'_>],
-    headers: &mut HeaderMap,
-) -> Result<Fields, Error> {
+fn read_fields(fields: &[httparse::Header<'_>], headers: &mut HeaderMap) -> Result<Fields, Error> {
     let mut facts = Fields::default();
     headers.reserve(fields.len());
     for field in fields {
@@ -168,7 +164,7 @@ fn read_fields(
             continue;
         }
         // Built for the fields kept only.
-        let value = wire::field_value(copy.of(field.value))
+        let value = wire::field_value(Bytes::copy_from_slice(field.value))
             .map_err(|_| Error::Malformed("invalid header value"))?;
         headers.append(name, value);
     }

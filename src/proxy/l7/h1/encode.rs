@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::time::{Duration, SystemTime};
 
-use http::header::{self, HeaderValue};
+use http::header;
 use http::response::Parts;
 use http::{StatusCode, Version};
 use http_body::SizeHint;
@@ -139,7 +139,7 @@ pub(crate) fn head(
         out.extend_from_slice(b"\r\n");
     }
     if !said.dated {
-        wire::field_line(out, &header::DATE, &now());
+        date_line(out);
     }
     out.extend_from_slice(b"\r\n");
     (framing, keep_alive)
@@ -181,12 +181,11 @@ fn status_line(parts: &Parts, out: &mut Vec<u8>) {
 
 thread_local! {
     /// This thread's rendering of the current second (as hyper and nginx cache theirs).
-    static DATE: RefCell<(u64, HeaderValue)> =
-        const { RefCell::new((0, HeaderValue::from_static(""))) };
+    static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
 }
 
-/// The `Date` field's value for now (RFC 9110 §6.6.1), rendered at most once a second.
-fn now() -> HeaderValue {
+/// Writes the `Date` field for now (RFC 9110 §6.6.1), rendered at most once a second.
+fn date_line(out: &mut Vec<u8>) {
     let now = SystemTime::now();
     let second = now
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -195,11 +194,10 @@ fn now() -> HeaderValue {
     DATE.with(|cached| {
         let mut cached = cached.borrow_mut();
         if cached.0 != second {
-            let rendered = httpdate::fmt_http_date(now);
-            if let Ok(value) = HeaderValue::from_str(&rendered) {
-                *cached = (second, value);
-            }
+            *cached = (second, httpdate::fmt_http_date(now));
         }
-        cached.1.clone()
-    })
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(cached.1.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
 }
