@@ -206,7 +206,7 @@ impl AdminState {
                 }
             }
         }
-        Some(exporter.render())
+        Some(crate::metrics::render(exporter))
     }
 }
 

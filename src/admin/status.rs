@@ -359,7 +359,7 @@ fn backend_status(
         in_flight: backend.in_flight(),
         max_connections: backend.max_connections(),
         idle_connections: backend.idle.len(),
-        requests: backend.metrics.requests_total.load(Ordering::Relaxed),
+        requests: backend.metrics.requests_total(),
         last_error: backend.health.last_error(),
         last_minute: backend.metrics.window.summary(),
         ewma_ms: None,

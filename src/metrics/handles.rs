@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arc_swap::ArcSwap;
-use metrics::{Counter, Gauge, Histogram};
+use std::sync::OnceLock;
+
+use metrics::{Counter, Gauge};
 use tokio::time::Instant;
 
 use super::names;
+use super::tally::{Tally, Timings};
 use super::window::Window;
 
 /// Status class index of a status code: 0 for 1xx … 4 for 5xx.
@@ -23,7 +25,7 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 pub struct BackendMetrics {
     pool: Arc<str>,
     backend: Arc<str>,
-    duration: Histogram,
+    duration: Timings,
     connect_errors: Counter,
     connects: Counter,
     ejections: Counter,
@@ -32,10 +34,8 @@ pub struct BackendMetrics {
     up: Gauge,
     in_flight: Gauge,
     idle: Gauge,
-    /// `requests_total` handles per listener, added the first time a listener uses this backend.
-    requests: ArcSwap<Vec<(Arc<str>, [Counter; 5])>>,
-    /// Requests answered since this backend was added.
-    pub requests_total: AtomicU64,
+    /// `requests_total` per listener, added the first time a listener uses this backend.
+    requests: OnceLock<Box<ListenerRequests>>,
     /// Requests, errors and latencies over the last minute.
     pub window: Window,
 }
@@ -47,7 +47,11 @@ impl BackendMetrics {
         Self {
             pool: Arc::clone(pool),
             backend: Arc::clone(backend),
-            duration: metrics::histogram!(names::REQUEST_DURATION, &labels),
+            duration: Timings::new(
+                names::REQUEST_DURATION,
+                names::REQUEST_DURATION_HELP,
+                &[("pool", pool), ("backend", backend)],
+            ),
             connect_errors: metrics::counter!(names::CONNECT_ERRORS, &labels),
             connects: metrics::counter!(names::UPSTREAM_CONNECTS, &labels),
             ejections: metrics::counter!(names::EJECTIONS, &labels),
@@ -70,8 +74,7 @@ impl BackendMetrics {
             up: metrics::gauge!(names::BACKEND_UP, &labels),
             in_flight: metrics::gauge!(names::BACKEND_IN_FLIGHT, &labels),
             idle: metrics::gauge!(names::UPSTREAM_IDLE, &labels),
-            requests: ArcSwap::from_pointee(Vec::new()),
-            requests_total: AtomicU64::new(0),
+            requests: OnceLock::new(),
             window: Window::new(),
         }
     }
@@ -82,9 +85,8 @@ impl BackendMetrics {
         // One clock reading serves the duration and the window's slot.
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(started);
-        self.duration.record(elapsed.as_secs_f64());
+        self.duration.record(elapsed);
         self.window.record(Some(elapsed), status >= 500, now);
-        self.requests_total.fetch_add(1, Ordering::Relaxed);
         self.count_request(listener, status);
         now
     }
@@ -92,40 +94,35 @@ impl BackendMetrics {
     /// A request that failed on this backend without a response head (answered by fulcrum).
     pub fn record_failure(&self, listener: &Arc<str>, status: u16) {
         self.window.record(None, true, Instant::now());
-        self.requests_total.fetch_add(1, Ordering::Relaxed);
         self.count_request(listener, status);
     }
 
     fn count_request(&self, listener: &Arc<str>, status: u16) {
-        let class = class_index(status);
-        let current = self.requests.load();
-        // `Arc<str>` equality checks the pointer first; listener names are shared `Arc`s.
-        match current.iter().find(|(name, _)| name == listener) {
-            Some((_, counters)) => counters[class].increment(1),
-            None => self.requests_counter(listener, class).increment(1),
+        // A list read with plain loads; a listener's first request through this backend adds
+        // its entry at the end (a racing listener that took that place first is passed by).
+        let mut next = &self.requests;
+        loop {
+            let entry = next.get_or_init(|| {
+                Box::new(ListenerRequests::new(listener, &self.pool, &self.backend))
+            });
+            // `Arc<str>` equality checks the pointer first; listener names are shared `Arc`s.
+            if entry.listener == *listener {
+                entry.classes[class_index(status)].add(1);
+                return;
+            }
+            next = &entry.next;
         }
     }
 
-    /// Registers the listener's request counters on its first request through this backend.
-    fn requests_counter(&self, listener: &Arc<str>, class: usize) -> Counter {
-        let counters = CLASSES.map(|code_class| {
-            metrics::counter!(
-                names::REQUESTS,
-                "listener" => listener.to_string(),
-                "pool" => self.pool.to_string(),
-                "backend" => self.backend.to_string(),
-                "code_class" => code_class
-            )
-        });
-        let chosen = counters[class].clone();
-        self.requests.rcu(|list| {
-            let mut list = Vec::clone(list);
-            if !list.iter().any(|(name, _)| name == listener) {
-                list.push((Arc::clone(listener), counters.clone()));
-            }
-            list
-        });
-        chosen
+    /// Requests answered since this backend was added, over every listener.
+    pub fn requests_total(&self) -> u64 {
+        let mut total = 0;
+        let mut next = self.requests.get();
+        while let Some(entry) = next {
+            total += entry.classes.iter().map(Tally::get).sum::<u64>();
+            next = entry.next.get();
+        }
+        total
     }
 
     /// A failed connect.
@@ -168,6 +165,33 @@ impl BackendMetrics {
             "backend" => self.backend.to_string()
         )
         .set(seconds);
+    }
+}
+
+/// One listener's `requests_total` through one backend, by status class; and the next
+/// listener's.
+#[derive(Debug)]
+struct ListenerRequests {
+    listener: Arc<str>,
+    classes: [Tally; 5],
+    next: OnceLock<Box<ListenerRequests>>,
+}
+
+impl ListenerRequests {
+    fn new(listener: &Arc<str>, pool: &str, backend: &str) -> Self {
+        Self {
+            listener: Arc::clone(listener),
+            classes: CLASSES.map(|code_class| {
+                Tally::new(metrics::counter!(
+                    names::REQUESTS,
+                    "listener" => listener.to_string(),
+                    "pool" => pool.to_owned(),
+                    "backend" => backend.to_owned(),
+                    "code_class" => code_class
+                ))
+            }),
+            next: OnceLock::new(),
+        }
     }
 }
 
@@ -292,8 +316,8 @@ impl PoolMetrics {
 pub(crate) struct RouteMetrics {
     /// The route's name, for the access log and `/status`.
     pub name: Arc<str>,
-    duration: Histogram,
-    requests: [Counter; 5],
+    duration: Timings,
+    requests: [Tally; 5],
     /// Requests, errors and latencies over the last minute.
     pub window: Window,
 }
@@ -301,20 +325,20 @@ pub(crate) struct RouteMetrics {
 impl RouteMetrics {
     /// Handles for the route `route` of `listener`.
     pub(crate) fn new(listener: &str, route: &Arc<str>) -> Self {
-        let labels = [
-            ("listener", listener.to_owned()),
-            ("route", route.to_string()),
-        ];
         RouteMetrics {
             name: Arc::clone(route),
-            duration: metrics::histogram!(names::ROUTE_DURATION, &labels),
+            duration: Timings::new(
+                names::ROUTE_DURATION,
+                names::ROUTE_DURATION_HELP,
+                &[("listener", listener), ("route", route)],
+            ),
             requests: CLASSES.map(|class| {
-                metrics::counter!(
+                Tally::new(metrics::counter!(
                     names::ROUTE_REQUESTS,
                     "listener" => listener.to_owned(),
                     "route" => route.to_string(),
                     "code_class" => class
-                )
+                ))
             }),
             window: Window::new(),
         }
@@ -324,9 +348,9 @@ impl RouteMetrics {
     pub(crate) fn record(&self, status: u16, started: Instant) {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(started);
-        self.duration.record(elapsed.as_secs_f64());
+        self.duration.record(elapsed);
         self.window.record(Some(elapsed), status >= 500, now);
-        self.requests[class_index(status)].increment(1);
+        self.requests[class_index(status)].add(1);
     }
 }
 
@@ -429,14 +453,14 @@ impl ListenerMetrics {
             ),
             parked: metrics::gauge!(names::CONNECTIONS_PARKED, std::slice::from_ref(&listener)),
             bytes: Arc::new(ByteCounters {
-                read: metrics::counter!(
+                read: Tally::new(metrics::counter!(
                     names::BYTES,
                     &[listener.clone(), ("direction", "in".to_owned())]
-                ),
-                written: metrics::counter!(
+                )),
+                written: Tally::new(metrics::counter!(
                     names::BYTES,
                     &[listener.clone(), ("direction", "out".to_owned())]
-                ),
+                )),
             }),
             header_read_timeouts: metrics::counter!(
                 names::CLIENT_TIMEOUTS,
@@ -491,9 +515,9 @@ impl Drop for GaugeGuard<'_> {
 #[derive(Debug)]
 pub(crate) struct ByteCounters {
     /// Bytes read from clients.
-    pub read: Counter,
+    pub read: Tally,
     /// Bytes written to clients.
-    pub written: Counter,
+    pub written: Tally,
 }
 
 /// Holds one open connection in [`ListenerMetrics::active`].

@@ -9,23 +9,19 @@
 
 mod handles;
 pub(crate) mod names;
+mod tally;
 mod window;
 
 use std::sync::OnceLock;
 
 use metrics::Unit;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub(crate) use handles::{
     BackendMetrics, ByteCounters, ConnectionGuard, ListenerMetrics, MirrorMetrics, MirrorOutcome,
     PoolMetrics, QueueOutcome, RateLimitMetrics, RetryOutcome, RouteMetrics,
 };
 pub(crate) use window::WindowSummary;
-
-/// Histogram buckets for request durations: 0.5 ms to 10 s.
-const DURATION_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
 
 static EXPORTER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -34,18 +30,7 @@ static EXPORTER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub(crate) fn install() -> Option<&'static PrometheusHandle> {
     EXPORTER
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full(names::REQUEST_DURATION.to_owned()),
-                    &DURATION_BUCKETS,
-                )
-                .ok()?
-                .set_buckets_for_metric(
-                    Matcher::Full(names::ROUTE_DURATION.to_owned()),
-                    &DURATION_BUCKETS,
-                )
-                .ok()?;
-            let handle = match builder.install_recorder() {
+            let handle = match PrometheusBuilder::new().install_recorder() {
                 Ok(handle) => handle,
                 Err(err) => {
                     tracing::warn!(error = %err, "metrics recorder not installed");
@@ -58,25 +43,24 @@ pub(crate) fn install() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// The Prometheus text: the request-path tallies handed over first, fulcrum's own histograms
+/// after the exporter's series.
+pub(crate) fn render(exporter: &PrometheusHandle) -> String {
+    tally::publish();
+    let mut text = exporter.render();
+    tally::render(&mut text);
+    text
+}
+
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    use metrics::{describe_counter, describe_gauge};
     describe_counter!(
         names::REQUESTS,
         "Requests answered, by listener, pool, backend and status class."
     );
-    describe_histogram!(
-        names::REQUEST_DURATION,
-        Unit::Seconds,
-        "Time from receiving a request to the backend's response head."
-    );
     describe_counter!(
         names::ROUTE_REQUESTS,
         "Requests a route took, by listener, route and status class."
-    );
-    describe_histogram!(
-        names::ROUTE_DURATION,
-        Unit::Seconds,
-        "Time from receiving a request a route took to the response head (forwarded or local)."
     );
     describe_counter!(
         names::MIRRORED,

@@ -5,10 +5,16 @@
 pub(crate) const REQUESTS: &str = "fulcrum_requests_total";
 /// Time from receiving a request to the backend's response head.
 pub(crate) const REQUEST_DURATION: &str = "fulcrum_request_duration_seconds";
+/// [`REQUEST_DURATION`]'s description (fulcrum renders its histograms itself).
+pub(crate) const REQUEST_DURATION_HELP: &str =
+    "Time from receiving a request to the backend's response head.";
 /// Requests a route took, by final status class.
 pub(crate) const ROUTE_REQUESTS: &str = "fulcrum_route_requests_total";
 /// Time from receiving a request a route took to the response head.
 pub(crate) const ROUTE_DURATION: &str = "fulcrum_route_request_duration_seconds";
+/// [`ROUTE_DURATION`]'s description.
+pub(crate) const ROUTE_DURATION_HELP: &str =
+    "Time from receiving a request a route took to the response head (forwarded or local).";
 /// Copies of requests for a route's mirror pool, by outcome.
 pub(crate) const MIRRORED: &str = "fulcrum_mirrored_total";
 /// Failed connects to a backend.

@@ -387,7 +387,7 @@ impl<T: AsyncRead> AsyncRead for ActivityIo<T> {
         if result.is_ready() {
             this.activity.touch();
             if let Some(bytes) = this.bytes {
-                bytes.read.increment((buf.filled().len() - before) as u64);
+                bytes.read.add((buf.filled().len() - before) as u64);
             }
         }
         result
@@ -406,7 +406,7 @@ impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
         if let Poll::Ready(Ok(written)) = result {
             this.activity.touch();
             if let Some(bytes) = this.bytes {
-                bytes.written.increment(written as u64);
+                bytes.written.add(written as u64);
             }
         }
         result
@@ -423,7 +423,7 @@ impl<T: AsyncWrite> AsyncWrite for ActivityIo<T> {
         if let Poll::Ready(Ok(written)) = result {
             this.activity.touch();
             if let Some(bytes) = this.bytes {
-                bytes.written.increment(written as u64);
+                bytes.written.add(written as u64);
             }
         }
         result

@@ -31,12 +31,6 @@ mod notify;
 pub mod runtime;
 mod upgrade;
 
-/// How often metric histograms are drained when nobody scrapes. The exporter keeps every
-/// sample (24 bytes) until then and folds them into buckets in one go on this thread: at 60 000
-/// requests/s, every 5 s was 14 MiB held and a stall of about 2 ms; every 250 ms it is
-/// 0.7 MiB and about 0.1 ms (`benches/README.md`, "Memory per connection").
-const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
-
 /// How often idle upstream connections are checked against their pool's `idle_timeout`.
 const IDLE_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -219,10 +213,6 @@ impl Server {
             Arc::clone(&acme),
             Arc::clone(discovery.registry()),
         ));
-        if let Some(exporter) = exporter {
-            // Histograms accumulate samples until drained; drain them even if nobody scrapes.
-            every(UPKEEP_INTERVAL, &stop, move |_| exporter.run_upkeep());
-        }
         // Bursts leave idle connections behind; close the ones no request came back for.
         let sweep = Arc::clone(&state);
         every(IDLE_SWEEP_INTERVAL, &stop, move |now| {
