@@ -16,7 +16,64 @@ use tracing_subscriber::EnvFilter;
 /// line: v3 sends every allocation over 1 KiB through a slow aligned path (about 275
 /// instructions each, measured).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Mimalloc = Mimalloc;
+
+/// mimalloc, asked the way `malloc` is for what `malloc` already aligns. The `mimalloc` crate
+/// sends every allocation through `mi_malloc_aligned`, which looks for a free block of the
+/// right alignment before taking one and falls back to its generic path when the next free
+/// block is not aligned: about 40 instructions an allocation instead of `mi_malloc`'s 20, on the
+/// twelve a proxied request makes (measured with callgrind).
+struct Mimalloc;
+
+/// Every block `mi_malloc` returns is aligned to its size's largest power of two up to this
+/// (mimalloc's `MI_MAX_ALIGN_SIZE`; the same test as its own `mi_malloc_is_naturally_aligned`).
+const MALLOC_ALIGN: usize = 16;
+
+/// Whether `mi_malloc` of `size` bytes is aligned enough for `align`.
+fn malloc_aligns(size: usize, align: usize) -> bool {
+    align <= MALLOC_ALIGN && align <= size
+}
+
+// SAFETY (all four): each call passes mimalloc the size and alignment `GlobalAlloc` was given;
+// plain `mi_malloc`/`mi_zalloc`/`mi_realloc` only where `malloc_aligns` says their blocks meet
+// the alignment; `mi_free` frees blocks from either path.
+#[allow(unsafe_code)]
+unsafe impl std::alloc::GlobalAlloc for Mimalloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        use libmimalloc_sys::{mi_malloc, mi_malloc_aligned};
+        if malloc_aligns(layout.size(), layout.align()) {
+            unsafe { mi_malloc(layout.size()).cast() }
+        } else {
+            unsafe { mi_malloc_aligned(layout.size(), layout.align()).cast() }
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        use libmimalloc_sys::{mi_zalloc, mi_zalloc_aligned};
+        if malloc_aligns(layout.size(), layout.align()) {
+            unsafe { mi_zalloc(layout.size()).cast() }
+        } else {
+            unsafe { mi_zalloc_aligned(layout.size(), layout.align()).cast() }
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: std::alloc::Layout) {
+        unsafe { libmimalloc_sys::mi_free(ptr.cast()) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        use libmimalloc_sys::{mi_realloc, mi_realloc_aligned};
+        if malloc_aligns(new_size, layout.align()) {
+            unsafe { mi_realloc(ptr.cast(), new_size).cast() }
+        } else {
+            unsafe { mi_realloc_aligned(ptr.cast(), new_size, layout.align()).cast() }
+        }
+    }
+}
 
 /// How often free memory is given back to the operating system.
 const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -321,5 +378,54 @@ fn print_summary(cli: &Cli, config: &Config) {
     }
     if let Some(admin) = &config.admin {
         println!("  admin on {}", admin.listen);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::alloc::{GlobalAlloc, Layout};
+
+    use super::GLOBAL;
+
+    #[test]
+    fn every_block_meets_its_alignment_through_allocation_growth_and_shrinking() {
+        let mut held = Vec::new();
+        for align in [1, 2, 4, 8, 16, 32, 64, 4096] {
+            for size in (1..=80).chain([96, 100, 1000, 1024, 5000]) {
+                // Many of each, so blocks come from all over their pages.
+                for _ in 0..16 {
+                    let layout = Layout::from_size_align(size, align).expect("a valid layout");
+                    // SAFETY: a non-zero size; the block is freed below with its layout.
+                    #[allow(unsafe_code)]
+                    let block = unsafe {
+                        let zeroed = GLOBAL.alloc_zeroed(layout);
+                        assert!(!zeroed.is_null());
+                        assert!((0..size).all(|at| *zeroed.add(at) == 0), "zeroed");
+                        GLOBAL.dealloc(zeroed, layout);
+                        GLOBAL.alloc(layout)
+                    };
+                    assert!(!block.is_null());
+                    assert_eq!(block as usize % align, 0, "{size} bytes at {align}");
+                    held.push((block, layout));
+                }
+            }
+        }
+        for (mut block, mut layout) in held {
+            // Grown, then shrunk below its alignment.
+            for new_size in [layout.size() * 2 + 24, 3] {
+                // SAFETY: `block` is allocated with `layout`, and not used after the call.
+                #[allow(unsafe_code)]
+                let moved = unsafe { GLOBAL.realloc(block, layout, new_size) };
+                assert!(!moved.is_null());
+                assert_eq!(moved as usize % layout.align(), 0, "{new_size} bytes");
+                block = moved;
+                layout = Layout::from_size_align(new_size, layout.align()).expect("valid");
+            }
+            // SAFETY: `block` holds `layout` now.
+            #[allow(unsafe_code)]
+            unsafe {
+                GLOBAL.dealloc(block, layout);
+            }
+        }
     }
 }

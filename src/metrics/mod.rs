@@ -2,10 +2,11 @@
 //! for the status API and dashboard.
 //!
 //! Hot-path cost is kept to a few relaxed atomic adds: every handle is registered once (per
-//! backend, per listener) and cached, and gauges that mirror state the proxy already keeps
-//! (in-flight, up, open connections) are only written when `/metrics` is scraped.
-//! Without an installed exporter (no admin listener, or `admin.metrics = false`) the `metrics`
-//! calls are no-ops.
+//! backend, per listener) and cached; the counters and histograms every request updates are
+//! fulcrum's own atomics (`tally`), handed to the exporter when `/metrics` is scraped; and
+//! gauges that mirror state the proxy already keeps (in-flight, up, open connections) are only
+//! written then too. Without an installed exporter (no admin listener, or
+//! `admin.metrics = false`) the `metrics` calls are no-ops and the tallies are never read.
 
 mod handles;
 pub(crate) mod names;
