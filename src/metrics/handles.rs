@@ -1,10 +1,8 @@
 //! Per-listener, per-pool and per-backend metric handles, registered once and cached so the
 //! request path only does relaxed atomic adds; and the guards that hold a gauge unit until drop.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use metrics::{Counter, Gauge};
 use tokio::time::Instant;

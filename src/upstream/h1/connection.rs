@@ -162,9 +162,11 @@ impl Connection {
         match &mut self.io {
             // Read only if the runtime saw the socket become readable; no waker is registered
             // (the request's own read registers the task's).
-            Stream::Tcp(io) => {
-                !matches!(io.try_read(&mut byte), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
-            }
+            Stream::Tcp(io) => match io.try_read(&mut byte) {
+                Err(err) => err.kind() != io::ErrorKind::WouldBlock,
+                // A close (0) or stray bytes.
+                Ok(_) => true,
+            },
             Stream::Tls(io) => {
                 let mut cx = Context::from_waker(Waker::noop());
                 let mut probe = ReadBuf::new(&mut byte);
