@@ -112,8 +112,8 @@ impl Fields {
     }
 }
 
-/// Puts parsed fields into `headers`, each value a copy of its own (a reference count shared
-/// by a head's values cost more than an allocation each for the few a response keeps), noting the ones that frame the message and the connection.
+/// Puts parsed fields into `headers`, each value a copy of its own (see `wire::field_value`),
+/// noting the ones that frame the message and the connection.
 ///
 /// The hop-by-hop fields describe this connection alone and are left out (the proxy would
 /// remove them anyway): all but `Upgrade`, which a 101 needs, and a `Connection` that names
@@ -164,8 +164,8 @@ fn read_fields(fields: &[httparse::Header<'_>], headers: &mut HeaderMap) -> Resu
             continue;
         }
         // Built for the fields kept only.
-        let value = wire::field_value(Bytes::copy_from_slice(field.value))
-            .map_err(|_| Error::Malformed("invalid header value"))?;
+        let value =
+            wire::field_value(field.value).map_err(|_| Error::Malformed("invalid header value"))?;
         headers.append(name, value);
     }
     Ok(facts)

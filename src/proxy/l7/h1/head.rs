@@ -4,7 +4,6 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, Uri, Version};
 
@@ -213,7 +212,7 @@ fn read_fields(
                 .trim_ascii()
                 .eq_ignore_ascii_case(b"100-continue");
         }
-        let value = wire::field_value(Bytes::copy_from_slice(field.value))
+        let value = wire::field_value(field.value)
             .map_err(|_| HeadError::Malformed("invalid field value"))?;
         headers.append(name, value);
     }
