@@ -93,7 +93,8 @@ impl Tally {
         });
         let mut registry = registry();
         let tallies = &mut registry.tallies;
-        // Dropped tallies are swept as the list would grow: it stays within twice the live.
+        // Dropped tallies are swept as the list would grow: it stays within twice the most
+        // tallies alive at once.
         if tallies.len() == tallies.capacity() {
             tallies.retain(|tally| tally.strong_count() > 0);
         }
