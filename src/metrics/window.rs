@@ -26,7 +26,9 @@ pub struct Window {
 struct Slot {
     /// The 10-second period this slot holds, plus one (0 = never used).
     period: AtomicU64,
-    requests: AtomicU64,
+    /// Requests without a response head (a timed one is counted by its latency bucket: one
+    /// atomic add a request instead of two).
+    unanswered: AtomicU64,
     errors: AtomicU64,
     latency: [AtomicU32; LATENCY_BUCKETS],
 }
@@ -35,7 +37,7 @@ impl Slot {
     fn new() -> Self {
         Self {
             period: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
+            unanswered: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU32::new(0)),
         }
@@ -88,18 +90,22 @@ impl Window {
                 .compare_exchange(seen, period, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            slot.requests.store(0, Ordering::Relaxed);
+            slot.unanswered.store(0, Ordering::Relaxed);
             slot.errors.store(0, Ordering::Relaxed);
             for bucket in &slot.latency {
                 bucket.store(0, Ordering::Relaxed);
             }
         }
-        slot.requests.fetch_add(1, Ordering::Relaxed);
         if error {
             slot.errors.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(latency) = latency {
-            slot.latency[latency_bucket(latency)].fetch_add(1, Ordering::Relaxed);
+        match latency {
+            Some(latency) => {
+                slot.latency[latency_bucket(latency)].fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                slot.unanswered.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -107,7 +113,7 @@ impl Window {
     pub fn summary(&self) -> WindowSummary {
         let now = Instant::now();
         let period = self.period(now);
-        let mut requests = 0;
+        let mut unanswered = 0;
         let mut errors = 0;
         let mut latency = [0u64; LATENCY_BUCKETS];
         for slot in &self.slots {
@@ -115,12 +121,13 @@ impl Window {
             if slot_period == 0 || slot_period + (SLOTS as u64) <= period {
                 continue;
             }
-            requests += slot.requests.load(Ordering::Relaxed);
+            unanswered += slot.unanswered.load(Ordering::Relaxed);
             errors += slot.errors.load(Ordering::Relaxed);
             for (total, bucket) in latency.iter_mut().zip(&slot.latency) {
                 *total += u64::from(bucket.load(Ordering::Relaxed));
             }
         }
+        let requests = unanswered + latency.iter().sum::<u64>();
         // The window holds five whole slots plus the part of the current one elapsed so far.
         let elapsed = now.saturating_duration_since(self.epoch);
         let into_slot = Duration::from_nanos((elapsed.as_nanos() % SLOT.as_nanos()) as u64);

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 
 use crate::backend::InFlight;
 use crate::http::headers;
@@ -32,6 +33,7 @@ pin_project! {
         Http1 {
             body: h1::Body,
             in_flight: Option<InFlight>,
+            arrived: Instant,
         },
         /// Streamed from a backend over HTTP/2.
         Http2 {
@@ -47,16 +49,21 @@ pin_project! {
 }
 
 impl ProxyBody {
-    /// A body streamed from a backend; `in_flight` is released when it ends.
-    pub(crate) fn upstream(body: ResponseBody, in_flight: InFlight) -> Self {
+    /// A body streamed from a backend whose response head `arrived` then; `in_flight` is
+    /// released when it ends.
+    pub(crate) fn upstream(body: ResponseBody, in_flight: InFlight, arrived: Instant) -> Self {
         match body {
             ResponseBody::Http1(mut body) => {
                 let mut in_flight = Some(in_flight);
                 if body.is_end_stream() {
                     // Nothing will poll an empty body; the exchange is already complete.
-                    release(&mut body, &mut in_flight);
+                    release(&mut body, &mut in_flight, arrived);
                 }
-                ProxyBody::Http1 { body, in_flight }
+                ProxyBody::Http1 {
+                    body,
+                    in_flight,
+                    arrived,
+                }
             }
             ResponseBody::Http2(body) => {
                 let in_flight = (!body.is_end_stream()).then_some(in_flight);
@@ -73,16 +80,16 @@ impl ProxyBody {
     }
 }
 
-/// An HTTP/1.1 body has ended: its connection may serve another request, and the request is no
-/// longer in flight.
-fn release(body: &mut h1::Body, in_flight: &mut Option<InFlight>) {
+/// An HTTP/1.1 body has ended: its connection may serve another request (idle, for the pool's
+/// timeout, from the response head's arrival), and the request is no longer in flight.
+fn release(body: &mut h1::Body, in_flight: &mut Option<InFlight>, arrived: Instant) {
     let Some(in_flight) = in_flight.take() else {
         return;
     };
     let backend = in_flight.backend();
     if let Some(conn) = body.take_idle() {
         if !backend.is_retired() {
-            backend.idle.put(conn);
+            backend.idle.put(conn, arrived);
         }
     }
 }
@@ -96,13 +103,17 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
-            ProxyBodyProj::Http1 { body, in_flight } => {
+            ProxyBodyProj::Http1 {
+                body,
+                in_flight,
+                arrived,
+            } => {
                 let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
                 match &frame {
                     // The server may stop polling once `is_end_stream` is true, so release on
                     // the last frame rather than waiting for a `None` that may never be asked for.
-                    Some(Ok(_)) if body.is_end_stream() => release(body, in_flight),
-                    None => release(body, in_flight),
+                    Some(Ok(_)) if body.is_end_stream() => release(body, in_flight, *arrived),
+                    None => release(body, in_flight, *arrived),
                     Some(Err(_)) => drop(in_flight.take()),
                     Some(Ok(_)) => {}
                 }

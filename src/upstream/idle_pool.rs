@@ -80,28 +80,28 @@ impl IdleConnections {
         }
     }
 
-    /// Offers an HTTP/1.1 connection whose last exchange completed cleanly for reuse. (HTTP/2
-    /// connections stay in the pool while shared, see [`IdleConnections::share`].)
-    pub fn put(&self, conn: Box<h1::Connection>) {
-        self.push(Conn::Http1(conn));
+    /// Offers an HTTP/1.1 connection whose last exchange completed cleanly for reuse, idle
+    /// since `since`: a clock reading the exchange already made (its response head's arrival),
+    /// so no reading of its own. That is at or before the true start of idleness, so a
+    /// connection is closed for idleness early rather than late. (HTTP/2 connections stay in
+    /// the pool while shared, see [`IdleConnections::share`].)
+    pub fn put(&self, conn: Box<h1::Connection>, since: Instant) {
+        self.push(Conn::Http1(conn), since);
     }
 
     /// Adds a new HTTP/2 connection to the pool so later requests share it.
     pub fn share(&self, conn: &Conn) {
         if let Conn::Http2(shared) = conn {
-            self.push(Conn::Http2(shared.clone()));
+            self.push(Conn::Http2(shared.clone()), Instant::now());
         }
     }
 
-    fn push(&self, conn: Conn) {
+    fn push(&self, conn: Conn, since: Instant) {
         let Some(mut stack) = self.lock() else {
             return;
         };
         if stack.len() < self.capacity {
-            stack.push_back(Idle {
-                conn,
-                since: Instant::now(),
-            });
+            stack.push_back(Idle { conn, since });
             return;
         }
         // Full: the connection is closed, once the lock is released.
@@ -177,8 +177,8 @@ mod tests {
         let (older, _backend_a) = connection_pair(&listener).await;
         let (newer, _backend_b) = connection_pair(&listener).await;
         let (older_at, newer_at) = (&raw const *older, &raw const *newer);
-        idle.put(older);
-        idle.put(newer);
+        idle.put(older, Instant::now());
+        idle.put(newer, Instant::now());
         assert_eq!(taken(&idle, Instant::now()), newer_at);
         assert_eq!(taken(&idle, Instant::now()), older_at);
         assert!(idle.take(Instant::now()).is_none());
@@ -191,8 +191,8 @@ mod tests {
         let (live, _backend_live) = connection_pair(&listener).await;
         let (gone, backend_gone) = connection_pair(&listener).await;
         let live_at = &raw const *live;
-        idle.put(live);
-        idle.put(gone);
+        idle.put(live, Instant::now());
+        idle.put(gone, Instant::now());
         drop(backend_gone);
         // The FIN reaches the proxy's socket before the probe looks.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -206,9 +206,9 @@ mod tests {
         let idle = IdleConnections::new(4, Duration::from_secs(60));
         let (first, mut backend_first) = connection_pair(&listener).await;
         let (second, mut backend_second) = connection_pair(&listener).await;
-        idle.put(first);
+        idle.put(first, Instant::now());
         tokio::time::advance(Duration::from_secs(40)).await;
-        idle.put(second);
+        idle.put(second, Instant::now());
         tokio::time::advance(Duration::from_secs(19)).await;
         assert_eq!(idle.reap(Instant::now()), 0, "nothing idle for 60 s yet");
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -224,6 +224,25 @@ mod tests {
         assert!(closed(&mut backend_second).await);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn idleness_counts_from_the_instant_handed_in() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let idle = IdleConnections::new(4, Duration::from_secs(60));
+        let (conn, mut backend) = connection_pair(&listener).await;
+        let since = Instant::now();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        idle.put(conn, since);
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(idle.reap(Instant::now()), 0, "idle for 59 s since `since`");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            idle.reap(Instant::now()),
+            1,
+            "60 s since `since`, 30 s in the pool"
+        );
+        assert!(closed(&mut backend).await);
+    }
+
     #[tokio::test]
     async fn a_full_pool_closes_the_connection_handed_back() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -231,8 +250,8 @@ mod tests {
         let (kept, _backend_kept) = connection_pair(&listener).await;
         let (extra, mut backend_extra) = connection_pair(&listener).await;
         let kept_at = &raw const *kept;
-        idle.put(kept);
-        idle.put(extra);
+        idle.put(kept, Instant::now());
+        idle.put(extra, Instant::now());
         assert_eq!(idle.len(), 1);
         assert!(closed(&mut backend_extra).await);
         assert_eq!(taken(&idle, Instant::now()), kept_at);
@@ -243,13 +262,13 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let idle = IdleConnections::new(4, Duration::from_secs(60));
         let (conn, _backend) = connection_pair(&listener).await;
-        idle.put(conn);
+        idle.put(conn, Instant::now());
         let put = Instant::now();
         let taken = idle.take(put + Duration::from_secs(59));
         let Some(Conn::Http1(conn)) = taken else {
             panic!("a connection idle for less than the timeout is reused");
         };
-        idle.put(conn);
+        idle.put(conn, Instant::now());
         let now = Instant::now() + Duration::from_secs(60);
         assert!(
             idle.take(now).is_none(),

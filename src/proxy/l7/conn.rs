@@ -424,8 +424,8 @@ where
         let result = {
             let serving = server.serve(
                 &stop,
-                |request| handler.handle(request, activity.open_exchange(), None),
-                |err| handler.refuse(err, activity.open_exchange()),
+                |request| handler.handle(request, None, None),
+                |err| handler.refuse(err),
             );
             tokio::pin!(serving);
             let shutdown = self.parkings.drain.cancelled();
@@ -543,7 +543,7 @@ where
                 let handler = Arc::clone(&handler);
                 async move {
                     let request = request.map(|body| IncomingBody::Http2 { body });
-                    handler.handle(request, exchange, stream).await
+                    handler.handle(request, Some(exchange), stream).await
                 }
             })
         };

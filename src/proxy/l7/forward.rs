@@ -141,7 +141,7 @@ pub(super) fn forward(
                     }
                     let (mut parts, body) = response.into_parts();
                     pool.pin(&tried, &mut parts.headers);
-                    let body = ProxyBody::upstream(body, in_flight);
+                    let body = ProxyBody::upstream(body, in_flight, arrived);
                     return Ok(Response::from_parts(parts, body));
                 }
                 Outcome::NotSent(unsent, err) => {

@@ -36,20 +36,20 @@ use crate::upstream::RequestBody;
 use crate::upstream::request_body::BodyCopy;
 
 pin_project! {
-    /// A response body that keeps its exchange open until it is dropped, which the server does
-    /// right after its end: the connection is not parked while a response is on its way. On
-    /// HTTP/2 it also holds the stream's guard, finished at the body's end (dropped earlier,
-    /// the client cancelled the stream).
+    /// A response body that, on HTTP/2, keeps its exchange open until it is dropped, which the
+    /// server does right after its end (the connection is not parked while a response is on its
+    /// way), and holds the stream's guard, finished at the body's end (dropped earlier, the
+    /// client cancelled the stream). HTTP/1's server holds its exchange open itself.
     pub struct ClientBody {
         #[pin]
         body: ProxyBody,
-        _exchange: Exchange,
+        _exchange: Option<Exchange>,
         stream: Option<StreamGuard>,
     }
 }
 
 impl ClientBody {
-    fn new(body: ProxyBody, exchange: Exchange, stream: Option<StreamGuard>) -> Self {
+    fn new(body: ProxyBody, exchange: Option<Exchange>, stream: Option<StreamGuard>) -> Self {
         let mut body = Self {
             body,
             _exchange: exchange,
@@ -184,7 +184,8 @@ impl TlsOrigin {
 }
 
 impl Handler {
-    /// Answers one request; `exchange` stays open until the server drops the response body, and
+    /// Answers one request; `exchange` (HTTP/2) stays open until the server drops the response
+    /// body, and
     /// `stream` (HTTP/2) counts a cancel if the request or its body is dropped unfinished. The
     /// future borrows the handler: HTTP/1's server runs it inside the connection's own future,
     /// so no reference count moves per request (HTTP/2's, spawned, holds an `Arc` around it).
@@ -199,7 +200,7 @@ impl Handler {
     pub(super) fn handle(
         &self,
         mut request: Request<IncomingBody>,
-        exchange: Exchange,
+        exchange: Option<Exchange>,
         stream: Option<StreamGuard>,
     ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> + '_ {
         async move {
@@ -460,7 +461,7 @@ impl Handler {
 
     /// Answers a request head fulcrum's HTTP/1.1 server cannot serve; the connection closes
     /// after the answer.
-    pub(super) fn refuse(&self, err: HeadError, exchange: Exchange) -> Response<ClientBody> {
+    pub(super) fn refuse(&self, err: HeadError) -> Response<ClientBody> {
         let err = ProxyError::Head(err);
         tracing::info!(
             listener = %self.listener.name,
@@ -470,7 +471,7 @@ impl Handler {
             "request head refused"
         );
         err.to_response()
-            .map(|body| ClientBody::new(body, exchange, None))
+            .map(|body| ClientBody::new(body, None, None))
     }
 
     fn fail(&self, err: &ProxyError, request: &Request<IncomingBody>) -> Response<ProxyBody> {

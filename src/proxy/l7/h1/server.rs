@@ -157,12 +157,14 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Server<'a, T> {
         R: Fn(HeadError) -> Response<B>,
         B: http_body::Body<Data = Bytes>,
     {
+        let activity = self.activity;
         loop {
             let head = match self.read_head(stop).await? {
                 Next::Head(head) => head,
                 Next::Stopped => return Ok(Ended::Stopped),
                 Next::Closed => return Ok(Ended::Close),
                 Next::Refused(err) => {
+                    let _open = activity.open_h1_exchange();
                     let exchange = Exchange {
                         head: false,
                         version: http::Version::HTTP_11,
@@ -173,6 +175,9 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Server<'a, T> {
                     return Ok(Ended::Close);
                 }
             };
+            // Open from the whole head to the end of the response (or of this connection):
+            // the connection is not parked meanwhile.
+            let open = activity.open_h1_exchange();
             let (request, mut exchange, mut feeding) = start_exchange(head);
             // A future of its own: the handler's (kilobytes) is gone before the response is
             // written, and the two share their room in this one.
@@ -181,6 +186,7 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Server<'a, T> {
             exchange.keep_alive &= !stop.load(Ordering::Relaxed);
             let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
             let kept = self.respond(response, exchange, &mut feeding).await?;
+            drop(open);
             if switching {
                 return Ok(Ended::Upgraded);
             }
