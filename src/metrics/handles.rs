@@ -105,7 +105,7 @@ impl BackendMetrics {
             });
             // `Arc<str>` equality checks the pointer first; listener names are shared `Arc`s.
             if entry.listener == *listener {
-                entry.classes[class_index(status)].add(1);
+                entry.classes.add_to(class_index(status), 1);
                 return;
             }
             next = &entry.next;
@@ -117,7 +117,7 @@ impl BackendMetrics {
         let mut total = 0;
         let mut next = self.requests.get();
         while let Some(entry) = next {
-            total += entry.classes.iter().map(Tally::get).sum::<u64>();
+            total += entry.classes.total();
             next = entry.next.get();
         }
         total
@@ -171,7 +171,7 @@ impl BackendMetrics {
 #[derive(Debug)]
 struct ListenerRequests {
     listener: Arc<str>,
-    classes: [Tally; 5],
+    classes: Tally<5>,
     next: OnceLock<Box<ListenerRequests>>,
 }
 
@@ -179,15 +179,15 @@ impl ListenerRequests {
     fn new(listener: &Arc<str>, pool: &str, backend: &str) -> Self {
         Self {
             listener: Arc::clone(listener),
-            classes: CLASSES.map(|code_class| {
-                Tally::new(metrics::counter!(
+            classes: Tally::new(CLASSES.map(|code_class| {
+                metrics::counter!(
                     names::REQUESTS,
                     "listener" => listener.to_string(),
                     "pool" => pool.to_owned(),
                     "backend" => backend.to_owned(),
                     "code_class" => code_class
-                ))
-            }),
+                )
+            })),
             next: OnceLock::new(),
         }
     }
@@ -315,7 +315,7 @@ pub(crate) struct RouteMetrics {
     /// The route's name, for the access log and `/status`.
     pub name: Arc<str>,
     duration: Timings,
-    requests: [Tally; 5],
+    requests: Tally<5>,
     /// Requests, errors and latencies over the last minute.
     pub window: Window,
 }
@@ -330,14 +330,14 @@ impl RouteMetrics {
                 names::ROUTE_DURATION_HELP,
                 &[("listener", listener), ("route", route)],
             ),
-            requests: CLASSES.map(|class| {
-                Tally::new(metrics::counter!(
+            requests: Tally::new(CLASSES.map(|class| {
+                metrics::counter!(
                     names::ROUTE_REQUESTS,
                     "listener" => listener.to_owned(),
                     "route" => route.to_string(),
                     "code_class" => class
-                ))
-            }),
+                )
+            })),
             window: Window::new(),
         }
     }
@@ -348,7 +348,7 @@ impl RouteMetrics {
         let elapsed = now.saturating_duration_since(started);
         self.duration.record(elapsed);
         self.window.record(Some(elapsed), status >= 500, now);
-        self.requests[class_index(status)].add(1);
+        self.requests.add_to(class_index(status), 1);
     }
 }
 
@@ -451,11 +451,11 @@ impl ListenerMetrics {
             ),
             parked: metrics::gauge!(names::CONNECTIONS_PARKED, std::slice::from_ref(&listener)),
             bytes: Arc::new(ByteCounters {
-                read: Tally::new(metrics::counter!(
+                read: Tally::single(metrics::counter!(
                     names::BYTES,
                     &[listener.clone(), ("direction", "in".to_owned())]
                 )),
-                written: Tally::new(metrics::counter!(
+                written: Tally::single(metrics::counter!(
                     names::BYTES,
                     &[listener.clone(), ("direction", "out".to_owned())]
                 )),
