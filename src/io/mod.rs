@@ -2,7 +2,8 @@
 //!
 //! [`rewind`] puts bytes read ahead back in front of a stream; `delegate_async_write!` passes a
 //! wrapper's writes through to the stream inside it; [`poll_read_landing`] reads a message head
-//! without holding a buffer while nothing comes.
+//! without holding a buffer while nothing comes; [`socket`] reads and writes TCP sockets with
+//! direct system calls.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -61,6 +62,7 @@ macro_rules! delegate_async_write {
 pub(crate) use delegate_async_write;
 
 pub(crate) mod rewind;
+pub(crate) mod socket;
 
 /// The most one read into an empty buffer takes: the stack room [`poll_read_landing`] reads
 /// into.

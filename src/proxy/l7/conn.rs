@@ -29,6 +29,7 @@ use super::start::{Start, poll_start};
 use super::tunnel::{UpgradeSlot, run_tunnel};
 use crate::http::headers::ClientInfo;
 use crate::io::rewind::Rewind;
+use crate::io::socket::Socket;
 use crate::limit::OpenConnection;
 use crate::metrics::ConnectionGuard;
 use crate::proxy::activity::{Activity, ActivityIo, Close, Watchdog};
@@ -52,7 +53,7 @@ pub(super) struct Conn<T> {
 }
 
 /// A plain client connection's transport.
-type Plain = ActivityIo<TcpStream>;
+type Plain = ActivityIo<Socket>;
 /// A TLS client connection's transport.
 type Tls = tokio_rustls::server::TlsStream<Plain>;
 
@@ -82,7 +83,7 @@ pub(super) trait ParkIo: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static
 
 impl ParkIo for Plain {
     fn socket(&self) -> &TcpStream {
-        self.get_ref()
+        self.get_ref().get_ref()
     }
 
     fn activity(&self) -> &Activity {
@@ -100,7 +101,7 @@ impl ParkIo for Plain {
 
 impl ParkIo for Tls {
     fn socket(&self) -> &TcpStream {
-        self.get_ref().0.get_ref()
+        self.get_ref().0.get_ref().get_ref()
     }
 
     fn activity(&self) -> &Activity {
@@ -212,7 +213,7 @@ impl Conn<Plain> {
         let settings = listener.settings.load_full();
         let open = listener.metrics.connection();
         let bytes = Some(Arc::clone(&listener.metrics.bytes));
-        let (io, activity) = ActivityIo::new(stream, bytes);
+        let (io, activity) = ActivityIo::new(Socket::new(stream), bytes);
         Self {
             listener,
             io,

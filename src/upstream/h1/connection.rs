@@ -11,6 +11,8 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::client::TlsStream;
 
+use crate::io::socket;
+
 /// Read size for small bodies.
 pub(super) const READ_CHUNK: usize = 8 * 1024;
 /// Read size while a response head is awaited: a typical head and small body fit (nginx's
@@ -34,7 +36,7 @@ impl AsyncRead for Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Tcp(io) => Pin::new(io).poll_read(cx, buf),
+            Stream::Tcp(io) => socket::poll_read(io, cx, buf),
             Stream::Tls(io) => Pin::new(io).poll_read(cx, buf),
         }
     }
@@ -47,7 +49,7 @@ impl AsyncWrite for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Tcp(io) => Pin::new(io).poll_write(cx, buf),
+            Stream::Tcp(io) => socket::poll_write(io, cx, buf),
             Stream::Tls(io) => Pin::new(io).poll_write(cx, buf),
         }
     }
@@ -58,14 +60,14 @@ impl AsyncWrite for Stream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Tcp(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Stream::Tcp(io) => socket::poll_write_vectored(io, cx, bufs),
             Stream::Tls(io) => Pin::new(io).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Stream::Tcp(io) => io.is_write_vectored(),
+            Stream::Tcp(_) => true,
             Stream::Tls(io) => io.is_write_vectored(),
         }
     }
