@@ -17,7 +17,8 @@ use rustix::net::{RecvFlags, SendFlags};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-/// A client's TCP connection, read and written with [`poll_read`] and the writes below.
+/// A TCP connection (a client's, or both ends of an L4 stream) read and written with
+/// [`poll_read`] and the writes below.
 #[derive(Debug)]
 pub(crate) struct Socket(TcpStream);
 

@@ -18,6 +18,7 @@ use super::activity::ActivityIo;
 use super::proxy_protocol;
 use super::sni::{self, Hello};
 use crate::backend::{Backend, InFlight};
+use crate::io::socket::Socket;
 use crate::limit::OpenConnection;
 use crate::metrics::ListenerMetrics;
 use crate::pool::Pool;
@@ -116,7 +117,8 @@ impl TcpListener {
             return;
         }
         let (mut client_io, activity) =
-            ActivityIo::new(stream, Some(Arc::clone(&self.metrics.bytes)));
+            ActivityIo::new(Socket::new(stream), Some(Arc::clone(&self.metrics.bytes)));
+        let mut upstream = Socket::new(upstream);
         let copy = tokio::io::copy_bidirectional_with_sizes(
             &mut client_io,
             &mut upstream,
