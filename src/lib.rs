@@ -42,8 +42,10 @@
 //!   HTTP/2 budget of cancelled streams, `h1/`: the HTTP/1.1 server, its framing checks and
 //!   its `replay` over recorded bytes), `activity` (client timeouts, parking), `l4`,
 //!   `proxy_protocol`, the response `body`, and `error`, the one error → status mapping.
-//! - `io/`: byte-stream helpers both sides share (`rewind`).
-//! - `metrics/`: series `names`, per-listener/pool/backend `handles`, one-minute `window`s.
+//! - `io/`: byte-stream helpers both sides share (`rewind`; `socket`: TCP reads and writes as
+//!   direct system calls).
+//! - `metrics/`: series `names`, per-listener/pool/backend `handles`, one-minute `window`s,
+//!   the request path's per-thread counters and histograms (`tally`).
 //! - `admin/`: the operator endpoints (health, reload, status, Prometheus, dashboard) and their
 //!   `access` rules (token, `Host`, `Origin`).
 //! - [`reload`]: triggers (file watch, SIGHUP, admin), the reload `transaction`, and the
