@@ -2,9 +2,9 @@
 //!
 //! glibc's `recv`, `send` and `writev` are thread-cancellation points: once a process has a
 //! second thread (fulcrum always has), each call is bracketed by two bus-locked
-//! compare-exchanges on the thread's cancellation state, and the second one, right after the
-//! return from the kernel, was 4.6 % of fulcrum's user time on the bench's small responses
-//! (four such calls a request). Rust never cancels threads, so the bracket buys nothing:
+//! compare-exchanges on the thread's cancellation state: 4.6 % of fulcrum's user time on the
+//! bench's small responses (four such calls a request), most of it on the one right after the
+//! return from the kernel. Rust never cancels threads, so the bracket buys nothing:
 //! here the calls go through `rustix`, which makes the system call itself. Readiness is
 //! tokio's, exactly as its own `TcpStream` reads and writes use it (`try_io` clears it when the
 //! call would block).
