@@ -17,12 +17,13 @@ use rustix::net::{RecvFlags, SendFlags};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-/// A TCP connection (a client's, or both ends of an L4 stream) read and written with
-/// [`poll_read`] and the writes below.
+/// A TCP connection (a client's, both ends of an L4 stream, a backend's under TLS or HTTP/2)
+/// read and written with [`poll_read`] and the writes below.
 #[derive(Debug)]
-pub(crate) struct Socket(TcpStream);
+pub struct Socket(TcpStream);
 
 impl Socket {
+    /// Reads and writes `stream` with direct system calls.
     pub(crate) fn new(stream: TcpStream) -> Self {
         Self(stream)
     }

@@ -14,6 +14,7 @@ use tokio_rustls::TlsConnector;
 use super::conn::Conn;
 use super::h1;
 use crate::config::PoolConfig;
+use crate::io::socket::Socket;
 
 /// How a pool reaches its backends: timeouts, protocol, TLS. Its health checks use it too, so
 /// they speak what live traffic speaks. Cheap to clone (the TLS config is shared).
@@ -163,7 +164,9 @@ pub(crate) async fn connect(
     let stream = connect_stream(address, host, connector).await?;
     if connector.http2 {
         return match stream {
-            h1::Stream::Tcp(stream) => handshake_http2(TokioIo::new(stream), address).await,
+            h1::Stream::Tcp(stream) => {
+                handshake_http2(TokioIo::new(Socket::new(stream)), address).await
+            }
             h1::Stream::Tls(stream) => handshake_http2(TokioIo::new(stream), address).await,
         };
     }
@@ -187,7 +190,7 @@ pub(crate) async fn connect_stream(
             ServerName::try_from(host.to_owned()).unwrap_or_else(|_| ServerName::from(address.ip()))
         }
     };
-    match tokio::time::timeout(connector.timeout, tls.connect(name, stream)).await {
+    match tokio::time::timeout(connector.timeout, tls.connect(name, Socket::new(stream))).await {
         Ok(Ok(stream)) => Ok(h1::Stream::Tls(Box::new(stream))),
         Ok(Err(source)) => Err(ConnectError::Tls { address, source }),
         Err(_) => Err(ConnectError::Timeout {

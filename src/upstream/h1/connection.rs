@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::client::TlsStream;
 
-use crate::io::socket;
+use crate::io::socket::{self, Socket};
 
 /// Read size for small bodies.
 pub(super) const READ_CHUNK: usize = 8 * 1024;
@@ -26,7 +26,7 @@ pub enum Stream {
     /// Plain TCP.
     Tcp(TcpStream),
     /// TLS to the backend.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<Socket>>),
 }
 
 impl AsyncRead for Stream {
