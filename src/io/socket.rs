@@ -17,8 +17,8 @@ use rustix::net::{RecvFlags, SendFlags};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-/// A TCP connection (a client's, both ends of an L4 stream, a backend's under TLS or HTTP/2)
-/// read and written with [`poll_read`] and the writes below.
+/// A TCP connection (a client's, a backend's, both ends of an L4 stream) read and written
+/// with [`poll_read`] and the writes below.
 #[derive(Debug)]
 pub struct Socket(TcpStream);
 
@@ -76,7 +76,7 @@ fn poll_io(
 }
 
 /// `AsyncRead::poll_read` on `stream`.
-pub(crate) fn poll_read(
+fn poll_read(
     stream: &TcpStream,
     cx: &mut Context<'_>,
     buf: &mut ReadBuf<'_>,
@@ -101,18 +101,14 @@ pub(crate) fn poll_read(
 
 /// `AsyncWrite::poll_write` on `stream` (`MSG_NOSIGNAL`: a closed peer is an error, not a
 /// signal).
-pub(crate) fn poll_write(
-    stream: &TcpStream,
-    cx: &mut Context<'_>,
-    buf: &[u8],
-) -> Poll<io::Result<usize>> {
+fn poll_write(stream: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
     poll_io(stream, cx, Interest::WRITABLE, buf.len(), || {
         rustix::net::send(stream, buf, SendFlags::NOSIGNAL)
     })
 }
 
 /// `AsyncWrite::poll_write_vectored` on `stream`.
-pub(crate) fn poll_write_vectored(
+fn poll_write_vectored(
     stream: &TcpStream,
     cx: &mut Context<'_>,
     bufs: &[io::IoSlice<'_>],

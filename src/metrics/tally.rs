@@ -211,7 +211,7 @@ impl<const N: usize> Tally<N> {
         if tallies.len() == tallies.capacity() {
             tallies.retain(|tally| tally.strong_count() > 0);
         }
-        let weak: Weak<dyn Publish> = Arc::downgrade(&inner) as Weak<TallyInner<N>>;
+        let weak: Weak<TallyInner<N>> = Arc::downgrade(&inner);
         tallies.push(weak);
         Self(inner)
     }
@@ -245,8 +245,8 @@ impl Tally {
 }
 
 /// A duration histogram (Prometheus buckets from 0.5 ms to 10 s) updated with two plain adds
-/// per sample (see [`Cells`]) and rendered by [`render`]. Made again with the same name and labels, it is the
-/// same series.
+/// per sample (see [`Cells`]) and rendered by [`render`]. Made again with the same name and
+/// labels, it is the same series.
 #[derive(Debug, Clone)]
 pub(crate) struct Timings(Arc<TimingsInner>);
 

@@ -164,9 +164,7 @@ pub(crate) async fn connect(
     let stream = connect_stream(address, host, connector).await?;
     if connector.http2 {
         return match stream {
-            h1::Stream::Tcp(stream) => {
-                handshake_http2(TokioIo::new(Socket::new(stream)), address).await
-            }
+            h1::Stream::Tcp(stream) => handshake_http2(TokioIo::new(stream), address).await,
             h1::Stream::Tls(stream) => handshake_http2(TokioIo::new(stream), address).await,
         };
     }
@@ -182,7 +180,7 @@ pub(crate) async fn connect_stream(
 ) -> Result<h1::Stream, ConnectError> {
     let stream = connect_tcp(address, connector.timeout).await?;
     let Some((tls, server_name)) = &connector.tls else {
-        return Ok(h1::Stream::Tcp(stream));
+        return Ok(h1::Stream::Tcp(Socket::new(stream)));
     };
     let name = match server_name {
         Some(name) => name.clone(),

@@ -147,13 +147,17 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
+    use crate::io::socket::Socket;
 
     /// A connection accepted by `listener`, with the backend's end of it.
     async fn connection_pair(listener: &TcpListener) -> (Box<h1::Connection>, TcpStream) {
         let address = listener.local_addr().expect("address");
         let stream = TcpStream::connect(address).await.expect("connect");
         let (backend, _) = listener.accept().await.expect("accept");
-        (h1::Connection::new(h1::Stream::Tcp(stream)), backend)
+        (
+            h1::Connection::new(h1::Stream::Tcp(Socket::new(stream))),
+            backend,
+        )
     }
 
     /// Whether the proxy's end of `backend`'s connection was closed.

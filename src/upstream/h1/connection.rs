@@ -7,11 +7,10 @@ use std::task::{Context, Poll, Waker, ready};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::client::TlsStream;
 
-use crate::io::socket::{self, Socket};
+use crate::io::socket::Socket;
 
 /// Read size for small bodies.
 pub(super) const READ_CHUNK: usize = 8 * 1024;
@@ -24,7 +23,7 @@ pub(super) const HEAD_READ: usize = 2 * 1024;
 #[derive(Debug)]
 pub enum Stream {
     /// Plain TCP.
-    Tcp(TcpStream),
+    Tcp(Socket),
     /// TLS to the backend.
     Tls(Box<TlsStream<Socket>>),
 }
@@ -36,7 +35,7 @@ impl AsyncRead for Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Tcp(io) => socket::poll_read(io, cx, buf),
+            Stream::Tcp(io) => Pin::new(io).poll_read(cx, buf),
             Stream::Tls(io) => Pin::new(io).poll_read(cx, buf),
         }
     }
@@ -49,7 +48,7 @@ impl AsyncWrite for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Tcp(io) => socket::poll_write(io, cx, buf),
+            Stream::Tcp(io) => Pin::new(io).poll_write(cx, buf),
             Stream::Tls(io) => Pin::new(io).poll_write(cx, buf),
         }
     }
@@ -60,14 +59,14 @@ impl AsyncWrite for Stream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Tcp(io) => socket::poll_write_vectored(io, cx, bufs),
+            Stream::Tcp(io) => Pin::new(io).poll_write_vectored(cx, bufs),
             Stream::Tls(io) => Pin::new(io).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Stream::Tcp(_) => true,
+            Stream::Tcp(io) => io.is_write_vectored(),
             Stream::Tls(io) => io.is_write_vectored(),
         }
     }
@@ -164,7 +163,7 @@ impl Connection {
         match &mut self.io {
             // Read only if the runtime saw the socket become readable; no waker is registered
             // (the request's own read registers the task's).
-            Stream::Tcp(io) => match io.try_read(&mut byte) {
+            Stream::Tcp(io) => match io.get_ref().try_read(&mut byte) {
                 Err(err) => err.kind() != io::ErrorKind::WouldBlock,
                 // A close (0) or stray bytes.
                 Ok(_) => true,
@@ -202,6 +201,7 @@ pub(super) fn poll_read_into(
 mod tests {
     use super::super::test_support::{backend, connect, request, send};
     use super::Deadline;
+    use crate::io::socket::Socket;
     use http::Method;
     use std::task::{Context, Waker};
     use std::time::Duration;
@@ -272,7 +272,7 @@ mod tests {
         let addr = listener.local_addr().expect("address");
         let (client, accepted) =
             tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
-        let mut io = super::Stream::Tcp(client.expect("connect"));
+        let mut io = super::Stream::Tcp(Socket::new(client.expect("connect")));
         let (mut backend, _) = accepted.expect("accept");
         let mut buf = bytes::BytesMut::new();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

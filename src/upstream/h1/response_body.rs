@@ -415,7 +415,7 @@ mod tests {
                     let _ = socket.shutdown().await;
                 });
                 let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-                let conn = Connection::new(Stream::Tcp(stream));
+                let conn = Connection::new(Stream::Tcp(crate::io::socket::Socket::new(stream)));
                 let mut response = match send(conn, request(Method::GET, "/")).await {
                     Ok(response) => response,
                     Err(err) => return (Err(err.to_string()), false),

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::{Body, Connection, Error, HeadWait, SendError, Stream};
 use crate::http::headers::test_forwarding as forwarding;
+use crate::io::socket::Socket;
 use crate::upstream::request_body::RequestBody;
 
 /// A scripted backend on 127.0.0.1:0: for each reply, reads one request head and writes
@@ -58,7 +59,7 @@ pub(super) fn sent(lines: &str) -> Vec<u8> {
 
 pub(super) async fn connect(addr: std::net::SocketAddr) -> Box<Connection> {
     let stream = TcpStream::connect(addr).await.expect("connect");
-    Connection::new(Stream::Tcp(stream))
+    Connection::new(Stream::Tcp(Socket::new(stream)))
 }
 
 pub(super) fn request(method: Method, target: &str) -> Request<RequestBody> {
