@@ -22,4 +22,4 @@ pub(crate) mod request_body;
 pub(crate) use conn::{Conn, ResponseBody};
 pub(crate) use connect::{ConnectError, Connector, connect};
 pub(crate) use idle_pool::IdleConnections;
-pub(crate) use request_body::RequestBody;
+pub(crate) use request_body::{BoxedRequest, RequestBody};

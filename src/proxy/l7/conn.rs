@@ -33,7 +33,7 @@ use crate::io::socket::Socket;
 use crate::limit::OpenConnection;
 use crate::metrics::ConnectionGuard;
 use crate::proxy::activity::{Activity, ActivityIo, Close, Watchdog};
-use crate::upstream::request_body::IncomingBody;
+use crate::upstream::request_body::{IncomingBody, RequestBody};
 
 /// One client connection's parts, kept for its whole life: all a parked connection holds
 /// besides its idle deadline (see [`super::parked`]).
@@ -543,7 +543,9 @@ where
                 let stream = Some(StreamGuard::new(&budget));
                 let handler = Arc::clone(&handler);
                 async move {
-                    let request = request.map(|body| IncomingBody::Http2 { body });
+                    let request = Box::new(
+                        request.map(|body| RequestBody::client(IncomingBody::Http2 { body })),
+                    );
                     handler.handle(request, Some(exchange), stream).await
                 }
             })

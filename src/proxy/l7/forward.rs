@@ -16,7 +16,7 @@ use crate::http::headers::Forwarding;
 use crate::pool::{Budget, Pool};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::{ClientFault, ProxyError, UpstreamError};
-use crate::upstream::{self, Conn, RequestBody, ResponseBody, h1};
+use crate::upstream::{self, BoxedRequest, Conn, RequestBody, ResponseBody, h1};
 
 /// How often a reused connection that turns out closed is replaced before giving up on it.
 const STALE_CONNECTION_ATTEMPTS: usize = 3;
@@ -43,7 +43,7 @@ pub(super) struct Arrival<'a> {
 )]
 pub(super) fn forward(
     pool: &Pool,
-    mut request: Request<RequestBody>,
+    mut request: BoxedRequest,
     forwarding: &Forwarding<'_>,
     Arrival {
         listener,
@@ -171,7 +171,7 @@ pub(super) fn forward(
                     match (head, &err) {
                         (Some(head), ProxyError::Upstream(_) | ProxyError::TryTimeout(_)) => {
                             tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "backend failed before answering; replaying idempotent request elsewhere");
-                            request = Request::from_parts(*head, RequestBody::Empty);
+                            request = head;
                             last_error = Some(err);
                         }
                         _ => {
@@ -229,15 +229,15 @@ fn replayable(request: &Request<RequestBody>, pool: &Pool, retries: u32) -> bool
         && http_body::Body::is_end_stream(request.body())
 }
 
-/// A copy of `request`'s head, to replay it with should the backend fail before answering
-/// (hyper's HTTP/2 client keeps a request once it is sent).
-fn head_copy(request: &Request<RequestBody>) -> Box<http::request::Parts> {
-    let (mut head, ()) = Request::new(()).into_parts();
-    head.method = request.method().clone();
-    head.uri = request.uri().clone();
-    head.version = request.version();
-    head.headers = request.headers().clone();
-    Box::new(head)
+/// A copy of `request`'s head (its body empty), to replay it with should the backend fail
+/// before answering (hyper's HTTP/2 client keeps a request once it is sent).
+fn head_copy(request: &Request<RequestBody>) -> BoxedRequest {
+    let mut head = Box::new(Request::new(RequestBody::Empty));
+    *head.method_mut() = request.method().clone();
+    *head.uri_mut() = request.uri().clone();
+    *head.version_mut() = request.version();
+    *head.headers_mut() = request.headers().clone();
+    head
 }
 
 /// The outcome of one attempt on one backend (`pool::Attempt` is the backend to try).
@@ -245,10 +245,10 @@ enum Outcome {
     /// The backend answered; an HTTP/1.1 body brings its connection along for reuse.
     Response(Response<ResponseBody>),
     /// Nothing reached the backend; the request is handed back for another backend.
-    NotSent(Request<RequestBody>, ProxyError),
+    NotSent(BoxedRequest, ProxyError),
     /// The request was (possibly partly) sent and then failed before a response head came; its
-    /// head comes back when it may be replayed on another backend.
-    Failed(ProxyError, Option<Box<http::request::Parts>>),
+    /// head (its body empty) comes back when it may be replayed on another backend.
+    Failed(ProxyError, Option<BoxedRequest>),
 }
 
 /// One attempt on `backend`: reuse an idle connection or open one, then send (with the proxy's
@@ -266,7 +266,7 @@ enum Outcome {
 )]
 fn send<'a>(
     backend: &'a Arc<Backend>,
-    mut request: Request<RequestBody>,
+    mut request: BoxedRequest,
     forwarding: &'a Forwarding<'_>,
     pool: &'a Pool,
     now: Option<Instant>,
@@ -308,7 +308,7 @@ fn send<'a>(
                 // The connection keeps its own deadline timer (cheaper than one per request).
                 Conn::Http1(conn) => match conn.send(request, forwarding, wait).await {
                     Ok(response) => return Outcome::Response(response.map(ResponseBody::Http1)),
-                    Err(h1::SendError::NotSent(unsent, err)) => (*unsent, UpstreamError::from(err)),
+                    Err(h1::SendError::NotSent(unsent, err)) => (unsent, UpstreamError::from(err)),
                     Err(h1::SendError::Failed(h1::Error::RequestBody(err), _)) => {
                         return Outcome::Failed(ClientFault::of(&*err).into(), None);
                     }
@@ -324,7 +324,7 @@ fn send<'a>(
                     let head = replayable.then(|| head_copy(&request));
                     forwarding.apply(request.headers_mut());
                     let sent = request.body_mut().track_sent();
-                    let attempt = sender.try_send_request(request);
+                    let attempt = sender.try_send_request(*request);
                     let answered = match sent {
                         None => tokio::time::timeout_at(deadline, attempt).await,
                         Some(sent) => {
@@ -346,7 +346,9 @@ fn send<'a>(
                             return Outcome::Response(response.map(ResponseBody::Http2));
                         }
                         Ok(Err(mut err)) => match err.take_message() {
-                            Some(unsent) => (unsent, UpstreamError::from(err.into_error())),
+                            Some(unsent) => {
+                                (Box::new(unsent), UpstreamError::from(err.into_error()))
+                            }
                             None => {
                                 let err = err.into_error();
                                 return match ClientFault::of_upstream_h2(&err) {

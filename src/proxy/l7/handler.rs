@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::h1::head::HeadError;
-use crate::upstream::request_body::IncomingBody;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -32,8 +31,8 @@ use crate::proxy::error::{ClientFault, ProxyError};
 use crate::rate_limit::RateLimiter;
 use crate::route::{Local, Route, Target};
 use crate::tls::SniResolver;
-use crate::upstream::RequestBody;
 use crate::upstream::request_body::BodyCopy;
+use crate::upstream::{BoxedRequest, RequestBody};
 
 pin_project! {
     /// A response body that, on HTTP/2, keeps its exchange open until it is dropped, which the
@@ -127,7 +126,7 @@ struct AccessRequest {
 fn local_response(
     route: &Route,
     local: Local<'_>,
-    request: &Request<IncomingBody>,
+    request: &Request<RequestBody>,
 ) -> Response<ProxyBody> {
     let (status, body, location) = match local {
         Local::Redirect { to, status } => {
@@ -199,7 +198,7 @@ impl Handler {
     )]
     pub(super) fn handle(
         &self,
-        mut request: Request<IncomingBody>,
+        mut request: BoxedRequest,
         exchange: Option<Exchange>,
         stream: Option<StreamGuard>,
     ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> + '_ {
@@ -238,16 +237,13 @@ impl Handler {
                     let mut served_by = None;
                     let (upload, progress) =
                         Upload::watch(&self.activity, request.body(), self.idle_timeout).unzip();
+                    request.body_mut().watch(copier.flatten(), progress);
                     let outcome = {
                         // Pinned where it is made: moving it into `bound` and then into this
                         // future's state would copy its kilobytes twice per request.
                         let attempts = std::pin::pin!(forward(
                             &pool,
-                            request.map(|body| RequestBody::client(
-                                body,
-                                copier.flatten(),
-                                progress
-                            )),
+                            request,
                             &forwarding,
                             Arrival {
                                 listener: &self.listener.name,
@@ -287,7 +283,7 @@ impl Handler {
     /// forwarding fields to add, the tunnel it may become and what the access log needs of it.
     fn prepare(
         &self,
-        request: &mut Request<IncomingBody>,
+        request: &mut Request<RequestBody>,
         pool: &Pool,
     ) -> (
         Forwarding<'_>,
@@ -389,7 +385,7 @@ impl Handler {
 
     /// Rejects requests that must not be forwarded and routes the rest: to a pool (the route
     /// rewrites the request for it first), or to a response of the route's own.
-    fn check(&self, request: &mut Request<IncomingBody>) -> Result<Routed, ProxyError> {
+    fn check(&self, request: &mut Request<RequestBody>) -> Result<Routed, ProxyError> {
         if let Some(problem) = host::refusal(request.uri(), request.version(), request.headers()) {
             // RFC 9112 §3.2: a missing, repeated or invalid Host is a 400.
             return Err(ProxyError::BadRequest(problem));
@@ -450,7 +446,7 @@ impl Handler {
     fn rate_limit(
         &self,
         limit: &RateLimiter,
-        request: &Request<IncomingBody>,
+        request: &Request<RequestBody>,
     ) -> Result<(), ProxyError> {
         limit
             .check_request(self.peer, request.headers())
@@ -474,7 +470,7 @@ impl Handler {
             .map(|body| ClientBody::new(body, None, None))
     }
 
-    fn fail(&self, err: &ProxyError, request: &Request<IncomingBody>) -> Response<ProxyBody> {
+    fn fail(&self, err: &ProxyError, request: &Request<RequestBody>) -> Response<ProxyBody> {
         if let ProxyError::RateLimited { .. } = err {
             // Logged at debug by the limiter: a flood must not flood the log.
             return err.to_response();

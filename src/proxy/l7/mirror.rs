@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::upstream::request_body::IncomingBody;
 use bytes::Bytes;
 use http::{Request, Version};
 use http_body::Body as _;
@@ -46,7 +45,7 @@ impl Copy {
     /// around the request's body comes with it. Upgrades are never mirrored.
     pub(super) fn take(
         mirror: &Arc<Mirror>,
-        request: &Request<IncomingBody>,
+        request: &Request<RequestBody>,
     ) -> Option<(Copy, Option<Box<BodyCopy>>)> {
         if request.headers().contains_key(http::header::UPGRADE) {
             return None;
@@ -108,7 +107,7 @@ impl Copy {
                     started: Instant::now(),
                     selection,
                 };
-                let request = Request::from_parts(parts, body);
+                let request = Box::new(Request::from_parts(parts, body));
                 let budget = mirror.pool.budget();
                 match forward(
                     &mirror.pool,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::upstream::request_body::IncomingBody;
+use crate::upstream::request_body::RequestBody;
 use http::Response;
 
 use crate::proxy::activity::{self, Activity, OpenUpload};
@@ -34,7 +34,7 @@ impl Upload {
     /// with no body left to send.
     pub(super) fn watch(
         activity: &Arc<Activity>,
-        body: &IncomingBody,
+        body: &RequestBody,
         idle: Duration,
     ) -> Option<(Upload, Arc<Progress>)> {
         if http_body::Body::is_end_stream(body) {

@@ -3,10 +3,7 @@
 
 use std::io;
 
-use http::Request;
-use http::request::Parts;
-
-use crate::upstream::request_body::RequestBody;
+use crate::upstream::request_body::BoxedRequest;
 
 /// Why an exchange with a backend failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +30,9 @@ pub enum Error {
 pub enum SendError {
     /// Nothing of the request reached the backend in a usable form (the head could not be
     /// written): the request comes back whole for another connection or backend.
-    NotSent(Box<Request<RequestBody>>, Error),
+    NotSent(BoxedRequest, Error),
     /// The request was sent, at least in part; this connection cannot take it again. The
-    /// head comes back when no response head had arrived (the caller may replay a bodiless
-    /// idempotent request elsewhere with it).
-    Failed(Error, Option<Box<Parts>>),
+    /// head (its body empty) comes back when no response head had arrived (the caller may
+    /// replay a bodiless idempotent request elsewhere with it).
+    Failed(Error, Option<BoxedRequest>),
 }

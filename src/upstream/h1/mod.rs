@@ -36,14 +36,14 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Buf;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 
 use self::body_writer::{BodyWriter, Writing};
 use self::connection::{Deadline, HEAD_READ, poll_read_into};
 use self::head::{Head, MAX_HEAD, encode_head, parse_head};
-use super::request_body::RequestBody;
+use super::request_body::{BoxedRequest, RequestBody};
 use crate::http::decode::Decoder;
 use crate::http::headers::Forwarding;
 
@@ -75,7 +75,7 @@ impl Connection {
     )]
     pub fn send(
         mut self: Box<Self>,
-        request: Request<RequestBody>,
+        mut request: BoxedRequest,
         forwarding: &Forwarding<'_>,
         wait: HeadWait,
     ) -> impl Future<Output = Result<Response<Body>, SendError>> {
@@ -88,19 +88,18 @@ impl Connection {
                 before(&mut self.deadline, cx, write.map_err(Error::from))
             })
             .await;
-            let (parts, body) = match wrote {
-                Ok(()) => request.into_parts(),
+            // The request's head (its box, the body taken out) is kept until the response's
+            // arrives, for the caller to replay should none come; the response's fields get a
+            // map of their own.
+            let body = match wrote {
+                Ok(()) => std::mem::replace(request.body_mut(), RequestBody::Empty),
                 Err(Error::TimedOut) => {
-                    let (parts, _) = request.into_parts();
-                    return Err(SendError::Failed(Error::TimedOut, Some(Box::new(parts))));
+                    *request.body_mut() = RequestBody::Empty;
+                    return Err(SendError::Failed(Error::TimedOut, Some(request)));
                 }
-                Err(err) => return Err(SendError::NotSent(Box::new(request), err)),
+                Err(err) => return Err(SendError::NotSent(request, err)),
             };
-            // The request's head is kept until the response's arrives, for the caller to
-            // replay should none come (boxed: this future is moved and kept per request in
-            // flight); the response's fields get a map of their own.
-            let parts = Box::new(parts);
-            let head_request = parts.method == Method::HEAD;
+            let head_request = request.method() == Method::HEAD;
             let mut writer = BodyWriter::new(body, framing);
             let mut headers = HeaderMap::new();
             let mut write_error = None;
@@ -137,10 +136,10 @@ impl Connection {
                     return Err(SendError::Failed(Error::RequestBody(err), None));
                 }
                 (Err(_), Some(err)) | (Err(err), None) => {
-                    return Err(SendError::Failed(err, Some(parts)));
+                    return Err(SendError::Failed(err, Some(request)));
                 }
             };
-            drop(parts);
+            drop(request);
             let writing = if writer.done {
                 Writing::Done {
                     complete: writer.complete,
@@ -382,7 +381,7 @@ mod tests {
         {
             // The head comes back, for a replay on another backend.
             Err(SendError::Failed(Error::TimedOut, Some(head))) => {
-                assert_eq!(head.method, Method::GET);
+                assert_eq!(head.method(), Method::GET);
             }
             Ok(_) => panic!("a silent backend answered"),
             Err(SendError::NotSent(_, err) | SendError::Failed(err, _)) => panic!("{err}"),

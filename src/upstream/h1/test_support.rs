@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::{Body, Connection, Error, HeadWait, SendError, Stream};
 use crate::http::headers::test_forwarding as forwarding;
 use crate::io::socket::Socket;
-use crate::upstream::request_body::RequestBody;
+use crate::upstream::request_body::{BoxedRequest, RequestBody};
 
 /// A scripted backend on 127.0.0.1:0: for each reply, reads one request head and writes
 /// the reply; then closes the connection when `close` is set, else holds it open. Sends
@@ -62,18 +62,19 @@ pub(super) async fn connect(addr: std::net::SocketAddr) -> Box<Connection> {
     Connection::new(Stream::Tcp(Socket::new(stream)))
 }
 
-pub(super) fn request(method: Method, target: &str) -> Request<RequestBody> {
-    Request::builder()
+pub(super) fn request(method: Method, target: &str) -> BoxedRequest {
+    let request = Request::builder()
         .method(method)
         .uri(target)
         .header("host", "app.test")
         .body(RequestBody::Empty)
-        .expect("valid request")
+        .expect("valid request");
+    Box::new(request)
 }
 
 pub(super) async fn send(
     conn: Box<Connection>,
-    request: Request<RequestBody>,
+    request: BoxedRequest,
 ) -> Result<Response<Body>, Error> {
     let wait = HeadWait {
         deadline: Instant::now() + Duration::from_secs(5),

@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, Uri, Version};
 
 use crate::http::wire::{self, content_length};
+use crate::upstream::request_body::{BoxedRequest, RequestBody};
 
 /// Most fields a request head may have (hyper's server allows 100 as well).
 pub(crate) const MAX_FIELDS: usize = 100;
@@ -58,8 +59,8 @@ pub(crate) enum Framing {
 /// A parsed request head.
 #[derive(Debug)]
 pub(crate) struct Head {
-    /// The request without its body.
-    pub(crate) request: Request<()>,
+    /// The request, its body still to be set (by the framing below).
+    pub(crate) request: BoxedRequest,
     /// Bytes the head took in the buffer.
     pub(crate) len: usize,
     /// How the body is delimited.
@@ -107,7 +108,8 @@ pub(crate) fn parse(buf: &[u8], max_len: usize) -> Result<Option<Head>, HeadErro
     let facts = read_fields(parsed.headers, &mut headers)?;
     let framing = facts.framing(version)?;
     let keep_alive = !facts.close && (version == Version::HTTP_11 || facts.keep_alive);
-    let mut request = Request::new(());
+    // Built where it stays for the request's whole way through the proxy.
+    let mut request = Box::new(Request::new(RequestBody::Empty));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use http_body::{Body as _, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -20,6 +20,7 @@ use crate::http::body_slot::{self as body, BodyError, Feeder, Wanted};
 use crate::http::decode::{Decoded, Decoder};
 use crate::http::wire;
 use crate::proxy::activity::Activity;
+use crate::upstream::request_body::{BoxedRequest, IncomingBody, RequestBody};
 
 /// Bytes a read for a request head asks for: a whole typical head (browsers' with cookies
 /// included) in one read. The buffer is given back as soon as it holds nothing unread.
@@ -34,9 +35,9 @@ const MAX_READ: usize = 64 * 1024;
 /// The request a head starts, how its response is to be written, and the feeding of its body
 /// (none without one). A function of its own, so the head's parts take no room in the
 /// server's future while the handler runs.
-fn start_exchange(head: head::Head) -> (Request<Incoming>, Exchange, Option<Feeding>) {
+fn start_exchange(head: head::Head) -> (BoxedRequest, Exchange, Option<Feeding>) {
     let head::Head {
-        request,
+        mut request,
         framing,
         keep_alive,
         expects_continue,
@@ -49,20 +50,21 @@ fn start_exchange(head: head::Head) -> (Request<Incoming>, Exchange, Option<Feed
         keep_alive,
         trailers,
     };
-    let (incoming, feeding) = match framing {
-        Framing::Empty => (Incoming::Empty, None),
+    let (body, feeding) = match framing {
+        Framing::Empty => return (request, exchange, None),
         Framing::Length(length) => {
             let (body, feeder) = body::channel(Some(length));
             let feeding = Feeding::new(feeder, Decoder::length(length), expects_continue);
-            (Incoming::Http1 { body }, Some(feeding))
+            (body, feeding)
         }
         Framing::Chunked => {
             let (body, feeder) = body::channel(None);
             let feeding = Feeding::new(feeder, Decoder::Size, expects_continue);
-            (Incoming::Http1 { body }, Some(feeding))
+            (body, feeding)
         }
     };
-    (request.map(|()| incoming), exchange, feeding)
+    *request.body_mut() = RequestBody::client(IncomingBody::Http1 { body });
+    (request, exchange, Some(feeding))
 }
 
 /// `feed`'s next step; never, without one (a disabled `select!` branch still builds its
@@ -88,9 +90,6 @@ pub(crate) enum Ended {
     /// A `101` went out: the connection carries another protocol from here.
     Upgraded,
 }
-
-/// What the handler is given.
-type Incoming = crate::upstream::request_body::IncomingBody;
 
 /// The HTTP/1.1 server side of one client connection.
 pub(crate) struct Server<'a, T> {
@@ -152,7 +151,7 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Server<'a, T> {
         refuse: R,
     ) -> io::Result<Ended>
     where
-        H: FnMut(Request<Incoming>) -> Fut,
+        H: FnMut(BoxedRequest) -> Fut,
         Fut: Future<Output = Result<Response<B>, Infallible>>,
         R: Fn(HeadError) -> Response<B>,
         B: http_body::Body<Data = Bytes>,
@@ -276,11 +275,11 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Server<'a, T> {
     async fn answer<H, Fut, B>(
         &mut self,
         handle: &mut H,
-        request: Request<Incoming>,
+        request: BoxedRequest,
         feeding: &mut Option<Feeding>,
     ) -> Response<B>
     where
-        H: FnMut(Request<Incoming>) -> Fut,
+        H: FnMut(BoxedRequest) -> Fut,
         Fut: Future<Output = Result<Response<B>, Infallible>>,
     {
         let mut answer = pin!(handle(request));
@@ -435,10 +434,6 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Server<'a, T> {
 }
 
 /// What reading for a head found.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "returned once per head and taken apart at once; a box would cost an allocation per request"
-)]
 enum Next {
     Head(head::Head),
     Stopped,
