@@ -48,7 +48,7 @@ pub(super) fn forward(
     Arrival {
         listener,
         started,
-        selection,
+        selection: mut tried,
     }: Arrival<'_>,
     mut tunnel: Option<Tunnel>,
     served_by: &mut Option<Arc<str>>,
@@ -56,7 +56,6 @@ pub(super) fn forward(
 ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
     async move {
         let replayable = replayable(&request, pool, budget.retries);
-        let mut tried = selection;
         let mut last_error = None;
         let mut last_backend: Option<&Arc<Backend>> = None;
         // When `request_timeout` ends, from the first attempt's send on.

@@ -48,6 +48,15 @@ pin_project! {
 }
 
 impl ClientBody {
+    /// `response` with its body wrapped for the client.
+    fn response(
+        response: Response<ProxyBody>,
+        exchange: Option<Exchange>,
+        stream: Option<StreamGuard>,
+    ) -> Response<ClientBody> {
+        response.map(|body| ClientBody::new(body, exchange, stream))
+    }
+
     fn new(body: ProxyBody, exchange: Option<Exchange>, stream: Option<StreamGuard>) -> Self {
         let mut body = Self {
             body,
@@ -204,10 +213,24 @@ impl Handler {
     ) -> impl Future<Output = Result<Response<ClientBody>, Infallible>> + '_ {
         async move {
             let started = Instant::now();
-            let response = match self.check(&mut request) {
+            // Routed before anything is awaited: the routing's outcome (a mirror's copy of the
+            // head in it) takes no room in this future.
+            let (pool, route, copier, budget) = match self.check(&mut request) {
+                Ok(Routed::Forward {
+                    pool,
+                    route,
+                    copy,
+                    budget,
+                }) => {
+                    let (copy, copier) = copy.unzip();
+                    if let Some(copy) = copy {
+                        copy.send(self.client.clone(), Arc::clone(&self.listener.name));
+                    }
+                    (pool, route, copier, budget)
+                }
                 Ok(Routed::Local(response, route)) => {
                     route.record(response.status().as_u16(), started);
-                    response
+                    return Ok(ClientBody::response(response, exchange, stream));
                 }
                 Ok(Routed::Challenge(key_authorization)) => {
                     let mut response =
@@ -216,66 +239,54 @@ impl Handler {
                         http::header::CONTENT_TYPE,
                         http::HeaderValue::from_static("application/octet-stream"),
                     );
-                    response
+                    return Ok(ClientBody::response(response, exchange, stream));
                 }
-                Ok(Routed::Forward {
-                    pool,
-                    route,
-                    copy,
-                    budget,
-                }) => {
-                    // In a block: the mirror's copy takes no room in this future once sent.
-                    let copier = {
-                        let (copy, copier) = copy.unzip();
-                        if let Some(copy) = copy {
-                            copy.send(self.client.clone(), Arc::clone(&self.listener.name));
-                        }
-                        copier
-                    };
-                    let selection = pool.selection(request.uri(), request.headers(), &self.client);
-                    let (forwarding, tunnel, access) = self.prepare(&mut request, &pool);
-                    let mut served_by = None;
-                    let (upload, progress) =
-                        Upload::watch(&self.activity, request.body(), self.idle_timeout).unzip();
-                    request.body_mut().watch(copier.flatten(), progress);
-                    let outcome = {
-                        // Pinned where it is made: moving it into `bound` and then into this
-                        // future's state would copy its kilobytes twice per request.
-                        let attempts = std::pin::pin!(forward(
-                            &pool,
-                            request,
-                            &forwarding,
-                            Arrival {
-                                listener: &self.listener.name,
-                                started,
-                                selection,
-                            },
-                            tunnel,
-                            &mut served_by,
-                            budget,
-                        ));
-                        upload::bound(upload.as_ref(), attempts).await
-                    };
-                    if let Err(ProxyError::Client(fault @ ClientFault::Stalled)) = &outcome {
-                        pool.metrics
-                            .record_client(&self.listener.name, &pool.name, fault.label());
-                    }
-                    if let Some(route) = &route {
-                        route.record(status_of(&outcome).as_u16(), started);
-                    }
-                    if let Some((method, path)) = access {
-                        let request = AccessRequest {
-                            method,
-                            path,
-                            route: route.map(|route| Arc::clone(&route.name)),
-                        };
-                        self.log_access(&outcome, request, served_by, started);
-                    }
-                    self.respond(outcome, &pool)
+                Err(err) => {
+                    let response = self.fail(&err, &request);
+                    return Ok(ClientBody::response(response, exchange, stream));
                 }
-                Err(err) => self.fail(&err, &request),
             };
-            Ok(response.map(|body| ClientBody::new(body, exchange, stream)))
+            let selection = pool.selection(request.uri(), request.headers(), &self.client);
+            let (forwarding, tunnel, access) = self.prepare(&mut request, &pool);
+            let mut served_by = None;
+            let (upload, progress) =
+                Upload::watch(&self.activity, request.body(), self.idle_timeout).unzip();
+            request.body_mut().watch(copier.flatten(), progress);
+            let outcome = {
+                // Pinned where it is made: moving it into `bound` and then into this
+                // future's state would copy its kilobytes twice per request.
+                let attempts = std::pin::pin!(forward(
+                    &pool,
+                    request,
+                    &forwarding,
+                    Arrival {
+                        listener: &self.listener.name,
+                        started,
+                        selection,
+                    },
+                    tunnel,
+                    &mut served_by,
+                    budget,
+                ));
+                upload::bound(upload.as_ref(), attempts).await
+            };
+            if let Err(ProxyError::Client(fault @ ClientFault::Stalled)) = &outcome {
+                pool.metrics
+                    .record_client(&self.listener.name, &pool.name, fault.label());
+            }
+            if let Some(route) = &route {
+                route.record(status_of(&outcome).as_u16(), started);
+            }
+            if let Some((method, path)) = access {
+                let request = AccessRequest {
+                    method,
+                    path,
+                    route: route.map(|route| Arc::clone(&route.name)),
+                };
+                self.log_access(&outcome, request, served_by, started);
+            }
+            let response = self.respond(outcome, &pool);
+            Ok(ClientBody::response(response, exchange, stream))
         }
     }
 
@@ -466,8 +477,7 @@ impl Handler {
             error = %err,
             "request head refused"
         );
-        err.to_response()
-            .map(|body| ClientBody::new(body, None, None))
+        ClientBody::response(err.to_response(), None, None)
     }
 
     fn fail(&self, err: &ProxyError, request: &Request<RequestBody>) -> Response<ProxyBody> {
