@@ -5,10 +5,8 @@
 use std::cell::RefCell;
 use std::time::{Duration, SystemTime};
 
-use http::header;
-use http::response::Parts;
-use http::{StatusCode, Version};
-use http_body::SizeHint;
+use http::header::{self, HeaderMap};
+use http::{Response, StatusCode, Version};
 
 use crate::http::wire;
 
@@ -51,10 +49,10 @@ struct Said {
 }
 
 impl Said {
-    fn of(parts: &Parts) -> Self {
+    fn of(headers: &HeaderMap) -> Self {
         let mut said = Said::default();
         let mut first_length = true;
-        for (name, value) in &parts.headers {
+        for (name, value) in headers {
             if name == header::CONNECTION {
                 said.closing |= wire::connection_options(value.as_bytes()).0;
             } else if name == header::CONTENT_LENGTH && first_length {
@@ -68,22 +66,21 @@ impl Said {
     }
 }
 
-/// Writes the head of a response to `exchange` into `out`, with a body whose size hint is
-/// `hint`; the body's framing, and whether the connection stays open after it.
+/// Writes the head of `response` (an answer to `exchange`) into `out`; the body's framing (from
+/// the fields, else the body's size hint), and whether the connection stays open after it.
 ///
 /// The response's fields go out as they are, less `Transfer-Encoding` (the framing is
 /// fulcrum's own), less `Content-Length` on a bodiless status other than 304, and less
 /// `Connection` where fulcrum says `close` or `keep-alive` itself; the fields fulcrum adds
 /// (`Content-Length` or chunked, `Connection`, `Date`) follow them, written straight into
 /// `out`.
-pub(crate) fn head(
-    parts: &Parts,
-    hint: &SizeHint,
+pub(crate) fn head<B: http_body::Body>(
+    response: &Response<B>,
     exchange: Exchange,
     out: &mut Vec<u8>,
 ) -> (Framing, bool) {
-    let status = parts.status;
-    let said = Said::of(parts);
+    let status = response.status();
+    let said = Said::of(response.headers());
     let bodiless = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
@@ -92,7 +89,7 @@ pub(crate) fn head(
     let framing = if bodiless || exchange.head {
         Framing::None
     } else {
-        match (said.length, hint.exact()) {
+        match (said.length, response.body().size_hint().exact()) {
             (Some(length), _) => Framing::Length(length),
             (None, Some(length)) => {
                 added_length = Some(length);
@@ -117,8 +114,8 @@ pub(crate) fn head(
         None
     };
     let drop_length = bodiless && status != StatusCode::NOT_MODIFIED;
-    status_line(parts, out);
-    for (name, value) in &parts.headers {
+    status_line(response, out);
+    for (name, value) in response.headers() {
         let dropped = name == header::TRANSFER_ENCODING
             || (drop_length && name == header::CONTENT_LENGTH)
             || (connection.is_some() && name == header::CONNECTION);
@@ -146,9 +143,8 @@ pub(crate) fn head(
 }
 
 /// Bytes a head with these fields may take, to size its buffer in one allocation.
-pub(crate) fn size_of(parts: &Parts) -> usize {
-    let fields: usize = parts
-        .headers
+pub(crate) fn size_of(headers: &HeaderMap) -> usize {
+    let fields: usize = headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
@@ -158,19 +154,19 @@ pub(crate) fn size_of(parts: &Parts) -> usize {
 
 /// `HTTP/1.1 200 OK\r\n`: the response's version (1.0 stays 1.0), its status and its reason
 /// phrase (a backend's own, when it sent a non-standard one).
-fn status_line(parts: &Parts, out: &mut Vec<u8>) {
-    out.extend_from_slice(if parts.version == Version::HTTP_10 {
+fn status_line<B>(response: &Response<B>, out: &mut Vec<u8>) {
+    out.extend_from_slice(if response.version() == Version::HTTP_10 {
         b"HTTP/1.0 "
     } else {
         b"HTTP/1.1 "
     });
-    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.extend_from_slice(response.status().as_str().as_bytes());
     out.push(b' ');
-    match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+    match response.extensions().get::<hyper::ext::ReasonPhrase>() {
         Some(reason) => out.extend_from_slice(reason.as_bytes()),
         None => out.extend_from_slice(
-            parts
-                .status
+            response
+                .status()
                 .canonical_reason()
                 .unwrap_or_default()
                 .as_bytes(),

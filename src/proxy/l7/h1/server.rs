@@ -306,10 +306,10 @@ impl<'a, T: AsyncRead + AsyncWrite + Unpin> Server<'a, T> {
         exchange: Exchange,
         feeding: &mut Option<Feeding>,
     ) -> io::Result<bool> {
-        let (parts, body) = response.into_parts();
-        let mut out = Vec::with_capacity(encode::size_of(&parts));
-        let (framing, keep_alive) = encode::head(&parts, &body.size_hint(), exchange, &mut out);
-        let mut body = pin!(body);
+        let mut out = Vec::with_capacity(encode::size_of(response.headers()));
+        let (framing, keep_alive) = encode::head(&response, exchange, &mut out);
+        // Only the body is kept while it is written: the head's parts go here.
+        let mut body = pin!(response.into_body());
         let mut head = Some(out);
         let mut written = 0u64;
         loop {
