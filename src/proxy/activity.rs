@@ -342,13 +342,18 @@ impl Watchdog {
             let idle = limits.idle_timeout;
             let tick = tick_for(idle);
             let first_look = self.next_tick - tick + FIRST_LOOK.min(tick);
-            if self.looking && first_look <= now {
+            let looked = self.looking && first_look <= now;
+            let ticked = self.next_tick <= now;
+            // One look, even where the first look and a tick fall together (an idle timeout
+            // under a quarter of a second).
+            let busy = (looked || ticked) && activity.busy_since_last_look();
+            if looked {
                 self.looking = false;
-                if !activity.busy_since_last_look() && activity.may_park() {
+                if !busy && activity.may_park() {
                     return Poll::Ready(Close::Park(idle));
                 }
             }
-            if self.next_tick <= now {
+            if ticked {
                 self.next_tick = now + tick;
                 if activity.moved.swap(false, Ordering::Relaxed) {
                     self.quiet = 0;
@@ -361,7 +366,7 @@ impl Watchdog {
                         return Poll::Ready(Close::Idle);
                     }
                 }
-                if !activity.busy_since_last_look() && activity.may_park() {
+                if !busy && activity.may_park() {
                     return Poll::Ready(Close::Park(
                         idle.saturating_sub(tick.saturating_mul(self.quiet)),
                     ));
@@ -726,6 +731,22 @@ mod tests {
         // None since the tick of 2 s: parked at 3 s, one quiet tick taken off the idle time.
         assert_eq!(close, Close::Park(idle - PARK_AFTER));
         assert_eq!(at - start, 3 * PARK_AFTER);
+
+        // An idle timeout under a quarter of a second: the first look is the first tick, and
+        // counts as one look. Requests every 30 ms until 510 ms keep it awake; it closes idle
+        // at the tick of 800 ms, a tick after its last byte.
+        activity.start_serving();
+        let start = Instant::now();
+        let short = Duration::from_millis(200);
+        let watcher = watch(&activity, short, Duration::from_secs(10));
+        for _ in 0..17 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            activity.touch();
+            drop(activity.open_h1_exchange());
+        }
+        let (close, at) = watcher.await.expect("watcher");
+        assert_eq!(close, Close::Idle);
+        assert_eq!(at - start, 4 * short);
 
         // A connection that came for one request is parked at the first look, as before.
         activity.start_serving();
