@@ -37,7 +37,8 @@
 //!   sizes, trailer sections), the HTTP/1.1 body `decode`r both sides use, the `body_slot` a
 //!   request body reaches its handler through.
 //! - `upstream/`: the backend side: `connect`, one `conn` of either protocol, the `idle_pool`,
-//!   the HTTP/1.1 client `h1/`, the `request_body` sent up.
+//!   the HTTP/1.1 client `h1/`, the `request_body` sent up (and `BoxedRequest`, the request
+//!   boxed once where its head is parsed and passed on as a pointer).
 //! - `proxy/`: the client side: `l7/` (listener, conn, handler, forward, tunnel, `calm`: the
 //!   HTTP/2 budget of cancelled streams, `h1/`: the HTTP/1.1 server, its framing checks and
 //!   its `replay` over recorded bytes), `activity` (client timeouts, parking), `l4`,
