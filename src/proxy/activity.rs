@@ -722,11 +722,7 @@ mod tests {
         let watcher = watch(&activity, idle, Duration::from_secs(10));
         // A request every 90 ms until 1.35 s: between two of them at the first look (250 ms)
         // and at the ticks of 1 s and 2 s, but with more than one ended since the look before.
-        for _ in 0..15 {
-            tokio::time::sleep(Duration::from_millis(90)).await;
-            activity.touch();
-            drop(activity.open_h1_exchange());
-        }
+        exchanges(&activity, Duration::from_millis(90), 15).await;
         let (close, at) = watcher.await.expect("watcher");
         // None since the tick of 2 s: parked at 3 s, one quiet tick taken off the idle time.
         assert_eq!(close, Close::Park(idle - PARK_AFTER));
@@ -739,11 +735,7 @@ mod tests {
         let start = Instant::now();
         let short = Duration::from_millis(200);
         let watcher = watch(&activity, short, Duration::from_secs(10));
-        for _ in 0..17 {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            activity.touch();
-            drop(activity.open_h1_exchange());
-        }
+        exchanges(&activity, Duration::from_millis(30), 17).await;
         let (close, at) = watcher.await.expect("watcher");
         assert_eq!(close, Close::Idle);
         assert_eq!(at - start, 4 * short);
@@ -752,12 +744,19 @@ mod tests {
         activity.start_serving();
         let start = Instant::now();
         let watcher = watch(&activity, idle, Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        activity.touch();
-        drop(activity.open_h1_exchange());
+        exchanges(&activity, Duration::from_millis(100), 1).await;
         let (close, at) = watcher.await.expect("watcher");
         assert_eq!(close, Close::Park(idle));
         assert_eq!(at - start, FIRST_LOOK);
+    }
+
+    /// `count` HTTP/1 exchanges on `activity`, one every `every`, each moving a byte.
+    async fn exchanges(activity: &Activity, every: Duration, count: u32) {
+        for _ in 0..count {
+            tokio::time::sleep(every).await;
+            activity.touch();
+            drop(activity.open_h1_exchange());
+        }
     }
 
     #[tokio::test]
