@@ -44,6 +44,16 @@ pin_project! {
 /// for a replay is the same allocation.
 pub(crate) type BoxedRequest = Box<http::Request<RequestBody>>;
 
+/// A copy of `request`'s head, its body empty: to replay it on another backend, or to mirror it.
+pub(crate) fn head_copy<B>(request: &http::Request<B>) -> BoxedRequest {
+    let mut head = Box::new(http::Request::new(RequestBody::Empty));
+    *head.method_mut() = request.method().clone();
+    *head.uri_mut() = request.uri().clone();
+    *head.version_mut() = request.version();
+    *head.headers_mut() = request.headers().clone();
+    head
+}
+
 impl RequestBody {
     /// The client's body, streamed through.
     pub(crate) fn client(body: IncomingBody) -> RequestBody {

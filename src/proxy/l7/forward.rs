@@ -16,7 +16,7 @@ use crate::http::headers::Forwarding;
 use crate::pool::{Budget, Pool};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::error::{ClientFault, ProxyError, UpstreamError};
-use crate::upstream::{self, BoxedRequest, Conn, RequestBody, ResponseBody, h1};
+use crate::upstream::{self, BoxedRequest, Conn, RequestBody, ResponseBody, h1, request_body};
 
 /// How often a reused connection that turns out closed is replaced before giving up on it.
 const STALE_CONNECTION_ATTEMPTS: usize = 3;
@@ -228,17 +228,6 @@ fn replayable(request: &Request<RequestBody>, pool: &Pool, retries: u32) -> bool
         && http_body::Body::is_end_stream(request.body())
 }
 
-/// A copy of `request`'s head (its body empty), to replay it with should the backend fail
-/// before answering (hyper's HTTP/2 client keeps a request once it is sent).
-fn head_copy(request: &Request<RequestBody>) -> BoxedRequest {
-    let mut head = Box::new(Request::new(RequestBody::Empty));
-    *head.method_mut() = request.method().clone();
-    *head.uri_mut() = request.uri().clone();
-    *head.version_mut() = request.version();
-    *head.headers_mut() = request.headers().clone();
-    head
-}
-
 /// The outcome of one attempt on one backend (`pool::Attempt` is the backend to try).
 enum Outcome {
     /// The backend answered; an HTTP/1.1 body brings its connection along for reuse.
@@ -320,7 +309,9 @@ fn send<'a>(
                     }
                 },
                 Conn::Http2(mut sender) => {
-                    let head = replayable.then(|| head_copy(&request));
+                    // hyper's HTTP/2 client keeps a request once it is sent: a copy is kept
+                    // to replay it should the backend fail before answering.
+                    let head = replayable.then(|| request_body::head_copy(&request));
                     forwarding.apply(request.headers_mut());
                     let sent = request.body_mut().track_sent();
                     let attempt = sender.try_send_request(*request);

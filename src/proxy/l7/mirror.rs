@@ -17,8 +17,8 @@ use super::forward::{Arrival, forward};
 use crate::http::headers::{self, ClientInfo};
 use crate::metrics::MirrorOutcome;
 use crate::route::Mirror;
-use crate::upstream::RequestBody;
-use crate::upstream::request_body::BodyCopy;
+use crate::upstream::request_body::{self, BodyCopy};
+use crate::upstream::{BoxedRequest, RequestBody};
 
 /// How long a copy waits for the original body to finish streaming, and for its own response.
 const COPY_LIMIT: Duration = Duration::from_secs(30);
@@ -28,7 +28,7 @@ const COPY_LIMIT: Duration = Duration::from_secs(30);
 pub(super) struct Copy {
     mirror: Arc<Mirror>,
     permit: OwnedSemaphorePermit,
-    head: Request<()>,
+    head: BoxedRequest,
     body: Pending,
 }
 
@@ -56,11 +56,7 @@ impl Copy {
             return None;
         }
         let permit = mirror.admit()?;
-        let mut head = Request::new(());
-        *head.method_mut() = request.method().clone();
-        *head.uri_mut() = request.uri().clone();
-        *head.version_mut() = request.version();
-        *head.headers_mut() = request.headers().clone();
+        let head = request_body::head_copy(request);
         let (body, copier) = if request.body().is_end_stream() {
             (Pending::Empty, None)
         } else {
@@ -82,7 +78,7 @@ impl Copy {
             let Copy {
                 mirror,
                 permit,
-                head,
+                head: mut request,
                 body,
             } = self;
             let outcome = tokio::time::timeout(COPY_LIMIT, async {
@@ -93,21 +89,26 @@ impl Copy {
                         Err(_) => return MirrorOutcome::Body,
                     },
                 };
-                let (mut parts, ()) = head.into_parts();
+                *request.body_mut() = body;
                 // The copy hashes like the original would on the mirror's pool.
-                let selection = mirror.pool.selection(&parts.uri, &parts.headers, &client);
-                let client_version = parts.version;
-                parts.version = Version::HTTP_11;
-                let mut uri = std::mem::take(&mut parts.uri);
-                let forwarding =
-                    headers::prepare_request(&mut uri, client_version, &mut parts.headers, &client);
-                parts.uri = uri;
+                let selection = mirror
+                    .pool
+                    .selection(request.uri(), request.headers(), &client);
+                let client_version = request.version();
+                *request.version_mut() = Version::HTTP_11;
+                let mut uri = std::mem::take(request.uri_mut());
+                let forwarding = headers::prepare_request(
+                    &mut uri,
+                    client_version,
+                    request.headers_mut(),
+                    &client,
+                );
+                *request.uri_mut() = uri;
                 let arrival = Arrival {
                     listener: &listener,
                     started: Instant::now(),
                     selection,
                 };
-                let request = Box::new(Request::from_parts(parts, body));
                 let budget = mirror.pool.budget();
                 match forward(
                     &mirror.pool,
